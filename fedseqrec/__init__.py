@@ -1,0 +1,3 @@
+"""fedseqrec: federated, differentially private training of sequence recommenders."""
+
+__version__ = "0.1.0"

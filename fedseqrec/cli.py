@@ -1,0 +1,238 @@
+"""The ``fedseqrec`` command.
+
+Conventions every subcommand keeps: ``--data NAME_OR_PATH`` (default: the built-in ``shop``) with ``--format``,
+``--seed``, and ``--out DIR`` for the folder a command writes to. Bad input prints one line and exits 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fedseqrec import __version__
+from fedseqrec.data.dataset import DataConfig
+from fedseqrec.data.eventlog import PRESETS
+from fedseqrec.data.formats import FORMATS
+from fedseqrec.data.parsing import TIME_UNITS
+from fedseqrec.data.partition import SCHEMES
+from fedseqrec.data.shop import ShopConfig
+from fedseqrec.data.splits import SPLITS
+from fedseqrec.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _debug_option(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On subcommands the default is suppressed so `fedseqrec --debug data stats` is not reset by the subparser.
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show the full traceback on errors",
+    )
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--data`` and friends: which log to read, how to clean it, how to split it."""
+    g = parser.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default="shop",
+        metavar="NAME_OR_PATH",
+        help="built-in dataset (shop) or a file/folder: RecBole atomic files, MovieLens, CSV/TSV/Parquet "
+        "event log, or a folder written by `fedseqrec data prepare`",
+    )
+    g.add_argument("--format", default="auto", choices=FORMATS, help=f"layout of --data; presets: {', '.join(PRESETS)}")
+    g.add_argument("--seed", type=int, default=0, help="seed for generated data and partitions")
+    g.add_argument(
+        "--columns",
+        default=None,
+        metavar="ROLE=COL,...",
+        help="column mapping for generic logs, e.g. user=visitorid,item=itemid,timestamp=ts,event=type "
+        "(roles: user, item, timestamp, event, rating, query)",
+    )
+    g.add_argument("--sep", default=None, help="field separator of a text log (default: from the file)")
+    g.add_argument(
+        "--time-unit",
+        default="auto",
+        choices=TIME_UNITS,
+        help="unit of numeric timestamps (auto: milliseconds when values exceed 1e11)",
+    )
+    c = parser.add_argument_group("cleaning")
+    c.add_argument(
+        "--min-rating",
+        type=float,
+        default=None,
+        help="keep interactions rated at least this (implicit feedback); default keeps all",
+    )
+    c.add_argument(
+        "--k-core",
+        type=int,
+        default=0,
+        metavar="K",
+        help="k-core filter on users and items, iterated to a fixed point (0 = off)",
+    )
+    c.add_argument("--user-core", type=int, default=None, help="k-core threshold for users only (overrides --k-core)")
+    c.add_argument("--item-core", type=int, default=None, help="k-core threshold for items only (overrides --k-core)")
+    c.add_argument("--max-len", type=int, default=None, help="keep each user's most recent N events")
+    s = parser.add_argument_group("split")
+    s.add_argument("--split", default="leave-one-out", choices=SPLITS, help="evaluation split")
+    s.add_argument("--valid-quantile", type=float, default=0.8, help="temporal split: validation cut")
+    s.add_argument("--test-quantile", type=float, default=0.9, help="temporal split: test cut")
+    shop = ShopConfig()
+    d = parser.add_argument_group("built-in shop data")
+    d.add_argument("--shop-users", type=int, default=shop.users, help="users to generate")
+    d.add_argument("--shop-items", type=int, default=shop.items, help="items in the catalogue")
+    d.add_argument("--shop-categories", type=int, default=shop.categories, help="item categories")
+    d.add_argument("--shop-days", type=int, default=shop.days, help="days of behaviour")
+
+
+def add_partition_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("client partition")
+    g.add_argument("--partition", default=None, choices=SCHEMES, help="split users into federated clients")
+    g.add_argument("--clients", type=int, default=None, metavar="K", help="number of clients (silos)")
+    g.add_argument("--alpha", type=float, default=0.5, help="dirichlet concentration (smaller = more skewed)")
+    g.add_argument(
+        "--attribute",
+        default=None,
+        metavar="COLUMN[:PREFIX]",
+        help="attribute partition: user feature, e.g. region, occupation, zip_code:1 "
+        "(default: the first of region, occupation, zip_code)",
+    )
+    g.add_argument(
+        "--category",
+        default=None,
+        metavar="COLUMN",
+        help="dirichlet partition: item feature holding the category or genre (default: detected)",
+    )
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    user_core = args.user_core if args.user_core is not None else args.k_core
+    item_core = args.item_core if args.item_core is not None else args.k_core
+    return DataConfig(
+        data=args.data,
+        format=args.format,
+        seed=args.seed,
+        columns=args.columns,
+        sep=args.sep,
+        time_unit=args.time_unit,
+        min_rating=args.min_rating,
+        user_core=user_core,
+        item_core=item_core,
+        max_len=args.max_len,
+        split=args.split,
+        valid_quantile=args.valid_quantile,
+        test_quantile=args.test_quantile,
+        partition=getattr(args, "partition", None),
+        clients=getattr(args, "clients", None),
+        alpha=getattr(args, "alpha", 0.5),
+        attribute=getattr(args, "attribute", None),
+        category=getattr(args, "category", None),
+        shop=ShopConfig(
+            users=args.shop_users, items=args.shop_items, categories=args.shop_categories, days=args.shop_days
+        ),
+    )
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from fedseqrec.data.dataset import load_dataset
+    from fedseqrec.data.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(load_dataset(data_config(args)))
+    print(json.dumps(stats, indent=None if args.compact else 2) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from fedseqrec.data.prepare import prepare
+    from fedseqrec.data.stats import format_stats
+
+    stats = prepare(data_config(args), Path(args.out))
+    print(format_stats(stats))
+    print(f"prepared dataset written to {Path(args.out).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedseqrec",
+        description="Federated, differentially private training of sequence recommenders.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fedseqrec {__version__}")
+    _debug_option(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser(
+        "data",
+        help="inspect and prepare datasets",
+        formatter_class=_Formatter,
+        description="Inspect and prepare datasets.",
+    )
+    _debug_option(data, top=False)
+    data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    stats = data_commands.add_parser(
+        "stats",
+        help="print dataset statistics",
+        formatter_class=_Formatter,
+        description="Users, items, interactions, events per type, sequence-length quantiles, the split and, "
+        "with --partition, per-client counts.",
+    )
+    add_data_options(stats)
+    add_partition_options(stats)
+    stats.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    stats.add_argument("--compact", action="store_true", help="with --json: on one line")
+    _debug_option(stats, top=False)
+    stats.set_defaults(handler=cmd_data_stats)
+
+    prepare = data_commands.add_parser(
+        "prepare",
+        help="write a processed dataset for fast loading",
+        formatter_class=_Formatter,
+        description="Load, clean, split (and partition) --data once and write the prepared format "
+        "(see fedseqrec/data/store.py) to --out. Later commands accept the folder as --data.",
+    )
+    add_data_options(prepare)
+    add_partition_options(prepare)
+    prepare.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
+    _debug_option(prepare, top=False)
+    prepare.set_defaults(handler=cmd_data_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"fedseqrec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedseqrec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(
+            f"fedseqrec: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

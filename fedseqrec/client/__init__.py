@@ -1,0 +1,1 @@
+"""client — see README (filled in by its own issue)."""

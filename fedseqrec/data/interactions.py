@@ -1,0 +1,104 @@
+"""The canonical interaction table every loader produces.
+
+One row per event, in file order: ``user`` and ``item`` (original ids as strings, missing ids as NA until
+cleaning drops them), ``timestamp`` (float epoch seconds, so millisecond logs keep their order), ``event``
+(a canonical event type), ``rating`` (float, NaN when the source has none) and ``query`` (space-separated
+search tokens, NA when none). User and item features, when the source has them, are string tables indexed
+by the original id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+USER, ITEM, TIMESTAMP, EVENT, RATING, QUERY = "user", "item", "timestamp", "event", "rating", "query"
+COLUMNS = (USER, ITEM, TIMESTAMP, EVENT, RATING, QUERY)
+
+# Event names differ between logs; these are the ones fedseqrec understands across sources.
+VIEW, CART, PURCHASE, FAV, SEARCH, INTERACTION = "view", "cart", "purchase", "fav", "search", "interaction"
+EVENT_ALIASES = {
+    "view": VIEW,
+    "pv": VIEW,
+    "click": VIEW,
+    "detail": VIEW,
+    "cart": CART,
+    "addtocart": CART,
+    "add_to_cart": CART,
+    "purchase": PURCHASE,
+    "buy": PURCHASE,
+    "transaction": PURCHASE,
+    "order": PURCHASE,
+    "fav": FAV,
+    "favorite": FAV,
+    "favourite": FAV,
+    "wishlist": FAV,
+    "search": SEARCH,
+}
+
+
+@dataclass
+class Interactions:
+    """A behaviour log in canonical form, plus the optional feature tables and where it came from."""
+
+    events: pd.DataFrame
+    user_features: pd.DataFrame | None = None
+    item_features: pd.DataFrame | None = None
+    source: str = ""
+    format: str = ""
+
+    def __post_init__(self) -> None:
+        missing = [c for c in COLUMNS if c not in self.events.columns]
+        if missing:
+            raise ValueError(f"interaction table lacks canonical columns {missing}")
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def id_tokens(values: pd.Series) -> pd.Series:
+    """Ids as strings with NA kept, whatever dtype the reader produced (ints, floats from NA-holding columns)."""
+    out = pd.Series(pd.NA, index=values.index, dtype=object)
+    present = values.notna().to_numpy()
+    raw = values[present]
+    if pd.api.types.is_float_dtype(raw) and len(raw) and np.all(np.mod(raw.to_numpy(), 1) == 0):
+        raw = raw.astype(np.int64)
+    tokens = raw.astype(str).str.strip()
+    out[present] = tokens.to_numpy()
+    out[out == ""] = pd.NA
+    return out
+
+
+def canonical_events(values: pd.Series | None, length: int) -> np.ndarray:
+    """Map source event labels to canonical names; unknown labels are kept, lower-cased, as their own type."""
+    if values is None:
+        return np.full(length, INTERACTION, dtype=object)
+    labels = values.astype(object).where(values.notna(), INTERACTION).astype(str).str.strip().str.lower()
+    return labels.map(lambda label: EVENT_ALIASES.get(label, label)).to_numpy(dtype=object)
+
+
+def make_table(
+    user: pd.Series,
+    item: pd.Series,
+    timestamp: np.ndarray,
+    event: pd.Series | None = None,
+    rating: np.ndarray | None = None,
+    query: pd.Series | None = None,
+) -> pd.DataFrame:
+    """Assemble the canonical table from already-parsed columns of equal length."""
+    n = len(user)
+    table = pd.DataFrame(
+        {
+            USER: id_tokens(user).to_numpy(),
+            ITEM: id_tokens(item).to_numpy(),
+            TIMESTAMP: np.asarray(timestamp, dtype=np.float64),
+            EVENT: canonical_events(event, n),
+            RATING: np.full(n, np.nan) if rating is None else np.asarray(rating, dtype=np.float64),
+            QUERY: pd.Series(pd.NA, index=range(n), dtype=object).to_numpy()
+            if query is None
+            else query.astype(object).where(query.notna(), pd.NA).to_numpy(),
+        }
+    )
+    return table

@@ -1,0 +1,99 @@
+"""Column parsing that reports the exact file, column and line of the first bad value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedseqrec.errors import DataError
+
+# Beyond this an epoch value is not a plausible timestamp in seconds (year 2100); larger values are
+# read as milliseconds in auto mode.
+LATEST_SECONDS = 4_102_444_800.0
+MILLISECONDS_ABOVE = 1e11
+TIME_UNITS = ("auto", "s", "ms")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where rows came from, so errors can name the file and the line a person would open."""
+
+    path: str
+    first_line: int = 2  # line number of data row 0: 2 below a header, 1 without one
+    unit: str = "line"  # "line" for text files, "row" for Parquet
+
+    def where(self, row: int) -> str:
+        return f"{self.path}: {self.unit} {row + self.first_line}"
+
+
+def parse_numbers(raw: pd.Series, origin: Origin, column: str, allow_missing: bool = True) -> np.ndarray:
+    """Numbers as float64; a non-numeric value is an error naming its line."""
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy())
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(f"{origin.where(row)}: column '{column}': expected a number, got {raw.iloc[row]!r}")
+    if not allow_missing:
+        _refuse_missing(values, origin, column)
+    return values
+
+
+def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "auto") -> np.ndarray:
+    """Epoch seconds (float) from epoch seconds, epoch milliseconds or ISO-8601 text."""
+    if unit not in TIME_UNITS:
+        raise DataError(f"unknown time unit {unit!r}: expected one of {', '.join(TIME_UNITS)}")
+    present = raw.notna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        seconds = _datetime_seconds(pd.to_datetime(raw, utc=True))
+    elif pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        seconds = _epoch_seconds(raw.to_numpy(dtype=np.float64, na_value=np.nan), unit)
+    else:
+        text = raw.astype(object).where(raw.notna(), None)
+        numeric = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.all(~np.isnan(numeric) | ~present):
+            seconds = _epoch_seconds(numeric, unit)
+        elif np.all(np.isnan(numeric[present])):
+            parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+            seconds = _datetime_seconds(parsed)
+        else:
+            seconds = np.full(len(raw), np.nan)  # mixed numbers and text: report the first odd one out
+            seconds[~np.isnan(numeric)] = 0.0
+        bad = np.flatnonzero(np.isnan(seconds) & present)
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(
+                f"{origin.where(row)}: column '{column}': expected epoch seconds, epoch milliseconds or "
+                f"ISO-8601 date-time, got {raw.iloc[row]!r}"
+            )
+    _refuse_missing(seconds, origin, column)
+    impossible = np.flatnonzero(~np.isfinite(seconds) | (seconds < 0) | (seconds > LATEST_SECONDS))
+    if len(impossible):
+        row = int(impossible[0])
+        raise DataError(
+            f"{origin.where(row)}: column '{column}': impossible timestamp {raw.iloc[row]!r} "
+            "(expected a time between 1970 and 2100)"
+        )
+    return seconds
+
+
+def _epoch_seconds(values: np.ndarray, unit: str) -> np.ndarray:
+    if unit == "ms" or (unit == "auto" and np.nanmax(np.abs(values), initial=0.0) > MILLISECONDS_ABOVE):
+        return values / 1000.0
+    return values
+
+
+def _datetime_seconds(parsed: pd.Series) -> np.ndarray:
+    # Subtracting the epoch is independent of the datetime resolution pandas chose (ns, us, ...).
+    delta = pd.Series(parsed) - pd.Timestamp("1970-01-01", tz="UTC")
+    return (delta / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _refuse_missing(values: np.ndarray, origin: Origin, column: str) -> None:
+    missing = np.flatnonzero(np.isnan(values))
+    if len(missing):
+        raise DataError(f"{origin.where(int(missing[0]))}: column '{column}': value is missing")

@@ -1,0 +1,103 @@
+"""Reading delimited text and Parquet files into string tables, with errors that name the file."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from fedseqrec.errors import DataError
+
+SNIFF_BYTES = 65536
+
+
+def check_readable_file(path: Path, encoding: str = "utf-8") -> None:
+    """Refuse missing, non-regular, unreadable and binary files before a parser gives a cryptic error."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: expected a file, found a folder or special file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+    if b"\x00" in head:
+        raise DataError(f"{path}: looks like a binary file (NUL bytes), expected delimited text")
+    if encoding != "utf-8":
+        return
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # A cut multi-byte character at the end of the sniffed block is not an error.
+        if err.start < len(head) - 4:
+            raise DataError(
+                f"{path}: byte {err.start} is not UTF-8 text (expected a UTF-8 delimited text file)"
+            ) from err
+
+
+def first_line(path: Path) -> str:
+    check_readable_file(path)
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        return handle.readline().rstrip("\r\n")
+
+
+def sniff_separator(path: Path) -> str:
+    """Tab for .tsv/.inter/.data files, otherwise whatever csv.Sniffer sees in the first line (comma by default)."""
+    if path.suffix.lower() in {".tsv", ".inter", ".user", ".item", ".data"}:
+        return "\t"
+    line = first_line(path)
+    if "::" in line:
+        return "::"
+    try:
+        return csv.Sniffer().sniff(line, delimiters=",\t;|").delimiter
+    except csv.Error:
+        return ","
+
+
+def read_delimited(
+    path: Path, sep: str, header: bool = True, names: list[str] | None = None, encoding: str = "utf-8"
+) -> pd.DataFrame:
+    """All columns as strings (ids keep leading zeros; numbers are parsed later with line numbers)."""
+    check_readable_file(path, encoding)
+    options: dict = {"sep": sep, "dtype": str, "keep_default_na": False, "na_values": [""], "encoding": encoding}
+    if len(sep) > 1:
+        options["engine"] = "python"
+    if not header:
+        options["header"] = None
+        if names is not None:
+            options["names"] = names
+    try:
+        frame = pd.read_csv(path, **options)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: the file is empty") from err
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: malformed delimited text: {str(err).strip()}") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+    if names is not None and header is False and frame.shape[1] != len(names):
+        raise DataError(f"{path}: expected {len(names)} columns ({', '.join(names)}), found {frame.shape[1]}")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return pd.read_parquet(path)
+    except ImportError as err:
+        raise DataError(f"{path}: reading Parquet needs pyarrow ({err})") from err
+    except Exception as err:  # pyarrow raises several unrelated types for a corrupt file
+        raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from err
+
+
+def require_columns(frame: pd.DataFrame, path: Path, needed: dict[str, str]) -> None:
+    """``needed`` maps canonical role -> source column; name every missing one and what the file has."""
+    missing = [f"'{col}' (for {role})" for role, col in needed.items() if col not in frame.columns]
+    if missing:
+        found = ", ".join(repr(c) for c in frame.columns)
+        raise DataError(f"{path}: missing column {', '.join(missing)}; the file has columns {found}")

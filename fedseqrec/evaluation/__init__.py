@@ -1,0 +1,1 @@
+"""evaluation — see README (filled in by its own issue)."""

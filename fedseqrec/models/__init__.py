@@ -1,0 +1,1 @@
+"""models — see README (filled in by its own issue)."""

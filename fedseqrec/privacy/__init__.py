@@ -1,0 +1,1 @@
+"""privacy — see README (filled in by its own issue)."""

@@ -1,0 +1,1 @@
+"""server — see README (filled in by its own issue)."""

@@ -1,0 +1,1 @@
+"""simulation — see README (filled in by its own issue)."""
