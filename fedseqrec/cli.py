@@ -26,8 +26,15 @@ from fedseqrec.errors import UserError
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, except where the help text already explains it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or hidden or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _debug_option(parser: argparse.ArgumentParser, top: bool) -> None:

@@ -1,0 +1,158 @@
+"""The fedseqrec command: help, stats, prepare, and every bad-input case (one line, exit 2, nothing written)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import write
+
+SUBCOMMANDS = [[], ["data"], ["data", "stats"], ["data", "prepare"]]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS)
+def test_help_on_every_subcommand(cli, words):
+    result = cli(*words, "--help")
+    assert result.code == 0 and "usage: fedseqrec" in result.out
+
+
+def test_prepare_help_shows_defaults(cli):
+    out = " ".join(cli("data", "prepare", "--help").out.split())
+    assert "--data NAME_OR_PATH" in out and "(default: shop)" in out and "--out DIR" in out
+
+
+def test_stats_on_ml100k_json(cli, ml100k):
+    result = cli("data", "stats", "--data", ml100k, "--json")
+    assert result.code == 0, result.err
+    stats = json.loads(result.out)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100_000)
+    assert (stats["split"]["valid_targets"], stats["split"]["test_targets"]) == (943, 943)
+    assert stats["sequence_length"]["p0"] == 20
+
+
+def test_stats_on_shop_with_partition(cli):
+    result = cli("data", "stats", "--shop-users", 200, "--partition", "iid", "--clients", 4, "--json")
+    stats = json.loads(result.out)
+    assert result.code == 0 and stats["users"] == 200
+    assert [c["users"] for c in stats["clients"]] == [50, 50, 50, 50]
+    assert sum(c["interactions"] for c in stats["clients"]) == stats["interactions"]
+    assert set(stats["events"]) == {"view", "cart", "purchase", "search"}
+
+
+def test_stats_text_output(cli):
+    result = cli("data", "stats", "--shop-users", 100, "--partition", "attribute")
+    assert result.code == 0
+    for word in ("users", "items", "interactions", "seq. length", "leave-one-out", "partition", "central"):
+        assert word in result.out
+
+
+def test_prepare_then_stats_from_folder(cli, tmp_path):
+    out = tmp_path / "shop"
+    assert cli("data", "prepare", "--shop-users", 150, "--out", out, "--max-len", 10).code == 0
+    stats = json.loads(cli("data", "stats", "--data", out, "--json").out)
+    assert stats["users"] == 150 and stats["format"] == "prepared"
+    assert stats["sequence_length"]["p100"] <= 10
+
+
+def test_installed_entry_point_and_debug_traceback(tmp_path):
+    missing = str(tmp_path / "nope.csv")
+    plain = subprocess.run(
+        [sys.executable, "-m", "fedseqrec.cli", "data", "stats", "--data", missing], capture_output=True, text=True
+    )
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().count("\n") == 0
+    debug = subprocess.run(
+        [sys.executable, "-m", "fedseqrec.cli", "--debug", "data", "stats", "--data", missing],
+        capture_output=True,
+        text=True,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# --- bad input: (files to write, extra arguments, words the one-line message must contain) ---
+HEADER = "user,item,timestamp\n"
+BAD_INPUT = {
+    "missing file": ({}, ["--data", "{tmp}/absent.csv"], ["absent.csv", "no such file"]),
+    "binary file": ({"bin.csv": b"user,item\x00\x01\x02"}, ["--data", "{tmp}/bin.csv"], ["bin.csv", "binary"]),
+    "not utf-8": (
+        {"latin.csv": "user,item,timestamp\nJosé,x,1\n".encode("latin-1")},
+        ["--data", "{tmp}/latin.csv"],
+        ["latin.csv", "UTF-8"],
+    ),
+    "missing column": (
+        {"log.csv": "user,item,when\na,b,1\n"},
+        ["--data", "{tmp}/log.csv", "--format", "csv"],
+        ["log.csv", "'timestamp'", "'when'"],
+    ),
+    "misnamed mapped column": (
+        {"log.csv": HEADER + "a,b,1\n"},
+        ["--data", "{tmp}/log.csv", "--columns", "user=user,item=product,timestamp=timestamp"],
+        ["log.csv", "'product'", "(for item)"],
+    ),
+    "undetectable layout": ({"log.csv": "a,b,c\n1,2,3\n"}, ["--data", "{tmp}/log.csv"], ["log.csv", "first line"]),
+    "non-numeric timestamp": (
+        {"log.csv": HEADER + "a,b,1\na,c,2\na,d,yesterday\n"},
+        ["--data", "{tmp}/log.csv"],
+        ["log.csv: line 4", "'timestamp'", "yesterday"],
+    ),
+    "impossible timestamp": (
+        {"log.csv": HEADER + "a,b,1\na,c,-5\n"},
+        ["--data", "{tmp}/log.csv"],
+        ["line 3", "impossible timestamp", "-5"],
+    ),
+    "missing timestamp": ({"log.csv": HEADER + "a,b,\n"}, ["--data", "{tmp}/log.csv"], ["line 2", "missing"]),
+    "non-numeric rating": (
+        {"r.inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\na\tb\tgood\t1\n"},
+        ["--data", "{tmp}/r.inter"],
+        ["r.inter: line 2", "'rating'", "good"],
+    ),
+    "untyped recbole header": (
+        {"u.inter": "user_id\titem_id\ttimestamp\na\tb\t1\n"},
+        ["--data", "{tmp}/u.inter"],
+        ["u.inter", "line 1", "name:type"],
+    ),
+    "nothing left": (
+        {"log.csv": HEADER + "a,b,1\na,c,2\n"},
+        ["--data", "{tmp}/log.csv", "--k-core", "5"],
+        ["nothing left", "k-core"],
+    ),
+    "unknown dataset": ({}, ["--data", "amazon"], ["unknown dataset 'amazon'", "shop"]),
+    "unknown format": ({}, ["--format", "excel"], ["--format", "invalid choice", "'excel'"]),
+    "unknown partition": ({}, ["--partition", "random"], ["--partition", "invalid choice"]),
+    "unknown column role": (
+        {"log.csv": HEADER + "a,b,1\n"},
+        ["--data", "{tmp}/log.csv", "--columns", "person=user"],
+        ["--columns", "unknown role 'person'"],
+    ),
+    "more clients than users": (
+        {},
+        ["--shop-users", "20", "--partition", "iid", "--clients", "21"],
+        ["--clients 21", "20 users"],
+    ),
+    "empty file": ({"log.csv": ""}, ["--data", "{tmp}/log.csv", "--format", "csv"], ["log.csv", "empty"]),
+    "folder without data": ({"dir/readme.txt": "hi"}, ["--data", "{tmp}/dir"], ["dir", "no known dataset"]),
+    "bad shop size": ({}, ["--shop-items", "1"], ["shop", "items"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+@pytest.mark.parametrize("command", ["stats", "prepare"])
+def test_bad_input(cli, tmp_path, case, command):
+    files, args, words = BAD_INPUT[case]
+    for name, content in files.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        else:
+            write(path, content)
+    out = tmp_path / "out"
+    extra = ["--out", out] if command == "prepare" else []
+    result = cli("data", command, *[a.format(tmp=tmp_path) for a in args], *extra)
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err and result.out == ""
+    message = result.err.strip().splitlines()[-1]
+    for word in words:
+        assert word in message, (word, message)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

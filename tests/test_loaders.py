@@ -1,0 +1,142 @@
+"""Every loader and preset on small files written here."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write
+
+from fedseqrec.data.formats import detect_format, load_interactions
+from fedseqrec.data.parsing import Origin, parse_timestamps
+
+ATOMIC_INTER = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\t10\t5\t100\nu1\t11\t3\t90\nu2\t10\t4\t50\n"
+)
+
+
+def test_recbole_atomic_files_with_features(tmp_path):
+    folder = tmp_path / "toy"
+    write(folder / "toy.inter", ATOMIC_INTER)
+    write(folder / "toy.user", "user_id:token\tage:token\tzip_code:token\nu1\t23\t02139\nu2\t40\t94110\n")
+    write(folder / "toy.item", "item_id:token\tclass:token_seq\n10\tAction Drama\n11\tComedy\n")
+    log = load_interactions(folder)
+    assert log.format == "recbole"
+    assert log.events["user"].tolist() == ["u1", "u1", "u2"]
+    assert log.events["item"].tolist() == ["10", "11", "10"]
+    assert log.events["timestamp"].tolist() == [100.0, 90.0, 50.0]
+    assert log.events["rating"].tolist() == [5.0, 3.0, 4.0]
+    assert set(log.events["event"]) == {"interaction"}
+    assert log.user_features.loc["u1", "zip_code"] == "02139"  # tokens keep leading zeros
+    assert log.item_features.loc["10", "class"] == "Action Drama"
+
+
+def test_recbole_inter_file_given_directly_and_detected(tmp_path):
+    inter = write(tmp_path / "x.inter", ATOMIC_INTER)
+    assert detect_format(inter) == "recbole"
+    assert len(load_interactions(inter)) == 3
+
+
+def test_movielens_u_data_with_latin1_features(tmp_path):
+    folder = tmp_path / "ml-100k"
+    write(folder / "u.data", "1\t242\t3\t881250949\n2\t242\t5\t881250950\n1\t302\t4\t881250948\n")
+    write(folder / "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n")
+    flags = ["0"] * 19
+    flags[5] = flags[8] = "1"  # Comedy, Drama
+    write(
+        folder / "u.item",
+        "242|Kolya (1996)|24-Jan-1997||http://x|" + "|".join(flags) + "\n"
+        "302|L.A. Confidential (1997)|01-Jan-1997||http://y|" + "|".join(["0"] * 16 + ["1", "0", "0"]) + "\n"
+        "303|Café Society (1995)|01-Jan-1995||http://z|" + "|".join(["1"] + ["0"] * 18) + "\n",
+        encoding="latin-1",
+    )
+    assert detect_format(folder) == "movielens"
+    log = load_interactions(folder)
+    assert log.events["user"].tolist() == ["1", "2", "1"]
+    assert log.events["rating"].tolist() == [3.0, 5.0, 4.0]
+    assert log.user_features.loc["2", "occupation"] == "other"
+    assert log.item_features.loc["242", "genre"] == "Comedy Drama"
+    assert log.item_features.loc["302", "genre"] == "Thriller"
+    assert log.item_features.loc["303", "title"] == "Café Society (1995)"
+
+
+def test_movielens_ratings_dat(tmp_path):
+    folder = tmp_path / "ml-1m"
+    write(folder / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
+    write(folder / "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n")
+    write(folder / "movies.dat", "1193::One Flew (1975)::Drama\n661::James (1996)::Animation|Children's\n")
+    log = load_interactions(folder / "ratings.dat")
+    assert log.format == "movielens"
+    assert log.events["item"].tolist() == ["1193", "661", "1193"]
+    assert log.events["timestamp"].tolist() == [978300760.0, 978302109.0, 978298413.0]
+    assert log.user_features.loc["2", "zip_code"] == "70072"
+    assert log.item_features.loc["661", "genre"] == "Animation Children's"
+
+
+def test_generic_csv_with_column_mapping_and_iso_timestamps(tmp_path):
+    path = write(
+        tmp_path / "log.csv",
+        "customer,sku,when,kind,stars\na,p1,2024-03-01T10:00:00Z,click,\na,p2,2024-03-01T12:00:00+02:00,purchase,4\n",
+    )
+    log = load_interactions(path, "csv", columns="user=customer,item=sku,timestamp=when,event=kind,rating=stars")
+    assert log.events["timestamp"].tolist() == [1709287200.0, 1709287200.0]  # 12:00+02:00 == 10:00Z
+    assert log.events["event"].tolist() == ["view", "purchase"]  # "click" is a view
+    assert np.isnan(log.events["rating"].iloc[0]) and log.events["rating"].iloc[1] == 4.0
+
+
+def test_generic_tsv_guesses_common_column_names(tmp_path):
+    path = write(tmp_path / "log.tsv", "user_id\titem_id\ttimestamp\tevent_type\tquery\nx\ti\t10\tsearch\tred shoes\n")
+    assert detect_format(path) == "tsv"
+    log = load_interactions(path)
+    assert log.events.iloc[0][["user", "item", "event", "query"]].tolist() == ["x", "i", "search", "red shoes"]
+
+
+def test_parquet_log(tmp_path):
+    path = tmp_path / "log.parquet"
+    pd.DataFrame({"user": [7, 8], "item": [1, 2], "ts": [1_700_000_000_000, 1_700_000_001_000]}).to_parquet(path)
+    log = load_interactions(path, columns="user=user,item=item,timestamp=ts")
+    assert log.events["user"].tolist() == ["7", "8"]
+    assert log.events["timestamp"].tolist() == [1_700_000_000.0, 1_700_000_001.0]  # milliseconds detected
+
+
+def test_retailrocket_preset(tmp_path):
+    path = write(
+        tmp_path / "events.csv",
+        "timestamp,visitorid,event,itemid,transactionid\n"
+        "1433221332117,257597,view,355908,\n"
+        "1433224214164,992329,addtocart,248676,\n"
+        "1433221999827,111016,transaction,318965,4000\n",
+    )
+    assert detect_format(path) == "retailrocket"
+    assert detect_format(tmp_path) == "retailrocket"
+    log = load_interactions(path)
+    assert log.events["event"].tolist() == ["view", "cart", "purchase"]
+    assert log.events["timestamp"].iloc[0] == pytest.approx(1433221332.117)
+    assert log.events["user"].tolist() == ["257597", "992329", "111016"]
+
+
+def test_retailrocket_preset_on_renamed_file(tmp_path):
+    path = write(tmp_path / "rr.csv", "timestamp,visitorid,event,itemid,transactionid\n1433221332117,1,view,2,\n")
+    assert detect_format(path) == "retailrocket"
+    assert load_interactions(path, "retailrocket").events["item"].tolist() == ["2"]
+
+
+def test_taobao_preset_headerless(tmp_path):
+    path = write(tmp_path / "UserBehavior.csv", "1,2268318,2520377,pv,1511544070\n1,2333346,2520771,buy,1511561733\n")
+    assert detect_format(path) == "taobao"
+    renamed = write(tmp_path / "tb.csv", path.read_text())
+    assert detect_format(renamed) == "taobao"
+    log = load_interactions(path)
+    assert log.events["event"].tolist() == ["view", "purchase"]
+    assert log.events["timestamp"].tolist() == [1511544070.0, 1511561733.0]
+    assert log.item_features.loc["2268318", "category"] == "2520377"
+
+
+def test_timestamp_units():
+    origin = Origin("t.csv")
+    seconds = parse_timestamps(pd.Series(["1700000000", "1700000100"]), origin, "ts")
+    millis = parse_timestamps(pd.Series(["1700000000000", "1700000100000"]), origin, "ts")
+    forced = parse_timestamps(pd.Series([1_700_000_000]), origin, "ts", unit="ms")
+    iso = parse_timestamps(pd.Series(["2023-11-14 22:13:20"]), origin, "ts")
+    assert seconds.tolist() == [1_700_000_000.0, 1_700_000_100.0]
+    assert millis.tolist() == seconds.tolist()
+    assert forced.tolist() == [1_700_000.0]
+    assert iso.tolist() == [1_700_000_000.0]
