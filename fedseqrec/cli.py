@@ -22,6 +22,8 @@ from fedseqrec.data.partition import SCHEMES
 from fedseqrec.data.shop import ShopConfig
 from fedseqrec.data.splits import SPLITS
 from fedseqrec.errors import UserError
+from fedseqrec.evaluation.protocols import PROTOCOLS
+from fedseqrec.models.config import MODEL_NAMES, ModelConfig, TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,8 +49,10 @@ def _debug_option(parser: argparse.ArgumentParser, top: bool) -> None:
     )
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
-    """``--data`` and friends: which log to read, how to clean it, how to split it."""
+def add_data_options(parser: argparse.ArgumentParser, truncate: bool = True) -> None:
+    """``--data`` and friends: which log to read, how to clean it, how to split it.
+
+    ``truncate``: offer ``--max-len`` to cut the data itself; training commands use it for the model's window."""
     g = parser.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -89,7 +93,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--user-core", type=int, default=None, help="k-core threshold for users only (overrides --k-core)")
     c.add_argument("--item-core", type=int, default=None, help="k-core threshold for items only (overrides --k-core)")
-    c.add_argument("--max-len", type=int, default=None, help="keep each user's most recent N events")
+    if truncate:
+        c.add_argument("--max-len", type=int, default=None, help="keep each user's most recent N events")
     s = parser.add_argument_group("split")
     s.add_argument("--split", default="leave-one-out", choices=SPLITS, help="evaluation split")
     s.add_argument("--valid-quantile", type=float, default=0.8, help="temporal split: validation cut")
@@ -122,7 +127,7 @@ def add_partition_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_config(args: argparse.Namespace) -> DataConfig:
+def data_config(args: argparse.Namespace, truncate_data: bool = True) -> DataConfig:
     user_core = args.user_core if args.user_core is not None else args.k_core
     item_core = args.item_core if args.item_core is not None else args.k_core
     return DataConfig(
@@ -135,7 +140,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
         min_rating=args.min_rating,
         user_core=user_core,
         item_core=item_core,
-        max_len=args.max_len,
+        max_len=args.max_len if truncate_data else None,
         split=args.split,
         valid_quantile=args.valid_quantile,
         test_quantile=args.test_quantile,
@@ -166,6 +171,131 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     stats = prepare(data_config(args), Path(args.out))
     print(format_stats(stats))
     print(f"prepared dataset written to {Path(args.out).resolve()}")
+    return 0
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group("model")
+    defaults = ModelConfig()
+    m.add_argument("--model", default="sasrec", choices=MODEL_NAMES, help="sequence recommender (pop: baseline)")
+    m.add_argument("--hidden", type=int, default=defaults.hidden, help="embedding and hidden size")
+    m.add_argument("--layers", type=int, default=defaults.layers, help="Transformer blocks or recurrent layers")
+    m.add_argument("--heads", type=int, default=defaults.heads, help="attention heads (sasrec, bert4rec)")
+    m.add_argument("--inner", type=int, default=defaults.inner, help="feed-forward width (sasrec, bert4rec)")
+    m.add_argument("--dropout", type=float, default=defaults.dropout, help="dropout probability")
+    m.add_argument(
+        "--max-len",
+        type=int,
+        default=defaults.max_len,
+        help="window of most recent events the model sees (one training example per user)",
+    )
+    m.add_argument(
+        "--no-side-info",
+        dest="side_info",
+        action="store_false",
+        help="no event-type and time-gap embeddings (default: use them where the data has them)",
+    )
+    m.add_argument("--mask-ratio", type=float, default=defaults.mask_ratio, help="bert4rec: share of items masked")
+    m.add_argument(
+        "--loss",
+        default=defaults.loss,
+        choices=("ce", "sampled"),
+        help="full softmax cross-entropy, or sampled negatives for very large catalogues",
+    )
+    m.add_argument("--negatives", type=int, default=defaults.negatives, help="sampled loss: negatives per batch")
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        inner=args.inner,
+        dropout=args.dropout,
+        max_len=args.max_len,
+        side_info=args.side_info,
+        mask_ratio=args.mask_ratio,
+        loss=args.loss,
+        negatives=args.negatives,
+    )
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    t = parser.add_argument_group("training")
+    d = TrainConfig()
+    t.add_argument("--epochs", type=int, default=d.epochs, help="most epochs to train")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch")
+    t.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after this many evaluations without a better validation NDCG@10",
+    )
+    t.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N epochs")
+    t.add_argument(
+        "--window",
+        default="random" if d.random_window else "recent",
+        choices=("random", "recent"),
+        help="training window per user and epoch: a random stretch of a long history, or the most recent",
+    )
+    t.add_argument("--max-seconds", type=float, default=None, help="stop after this much training time")
+    t.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+    t.add_argument(
+        "--protocol",
+        default=d.eval_protocol,
+        choices=PROTOCOLS,
+        help="evaluation: full ranking, or 100 sampled negatives (labelled in the results)",
+    )
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        eval_every=args.eval_every,
+        random_window=args.window == "random",
+        max_seconds=args.max_seconds,
+        threads=args.threads,
+        eval_protocol=args.protocol,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fedseqrec.centralized import train_centralized
+
+    out = Path(args.out or f"runs/train-{args.model}")
+    results = train_centralized(data_config(args, truncate_data=False), model_config(args), train_config(args), out)
+    test, valid = results["test"], results["valid"]
+    print(
+        f"{args.model}: test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
+        f"  (valid NDCG@10 {valid['NDCG@10']:.4f}; {results['params']:,} parameters, "
+        f"{results['train_seconds']:.1f} s training)"
+    )
+    print(f"results in {out.resolve()}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fedseqrec.data.dataset import load_dataset
+    from fedseqrec.evaluation.evaluator import evaluate
+    from fedseqrec.models.checkpoint import load_checkpoint
+
+    ds = load_dataset(data_config(args, truncate_data=False))
+    name, model = load_checkpoint(Path(args.checkpoint), ds.sequences)
+    options = {"max_len": model.cfg.max_len, "protocol": args.protocol}
+    results = {
+        "model": name,
+        "protocol": args.protocol,
+        "valid": evaluate(model, ds.sequences, ds.split, "valid", **options),
+        "test": evaluate(model, ds.sequences, ds.split, "test", **options),
+    }
+    print(json.dumps(results, indent=2))
     return 0
 
 
@@ -214,6 +344,34 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
     _debug_option(prepare, top=False)
     prepare.set_defaults(handler=cmd_data_prepare)
+
+    train = commands.add_parser(
+        "train",
+        help="centralized training (the baseline for federated runs)",
+        formatter_class=_Formatter,
+        description="Train a sequence recommender on all users at once: AdamW, early stopping on validation "
+        "NDCG@10, best weights in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation "
+        "and test metrics in --out/metrics.json.",
+    )
+    add_data_options(train, truncate=False)
+    add_model_options(train)
+    add_training_options(train)
+    train.add_argument("--out", default=None, metavar="DIR", help="results folder (default: runs/train-MODEL)")
+    _debug_option(train, top=False)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a saved model",
+        formatter_class=_Formatter,
+        description="Validation and test metrics of a checkpoint folder written by `fedseqrec train`, on --data "
+        "(which must have the item vocabulary the model was trained on).",
+    )
+    add_data_options(evaluate, truncate=False)
+    evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="folder holding model.pt and model.json")
+    evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS, help="ranking protocol")
+    _debug_option(evaluate, top=False)
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

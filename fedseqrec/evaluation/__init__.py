@@ -1,1 +1,1 @@
-"""evaluation — see README (filled in by its own issue)."""
+"""Ranking metrics (metrics.py) and evaluators (evaluator.py) shared by centralized and federated runs."""

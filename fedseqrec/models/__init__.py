@@ -1,1 +1,2 @@
-"""models — see README (filled in by its own issue)."""
+"""Sequence recommenders behind one interface (base.py), a registry by name (registry.py), their
+configuration (config.py, importable without torch), batching, training and checkpoints."""

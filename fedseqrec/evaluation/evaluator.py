@@ -1,0 +1,87 @@
+"""Evaluating a recommender on the validation or test targets of a split.
+
+``full`` ranks each target against every item (the default, and the only protocol comparable across
+papers that report full ranking). ``sampled-uniform`` / ``sampled-pop`` rank it against 100 sampled negatives
+(uniformly, or by training popularity) that the user has not interacted with, as in older papers; their
+results are labelled with the protocol because they are not comparable with full ranking.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fedseqrec.data.sequences import SequenceData
+from fedseqrec.data.splits import Split
+from fedseqrec.errors import UserError
+from fedseqrec.evaluation.metrics import KS, MetricSums
+from fedseqrec.evaluation.protocols import PROTOCOLS
+from fedseqrec.models.batching import evaluation_batches
+
+
+@torch.no_grad()
+def evaluate_sums(
+    model,
+    data: SequenceData,
+    split: Split,
+    which: str = "valid",
+    users: np.ndarray | None = None,
+    max_len: int = 50,
+    protocol: str = "full",
+    negatives: int = 100,
+    ks=KS,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> MetricSums:
+    """Metric sums over the targets of ``users`` (all users by default), to be merged or turned into means."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown evaluation protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if any(k < 1 for k in ks):
+        raise UserError(f"metric cut-offs K must be positive, got {list(ks)}")
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    sums = MetricSums()
+    rng = np.random.default_rng(seed)
+    weights = _popularity(data, split) if protocol == "sampled-pop" else None
+    for chunk in evaluation_batches(data, split, which, users, max_len, batch_size):
+        scores = model.full_sort_predict(chunk.batch)
+        if protocol != "full":
+            scores = _restrict_to_sample(scores, chunk, data, split, which, negatives, rng, weights)
+        sums.add_scores(scores, chunk.targets, ks)
+    if was_training:
+        model.train()
+    return sums
+
+
+def evaluate(model, data: SequenceData, split: Split, which: str = "valid", **options) -> dict[str, float]:
+    return evaluate_sums(model, data, split, which, **options).result()
+
+
+def _popularity(data: SequenceData, split: Split) -> np.ndarray:
+    position = np.arange(data.n_interactions) - np.repeat(data.offsets[:-1], data.lengths)
+    in_train = position < np.repeat(split.train_end, data.lengths)
+    counts = np.bincount(data.items[in_train], minlength=data.n_items + 1).astype(np.float64)
+    counts[0] = 0.0
+    return counts
+
+
+def _restrict_to_sample(scores, chunk, data, split, which, negatives, rng, weights) -> torch.Tensor:
+    """Keep the target and ``negatives`` sampled items the user has not interacted with; the rest -inf."""
+    positions = split.valid_pos if which == "valid" else split.test_pos
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for row, (user, target) in enumerate(zip(chunk.users, chunk.targets.tolist(), strict=True)):
+        candidate = np.ones(data.n_items + 1, dtype=bool)
+        candidate[0] = False
+        candidate[data.sequence(user)[: positions[user] + 1]] = False  # history and the target itself
+        allowed = np.flatnonzero(candidate)
+        p = None
+        if weights is not None and weights[allowed].sum() > 0:
+            p = weights[allowed] / weights[allowed].sum()
+            negatives = min(negatives, int((p > 0).sum()))
+        sample = rng.choice(allowed, size=min(negatives, len(allowed)), replace=False, p=p)
+        keep[row, torch.from_numpy(sample)] = True
+        keep[row, target] = True
+    return scores.masked_fill(~keep, -math.inf)

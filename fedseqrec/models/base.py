@@ -1,0 +1,133 @@
+"""What every sequence recommender shares: its configuration, its batch, its loss and the item scorer.
+
+A model maps a batch of right-padded user sequences to hidden states (``forward``), scores all items at
+every position through a module call (an ``nn.Linear``: Opacus only sees parameters used inside module calls),
+trains with ``calculate_loss`` and ranks the next item with ``full_sort_predict``, as RecBole's models do.
+
+One training example is one user's (truncated) sequence with every position a target; the loss is one term
+per sequence (see ``SequenceLoss``). That unit is the privacy unit of DP-SGD.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedseqrec.models.config import ModelConfig
+
+N_GAP_BUCKETS = 34  # 0 = padding, 1 = unknown gap (first event), 2.. = 2 + floor(log2(1 + seconds)), capped
+
+
+@dataclass
+class SeqBatch:
+    """Right-padded sequences (padding id 0). ``targets[b, t]`` is the item to predict after position t."""
+
+    items: torch.Tensor  # (B, T) long
+    events: torch.Tensor  # (B, T) long
+    gaps: torch.Tensor  # (B, T) long time-gap buckets
+    lengths: torch.Tensor  # (B,) long, >= 1
+    targets: torch.Tensor | None = None  # (B, T) long, 0 = no target
+
+
+def gap_buckets(seconds: torch.Tensor) -> torch.Tensor:
+    """Log2 buckets of the gap before each event (negative = unknown)."""
+    buckets = 2 + torch.floor(torch.log2(1.0 + seconds.clamp(min=0))).long()
+    return torch.where(seconds < 0, torch.ones_like(buckets), buckets.clamp(max=N_GAP_BUCKETS - 1))
+
+
+class SequenceLoss:
+    """Cross-entropy summed over a sequence's target positions and divided by the window width, averaged over
+    the batch: one term per user (the privacy unit), in which each target counts the same, as in RecBole where
+    every prefix is a sample.
+
+    Called as ``loss(logits_flat, targets_flat, shape=logits.shape)``, the call Opacus' ghost-clipping
+    criterion takes, so a model's ``calculate_loss`` works unchanged with either.
+    """
+
+    def __init__(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(ignore_index=0, reduction="none")
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        per_token = self.criterion(logits, targets).view(shape[0], shape[1])
+        return per_token.sum(dim=1).mean() / shape[1]
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: embeddings with side information, the item scorer, loss and prediction."""
+
+    name = "base"
+    extra_tokens = 0  # ids after the items that the model uses itself (bert4rec's mask token)
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.item_embedding = nn.Embedding(cfg.n_items + 1 + self.extra_tokens, cfg.hidden, padding_idx=0)
+        self.use_events = cfg.side_info and cfg.n_events > 1
+        self.use_gaps = cfg.side_info
+        if self.use_events:
+            self.event_embedding = nn.Embedding(cfg.n_events + 1, cfg.hidden, padding_idx=0)
+        if self.use_gaps:
+            self.gap_embedding = nn.Embedding(N_GAP_BUCKETS, cfg.hidden, padding_idx=0)
+        # Scores of every item id (column 0, padding, included): a plain nn.Linear, so Opacus computes its
+        # per-sample gradient norms with its fast Linear samplers (a subclass would fall back to functorch).
+        self.scorer = nn.Linear(cfg.hidden, cfg.n_items + 1)
+
+    def embed(self, batch: SeqBatch) -> torch.Tensor:
+        x = self.item_embedding(batch.items)
+        if self.use_events:
+            x = x + self.event_embedding(batch.events)
+        if self.use_gaps:
+            x = x + self.gap_embedding(batch.gaps)
+        return x
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:  # (B, T, H)
+        raise NotImplementedError
+
+    def training_view(self, batch: SeqBatch) -> SeqBatch:
+        """Inputs and next-item targets from a window of events: every position predicts the one after it.
+        The cloze model (bert4rec) masks items instead."""
+        return SeqBatch(
+            items=batch.items[:, :-1].contiguous(),
+            events=batch.events[:, :-1].contiguous(),
+            gaps=batch.gaps[:, :-1].contiguous(),
+            lengths=(batch.lengths - 1).clamp(min=1),
+            targets=batch.items[:, 1:].contiguous(),
+        )
+
+    def calculate_loss(self, batch: SeqBatch, criterion=None) -> torch.Tensor:
+        batch = self.training_view(batch)
+        hidden = self(batch)
+        if self.cfg.loss == "sampled":
+            return self._sampled_loss(hidden, batch.targets)
+        logits = self.scorer(hidden)
+        criterion = criterion or SequenceLoss()
+        return criterion(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), shape=logits.shape)
+
+    def _sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Softmax over the target and shared random negatives. It indexes the scorer's weight outside a module
+        call, which Opacus would not clip, so it is refused under DP (see privacy.compat)."""
+        negatives = torch.randint(1, self.cfg.n_items + 1, (self.cfg.negatives,), device=targets.device)
+        positive = (hidden * self.scorer.weight[targets]).sum(-1) + self.scorer.bias[targets]
+        negative = hidden @ self.scorer.weight[negatives].T + self.scorer.bias[negatives]
+        negative = negative.masked_fill(negatives.view(1, 1, -1) == targets.unsqueeze(-1), -math.inf)
+        logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)
+        per_token = F.cross_entropy(
+            logits.view(-1, logits.shape[-1]), torch.zeros_like(targets).view(-1), reduction="none"
+        ).view(targets.shape)
+        return (per_token * (targets != 0)).sum(1).mean() / targets.shape[1]
+
+    def last_hidden(self, batch: SeqBatch) -> torch.Tensor:
+        hidden = self(batch)
+        index = (batch.lengths - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        return hidden.gather(1, index).squeeze(1)
+
+    def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
+        """Scores of every item for the position after each sequence; column 0 (padding) is -inf."""
+        scores = self.scorer(self.last_hidden(batch))
+        scores[:, 0] = -math.inf
+        return scores

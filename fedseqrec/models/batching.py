@@ -1,0 +1,104 @@
+"""Tensors from sequences: training windows (one per user) and evaluation inputs (one per target)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fedseqrec.data.sequences import SequenceData
+from fedseqrec.data.splits import Split
+from fedseqrec.models.base import SeqBatch, gap_buckets
+
+
+def event_gap_buckets(data: SequenceData) -> np.ndarray:
+    """Time-gap bucket of every event relative to the user's previous event (1 = first event)."""
+    gaps = np.diff(data.timestamps, prepend=np.nan)
+    gaps[data.offsets[1:-1][data.lengths[1:] > 0]] = -1.0  # first event of each user
+    gaps[np.isnan(gaps)] = -1.0
+    return gap_buckets(torch.from_numpy(gaps)).numpy()
+
+
+class TrainingWindows(Dataset):
+    """One example per user: the most recent ``max_len + 1`` training events (or a random window of them).
+
+    Only users with at least two training events have a target. Items come right-padded with id 0.
+    """
+
+    def __init__(
+        self,
+        data: SequenceData,
+        split: Split,
+        users: np.ndarray | None = None,
+        max_len: int = 50,
+        random_window: bool = False,
+        seed: int = 0,
+    ):
+        users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users)
+        self.users = users[split.train_end[users] >= 2]
+        self.data, self.split, self.width = data, split, max_len + 1
+        self.random_window = random_window
+        self.rng = np.random.default_rng(seed)
+        self.gaps = event_gap_buckets(data)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        user = self.users[index]
+        start, n = self.data.offsets[user], int(self.split.train_end[user])
+        end = n
+        if self.random_window and n > self.width:
+            end = int(self.rng.integers(self.width, n + 1))
+        begin = max(0, end - self.width)
+        return (*_padded(self.data, self.gaps, start + begin, start + end, self.width), torch.tensor(end - begin))
+
+    def batch_of(self, tensors: tuple[torch.Tensor, ...]) -> SeqBatch:
+        items, events, gaps, lengths = tensors
+        return SeqBatch(items=items, events=events, gaps=gaps, lengths=lengths)
+
+
+def _padded(data: SequenceData, gaps: np.ndarray, lo: int, hi: int, width: int) -> tuple[torch.Tensor, ...]:
+    out = []
+    for array in (data.items, data.events, gaps):
+        row = np.zeros(width, dtype=np.int64)
+        row[: hi - lo] = array[lo:hi]
+        out.append(torch.from_numpy(row))
+    return tuple(out)
+
+
+@dataclass
+class EvalBatch:
+    batch: SeqBatch
+    targets: torch.Tensor  # (B,) item ids
+    users: np.ndarray  # (B,) user ids
+
+
+def evaluation_batches(
+    data: SequenceData,
+    split: Split,
+    which: str,
+    users: np.ndarray | None = None,
+    max_len: int = 50,
+    batch_size: int = 256,
+) -> Iterator[EvalBatch]:
+    """For each user with a ``which`` ("valid" or "test") target: the ``max_len`` events before it."""
+    positions = {"valid": split.valid_pos, "test": split.test_pos}[which]
+    users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users)
+    users = users[positions[users] >= 1]
+    gaps = event_gap_buckets(data)
+    for chunk in np.array_split(users, max(1, int(np.ceil(len(users) / batch_size)))):
+        if len(chunk) == 0:
+            continue
+        rows, lengths, targets = [], [], []
+        for user in chunk:
+            start, p = data.offsets[user], int(positions[user])
+            begin = max(0, p - max_len)
+            rows.append(_padded(data, gaps, start + begin, start + p, max_len))
+            lengths.append(p - begin)
+            targets.append(int(data.items[start + p]))
+        items, events, gap_rows = (torch.stack(col) for col in zip(*rows, strict=True))
+        yield EvalBatch(SeqBatch(items, events, gap_rows, torch.tensor(lengths)), torch.tensor(targets), chunk)

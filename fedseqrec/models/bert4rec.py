@@ -1,0 +1,82 @@
+"""BERT4Rec: a bidirectional Transformer trained to fill in masked items (Sun et al., 2019).
+
+The encoder is Hugging Face's ``BertModel`` built from a ``BertConfig`` (no downloaded weights). Item,
+event and time-gap embeddings are ours and enter as ``inputs_embeds``; BERT's own word-embedding table is
+never used, so it is one frozen row. Position and token-type ids are passed batch-sized and contiguous,
+which Opacus needs to compute per-sample gradients of those embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import BertConfig, BertModel
+
+from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
+
+
+class BERT4Rec(SequentialRecommender):
+    name = "bert4rec"
+    extra_tokens = 1  # the [MASK] item, id n_items + 1
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.mask_id = cfg.n_items + 1
+        config = BertConfig(
+            vocab_size=1,
+            hidden_size=cfg.hidden,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            intermediate_size=cfg.inner,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            max_position_embeddings=cfg.max_len + 1,  # training windows hold max_len + 1 events
+            type_vocab_size=1,
+        )
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:
+        b, t = batch.items.shape
+        positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
+        output = self.bert(
+            inputs_embeds=self.embed(batch),
+            attention_mask=(batch.items != 0).long(),
+            position_ids=positions,
+            token_type_ids=torch.zeros_like(batch.items),
+        )
+        return output.last_hidden_state
+
+    def training_view(self, batch: SeqBatch) -> SeqBatch:
+        """Cloze: each real item is masked with probability ``mask_ratio`` and becomes a target; in half of the
+        sequences the last item is masked too, which is what prediction asks for (as in the BERT4Rec paper)."""
+        real = batch.items != 0
+        masked = (torch.rand(batch.items.shape, device=batch.items.device) < self.cfg.mask_ratio) & real
+        last = torch.rand(batch.items.shape[0], device=batch.items.device) < 0.5
+        rows = torch.arange(batch.items.shape[0], device=batch.items.device)
+        masked[rows[last], batch.lengths[last] - 1] = True
+        return SeqBatch(
+            items=batch.items.masked_fill(masked, self.mask_id),
+            events=batch.events.masked_fill(masked, 0),  # what the masked event was is unknown at prediction
+            gaps=batch.gaps.masked_fill(masked, 1),
+            lengths=batch.lengths,
+            targets=batch.items.masked_fill(~masked, 0),
+        )
+
+    def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
+        """Append [MASK] after each sequence and score the items for it."""
+        b = batch.items.shape[0]
+        rows = torch.arange(b, device=batch.items.device)
+
+        def append(x: torch.Tensor, value: int) -> torch.Tensor:
+            out = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+            out[rows, batch.lengths] = value
+            return out
+
+        extended = SeqBatch(
+            append(batch.items, self.mask_id), append(batch.events, 0), append(batch.gaps, 1), batch.lengths + 1
+        )
+        scores = self.scorer(self.last_hidden(extended))
+        scores[:, 0] = -math.inf
+        return scores

@@ -1,0 +1,60 @@
+"""Weights-only checkpoints: ``model.pt`` (a state dict, loaded with ``weights_only=True``) beside ``model.json``
+(the model name, its configuration and a fingerprint of the item vocabulary it was trained on)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from fedseqrec.data.sequences import SequenceData
+from fedseqrec.errors import UserError
+from fedseqrec.models.base import ModelConfig, SequentialRecommender
+from fedseqrec.models.registry import build_model
+
+
+def vocabulary_fingerprint(data: SequenceData) -> str:
+    digest = hashlib.sha256("\n".join(map(str, data.vocab.items[1:])).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def describe(name: str, cfg: ModelConfig, data: SequenceData) -> dict:
+    return {"model": name, "config": cfg.to_dict(), "vocabulary": vocabulary_fingerprint(data)}
+
+
+def save_weights(path: Path, model: SequentialRecommender) -> None:
+    """Atomic: write beside, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
+
+
+def save_checkpoint(
+    folder: Path, model: SequentialRecommender, name: str, data: SequenceData, weights: str = "model.pt"
+) -> None:
+    save_weights(folder / weights, model)
+    (folder / "model.json").write_text(json.dumps(describe(name, model.cfg, data), indent=2) + "\n")
+
+
+def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt") -> tuple[str, SequentialRecommender]:
+    """The model saved in ``folder``; refused when it was built for another vocabulary or its weights don't fit."""
+    try:
+        info = json.loads((folder / "model.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{folder}: not a fedseqrec checkpoint (model.json unreadable: {err})") from err
+    cfg = ModelConfig.from_dict(info["config"])
+    if info.get("vocabulary") != vocabulary_fingerprint(data) or cfg.n_items != data.n_items:
+        raise UserError(
+            f"{folder}: checkpoint was built for another item vocabulary ({cfg.n_items} items, fingerprint "
+            f"{info.get('vocabulary')}) than this data ({data.n_items} items, {vocabulary_fingerprint(data)})"
+        )
+    model = build_model(info["model"], cfg)
+    try:
+        state = torch.load(folder / weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"{folder / weights}: weights do not fit a {info['model']} model ({err})") from err
+    return info["model"], model

@@ -1,0 +1,90 @@
+"""SASRec: causal self-attention over the user's sequence (Kang & McAuley, 2018), post-LN as in RecBole.
+
+Attention is written from ``nn.Linear`` projections and ``F.scaled_dot_product_attention`` rather than
+``nn.MultiheadAttention``, whose causal mask Opacus cannot handle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.out = nn.Linear(hidden, hidden)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+
+        def split(proj: nn.Linear) -> torch.Tensor:
+            return proj(x).view(b, t, self.heads, h // self.heads).transpose(1, 2)
+
+        # Causal masking alone is enough with right padding: real positions never see the padding after them.
+        attended = F.scaled_dot_product_attention(
+            split(self.query),
+            split(self.key),
+            split(self.value),
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(attended.transpose(1, 2).reshape(b, t, h))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = CausalSelfAttention(cfg.hidden, cfg.heads, cfg.dropout)
+        self.attention_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(cfg.hidden, cfg.inner), nn.GELU(), nn.Linear(cfg.inner, cfg.hidden), nn.Dropout(cfg.dropout)
+        )
+        self.feed_forward_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x)))
+        return self.feed_forward_norm(x + self.feed_forward(x))
+
+
+class SASRec(SequentialRecommender):
+    name = "sasrec"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.position_embedding = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.layers))
+        self.apply(_init_weights)
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:
+        b, t = batch.items.shape
+        # Batch-sized, contiguous position ids: Opacus needs a per-sample input for every embedding.
+        positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
+        x = self.dropout(self.norm(self.embed(batch) + self.position_embedding(positions)))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _init_weights(module: nn.Module) -> None:
+    # RecBole's initialisation: normal(0, 0.02) weights, zero biases, unit layer norms.
+    if isinstance(module, nn.Linear | nn.Embedding):
+        module.weight.data.normal_(0.0, 0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        module.weight.data[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()

@@ -1,0 +1,29 @@
+"""Making a model trainable by Opacus without changing what it computes."""
+
+from __future__ import annotations
+
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from fedseqrec.errors import UserError
+
+
+def dp_compatible(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the layers Opacus cannot handle replaced (``nn.GRU``/``nn.LSTM`` by
+    ``DPGRU``/``DPLSTM``), each replacement carrying the original layer's weights."""
+    if getattr(getattr(model, "cfg", None), "loss", "ce") == "sampled":
+        raise UserError(
+            "the sampled loss indexes the output weights outside a module call, which DP-SGD would not "
+            "clip: use --loss ce with differential privacy"
+        )
+    fixed = ModuleValidator.fix(model)
+    originals = dict(model.named_modules())
+    for name, module in fixed.named_modules():
+        original = originals.get(name)
+        if name and original is not None and type(module) is not type(original):
+            # Loaded module by module: Opacus' renamed parameters only map back at the layer itself.
+            module.load_state_dict(original.state_dict())
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        raise UserError(f"{type(model).__name__} has layers Opacus cannot train: {errors}")
+    return fixed

@@ -1,0 +1,194 @@
+"""Every model: shapes, causality, training under Opacus (hooks and ghost), and beating popularity on shop."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from opacus import PrivacyEngine
+from opacus.validators import ModuleValidator
+from torch.utils.data import DataLoader
+
+from fedseqrec.data import DataConfig, ShopConfig, load_dataset
+from fedseqrec.errors import UserError
+from fedseqrec.models.base import SeqBatch
+from fedseqrec.models.batching import TrainingWindows, evaluation_batches
+from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.registry import MODELS, build_model
+from fedseqrec.privacy.compat import dp_compatible
+
+NAMES = sorted(MODELS)
+
+
+@pytest.fixture(scope="module")
+def shop():
+    return load_dataset(DataConfig(shop=ShopConfig(users=200, items=120, categories=8), seed=1))
+
+
+def small_config(ds, **overrides) -> ModelConfig:
+    values = {
+        "n_items": ds.sequences.n_items,
+        "n_events": len(ds.sequences.vocab.events) - 1,
+        "hidden": 16,
+        "layers": 1,
+        "heads": 2,
+        "inner": 32,
+        "dropout": 0.1,
+        "max_len": 12,
+        **overrides,
+    }
+    return ModelConfig(**values)
+
+
+def first_batch(ds, cfg, batch_size=8):
+    windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.max_len)
+    return windows, windows.batch_of(next(iter(DataLoader(windows, batch_size=batch_size))))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_and_full_sort_shapes(shop, name):
+    cfg = small_config(shop)
+    model = build_model(name, cfg)
+    _, batch = first_batch(shop, cfg)
+    loss = model.calculate_loss(batch)
+    assert loss.ndim == 0 and math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    scores = model.full_sort_predict(next(evaluation_batches(shop.sequences, shop.split, "test", max_len=12)).batch)
+    assert scores.shape[1] == cfg.n_items + 1 and torch.isinf(scores[:, 0]).all()
+    assert torch.isfinite(scores[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "lstm", "sasrec"])
+def test_causal_models_never_look_ahead(shop, name):
+    model = build_model(name, small_config(shop)).eval()
+    _, window = first_batch(shop, small_config(shop), batch_size=2)
+    batch = model.training_view(window)
+    hidden = model(batch)
+    changed = SeqBatch(batch.items.clone(), batch.events, batch.gaps, batch.lengths)
+    changed.items[:, 6:] = 1
+    assert torch.allclose(model(changed)[:, :6], hidden[:, :6], atol=1e-6)
+    assert not torch.allclose(model(changed)[:, 6:], hidden[:, 6:])
+
+
+def test_bert4rec_masks_and_appends_mask_token(shop):
+    model = build_model("bert4rec", small_config(shop, mask_ratio=0.5))
+    _, batch = first_batch(shop, small_config(shop))
+    view = model.training_view(batch)
+    masked = view.items == model.mask_id
+    assert masked.any() and (view.targets[masked] == batch.items[masked]).all() and (view.targets[~masked] == 0).all()
+
+
+def test_bad_hyper_parameters_are_refused(shop):
+    for bad in ({"hidden": 0}, {"dropout": 1.0}, {"max_len": -1}, {"loss": "bpr"}):
+        with pytest.raises(UserError):
+            build_model("sasrec", small_config(shop, **bad))
+    with pytest.raises(UserError, match="available: gru4rec"):
+        build_model("transformer", small_config(shop))
+    with pytest.raises(UserError, match="divisible"):
+        build_model("sasrec", small_config(shop, hidden=15, heads=2))
+
+
+def dp_ready(model):
+    fixed = dp_compatible(model)
+    assert ModuleValidator.validate(fixed, strict=False) == []
+    batch = first_batch_cache["batch"]
+    model.eval(), fixed.eval()
+    assert torch.allclose(model(batch), fixed(batch), atol=1e-5)  # same function, same weights
+    return fixed.train()
+
+
+first_batch_cache = {}
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("name", NAMES)
+def test_trains_under_opacus_with_per_sample_gradients_for_every_parameter(shop, name, mode):
+    torch.manual_seed(0)
+    cfg = small_config(shop)
+    plain = build_model(name, cfg)
+    first_batch_cache["batch"] = plain.training_view(first_batch(shop, cfg)[1])
+    model = dp_ready(plain)
+    windows = TrainingWindows(shop.sequences, shop.split, max_len=cfg.max_len)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(windows, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure RNG and accountant notices
+        made = PrivacyEngine(accountant="rdp").make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=0.5,
+            max_grad_norm=1.0,
+            grad_sample_mode=mode,
+            poisson_sampling=True,
+            wrap_model=False,
+            criterion=torch.nn.CrossEntropyLoss(ignore_index=0),
+        )
+    # wrap_model=False: hooks sit on our own model, which keeps its state-dict names; the first item returned
+    # is only the hook handle.
+    if mode == "ghost":
+        _, optimizer, criterion, loader = made
+    else:
+        (_, optimizer, loader), criterion = made, None
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    before = {n: p.detach().clone() for n, p in trainable}
+    steps = 0
+    for tensors in loader:
+        batch = windows.batch_of(tensors)
+        if batch.items.shape[0] == 0:
+            continue
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch, criterion)
+        loss.backward()
+        size = batch.items.shape[0]
+        for n, p in trainable:
+            if mode == "hooks":
+                assert p.grad_sample is not None and p.grad_sample.shape[0] == size, n
+            else:
+                assert getattr(p, "_norm_sample", None) is not None and p._norm_sample.shape[0] == size, n
+        optimizer.step()
+        steps += 1
+        if steps == 3:
+            break
+    assert steps == 3
+    assert all(not torch.equal(before[n], p.detach()) for n, p in trainable)
+
+
+def train_quickly(ds, name, epochs):
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        n_items=ds.sequences.n_items,
+        n_events=len(ds.sequences.vocab.events) - 1,
+        hidden=32,
+        layers=1,
+        heads=2,
+        inner=64,
+        dropout=0.1,
+        max_len=20,
+    )
+    model = build_model(name, cfg)
+    windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.max_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    from fedseqrec.models.training import train_epoch
+
+    loader = DataLoader(windows, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    for _ in range(epochs):
+        train_epoch(model, loader, optimizer, windows.batch_of)
+    return model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_beats_popularity_on_planted_structure(name):
+    from fedseqrec.evaluation.evaluator import evaluate
+    from fedseqrec.models.pop import Popularity
+
+    ds = load_dataset(DataConfig(shop=ShopConfig(users=500, items=200, categories=8)))
+    seq, split = ds.sequences, ds.split
+    train = np.concatenate([seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1)])
+    pop = evaluate(Popularity(seq.n_items).fit(train), seq, split, "valid", max_len=20)
+    model = train_quickly(ds, name, epochs=50 if name == "bert4rec" else 12)  # the cloze objective learns slower
+    learned = evaluate(model, seq, split, "valid", max_len=20)
+    assert learned["NDCG@10"] > 2 * pop["NDCG@10"], (learned["NDCG@10"], pop["NDCG@10"])

@@ -1,0 +1,84 @@
+"""`fedseqrec train` and `fedseqrec evaluate` end to end on tiny shop data."""
+
+import json
+
+import pytest
+import torch
+
+TINY = ["--shop-users", "120", "--shop-items", "60", "--shop-categories", "5"]
+FAST = ["--hidden", "16", "--layers", "1", "--inner", "32", "--max-len", "10", "--epochs", "3", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from fedseqrec.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "sasrec"
+    assert main(["train", *TINY, *FAST, "--model", "sasrec", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_results_checkpoint_and_epoch_log(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for part in ("test", "valid"):
+        assert {"NDCG@10", "HR@10", "MRR@10"} <= set(metrics[part])
+        assert 0.0 <= metrics[part]["NDCG@10"] <= metrics[part]["HR@10"] <= 1.0
+    assert metrics["params"] > 0 and metrics["train_seconds"] > 0
+    lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3] and all("valid" in r for r in lines)
+    state = torch.load(trained / "model.pt", weights_only=True)  # weights only: a plain state dict
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert json.loads((trained / "model.json").read_text())["model"] == "sasrec"
+    assert json.loads((trained / "config.json").read_text())["model"]["max_len"] == 10
+
+
+def test_evaluate_reproduces_the_saved_test_metrics(cli, trained):
+    result = cli("evaluate", *TINY, "--checkpoint", trained)
+    assert result.code == 0, result.err
+    saved = json.loads((trained / "metrics.json").read_text())
+    assert json.loads(result.out)["test"]["NDCG@10"] == pytest.approx(saved["test"]["NDCG@10"])
+
+
+def test_checkpoint_for_another_vocabulary_is_refused(cli, trained):
+    result = cli("evaluate", "--shop-users", "120", "--shop-items", "70", "--checkpoint", trained)
+    assert result.code == 2 and "another item vocabulary" in result.err
+
+
+def test_pop_baseline_through_train(cli, tmp_path):
+    result = cli("train", *TINY, "--model", "pop", "--out", tmp_path / "pop")
+    assert result.code == 0, result.err
+    assert json.loads((tmp_path / "pop" / "metrics.json").read_text())["test"]["HR@10"] > 0
+
+
+def test_train_help_lists_hyper_parameters_with_defaults(cli):
+    out = " ".join(cli("train", "--help").out.split())
+    for text in (
+        "--hidden HIDDEN embedding and hidden size (default: 64)",
+        "--lr LR AdamW learning rate (default: 0.001)",
+        "--max-len MAX_LEN",
+        "(default: 50)",
+        "--dropout",
+        "--patience",
+        "--epochs",
+    ):
+        assert text in out, text
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model", "transformer"], ["--model", "invalid choice", "sasrec"]),
+        (["--hidden", "0"], ["--hidden must be a positive integer"]),
+        (["--lr", "0"], ["--lr must be a positive number"]),
+        (["--dropout", "1.5"], ["--dropout must be in [0, 1)"]),
+        (["--max-len", "-3"], ["--max-len must be a positive integer"]),
+        (["--epochs", "0"], ["--epochs must be a positive integer"]),
+    ],
+)
+def test_bad_hyper_parameters(cli, tmp_path, args, words):
+    out = tmp_path / "run"
+    result = cli("train", *TINY, *args, "--out", out)
+    assert result.code == 2 and "Traceback" not in result.err
+    for word in words:
+        assert word in result.err
+    assert not out.exists()
