@@ -203,6 +203,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="full softmax cross-entropy, or sampled negatives for very large catalogues",
     )
     m.add_argument("--negatives", type=int, default=defaults.negatives, help="sampled loss: negatives per batch")
+    m.add_argument(
+        "--label-smoothing", type=float, default=defaults.label_smoothing, help="label smoothing of the cross-entropy"
+    )
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -217,6 +220,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         mask_ratio=args.mask_ratio,
         loss=args.loss,
         negatives=args.negatives,
+        label_smoothing=args.label_smoothing,
     )
 
 
@@ -299,6 +303,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_command(
+    commands: argparse._SubParsersAction, name: str, summary: str, description: str, handler: Handler | None = None
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=description, formatter_class=_Formatter)
+    _debug_option(parser, top=False)
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedseqrec",
@@ -309,69 +323,59 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    data = commands.add_parser(
-        "data",
-        help="inspect and prepare datasets",
-        formatter_class=_Formatter,
-        description="Inspect and prepare datasets.",
-    )
-    _debug_option(data, top=False)
+    data = _add_command(commands, "data", "inspect and prepare datasets", "Inspect and prepare datasets.")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
-    stats = data_commands.add_parser(
+    stats = _add_command(
+        data_commands,
         "stats",
-        help="print dataset statistics",
-        formatter_class=_Formatter,
-        description="Users, items, interactions, events per type, sequence-length quantiles, the split and, "
-        "with --partition, per-client counts.",
+        "print dataset statistics",
+        "Users, items, interactions, events per type, sequence-length quantiles, the split and, with "
+        "--partition, per-client counts.",
+        cmd_data_stats,
     )
     add_data_options(stats)
     add_partition_options(stats)
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     stats.add_argument("--compact", action="store_true", help="with --json: on one line")
-    _debug_option(stats, top=False)
-    stats.set_defaults(handler=cmd_data_stats)
 
-    prepare = data_commands.add_parser(
+    prepare = _add_command(
+        data_commands,
         "prepare",
-        help="write a processed dataset for fast loading",
-        formatter_class=_Formatter,
-        description="Load, clean, split (and partition) --data once and write the prepared format "
+        "write a processed dataset for fast loading",
+        "Load, clean, split (and partition) --data once and write the prepared format "
         "(see fedseqrec/data/store.py) to --out. Later commands accept the folder as --data.",
+        cmd_data_prepare,
     )
     add_data_options(prepare)
     add_partition_options(prepare)
     prepare.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
-    _debug_option(prepare, top=False)
-    prepare.set_defaults(handler=cmd_data_prepare)
 
-    train = commands.add_parser(
+    train = _add_command(
+        commands,
         "train",
-        help="centralized training (the baseline for federated runs)",
-        formatter_class=_Formatter,
-        description="Train a sequence recommender on all users at once: AdamW, early stopping on validation "
-        "NDCG@10, best weights in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation "
-        "and test metrics in --out/metrics.json.",
+        "centralized training (the baseline for federated runs)",
+        "Train a sequence recommender on all users at once: AdamW, early stopping on validation NDCG@10, best "
+        "weights in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation and test "
+        "metrics in --out/metrics.json.",
+        cmd_train,
     )
     add_data_options(train, truncate=False)
     add_model_options(train)
     add_training_options(train)
     train.add_argument("--out", default=None, metavar="DIR", help="results folder (default: runs/train-MODEL)")
-    _debug_option(train, top=False)
-    train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser(
+    evaluate = _add_command(
+        commands,
         "evaluate",
-        help="evaluate a saved model",
-        formatter_class=_Formatter,
-        description="Validation and test metrics of a checkpoint folder written by `fedseqrec train`, on --data "
-        "(which must have the item vocabulary the model was trained on).",
+        "evaluate a saved model",
+        "Validation and test metrics of a checkpoint folder written by `fedseqrec train`, on --data (which "
+        "must have the item vocabulary the model was trained on).",
+        cmd_evaluate,
     )
     add_data_options(evaluate, truncate=False)
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="folder holding model.pt and model.json")
     evaluate.add_argument("--protocol", default="full", choices=PROTOCOLS, help="ranking protocol")
-    _debug_option(evaluate, top=False)
-    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

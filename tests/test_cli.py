@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import write
 
-SUBCOMMANDS = [[], ["data"], ["data", "stats"], ["data", "prepare"]]
+SUBCOMMANDS = [[], ["data"], ["data", "stats"], ["data", "prepare"], ["train"], ["evaluate"]]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS)

@@ -54,7 +54,7 @@ def test_train_help_lists_hyper_parameters_with_defaults(cli):
     out = " ".join(cli("train", "--help").out.split())
     for text in (
         "--hidden HIDDEN embedding and hidden size (default: 64)",
-        "--lr LR AdamW learning rate (default: 0.001)",
+        "--lr LR AdamW learning rate (default: 0.002)",
         "--max-len MAX_LEN",
         "(default: 50)",
         "--dropout",

@@ -48,8 +48,8 @@ class SequenceLoss:
     criterion takes, so a model's ``calculate_loss`` works unchanged with either.
     """
 
-    def __init__(self) -> None:
-        self.criterion = nn.CrossEntropyLoss(ignore_index=0, reduction="none")
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.criterion = nn.CrossEntropyLoss(ignore_index=0, reduction="none", label_smoothing=label_smoothing)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         per_token = self.criterion(logits, targets).view(shape[0], shape[1])
@@ -105,7 +105,7 @@ class SequentialRecommender(nn.Module):
         if self.cfg.loss == "sampled":
             return self._sampled_loss(hidden, batch.targets)
         logits = self.scorer(hidden)
-        criterion = criterion or SequenceLoss()
+        criterion = criterion or SequenceLoss(self.cfg.label_smoothing)
         return criterion(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), shape=logits.shape)
 
     def _sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ class ModelConfig:
     side_info: bool = True  # event-type and time-gap embeddings where the data has them
     mask_ratio: float = 0.2  # bert4rec cloze objective
     loss: str = "ce"  # "ce" (full softmax) or "sampled"
+    label_smoothing: float = 0.2  # of the cross-entropy: regularises the item scores on small data
     negatives: int = 100  # sampled loss: shared negatives per batch
 
     def validate(self) -> None:
@@ -45,6 +46,8 @@ class ModelConfig:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise UserError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.loss not in ("ce", "sampled"):
             raise UserError(f"--loss must be ce or sampled, got {self.loss!r}")
 
@@ -62,9 +65,9 @@ class TrainConfig:
     model: str = "sasrec"
     epochs: int = 200
     batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 20  # evaluations without a better validation NDCG@10 before stopping
+    lr: float = 2e-3
+    weight_decay: float = 1.0  # decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting
+    patience: int = 25  # evaluations without a better validation NDCG@10 before stopping
     eval_every: int = 1
     random_window: bool = True  # each epoch, a random window of each long history (one per user)
     max_seconds: float | None = None  # stop training after this much training time
