@@ -44,6 +44,18 @@ def test_checkpoint_for_another_vocabulary_is_refused(cli, trained):
     assert result.code == 2 and "another item vocabulary" in result.err
 
 
+def test_checkpoint_of_another_model_is_refused(cli, trained, tmp_path):
+    import shutil
+
+    other = tmp_path / "relabelled"
+    shutil.copytree(trained, other)
+    info = json.loads((other / "model.json").read_text())
+    info["model"] = "gru4rec"
+    (other / "model.json").write_text(json.dumps(info))
+    result = cli("evaluate", *TINY, "--checkpoint", other)
+    assert result.code == 2 and "do not fit a gru4rec model" in result.err
+
+
 def test_pop_baseline_through_train(cli, tmp_path):
     result = cli("train", *TINY, "--model", "pop", "--out", tmp_path / "pop")
     assert result.code == 0, result.err
@@ -73,6 +85,7 @@ def test_train_help_lists_hyper_parameters_with_defaults(cli):
         (["--dropout", "1.5"], ["--dropout must be in [0, 1)"]),
         (["--max-len", "-3"], ["--max-len must be a positive integer"]),
         (["--epochs", "0"], ["--epochs must be a positive integer"]),
+        (["--label-smoothing", "1"], ["--label-smoothing must be in [0, 1)"]),
     ],
 )
 def test_bad_hyper_parameters(cli, tmp_path, args, words):

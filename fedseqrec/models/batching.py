@@ -52,7 +52,11 @@ class TrainingWindows(Dataset):
         start, n = self.data.offsets[user], int(self.split.train_end[user])
         end = n
         if self.random_window and n > self.width:
-            end = int(self.rng.integers(self.width, n + 1))
+            # Ends drawn up to `width` past the history are clipped to it: the most recent window takes that
+            # extra mass, so the latest events are targets 1-2x as often as the middle of the history. Plain
+            # uniform ends would make them targets up to `width` times less often than the middle, and the
+            # latest behaviour is what the next item is predicted from.
+            end = min(n, int(self.rng.integers(self.width, n + self.width)))
         begin = max(0, end - self.width)
         return (*_padded(self.data, self.gaps, start + begin, start + end, self.width), torch.tensor(end - begin))
 

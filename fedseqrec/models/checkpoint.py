@@ -43,18 +43,19 @@ def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt")
     """The model saved in ``folder``; refused when it was built for another vocabulary or its weights don't fit."""
     try:
         info = json.loads((folder / "model.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{folder}: not a fedseqrec checkpoint (model.json unreadable: {err})") from err
-    cfg = ModelConfig.from_dict(info["config"])
+        cfg = ModelConfig.from_dict(info["config"])
+        name = info["model"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{folder}: not a fedseqrec checkpoint (model.json unreadable: {err!r})") from err
     if info.get("vocabulary") != vocabulary_fingerprint(data) or cfg.n_items != data.n_items:
         raise UserError(
             f"{folder}: checkpoint was built for another item vocabulary ({cfg.n_items} items, fingerprint "
             f"{info.get('vocabulary')}) than this data ({data.n_items} items, {vocabulary_fingerprint(data)})"
         )
-    model = build_model(info["model"], cfg)
+    model = build_model(name, cfg)
     try:
         state = torch.load(folder / weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (OSError, RuntimeError) as err:
-        raise UserError(f"{folder / weights}: weights do not fit a {info['model']} model ({err})") from err
-    return info["model"], model
+        raise UserError(f"{folder / weights}: weights do not fit a {name} model ({err})") from err
+    return name, model
