@@ -11,12 +11,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
+from fedseqrec.data.splits import training_items
 from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
@@ -103,8 +103,7 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
 def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     seq, split = ds.sequences, ds.split
     start = time.perf_counter()
-    train_items = np.concatenate([seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1)])
-    model = Popularity(seq.n_items).fit(train_items)
+    model = Popularity(seq.n_items).fit(training_items(seq, split))
     seconds = time.perf_counter() - start
     options = {"max_len": model_cfg.max_len, "protocol": cfg.eval_protocol}
     return {

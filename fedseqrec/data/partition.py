@@ -37,9 +37,6 @@ class Partition:
     def n_clients(self) -> int:
         return int(self.client_of_user.max()) + 1
 
-    def users_of(self, client: int) -> np.ndarray:
-        return np.flatnonzero(self.client_of_user == client)
-
     def clients(self) -> list[np.ndarray]:
         order = np.argsort(self.client_of_user[1:], kind="stable") + 1
         bounds = np.cumsum(np.bincount(self.client_of_user[1:], minlength=self.n_clients))[:-1]

@@ -81,6 +81,12 @@ def _with_padding_user(split: Split) -> Split:
     return split
 
 
+def training_items(data: SequenceData, split: Split) -> np.ndarray:
+    """Item ids of every training event (each user's ``sequence[:train_end]``), in sequence order."""
+    position = np.arange(data.n_interactions) - np.repeat(data.offsets[:-1], data.lengths)
+    return data.items[position < np.repeat(split.train_end, data.lengths)]
+
+
 def make_split(data: SequenceData, name: str, valid_quantile: float = 0.8, test_quantile: float = 0.9) -> Split:
     if name == "leave-one-out":
         return leave_one_out_split(data)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedseqrec.data.sequences import SequenceData
-from fedseqrec.data.splits import Split
+from fedseqrec.data.splits import Split, training_items
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.metrics import KS, MetricSums
 from fedseqrec.evaluation.protocols import PROTOCOLS
@@ -61,9 +61,7 @@ def evaluate(model, data: SequenceData, split: Split, which: str = "valid", **op
 
 
 def _popularity(data: SequenceData, split: Split) -> np.ndarray:
-    position = np.arange(data.n_interactions) - np.repeat(data.offsets[:-1], data.lengths)
-    in_train = position < np.repeat(split.train_end, data.lengths)
-    counts = np.bincount(data.items[in_train], minlength=data.n_items + 1).astype(np.float64)
+    counts = np.bincount(training_items(data, split), minlength=data.n_items + 1).astype(np.float64)
     counts[0] = 0.0
     return counts
 
