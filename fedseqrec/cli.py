@@ -21,7 +21,7 @@ from fedseqrec.data.parsing import TIME_UNITS
 from fedseqrec.data.partition import SCHEMES
 from fedseqrec.data.shop import ShopConfig
 from fedseqrec.data.splits import SPLITS
-from fedseqrec.errors import UserError
+from fedseqrec.errors import RunError, UserError
 from fedseqrec.evaluation.protocols import PROTOCOLS
 from fedseqrec.models.config import MODEL_NAMES, ModelConfig, TrainConfig
 
@@ -303,6 +303,109 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_federation_options(parser: argparse.ArgumentParser) -> None:
+    from fedseqrec.runconfig import EVALUATIONS, STRATEGIES, FederationConfig
+
+    d = FederationConfig()
+    f = parser.add_argument_group("federation")
+    f.add_argument("--strategy", default=d.strategy, choices=STRATEGIES, help="aggregation strategy")
+    f.add_argument("--rounds", type=int, default=None, help=f"federated rounds (default: {d.rounds})")
+    f.add_argument("--clients-per-round", type=int, default=None, help="clients sampled per round (default: all)")
+    f.add_argument(
+        "--min-clients", type=int, default=d.min_clients, help="fewer successful clients in a round stops the run"
+    )
+    f.add_argument("--round-timeout", type=float, default=None, help="seconds to wait for replies (default: no limit)")
+    f.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="fedprox: weight of the proximal term")
+    f.add_argument(
+        "--server-lr",
+        type=float,
+        default=None,
+        help="server learning rate: eta of fedadam/fedyogi/fedadagrad (default 0.01), fedavgm (default 1.0)",
+    )
+    f.add_argument("--server-momentum", type=float, default=d.server_momentum, help="fedavgm: server momentum")
+    f.add_argument("--beta-1", type=float, default=d.beta_1, help="fedadam/fedyogi: first-moment decay")
+    f.add_argument("--beta-2", type=float, default=d.beta_2, help="fedadam/fedyogi: second-moment decay")
+    f.add_argument("--tau", type=float, default=d.tau, help="fedadam/fedyogi/fedadagrad: adaptivity")
+    t = parser.add_argument_group("local training (at each client)")
+    t.add_argument("--local-epochs", type=int, default=d.local_epochs, help="passes over the client's users per round")
+    t.add_argument("--local-steps", type=int, default=None, help="steps per round instead of --local-epochs")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch")
+    t.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    t.add_argument("--window", default=d.window, choices=("random", "recent"), help="training window per user")
+    t.add_argument("--threads", type=int, default=d.threads, help="torch threads per client")
+    e = parser.add_argument_group("evaluation")
+    e.add_argument(
+        "--evaluation",
+        default=d.evaluation,
+        choices=EVALUATIONS,
+        help="centralized (server holds every user's held-out events) or federated (clients evaluate their own)",
+    )
+    e.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N rounds")
+    e.add_argument("--fraction-evaluate", type=float, default=d.fraction_evaluate, help="federated: clients asked")
+    e.add_argument("--protocol", default=d.protocol, choices=PROTOCOLS, help="ranking protocol")
+
+
+def federation_config(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from fedseqrec.runconfig import FederationConfig
+
+    data = data_config(args, truncate_data=False)
+    clients = data.clients
+    if clients is None and data.partition in ("iid", "dirichlet"):
+        clients = DEFAULT_SIMULATED_CLIENTS
+    values = {**vars(args), **{k: v for k, v in vars(data).items() if k not in ("shop", "max_len")}}
+    values.update(model_config(args).to_dict())
+    values.update(
+        clients=clients,
+        shop_users=data.shop.users,
+        shop_items=data.shop.items,
+        shop_categories=data.shop.categories,
+        shop_days=data.shop.days,
+        rounds=args.rounds or FederationConfig.rounds,
+        out=args.out,
+    )
+    return FederationConfig(**{f.name: values[f.name] for f in fields(FederationConfig) if f.name in values})
+
+
+DEFAULT_SIMULATED_CLIENTS = 5
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fedseqrec.server.federation import Progress, format_round, summary_table
+    from fedseqrec.simulation.engine import simulate
+
+    cfg = federation_config(args)
+    total = {"rounds": cfg.rounds}
+
+    def on_round(record: dict) -> None:
+        print(format_round(record, total["rounds"]), flush=True)
+
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None and args.rounds:
+        total["rounds"] = args.rounds
+    results, folder = simulate(
+        cfg,
+        out=Path(args.out) if args.out else None,
+        resume=resume,
+        rounds=args.rounds if resume is not None else None,
+        client_cpus=args.client_cpus,
+        progress=Progress(on_round=on_round, on_message=lambda text: print(text, flush=True)),
+        verbose=args.verbose,
+    )
+    test = results["test"]
+    print()
+    print(summary_table(folder.rounds()))
+    print()
+    print(
+        f"{results['model']} / {results['strategy']}: best round {results['best_round']} of {results['rounds_run']}: "
+        f"test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
+    )
+    print(f"run folder: {folder.path.resolve()}")
+    return 0
+
+
 def _add_command(
     commands: argparse._SubParsersAction, name: str, summary: str, description: str, handler: Handler | None = None
 ) -> argparse.ArgumentParser:
@@ -365,6 +468,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(train)
     train.add_argument("--out", default=None, metavar="DIR", help="results folder (default: runs/train-MODEL)")
 
+    simulate = _add_command(
+        commands,
+        "simulate",
+        "a federated run on this machine (Flower simulation engine)",
+        "Split --data into clients (--partition, --clients), run --rounds of federated training through Flower's "
+        "simulation engine and evaluate the global model. Writes a run folder (--out): config.json, metrics.jsonl "
+        "(one line per round), metrics.json, model.pt (best) and model_last.pt, summary.md. The same knobs are "
+        "the run config of `flwr run .` (pyproject.toml, [tool.flwr.app.config]).",
+        cmd_simulate,
+    )
+    add_data_options(simulate, truncate=False)
+    add_partition_options(simulate)
+    simulate.set_defaults(partition="iid")
+    add_model_options(simulate)
+    add_federation_options(simulate)
+    r = simulate.add_argument_group("run")
+    r.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/STRATEGY-MODEL-TIME)")
+    r.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a run after its last completed round, with its own configuration (only --rounds may change)",
+    )
+    r.add_argument(
+        "--client-cpus",
+        type=float,
+        default=1.0,
+        help="CPUs per simulated client: clients run side by side on (CPUs / this) Ray workers",
+    )
+    r.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+
     evaluate = _add_command(
         commands,
         "evaluate",
@@ -390,6 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fedseqrec: error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        if args.debug:
+            raise
+        print(f"fedseqrec: run stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fedseqrec: interrupted", file=sys.stderr)
         return 130

@@ -1,7 +1,7 @@
 """Errors a user can act on.
 
-The CLI prints a :class:`UserError` as one line and exits with code 2; anything else is a bug in
-fedseqrec and keeps its traceback.
+The CLI prints a :class:`UserError` as one line and exits with code 2, a :class:`RunError` as one line with
+exit code 1; anything else is a bug in fedseqrec and keeps its traceback.
 """
 
 
@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """The data itself cannot be turned into interactions: say which file, column or row, and what was expected."""
+
+
+class RunError(Exception):
+    """A run that cannot go on (too few clients replied, no client left with privacy budget): what happened,
+    and how to continue."""

@@ -1,22 +1,33 @@
-"""Models by name."""
+"""Models by name. Each model's module is imported when it is first built: bert4rec pulls in `transformers`,
+which takes seconds to import, and every simulated or deployed client process pays for what it imports."""
 
 from __future__ import annotations
 
+import importlib
+
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import SequentialRecommender
-from fedseqrec.models.bert4rec import BERT4Rec
 from fedseqrec.models.config import MODEL_NAMES, ModelConfig
-from fedseqrec.models.rnn import GRU4Rec, LSTMRec
-from fedseqrec.models.sasrec import SASRec
 
-MODELS: dict[str, type[SequentialRecommender]] = {m.name: m for m in (GRU4Rec, LSTMRec, SASRec, BERT4Rec)}
+MODELS: dict[str, str] = {
+    "gru4rec": "fedseqrec.models.rnn:GRU4Rec",
+    "lstm": "fedseqrec.models.rnn:LSTMRec",
+    "sasrec": "fedseqrec.models.sasrec:SASRec",
+    "bert4rec": "fedseqrec.models.bert4rec:BERT4Rec",
+}
 BASELINES = tuple(n for n in MODEL_NAMES if n not in MODELS)
 
 
-def build_model(name: str, cfg: ModelConfig) -> SequentialRecommender:
+def model_class(name: str) -> type[SequentialRecommender]:
     if name not in MODELS:
         hint = " (pop is a baseline with nothing to train: use it in evaluation)" if name in BASELINES else ""
         raise UserError(f"unknown model {name!r}{hint}; available: {', '.join(MODEL_NAMES)}")
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_model(name: str, cfg: ModelConfig) -> SequentialRecommender:
+    model = model_class(name)
     if name in ("sasrec", "bert4rec") and cfg.hidden % cfg.heads:
         raise UserError(f"--hidden {cfg.hidden} must be divisible by --heads {cfg.heads}")
-    return MODELS[name](cfg)
+    return model(cfg)

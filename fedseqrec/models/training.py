@@ -17,8 +17,11 @@ def train_epoch(
     criterion=None,
     max_steps: int | None = None,
     on_step: Callable[[float], None] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[float, int]:
-    """Mean training loss over the steps taken, and the number of steps."""
+    """Mean training loss over the steps taken, and the number of steps.
+
+    ``penalty``: a term added to every step's loss but not to the reported loss (FedProx's proximal term)."""
     model.train()
     total, steps = 0.0, 0
     for tensors in loader:
@@ -29,7 +32,7 @@ def train_epoch(
         else:
             optimizer.zero_grad(set_to_none=True)
             loss = model.calculate_loss(batch, criterion)
-            loss.backward()
+            (loss + penalty() if penalty is not None else loss).backward()
             optimizer.step()
             total += float(loss.detach() if hasattr(loss, "detach") else loss)
         steps += 1

@@ -1,0 +1,78 @@
+"""The Flower ClientApp: train the global model on this client's users, evaluate it on their held-out events.
+
+The configuration comes with every message (the server sends the whole run config), over the node's run config:
+a simulated client started by ``fedseqrec simulate`` has no run config of its own. The partition comes from the
+node config (``partition-id`` / ``num-partitions``, set by Flower's simulation engine or ``--node-config``).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedseqrec.client.task import build_global_model, evaluate_locally, load_client_data, train_locally
+from fedseqrec.runconfig import FederationConfig
+
+ROUND_KEY = "server-round"
+# Keys the server adds to the run config in a message's ConfigRecord.
+MESSAGE_KEYS = (ROUND_KEY, "which", "proximal-mu")
+
+
+def message_config(msg: Message, context: Context) -> tuple[FederationConfig, ConfigRecord]:
+    sent = msg.content["config"]
+    values = {**context.run_config, **{k: v for k, v in sent.items() if k not in MESSAGE_KEYS}}
+    return FederationConfig.from_run_config(values), sent
+
+
+def partition_of(context: Context) -> tuple[int, int]:
+    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+
+
+def _client_data(cfg: FederationConfig, context: Context):
+    torch.set_num_threads(cfg.threads)
+    return load_client_data(cfg, *partition_of(context))
+
+
+def make_client_app(mods: list | None = None) -> ClientApp:
+    app = ClientApp(mods=mods or [])
+
+    @app.query()
+    def identify(msg: Message, context: Context) -> Message:
+        """Which partition this node serves: the server samples clients by it, so runs are reproducible."""
+        partition, partitions = partition_of(context)
+        metrics = MetricRecord({"partition-id": partition, "num-partitions": partitions})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg, sent = message_config(msg, context)
+        data = _client_data(cfg, context)
+        model = build_global_model(data.sequences, cfg, msg.content["arrays"].to_torch_state_dict())
+        result = train_locally(model, data, cfg, int(sent[ROUND_KEY]))
+        metrics = MetricRecord(
+            {
+                "num-examples": result.examples,
+                "partition-id": data.client,
+                "train-loss": result.loss if result.steps else 0.0,
+                "steps": result.steps,
+                "seconds": result.seconds,
+            }
+        )
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Metric sums and the number of targets, so the server divides once over all clients."""
+        cfg, sent = message_config(msg, context)
+        data = _client_data(cfg, context)
+        model = build_global_model(data.sequences, cfg, msg.content["arrays"].to_torch_state_dict())
+        sums = evaluate_locally(model, data, cfg, str(sent.get("which", "valid")))
+        metrics = {"num-examples": sums.count, "partition-id": data.client}
+        metrics.update({f"sum:{name}": value for name, value in sums.sums.items()})
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,94 @@
+"""Aggregation strategies by name, from Flower's ``flwr.serverapp.strategy``, and their state for resuming.
+
+The federation loop samples clients itself (deterministically, by partition id) and uses a strategy for what it
+is good at: building the round's messages and aggregating the replies, weighted by ``num-examples``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+
+from fedseqrec.errors import UserError
+from fedseqrec.runconfig import STRATEGIES, FederationConfig
+
+# Strategy attributes that change from round to round (server optimiser moments, momentum, previous weights).
+STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays")
+
+
+def _no_metric_averaging(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    # Flower would weight-average client metrics; the federation loop reads the replies itself instead.
+    return MetricRecord()
+
+
+def build_strategy(cfg: FederationConfig) -> FedAvg:
+    # Every node the loop addresses takes part: the loop has already chosen them.
+    common = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": 0,
+        "min_evaluate_nodes": 0,
+        "min_available_nodes": 0,
+        "train_metrics_aggr_fn": _no_metric_averaging,
+        "evaluate_metrics_aggr_fn": _no_metric_averaging,
+    }
+    name = cfg.strategy
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedprox":
+        return FedProx(proximal_mu=cfg.proximal_mu, **common)
+    if name == "fedavgm":
+        lr = 1.0 if cfg.server_lr is None else cfg.server_lr
+        return FedAvgM(server_learning_rate=lr, server_momentum=cfg.server_momentum, **common)
+    optimisers = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
+    if name in optimisers:
+        # eta_l is only reported by Flower's FedOpt; the clients' own learning rate is --lr.
+        options = {"eta": 1e-2 if cfg.server_lr is None else cfg.server_lr, "eta_l": cfg.lr, "tau": cfg.tau}
+        if name != "fedadagrad":
+            options.update(beta_1=cfg.beta_1, beta_2=cfg.beta_2)
+        return optimisers[name](**options, **common)
+    raise UserError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+
+
+def strategy_state(strategy: FedAvg) -> dict:
+    """The strategy's round-to-round state as tensors (for ``torch.load(weights_only=True)``)."""
+    state = {}
+    for name in STATE_ATTRIBUTES:
+        value = getattr(strategy, name, None)
+        if isinstance(value, ArrayRecord):
+            state[name] = {"record": {k: torch.from_numpy(np.array(v.numpy())) for k, v in value.items()}}
+        elif isinstance(value, dict):
+            state[name] = {"dict": {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}}
+        elif isinstance(value, list):
+            state[name] = {"list": [torch.from_numpy(np.asarray(v)) for v in value]}
+    return state
+
+
+def restore_strategy_state(strategy: FedAvg, state: dict) -> None:
+    for name, packed in state.items():
+        ((kind, value),) = packed.items()
+        if kind == "record":
+            restored = ArrayRecord({k: Array(v.numpy()) for k, v in value.items()})
+        elif kind == "dict":
+            restored = {k: v.numpy() for k, v in value.items()}
+        else:
+            restored = [v.numpy() for v in value]
+        setattr(strategy, name, restored)
+
+
+class ChosenNodes:
+    """A view of the grid that offers only the nodes the loop chose, so a Flower strategy's ``configure_*``
+    (which samples from ``get_node_ids``) addresses exactly them."""
+
+    def __init__(self, grid, node_ids: Iterable[int]):
+        self._grid, self._ids = grid, list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
