@@ -363,7 +363,7 @@ def federation_config(args: argparse.Namespace):
         shop_items=data.shop.items,
         shop_categories=data.shop.categories,
         shop_days=data.shop.days,
-        rounds=args.rounds or FederationConfig.rounds,
+        rounds=args.rounds if args.rounds is not None else FederationConfig.rounds,
         out=args.out,
     )
     return FederationConfig(**{f.name: values[f.name] for f in fields(FederationConfig) if f.name in values})
@@ -383,7 +383,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(format_round(record, total["rounds"]), flush=True)
 
     resume = Path(args.resume) if args.resume else None
-    if resume is not None and args.rounds:
+    if resume is not None and args.rounds is not None:
         total["rounds"] = args.rounds
     results, folder = simulate(
         cfg,

@@ -1,0 +1,321 @@
+"""Federated training: run config, client sampling, aggregation and evaluation arithmetic (in-process), and whole
+simulated runs through Flower's simulation engine (end to end, resume, client failure)."""
+
+import json
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedseqrec.client.client_app import make_client_app
+from fedseqrec.client.task import build_global_model, cached_dataset, load_client_data
+from fedseqrec.errors import RunError, UserError
+from fedseqrec.evaluation.evaluator import evaluate_sums
+from fedseqrec.runconfig import FederationConfig
+from fedseqrec.server.federation import choose_clients, combine_evaluations
+from fedseqrec.server.strategies import build_strategy
+from fedseqrec.simulation.engine import simulate
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = FederationConfig(
+    clients=3,
+    rounds=3,
+    shop_users=120,
+    shop_items=80,
+    shop_categories=5,
+    shop_days=20,
+    hidden=16,
+    layers=1,
+    heads=1,
+    inner=32,
+    max_len=20,
+    batch_size=16,
+)
+TINY_FLAGS = [
+    "--clients", "3", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5", "--shop-days", "20",
+    "--hidden", "16", "--layers", "1", "--heads", "1", "--inner", "32", "--max-len", "20", "--batch-size", "16",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    # Building a Message outside a Flower runtime needs a task identity (see shared notes).
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+
+
+# --- run config ---------------------------------------------------------------------------------------------------
+
+
+def test_pyproject_run_config_mirrors_the_dataclass():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    app = project["tool"]["flwr"]["app"]
+    assert app["config"] == FederationConfig().to_run_config()
+    assert app["components"] == {
+        "serverapp": "fedseqrec.server.server_app:app",
+        "clientapp": "fedseqrec.client.client_app:app",
+    }
+    assert "federations" not in project["tool"]["flwr"]
+    name = project["project"]["name"]
+    assert name.replace("-", "").isalnum()  # `flwr build` accepts letters, digits and hyphens only
+
+
+def test_run_config_round_trip_and_refusals():
+    cfg = replace(TINY, clients_per_round=2, round_timeout=30.0)
+    assert FederationConfig.from_run_config(cfg.to_run_config()) == cfg
+    assert FederationConfig.from_run_config({"lr": "0.01", "side-info": "false"}).lr == 0.01
+    with pytest.raises(UserError, match="unknown run-config keys: learning-rate"):
+        FederationConfig.from_run_config({"learning-rate": 0.1})
+    with pytest.raises(UserError, match="rounds = 'many': expected int"):
+        FederationConfig.from_run_config({"rounds": "many"})
+    for bad, message in [
+        ({"strategy": "fedsgd"}, "unknown strategy 'fedsgd'"),
+        ({"rounds": 0}, "--rounds must be a positive integer"),
+        ({"clients-per-round": 5}, "--clients-per-round 5 is more than --clients 3"),
+        ({"server-momentum": 1.5}, "--server-momentum must be in"),
+        ({"lr": -1.0}, "--lr must be a positive number"),
+        ({"fraction-evaluate": 0.0}, "--fraction-evaluate must be in"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            FederationConfig.from_run_config({**TINY.to_run_config(), **bad}).validate()
+
+
+def test_client_sampling_is_deterministic_by_seed_and_round():
+    clients = list(range(50))
+    first = choose_clients(clients, 10, seed=0, server_round=3)
+    assert first == choose_clients(list(reversed(clients)), 10, seed=0, server_round=3)
+    assert len(set(first)) == 10 and set(first) <= set(clients)
+    assert first != choose_clients(clients, 10, seed=0, server_round=4)
+    assert first != choose_clients(clients, 10, seed=1, server_round=3)
+    assert choose_clients(clients, None, 0, 1) == clients
+    # over many rounds every client is drawn about equally often
+    counts = np.bincount(np.concatenate([choose_clients(clients, 10, 0, r) for r in range(1, 501)]), minlength=50)
+    assert counts.min() > 60 and counts.max() < 140  # expected 100 each
+
+
+# --- aggregation and evaluation arithmetic -----------------------------------------------------------------------
+
+
+def _reply(arrays: dict[str, np.ndarray], examples: int, partition: int) -> Message:
+    metrics = MetricRecord({"num-examples": examples, "partition-id": partition, "train-loss": 1.0, "seconds": 0.1})
+    record = ArrayRecord({k: torch.tensor(v) for k, v in arrays.items()})
+    return Message(RecordDict({"arrays": record, "metrics": metrics}), dst_node_id=1, message_type="train")
+
+
+def test_fedavg_weights_by_number_of_examples():
+    strategy = build_strategy(TINY)
+    replies = [
+        _reply({"w": np.array([1.0, 0.0]), "b": np.array([2.0])}, examples=1, partition=0),
+        _reply({"w": np.array([0.0, 4.0]), "b": np.array([6.0])}, examples=3, partition=1),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert np.allclose(arrays["w"].numpy(), [0.25, 3.0])  # (1*1 + 3*0) / 4, (1*0 + 3*4) / 4
+    assert np.allclose(arrays["b"].numpy(), [5.0])
+
+
+def test_fedadam_moves_from_the_current_weights_by_the_server_learning_rate():
+    strategy = build_strategy(replace(TINY, strategy="fedadam", server_lr=0.1, tau=1e-9, beta_1=0.0, beta_2=0.0))
+    current = ArrayRecord({"w": torch.tensor([1.0, 1.0])})
+    strategy.configure_train(1, current, ConfigRecord({}), _Nodes([]))
+    arrays, _ = strategy.aggregate_train(1, [_reply({"w": np.array([3.0, 0.0])}, 1, 0)])
+    # beta = 0: the step is eta * delta / |delta| = eta * sign(delta)
+    assert np.allclose(arrays["w"].numpy(), [1.1, 0.9])
+
+
+class _Nodes:
+    def __init__(self, ids):
+        self.ids = ids
+
+    def get_node_ids(self):
+        return self.ids
+
+
+def _context(cfg: FederationConfig, partition: int) -> Context:
+    node_config = {"partition-id": partition, "num-partitions": cfg.clients}
+    return Context(run_id=1, node_id=partition + 10, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def _message(kind: str, arrays: ArrayRecord, cfg: FederationConfig, **extra) -> Message:
+    config = ConfigRecord({**cfg.to_run_config(), "server-round": 1, **extra})
+    return Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type=kind)
+
+
+def test_client_train_reply_in_process():
+    app = make_client_app()
+    ds = cached_dataset(TINY.data_config())
+    torch.manual_seed(0)
+    model = build_global_model(ds.sequences, TINY)
+    before = ArrayRecord(model.state_dict())
+    reply = app(_message("train", before, TINY), _context(TINY, 1))
+    metrics = reply.content["metrics"]
+    data = load_client_data(TINY, 1, 3)
+    trainable = int((ds.split.train_end[data.users] >= 2).sum())
+    assert metrics["num-examples"] == trainable > 0
+    assert metrics["partition-id"] == 1 and metrics["steps"] == -(-trainable // TINY.batch_size)
+    after = reply.content["arrays"].to_torch_state_dict()
+    assert list(after) == list(model.state_dict())  # same keys, same order (Flower's DP mods need the order)
+    assert not torch.equal(after["scorer.weight"], model.state_dict()["scorer.weight"])
+
+
+def test_federated_evaluation_adds_sums_and_counts_not_averages():
+    cfg = replace(TINY, partition="dirichlet", alpha=0.1)  # clients of very different sizes
+    app = make_client_app()
+    ds = cached_dataset(cfg.data_config())
+    torch.manual_seed(0)
+    model = build_global_model(ds.sequences, cfg)
+    arrays = ArrayRecord(model.state_dict())
+    replies = [app(_message("evaluate", arrays, cfg, which="test"), _context(cfg, p)) for p in range(3)]
+    combined = combine_evaluations(replies)
+    central = evaluate_sums(model, ds.sequences, ds.split, "test", max_len=cfg.max_len)
+    assert combined.count == central.count == sum(r.content["metrics"]["num-examples"] for r in replies)
+    for name, value in central.result().items():
+        assert combined.result()[name] == pytest.approx(value, rel=1e-9)
+    per_client = [
+        r.content["metrics"]["sum:NDCG@10"] / r.content["metrics"]["num-examples"]
+        for r in replies
+        if r.content["metrics"]["num-examples"]
+    ]
+    sizes = sorted(r.content["metrics"]["num-examples"] for r in replies)
+    assert sizes[0] != sizes[-1]
+    assert np.mean(per_client) != pytest.approx(central.result()["NDCG@10"], rel=1e-6)
+
+
+# --- whole simulated runs -----------------------------------------------------------------------------------------
+
+
+def fail_in_round(partition: int, server_round: int):
+    """A client mod that raises in one round at one client, as a crashing client would."""
+
+    def mod(msg, context, call_next):
+        config = msg.content.config_records.get("config")
+        if (
+            msg.metadata.message_type == "train"
+            and int(context.node_config["partition-id"]) == partition
+            and int(config["server-round"]) == server_round
+        ):
+            raise RuntimeError(f"injected failure at client {partition}")
+        return call_next(msg, context)
+
+    return mod
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    """Three rounds, two of three clients a round."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    simulate(replace(TINY, clients_per_round=2), out=out)
+    return out
+
+
+def test_simulated_run_writes_the_run_folder(full_run):
+    names = {p.name for p in full_run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "metrics.json", "model.pt", "model_last.pt", "model.json", "summary.md"} <= names
+    rounds = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for record in rounds:
+        assert record["clients"] == 2 and record["failed"] == []
+        assert record["loss"] > 0 and record["seconds"] > 0 and 0 <= record["valid"]["NDCG@10"] <= 1
+    results = json.loads((full_run / "metrics.json").read_text())
+    assert set(results["test"]) == set(results["valid"]) >= {"NDCG@10", "HR@10", "MRR@10"}
+    assert results["rounds_run"] == 3 and 1 <= results["best_round"] <= 3
+    best = max(rounds, key=lambda r: r["valid"]["NDCG@10"])
+    assert results["valid"]["NDCG@10"] == pytest.approx(best["valid"]["NDCG@10"])
+    config = json.loads((full_run / "config.json").read_text())["run_config"]
+    assert FederationConfig.from_run_config(config).clients_per_round == 2
+    assert "| round |" in (full_run / "summary.md").read_text()
+    ds = cached_dataset(TINY.data_config())
+    build_global_model(ds.sequences, TINY, torch.load(full_run / "model_last.pt", weights_only=True))
+
+
+def test_resumed_run_reaches_the_same_weights(full_run, tmp_path, cli):
+    out = tmp_path / "resumed"
+    simulate(replace(TINY, clients_per_round=2, rounds=2), out=out)
+    assert not torch.equal(*_scorers(out, full_run))
+    result = cli("simulate", "--resume", out, "--rounds", "3")
+    assert result.code == 0, result.err
+    assert "resuming" in result.out and "round   3/3" in result.out
+    assert torch.equal(*_scorers(out, full_run))
+    last = torch.load(out / "model_last.pt", weights_only=True)
+    reference = torch.load(full_run / "model_last.pt", weights_only=True)
+    assert all(torch.equal(last[k], reference[k]) for k in reference)
+    assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def _scorers(a: Path, b: Path):
+    return (torch.load(p / "model_last.pt", weights_only=True)["scorer.weight"] for p in (a, b))
+
+
+def test_a_failing_client_is_logged_and_the_round_completes(tmp_path):
+    messages = []
+    out = tmp_path / "run"
+    from fedseqrec.server.federation import Progress
+
+    simulate(
+        replace(TINY, rounds=2, min_clients=2),
+        out=out,
+        client_app=make_client_app(mods=[fail_in_round(partition=1, server_round=2)]),
+        progress=Progress(on_message=messages.append),
+    )
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[0]["clients"] == 3 and rounds[1]["clients"] == 2
+    assert rounds[1]["failed"] == ["client 1"]
+    assert any("client 1" in m and "injected failure" in m for m in messages)
+
+
+def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match=r"round 2: 2 of 3 clients returned an update, fewer than --min-clients 3"):
+        simulate(
+            replace(TINY, rounds=3, min_clients=3),
+            out=out,
+            client_app=make_client_app(mods=[fail_in_round(partition=2, server_round=2)]),
+        )
+    assert not (out / "metrics.json").exists()
+    assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    result = cli("simulate", "--resume", out)
+    assert result.code == 0, result.err
+    assert json.loads((out / "metrics.json").read_text())["rounds_run"] == 3
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--strategy", "fedsgd"], "invalid choice: 'fedsgd'"),
+        (["--rounds", "0"], "--rounds must be a positive integer"),
+        (["--clients-per-round", "4"], "--clients-per-round 4 is more than --clients 3"),
+        (["--server-momentum", "1.5"], "--server-momentum must be in [0, 1)"),
+        (["--proximal-mu", "-1"], "--proximal-mu must be >= 0"),
+        (["--partition", "per-user", "--clients-per-round", "500"], "more than the 120 clients"),
+        (["--model", "pop"], "unknown model 'pop'"),
+    ],
+)
+def test_bad_federation_options(cli, tmp_path, flags, message):
+    out = tmp_path / "run"
+    args = [*TINY_FLAGS, *flags]
+    if "per-user" in flags:
+        args.remove("--clients")
+        args.remove("3")
+    result = cli("simulate", *args, "--out", out)
+    assert result.code == 2
+    assert message in result.err and "Traceback" not in result.err
+    assert not out.exists()
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = cli("simulate", "--resume", tmp_path)
+    assert result.code == 2 and "not a fedseqrec run folder" in result.err
+    result = cli("simulate", "--resume", tmp_path / "missing")
+    assert result.code == 2 and "no such folder" in result.err
+
+
+def test_out_refuses_an_existing_run(cli, full_run):
+    result = cli("simulate", *TINY_FLAGS, "--out", full_run)
+    assert result.code == 2 and "already holds a run" in result.err
