@@ -7,6 +7,8 @@ node config (``partition-id`` / ``num-partitions``, set by Flower's simulation e
 
 from __future__ import annotations
 
+import time
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -46,6 +48,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        started = time.perf_counter()
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context)
         model = build_global_model(data.sequences, cfg, msg.content["arrays"].to_torch_state_dict())
@@ -56,10 +59,12 @@ def make_client_app(mods: list | None = None) -> ClientApp:
                 "partition-id": data.client,
                 "train-loss": result.loss if result.steps else 0.0,
                 "steps": result.steps,
-                "seconds": result.seconds,
+                "train-seconds": result.seconds,
             }
         )
-        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+        arrays = ArrayRecord(model.state_dict())
+        metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

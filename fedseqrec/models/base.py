@@ -39,21 +39,30 @@ def gap_buckets(seconds: torch.Tensor) -> torch.Tensor:
     return torch.where(seconds < 0, torch.ones_like(buckets), buckets.clamp(max=N_GAP_BUCKETS - 1))
 
 
-class SequenceLoss:
+class SequenceLoss(nn.Module):
     """Cross-entropy summed over a sequence's target positions and divided by the window width, averaged over
     the batch: one term per user (the privacy unit), in which each target counts the same, as in RecBole where
     every prefix is a sample.
 
     Called as ``loss(logits_flat, targets_flat, shape=logits.shape)``, the call Opacus' ghost-clipping
-    criterion takes, so a model's ``calculate_loss`` works unchanged with either.
+    criterion makes. Under ghost clipping Opacus sets ``reduction = "none"`` and reduces the per-token losses
+    itself: with ``loss_reduction="mean"`` and no ``ignore_index`` attribute on the criterion it takes the mean
+    over the window's positions (padding contributes 0), the same per-user loss as here — so DP-SGD and plain
+    training optimise the same objective.
     """
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.criterion = nn.CrossEntropyLoss(ignore_index=0, reduction="none", label_smoothing=label_smoothing)
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.reduction = "mean"
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        per_token = self.criterion(logits, targets).view(shape[0], shape[1])
-        return per_token.sum(dim=1).mean() / shape[1]
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, shape: torch.Size | None = None) -> torch.Tensor:
+        per_token = F.cross_entropy(
+            logits, targets, ignore_index=0, reduction="none", label_smoothing=self.label_smoothing
+        )
+        if self.reduction == "none":
+            return per_token
+        return per_token.view(shape[0], shape[1]).mean(dim=1).mean()
 
 
 class SequentialRecommender(nn.Module):

@@ -129,7 +129,9 @@ class Federation:
         for server_round in range(self.round + 1, self.cfg.rounds + 1):
             record = self.train_round(server_round)
             if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.rounds:
+                evaluation_start = time.perf_counter()
                 record["valid"] = self.evaluate(self.arrays, "valid", server_round)
+                record["eval_seconds"] = round(time.perf_counter() - evaluation_start, 3)
                 if record["valid"].get(SELECTION_METRIC, -1.0) > self.best["score"]:
                     self.best = {"round": server_round, "score": record["valid"][SELECTION_METRIC]}
                     self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
@@ -152,7 +154,9 @@ class Federation:
             server_round, self.arrays, config, ChosenNodes(self.grid, [nodes[p] for p in chosen])
         )
         partition_of = {n: p for p, n in nodes.items()}
+        exchange_start = time.perf_counter()
         replies = list(self.grid.send_and_receive(list(messages), timeout=cfg.round_timeout))
+        exchange_seconds = time.perf_counter() - exchange_start
         ok, failed = self._sorted_replies(replies, partition_of, chosen, server_round)
         if len(ok) < cfg.min_clients:
             raise RunError(
@@ -175,6 +179,7 @@ class Federation:
             "loss": round(sum(m["train-loss"] * m["num-examples"] for m in metrics) / examples, 5)
             if examples
             else None,
+            "exchange_seconds": round(exchange_seconds, 3),  # sending the model out until the last reply
             "client_seconds": round(sum(m["seconds"] for m in metrics), 3),
             "max_client_seconds": round(max((m["seconds"] for m in metrics), default=0.0), 3),
         }
