@@ -59,7 +59,9 @@ def timing(rounds: list[dict], cpus: int) -> dict:
 def run(cfg: FederationConfig, tmp: Path, tag: str) -> dict:
     folder = tmp / tag
     start = time.perf_counter()
-    progress = Progress(on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.rounds)}", flush=True), on_message=print)
+    progress = Progress(
+        on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.rounds)}", flush=True), on_message=print
+    )
     results, run_folder = simulate(cfg, out=folder, progress=progress)
     total = time.perf_counter() - start
     rounds = run_folder.rounds()
@@ -89,7 +91,9 @@ def centralized_sasrec() -> dict | None:
     if not CENTRALIZED.exists():
         return None
     rows = json.loads(CENTRALIZED.read_text())["rows"]
-    return next((r for r in rows if r["data"] == "ml-100k" and r["model"] == "sasrec" and r["run"] == "converged"), None)
+    return next(
+        (r for r in rows if r["data"] == "ml-100k" and r["model"] == "sasrec" and r["run"] == "converged"), None
+    )
 
 
 def scenarios(name: str, base: FederationConfig, rounds: int | None) -> list[tuple[str, FederationConfig]]:

@@ -344,6 +344,35 @@ def add_federation_options(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every N rounds")
     e.add_argument("--fraction-evaluate", type=float, default=d.fraction_evaluate, help="federated: clients asked")
     e.add_argument("--protocol", default=d.protocol, choices=PROTOCOLS, help="ranking protocol")
+    add_privacy_options(parser)
+
+
+def add_privacy_options(parser: argparse.ArgumentParser) -> None:
+    from fedseqrec.privacy.accounting import ACCOUNTANTS
+    from fedseqrec.runconfig import FederationConfig
+
+    d = FederationConfig()
+    p = parser.add_argument_group("differential privacy (DP-SGD at each client; the privacy unit is one user)")
+    p.add_argument("--dp", action="store_true", help="train every client with DP-SGD (implied by the next two)")
+    p.add_argument(
+        "--epsilon", type=float, default=None, help="target ε per client for the whole run: the noise is calibrated"
+    )
+    p.add_argument("--noise-multiplier", type=float, default=None, help="noise multiplier σ instead of --epsilon")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="per-user gradient clipping norm")
+    p.add_argument("--delta", type=float, default=None, help="δ (default: min(1e-5, 0.1 / users in the client))")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="ε a client may spend; it declines rounds beyond (default: --epsilon)",
+    )
+    p.add_argument("--accountant", default=d.accountant, choices=ACCOUNTANTS, help="Opacus accountant for ε")
+    p.add_argument(
+        "--grad-sample-mode",
+        default=d.grad_sample_mode,
+        choices=("auto", "ghost", "hooks"),
+        help="Opacus per-sample gradients: auto = ghost clipping for sasrec/bert4rec, hooks for gru4rec/lstm",
+    )
 
 
 def federation_config(args: argparse.Namespace):
@@ -358,6 +387,7 @@ def federation_config(args: argparse.Namespace):
     values = {**vars(args), **{k: v for k, v in vars(data).items() if k not in ("shop", "max_len")}}
     values.update(model_config(args).to_dict())
     values.update(
+        dp=args.dp or args.epsilon is not None or args.noise_multiplier is not None,
         clients=clients,
         shop_users=data.shop.users,
         shop_items=data.shop.items,
@@ -403,6 +433,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
     )
     print(f"run folder: {folder.path.resolve()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedseqrec.privacy.report import compare_runs, write_privacy_report
+
+    if args.compare:
+        out = Path(args.out or "privacy_utility.png")
+        rows = compare_runs([Path(r) for r in args.runs], out)
+        print("| run | largest ε | test NDCG@10 | test HR@10 |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['run']} | {r['epsilon']:.3f} | {r['NDCG@10']:.4f} | {r['HR@10']:.4f} |")
+        print(f"privacy–utility plot: {out.resolve()}")
+        return 0
+    if len(args.runs) != 1:
+        raise UserError("fedseqrec report takes one RUN_DIR (or several with --compare)")
+    folder = Path(args.runs[0])
+    report = write_privacy_report(folder)
+    print(f"largest ε {report['max_epsilon']:.4f} at δ ≤ {report['delta']:.3g} over {len(report['clients'])} clients")
+    print(f"written {folder / 'privacy_report.json'}, privacy_report.md, epsilon_per_round.png, ndcg_per_round.png")
     return 0
 
 
@@ -498,6 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPUs per simulated client: clients run side by side on (CPUs / this) Ray workers",
     )
     r.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+
+    report = _add_command(
+        commands,
+        "report",
+        "privacy report of a run, or the privacy-utility curve of several",
+        "Regenerate privacy_report.json / .md and the plots (ε per round, NDCG@10 per round) of a run folder "
+        "written with --dp; with --compare, plot test NDCG@10 against the largest client ε of several runs.",
+        cmd_report,
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
+    report.add_argument("--compare", action="store_true", help="privacy-utility curve of several runs")
+    report.add_argument("--out", default=None, help="with --compare: the PNG to write (default privacy_utility.png)")
 
     evaluate = _add_command(
         commands,

@@ -86,6 +86,15 @@ class FederationConfig:
     eval_every: int = 1
     fraction_evaluate: float = 1.0  # federated evaluation: share of clients asked
     protocol: str = "full"
+    # differential privacy: DP-SGD at each client, user-level (one example = one user's sequence)
+    dp: bool = False
+    noise_multiplier: float | None = None  # set: this noise; unset: calibrated from epsilon for the planned run
+    epsilon: float | None = None  # target ε of each client over all --rounds
+    max_grad_norm: float = 1.0
+    delta: float | None = None  # unset: min(1e-5, 0.1 / users in the client)
+    budget: float | None = None  # a client declines a round that would take its ε above this; unset: epsilon
+    accountant: str = "rdp"
+    grad_sample_mode: str = "auto"  # auto: ghost clipping for Transformers, hooks for GRU/LSTM
     # output
     out: str | None = None  # run folder; unset: runs/<strategy>-<model>-<time>
 
@@ -161,6 +170,41 @@ class FederationConfig:
                 f"--min-clients {self.min_clients} is more than --clients-per-round {self.clients_per_round}"
             )
         ModelConfig.from_dict({**asdict(self), "n_items": 1}).validate()  # item count comes from the data
+        self.validate_privacy()
+
+    def validate_privacy(self) -> None:
+        from fedseqrec.privacy.accounting import ACCOUNTANTS
+        from fedseqrec.privacy.dpsgd import GRAD_SAMPLE_MODES, grad_sample_mode_for
+
+        _choice("accountant", self.accountant, ACCOUNTANTS)
+        _choice("grad-sample-mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        given = [n for n in ("noise_multiplier", "epsilon", "delta", "budget") if getattr(self, n) is not None]
+        if not self.dp:
+            if given:
+                raise UserError(f"--{_flag(given[0])} needs --dp (differentially private training)")
+            return
+        if (self.noise_multiplier is None) == (self.epsilon is None):
+            raise UserError("--dp needs exactly one of --noise-multiplier and --epsilon (a target for the whole run)")
+        if self.noise_multiplier is not None and not (
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
+        ):
+            raise UserError(f"--noise-multiplier must be a positive number, got {self.noise_multiplier}")
+        for name in ("epsilon", "budget", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"--{_flag(name)} must be a positive number, got {value}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise UserError(f"--delta must be in (0, 1), got {self.delta}")
+        if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
+            raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
+        if self.strategy == "fedprox":
+            raise UserError("fedprox's proximal term is not supported with --dp yet: use fedavg, fedadam or fedavgm")
+        grad_sample_mode_for(self.model, self.grad_sample_mode)
+        if self.loss == "sampled":
+            raise UserError("the sampled loss is not supported with --dp: use --loss ce")
+
+    def privacy_budget(self) -> float | None:
+        return self.budget if self.budget is not None else self.epsilon
 
 
 def _flag(name: str) -> str:

@@ -213,7 +213,15 @@ def full_run(tmp_path_factory) -> Path:
 
 def test_simulated_run_writes_the_run_folder(full_run):
     names = {p.name for p in full_run.iterdir()}
-    assert {"config.json", "metrics.jsonl", "metrics.json", "model.pt", "model_last.pt", "model.json", "summary.md"} <= names
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "metrics.json",
+        "model.pt",
+        "model_last.pt",
+        "model.json",
+        "summary.md",
+    } <= names
     rounds = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for record in rounds:

@@ -52,14 +52,28 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context)
         model = build_global_model(data.sequences, cfg, msg.content["arrays"].to_torch_state_dict())
-        result = train_locally(model, data, cfg, int(sent[ROUND_KEY]))
+        server_round = int(sent[ROUND_KEY])
+        privacy = {}
+        if cfg.dp:
+            from fedseqrec.privacy.client import ledger_metrics, private_round
+
+            outcome = private_round(model, data, cfg, server_round, context)
+            privacy = ledger_metrics(outcome.ledger)
+            if outcome.result is None:  # declined: no update, and why
+                metrics = MetricRecord({"num-examples": 0, "partition-id": data.client, "declined": 1, **privacy})
+                reason = ConfigRecord({"reason": outcome.reason})
+                return Message(RecordDict({"metrics": metrics, "status": reason}), reply_to=msg)
+            result = outcome.result
+        else:
+            result = train_locally(model, data, cfg, server_round)
         metrics = MetricRecord(
             {
                 "num-examples": result.examples,
                 "partition-id": data.client,
-                "train-loss": result.loss if result.steps else 0.0,
+                "train-loss": result.loss if result.steps and result.loss == result.loss else 0.0,
                 "steps": result.steps,
                 "train-seconds": result.seconds,
+                **privacy,
             }
         )
         arrays = ArrayRecord(model.state_dict())

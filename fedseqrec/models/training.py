@@ -18,17 +18,19 @@ def train_epoch(
     max_steps: int | None = None,
     on_step: Callable[[float], None] | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
+    empty_step: Callable[[], None] | None = None,
 ) -> tuple[float, int]:
     """Mean training loss over the steps taken, and the number of steps.
 
-    ``penalty``: a term added to every step's loss but not to the reported loss (FedProx's proximal term)."""
+    ``penalty``: a term added to every step's loss but not to the reported loss (FedProx's proximal term).
+    ``empty_step``: what an empty Poisson batch does instead (DP-SGD: a noise-only step)."""
     model.train()
     total, steps = 0.0, 0
     for tensors in loader:
         batch = to_batch(tensors)
         if batch.items.shape[0] == 0:  # Poisson sampling can draw an empty batch: still a step for DP
             optimizer.zero_grad(set_to_none=True)
-            optimizer.step()
+            empty_step() if empty_step is not None else optimizer.step()
         else:
             optimizer.zero_grad(set_to_none=True)
             loss = model.calculate_loss(batch, criterion)

@@ -23,6 +23,7 @@ from fedseqrec.errors import RunError
 from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.models.checkpoint import describe
+from fedseqrec.privacy.tracker import PrivacyTracker
 from fedseqrec.runconfig import FederationConfig
 from fedseqrec.server.rundir import STATE, RunFolder
 from fedseqrec.server.strategies import ChosenNodes, build_strategy, restore_strategy_state, strategy_state
@@ -47,6 +48,10 @@ def combine_evaluations(replies: list[Message]) -> MetricSums:
         sums = {k.split(":", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("sum:")}
         total = total.merge(MetricSums(sums, int(metrics["num-examples"])))
     return total
+
+
+class BudgetExhausted(Exception):
+    """Too few clients have privacy budget left for another round: the run ends cleanly."""
 
 
 class ClientDirectory:
@@ -109,6 +114,8 @@ class Federation:
         self.strategy = build_strategy(self.cfg)
         self.directory = ClientDirectory(self.grid, self.progress.on_message)
         self.round, self.best = 0, {"round": 0, "score": -1.0}
+        self.stopped: str | None = None
+        self.privacy = PrivacyTracker(self.cfg.accountant, self.progress.on_message) if self.cfg.dp else None
         self.arrays = ArrayRecord(self.model.state_dict())
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
@@ -118,6 +125,8 @@ class Federation:
         self.round, self.best = int(state["round"]), dict(state["best"])
         self.arrays = ArrayRecord(state["arrays"])
         restore_strategy_state(self.strategy, state["strategy"])
+        if self.privacy is not None and "privacy" in state:
+            self.privacy.restore(state["privacy"], self.round)
         self.folder.keep_rounds_until(self.round)
         self.progress.on_message(f"resuming {self.folder.path} after round {self.round}")
 
@@ -127,7 +136,12 @@ class Federation:
         nodes = self.directory.wait_for(max(self.cfg.min_clients, self.cfg.clients_per_round or 1))
         self.progress.on_message(f"{len(nodes)} clients connected in {time.perf_counter() - start:.1f} s")
         for server_round in range(self.round + 1, self.cfg.rounds + 1):
-            record = self.train_round(server_round)
+            try:
+                record = self.train_round(server_round)
+            except BudgetExhausted as stop:
+                self.stopped = str(stop)
+                self.progress.on_message(f"run ended: {stop}")
+                break
             if server_round % self.cfg.eval_every == 0 or server_round == self.cfg.rounds:
                 evaluation_start = time.perf_counter()
                 record["valid"] = self.evaluate(self.arrays, "valid", server_round)
@@ -149,7 +163,7 @@ class Federation:
                 f"{self._resumable()}"
             )
         chosen = choose_clients(list(nodes), cfg.clients_per_round, cfg.seed, server_round)
-        config = ConfigRecord(cfg.to_run_config())
+        config = ConfigRecord(self.client_config())
         messages = self.strategy.configure_train(
             server_round, self.arrays, config, ChosenNodes(self.grid, [nodes[p] for p in chosen])
         )
@@ -158,12 +172,19 @@ class Federation:
         replies = list(self.grid.send_and_receive(list(messages), timeout=cfg.round_timeout))
         exchange_seconds = time.perf_counter() - exchange_start
         ok, failed = self._sorted_replies(replies, partition_of, chosen, server_round)
-        if len(ok) < cfg.min_clients:
+        privacy = self.privacy.observe(server_round, ok) if self.privacy is not None else {}
+        updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none
+        if len(updates) < cfg.min_clients:
+            if privacy.get("declined"):
+                raise BudgetExhausted(
+                    f"privacy budget exhausted: in round {server_round} clients {', '.join(privacy['declined'])} "
+                    f"declined to train, {len(updates)} updates left, fewer than --min-clients {cfg.min_clients}"
+                )
             raise RunError(
-                f"round {server_round}: {len(ok)} of {len(chosen)} clients returned an update, fewer than "
+                f"round {server_round}: {len(updates)} of {len(chosen)} clients returned an update, fewer than "
                 f"--min-clients {cfg.min_clients} (failed: {', '.join(failed) or 'none'}); {self._resumable()}"
             )
-        trained = [r for r in ok if r.content["metrics"]["num-examples"] > 0]
+        trained = [r for r in updates if r.content["metrics"]["num-examples"] > 0]
         if trained:
             arrays, _ = self.strategy.aggregate_train(server_round, trained)
             if arrays is not None:
@@ -173,8 +194,9 @@ class Federation:
         return {
             "_start": started,
             "round": server_round,
-            "clients": len(ok),
+            "clients": len(updates),
             "failed": failed,
+            **privacy,
             "examples": int(examples),
             "loss": round(sum(m["train-loss"] * m["num-examples"] for m in metrics) / examples, 5)
             if examples
@@ -226,7 +248,7 @@ class Federation:
         nodes = self.directory.refresh()
         share = max(1, round(self.cfg.fraction_evaluate * len(nodes)))
         chosen = choose_clients(list(nodes), share, self.cfg.seed + 1, server_round)
-        config = ConfigRecord({**self.cfg.to_run_config(), "which": which})
+        config = ConfigRecord({**self.client_config(), "which": which})
         messages = self.strategy.configure_evaluate(
             server_round, arrays, config, ChosenNodes(self.grid, [nodes[p] for p in chosen])
         )
@@ -239,6 +261,11 @@ class Federation:
                 )
         return combine_evaluations([r for r in replies if not r.has_error()]).result()
 
+    def client_config(self) -> dict:
+        """The run config every message carries, with the run folder resolved (simulated clients keep their
+        privacy ledgers under it)."""
+        return {**self.cfg.to_run_config(), "out": str(self.folder.path.resolve())}
+
     def _complete(self, server_round: int, record: dict) -> None:
         self.round = server_round
         self.folder.append_round(record)
@@ -248,6 +275,9 @@ class Federation:
             "strategy": strategy_state(self.strategy),
             "best": self.best,
         }
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.to_json()
+            self.folder.write_text("privacy.json", self.privacy.to_json())
         self.folder.save_tensors(STATE, state)
         self.folder.save_tensors("model_last.pt", state["arrays"])
         self.progress.on_round(record)
@@ -257,8 +287,14 @@ class Federation:
         return f"{done}; continue with --resume {self.folder.path}"
 
     def finish(self, seconds: float) -> dict:
+        if self.best["round"] == 0 and self.round > 0:  # stopped early, before the first evaluation
+            self.best = {
+                "round": self.round,
+                "score": self.evaluate(self.arrays, "valid", self.round)[SELECTION_METRIC],
+            }
+            self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
         if self.best["round"] == 0:
-            raise RunError(f"no round was evaluated; {self._resumable()}")
+            raise RunError(f"no round was completed; {self.stopped or self._resumable()}")
         best = ArrayRecord(torch.load(self.folder.path / "model.pt", weights_only=True))
         last_round = self.folder.rounds()[-1]
         results = {
@@ -268,6 +304,7 @@ class Federation:
             "evaluation": self.cfg.evaluation,
             "protocol": self.cfg.protocol,
             "rounds_run": self.round,
+            "stopped": self.stopped,
             "best_round": self.best["round"],
             "valid": self.evaluate(best, "valid", self.round),
             "test": self.evaluate(best, "test", self.round),
@@ -279,7 +316,13 @@ class Federation:
             "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "seconds": round(sum(r["seconds"] for r in self.folder.rounds()), 2),
         }
+        if self.privacy is not None:
+            results["privacy"] = {"max_epsilon": self.privacy.max_epsilon(), "accountant": self.cfg.accountant}
         self.folder.write_json("metrics.json", results)
+        if self.privacy is not None:
+            from fedseqrec.privacy.report import write_privacy_report
+
+            write_privacy_report(self.folder.path)
         self.folder.write_text("summary.md", summary_markdown(results, self.folder.rounds()))
         return results
 
@@ -298,6 +341,8 @@ def format_round(record: dict, rounds: int) -> str:
     parts.append("loss      -" if record.get("loss") is None else f"loss {record['loss']:6.3f}")
     if "NDCG@10" in valid:
         parts += [f"NDCG@10 {valid['NDCG@10']:.4f}", f"HR@10 {valid['HR@10']:.4f}"]
+    if "epsilon_max" in record:
+        parts.append(f"ε {record['epsilon_max']:.3f}")
     parts.append(f"{record['seconds']:6.1f} s")
     if record.get("failed"):
         parts.append(f"failed: {', '.join(record['failed'])}")
@@ -305,13 +350,16 @@ def format_round(record: dict, rounds: int) -> str:
 
 
 def summary_table(rounds: list[dict]) -> str:
-    lines = ["| round | clients | loss | valid NDCG@10 | valid HR@10 | seconds |", "|---:|---:|---:|---:|---:|---:|"]
+    private = any("epsilon_max" in r for r in rounds)
+    header = "| round | clients | loss | valid NDCG@10 | valid HR@10 |" + (" largest ε |" if private else "")
+    lines = [header + " seconds |", "|---:" * (7 if private else 6) + "|"]
     for r in rounds:
         valid = r.get("valid") or {}
         ndcg = f"{valid['NDCG@10']:.4f}" if "NDCG@10" in valid else ""
         hr = f"{valid['HR@10']:.4f}" if "HR@10" in valid else ""
         loss = "" if r.get("loss") is None else f"{r['loss']:.4f}"
-        lines.append(f"| {r['round']} | {r['clients']} | {loss} | {ndcg} | {hr} | {r['seconds']:.1f} |")
+        eps = f" {r['epsilon_max']:.3f} |" if private else ""
+        lines.append(f"| {r['round']} | {r['clients']} | {loss} | {ndcg} | {hr} |{eps} {r['seconds']:.1f} |")
     return "\n".join(lines)
 
 
@@ -324,6 +372,13 @@ def summary_markdown(results: dict, rounds: list[dict]) -> str:
         f"HR@10 {test.get('HR@10', float('nan')):.4f}, MRR@10 {test.get('MRR@10', float('nan')):.4f}\n"
         f"- validation at the best round: NDCG@10 {valid.get('NDCG@10', float('nan')):.4f}\n"
         f"- test after the last round: NDCG@10 {results['last']['test'].get('NDCG@10', float('nan')):.4f}\n"
-        f"- evaluation: {results['evaluation']} ({results['protocol']} ranking); {results['seconds']:.1f} s\n\n"
+        f"- evaluation: {results['evaluation']} ({results['protocol']} ranking); {results['seconds']:.1f} s\n"
+        + (f"- stopped: {results['stopped']}\n" if results.get("stopped") else "")
+        + (
+            f"- largest client ε: {results['privacy']['max_epsilon']:.3f} (see privacy_report.md)\n"
+            if results.get("privacy")
+            else ""
+        )
+        + "\n"
         f"{summary_table(rounds)}\n"
     )

@@ -42,7 +42,35 @@ def count_clients(cfg: FederationConfig) -> int:
         raise UserError(f"--clients-per-round {cfg.clients_per_round} is more than the {n} clients of the partition")
     if cfg.min_clients > n:
         raise UserError(f"--min-clients {cfg.min_clients} is more than the {n} clients of the partition")
+    if cfg.dp and cfg.delta is not None:
+        largest = max(len(users) for users in ds.partition.clients())
+        if cfg.delta >= 1.0 / largest:
+            raise UserError(
+                f"--delta {cfg.delta} is not below 1 / {largest} (the users of the largest client): such a δ "
+                "allows leaking a whole user's data; choose a smaller one"
+            )
     return n
+
+
+def check_budget_left(folder: RunFolder, cfg: FederationConfig) -> None:
+    """Refuse to resume a private run in which too few clients could train another round (a round like their
+    last one would take them over the budget)."""
+    from fedseqrec.privacy.accounting import epsilon
+
+    path = folder.path / "privacy.json"
+    if not cfg.dp or not path.exists() or cfg.privacy_budget() is None:
+        return
+    clients = json.loads(path.read_text())["clients"]
+    spent = 0
+    for entry in clients.values():
+        records = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in entry["ledger"]]
+        if records and epsilon(records + records[-1:], entry["delta"], entry["accountant"]) > cfg.privacy_budget():
+            spent += 1
+    if clients and len(clients) - spent < cfg.min_clients:
+        raise UserError(
+            f"--resume {folder.path}: privacy budget already spent: {spent} of {len(clients)} clients cannot train "
+            f"another round within ε = {cfg.privacy_budget():g}, fewer than --min-clients {cfg.min_clients} left"
+        )
 
 
 def prepare_run(cfg: FederationConfig, out: Path | None, resume: Path | None, rounds: int | None):
@@ -54,6 +82,7 @@ def prepare_run(cfg: FederationConfig, out: Path | None, resume: Path | None, ro
             cfg = replace(cfg, rounds=rounds)
         cfg.validate()
         n = count_clients(cfg)
+        check_budget_left(folder, cfg)
         folder.write_config(cfg)
         return cfg, folder, n
     cfg.validate()

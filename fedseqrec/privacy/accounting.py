@@ -1,0 +1,73 @@
+"""ε from a list of DP-SGD records, and the noise that meets a target ε: Opacus' accountants behind one function.
+
+A record is ``(noise_multiplier, sample_rate, steps)``: ``steps`` compositions of the Poisson-subsampled Gaussian
+mechanism. Records of different rounds compose (RDP adds per order; PRV convolves the privacy loss distributions).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Iterable
+
+from fedseqrec.errors import UserError
+
+ACCOUNTANTS = ("rdp", "prv")
+Record = tuple[float, float, int]
+
+
+def _accountant(name: str):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    if name == "rdp":
+        return RDPAccountant()
+    if name == "prv":
+        return PRVAccountant()
+    raise UserError(f"unknown accountant {name!r}; expected one of {', '.join(ACCOUNTANTS)}")
+
+
+def epsilon(records: Iterable[Record], delta: float, accountant: str = "rdp") -> float:
+    """The composed ε of ``records`` at ``delta`` (0 for no records)."""
+    history = []
+    for s, q, n in records:
+        if n <= 0:
+            continue
+        if history and history[-1][:2] == (float(s), float(q)):  # same mechanism: one self-composition (exact)
+            history[-1] = (history[-1][0], history[-1][1], history[-1][2] + int(n))
+        else:
+            history.append((float(s), float(q), int(n)))
+    if not history:
+        return 0.0
+    acc = _accountant(accountant)
+    acc.history = history
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(acc.get_epsilon(delta=delta))
+        except (ValueError, RuntimeError, OverflowError):
+            return math.inf  # the PRV domain overflows for tiny noise: as good as no privacy
+
+
+@functools.lru_cache(maxsize=256)
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """The smallest noise multiplier (to 0.01 in ε) whose ε over ``steps`` steps stays below the target.
+
+    A pure function, cached per process: the bisection takes seconds for large sample rates."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=accountant,
+                    epsilon_tolerance=0.01,
+                )
+            )
+        except ValueError as err:
+            raise UserError(f"no noise multiplier reaches ε = {target_epsilon} at δ = {delta}: {err}") from err

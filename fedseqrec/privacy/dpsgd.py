@@ -1,0 +1,145 @@
+"""DP-SGD for a client's round of local training, with Opacus.
+
+The privacy unit is one user: a training example is one user's whole (truncated) sequence, batches are drawn by
+Poisson sampling with rate ``q = 1 / batches per epoch``, each user's gradient is clipped to ``max_grad_norm`` and
+Gaussian noise of ``noise_multiplier * max_grad_norm`` is added to the sum. Each round is one ledger record
+``(noise_multiplier, q, steps)``; the ledger composes them (a fresh PrivacyEngine per round is fine: its own
+accountant is not what we report).
+
+Grad-sample mode: ``ghost`` clipping (per-sample gradient norms without materialising per-sample gradients) for
+the Transformer models, where each layer is called once per forward pass; ``hooks`` for the recurrent models,
+whose cell layers are called once per time step — Opacus' ghost norms would count only one of those calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from fedseqrec.errors import UserError
+from fedseqrec.models.base import SequenceLoss, SequentialRecommender
+from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.models.training import train_epoch
+from fedseqrec.privacy.accounting import calibrate_noise
+from fedseqrec.privacy.compat import dp_compatible
+from fedseqrec.privacy.ledger import LedgerRecord
+
+GHOST_SAFE = ("sasrec", "bert4rec")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    noise_multiplier: float | None  # None: calibrated from target_epsilon
+    target_epsilon: float | None
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    grad_sample_mode: str
+    planned_rounds: int  # the whole run: the target ε is for every round a client could take part in
+
+
+def grad_sample_mode_for(model_name: str, requested: str) -> str:
+    if requested == "auto":
+        return "ghost" if model_name in GHOST_SAFE else "hooks"
+    if requested == "ghost" and model_name not in GHOST_SAFE:
+        raise UserError(
+            f"--grad-sample-mode ghost is not correct for {model_name}: its recurrent cell is called once per "
+            "time step and Opacus' ghost clipping would see only one call; use hooks (or auto)"
+        )
+    return requested
+
+
+def default_delta(users: int) -> float:
+    """δ well below 1 / users: a mechanism that leaks one user's data entirely with probability δ is excluded."""
+    return min(1e-5, 0.1 / max(1, users))
+
+
+def plan_round(
+    examples: int, batch_size: int, local_epochs: int, local_steps: int | None, dp: DPSettings, server_round: int
+) -> LedgerRecord:
+    """The round's mechanism before it runs (used for the budget check and, unchanged, for the ledger)."""
+    batches = max(1, math.ceil(examples / batch_size))
+    sample_rate = 1.0 / batches  # Opacus' Poisson loader: each of len(loader) batches samples every user with q
+    steps = local_steps if local_steps is not None else local_epochs * batches
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        sigma = calibrate_noise(dp.target_epsilon, dp.delta, sample_rate, dp.planned_rounds * steps, dp.accountant)
+    return LedgerRecord(round=server_round, noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+
+
+def train_privately(
+    model: SequentialRecommender,
+    windows: TrainingWindows,
+    plan: LedgerRecord,
+    dp: DPSettings,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> tuple[float, int, float]:
+    """Trains ``model`` in place under DP-SGD for ``plan.steps`` steps: (mean loss, steps, seconds)."""
+    start = time.perf_counter()
+    mode = grad_sample_mode_for(model.name, dp.grad_sample_mode)
+    private = dp_compatible(model)  # a copy; GRU/LSTM swapped for Opacus' layers with the same weights
+    private.train()
+    loader = DataLoader(windows, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW(private.parameters(), lr=lr, weight_decay=weight_decay)
+    from opacus import PrivacyEngine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure-RNG and accountant notices
+        made = PrivacyEngine(accountant="rdp").make_private(
+            module=private,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=mode,
+            wrap_model=False,  # hooks on our own module: its state-dict names stay ours
+            criterion=SequenceLoss(model.cfg.label_smoothing),
+        )
+    if mode == "ghost":
+        hooks, optimizer, criterion, loader = made
+    else:
+        (hooks, optimizer, loader), criterion = made, None
+    losses, steps = [], 0
+    try:
+        while steps < plan.steps:
+            loss, taken = train_epoch(
+                private,
+                loader,
+                optimizer,
+                windows.batch_of,
+                criterion,
+                max_steps=plan.steps - steps,
+                empty_step=lambda: _noise_only_step(optimizer, private, mode),
+            )
+            if taken == 0:
+                break
+            losses.append((loss, taken))
+            steps += taken
+    finally:
+        hooks.cleanup()
+    state = private.state_dict()
+    # Opacus' DPGRU/DPLSTM state holds nn.GRU-style names and internal aliases: keep the model's own names.
+    model.load_state_dict({k: state[k] for k in model.state_dict()})
+    finite = [(loss, n) for loss, n in losses if math.isfinite(loss)]
+    mean_loss = sum(loss * n for loss, n in finite) / max(1, sum(n for _, n in finite)) if finite else float("nan")
+    return mean_loss, steps, time.perf_counter() - start
+
+
+def _noise_only_step(optimizer, model: torch.nn.Module, mode: str) -> None:
+    """An empty Poisson batch is still one step of the mechanism: zero clipped sum, plus the noise."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+            if mode == "hooks":
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+    optimizer.step()

@@ -1,0 +1,102 @@
+"""The privacy ledger of one client: every DP-SGD round it took part in, composed into its true ε.
+
+It lives in Flower's ``context.state`` and in a node-local JSON file written atomically after every round, so a
+client whose SuperNode restarts (new node id, empty ``context.state``) continues from its real ε instead of zero.
+Of the two copies the longer one wins; two copies that disagree on the rounds they share are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fedseqrec.errors import UserError
+from fedseqrec.privacy.accounting import epsilon
+
+FORMAT = "fedseqrec-privacy-ledger"
+
+
+@dataclass(frozen=True)
+class LedgerRecord:
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def mechanism(self) -> tuple[float, float, int]:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+@dataclass
+class PrivacyLedger:
+    client: str
+    delta: float
+    accountant: str = "rdp"
+    budget: float | None = None
+    records: list[LedgerRecord] = field(default_factory=list)
+
+    def epsilon(self, accountant: str | None = None, extra: LedgerRecord | None = None) -> float:
+        records = [r.mechanism() for r in self.records] + ([extra.mechanism()] if extra else [])
+        return epsilon(records, self.delta, accountant or self.accountant)
+
+    def would_exceed_budget(self, planned: LedgerRecord) -> bool:
+        return self.budget is not None and self.epsilon(extra=planned) > self.budget
+
+    def exhausted(self) -> bool:
+        return self.budget is not None and self.epsilon() >= self.budget
+
+    def add(self, record: LedgerRecord) -> None:
+        if self.records and record.round <= self.records[-1].round:
+            raise ValueError(f"ledger of client {self.client}: round {record.round} after {self.records[-1].round}")
+        self.records.append(record)
+
+    # --- persistence ------------------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        value = {"format": FORMAT, "version": 1, **asdict(self)}
+        return json.dumps(value, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> PrivacyLedger:
+        try:
+            value = json.loads(text)
+            if value.get("format") != FORMAT:
+                raise ValueError("not a privacy ledger")
+            records = [LedgerRecord(**r) for r in value["records"]]
+            return cls(value["client"], float(value["delta"]), value["accountant"], value["budget"], records)
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{source}: unreadable privacy ledger ({err})") from err
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with tmp.open("w") as handle:
+            handle.write(self.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())  # a crash right after the rename must not leave an empty ledger
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> PrivacyLedger | None:
+        return cls.from_json(path.read_text(), str(path)) if path.exists() else None
+
+
+def reconcile(from_state: PrivacyLedger | None, from_file: PrivacyLedger | None) -> PrivacyLedger | None:
+    """The more complete of the two copies; they must agree on the rounds both hold."""
+    copies = [c for c in (from_state, from_file) if c is not None]
+    if len(copies) < 2:
+        return copies[0] if copies else None
+    short, long = sorted(copies, key=lambda c: len(c.records))
+    if short.client != long.client or long.records[: len(short.records)] != short.records:
+        raise UserError(
+            f"privacy ledger of client {long.client}: the node's file and its in-memory copy disagree; "
+            "refusing to train rather than under-report ε"
+        )
+    return long
+
+
+def describe_epsilon(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:.3f}"

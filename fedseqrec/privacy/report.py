@@ -1,0 +1,214 @@
+"""Privacy reports of a run folder: ``privacy_report.json``, ``privacy_report.md`` and PNG plots, and the
+privacy–utility curve over several runs. Everything is recomputed from the run folder (``fedseqrec report``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from fedseqrec.errors import UserError
+
+MECHANISM = (
+    "DP-SGD (Opacus) at every client: each user's gradient clipped to max-grad-norm, Gaussian noise of "
+    "noise-multiplier x max-grad-norm added to each batch's sum, batches drawn by Poisson sampling; every step of "
+    "every round a client trained in is composed in that client's ledger (Poisson-subsampled Gaussian mechanism)"
+)
+PRIVACY_UNIT = (
+    "user-level, per client: one training example is one user's whole behaviour sequence (the most recent "
+    "max-len + 1 events of each window), so each client's (ε, δ) covers adding or removing one of its users "
+    "with all of their events"
+)
+OVERLAP = (
+    "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
+    "guarantees separately, and their total privacy loss is bounded only by composition — up to the sum of those "
+    "clients' ε (and of their δ). The partitions built here put every user in exactly one client."
+)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({err})") from err
+
+
+def _rounds(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        raise UserError(f"{folder}: not a fedseqrec run folder (no metrics.jsonl)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_privacy_report(folder: Path) -> dict:
+    privacy_path = folder / "privacy.json"
+    if not privacy_path.exists():
+        raise UserError(f"{folder}: this run has no privacy ledger (it was not run with --dp)")
+    privacy = _read_json(privacy_path)
+    config = _read_json(folder / "config.json")["run_config"]
+    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
+    clients = []
+    for client in sorted(privacy["clients"], key=int):
+        entry = privacy["clients"][client]
+        eps = max(entry["epsilon"], entry["epsilon_checked"])
+        budget = entry["budget"]
+        status = entry["status"]
+        if budget is not None and eps >= budget - 1e-9:
+            status = "exhausted"
+        clients.append(
+            {
+                "client": client,
+                "epsilon": eps,
+                "epsilon_reported": entry["epsilon"],
+                "epsilon_rechecked": entry["epsilon_checked"],
+                "delta": entry["delta"],
+                "accountant": entry["accountant"],
+                "budget": budget,
+                "status": status,
+                "rounds_trained": len(entry["ledger"]),
+                "ledger": entry["ledger"],
+            }
+        )
+    largest = max((c["epsilon"] for c in clients), default=0.0)
+    return {
+        "mechanism": MECHANISM,
+        "privacy_unit": PRIVACY_UNIT,
+        "users_in_several_clients": OVERLAP,
+        "accountant": config.get("accountant"),
+        "max_grad_norm": config.get("max-grad-norm"),
+        "target_epsilon": config.get("epsilon") or None,
+        "budget": config.get("budget") or config.get("epsilon") or None,
+        "delta": max((c["delta"] for c in clients), default=None),
+        "max_epsilon": largest,
+        "aggregation": "per-client ε are listed and their maximum reported; they are never averaged",
+        "rounds": len(privacy["history"]),
+        "stopped": metrics.get("stopped"),
+        "test": metrics.get("test"),
+        "clients": clients,
+        "history": privacy["history"],
+        "utility": [{"round": r["round"], "NDCG@10": r["valid"]["NDCG@10"]} for r in _rounds(folder) if "valid" in r],
+    }
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return "∞" if isinstance(value, float) and math.isinf(value) else f"{value:.4g}"
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        "# Privacy report",
+        "",
+        f"- **largest ε over clients: {_fmt(report['max_epsilon'])}** at δ ≤ {_fmt(report['delta'])} "
+        f"({report['accountant']} accountant; {report['aggregation']})",
+        f"- mechanism: {report['mechanism']}",
+        f"- privacy unit: {report['privacy_unit']}",
+        f"- users in several clients: {report['users_in_several_clients']}",
+        f"- budget per client: {_fmt(report['budget'])}; rounds: {report['rounds']}"
+        + (f"; stopped: {report['stopped']}" if report["stopped"] else ""),
+        "",
+        "| client | ε | δ | budget | status | rounds trained | noise multiplier | sample rate | steps |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for c in report["clients"]:
+        noises = sorted({r["noise_multiplier"] for r in c["ledger"]})
+        rates = sorted({r["sample_rate"] for r in c["ledger"]})
+        steps = sum(r["steps"] for r in c["ledger"])
+        lines.append(
+            f"| {c['client']} | {_fmt(c['epsilon'])} | {_fmt(c['delta'])} | {_fmt(c['budget'])} | {c['status']} | "
+            f"{c['rounds_trained']} | {', '.join(_fmt(n) for n in noises)} | {', '.join(_fmt(q) for q in rates)} "
+            f"| {steps} |"
+        )
+    lines += ["", "Plots: `epsilon_per_round.png`, `ndcg_per_round.png`.", ""]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rounds(report: dict, folder: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    history = report["history"]
+    rounds = [h["round"] for h in history]
+    clients = sorted({c for h in history for c in h["epsilons"]}, key=int)
+    if len(clients) <= 20:
+        for client in clients:
+            ax.plot(
+                rounds, [h["epsilons"].get(client, 0.0) for h in history], lw=0.8, alpha=0.6, label=f"client {client}"
+            )
+    ax.plot(rounds, [h["max_epsilon"] for h in history], color="black", lw=2, label="largest ε")
+    if report["budget"]:
+        ax.axhline(float(report["budget"]), color="red", ls="--", lw=1, label="budget")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"ε (δ ≤ {_fmt(report['delta'])})")
+    ax.set_title("privacy spent per round")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(folder / "epsilon_per_round.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    utility = report["utility"]
+    ax.plot([u["round"] for u in utility], [u["NDCG@10"] for u in utility], marker="o", ms=3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title("utility per round")
+    fig.tight_layout()
+    fig.savefig(folder / "ndcg_per_round.png", dpi=120)
+    plt.close(fig)
+
+
+def write_privacy_report(folder: Path) -> dict:
+    folder = Path(folder)
+    report = build_privacy_report(folder)
+    (folder / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "privacy_report.md").write_text(report_markdown(report))
+    plot_rounds(report, folder)
+    return report
+
+
+def compare_runs(folders: list[Path], out: Path) -> list[dict]:
+    """Test NDCG@10 (best round) against the largest ε of each run: the privacy–utility curve."""
+    rows = []
+    for folder in folders:
+        metrics_path = Path(folder) / "metrics.json"
+        if not metrics_path.exists():
+            raise UserError(f"{folder}: no metrics.json (not a finished fedseqrec run folder)")
+        metrics = _read_json(metrics_path)
+        privacy = metrics.get("privacy")
+        eps = privacy["max_epsilon"] if privacy else math.inf
+        rows.append(
+            {
+                "run": str(folder),
+                "epsilon": eps,
+                "NDCG@10": metrics["test"]["NDCG@10"],
+                "HR@10": metrics["test"]["HR@10"],
+            }
+        )
+    rows.sort(key=lambda r: r["epsilon"])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finite = [r for r in rows if math.isfinite(r["epsilon"])]
+    ax.plot([r["epsilon"] for r in finite], [r["NDCG@10"] for r in finite], marker="o")
+    for r in rows:
+        if not math.isfinite(r["epsilon"]):
+            ax.axhline(r["NDCG@10"], color="grey", ls="--", lw=1, label=f"no DP ({Path(r['run']).name})")
+    for r in finite:
+        ax.annotate(Path(r["run"]).name, (r["epsilon"], r["NDCG@10"]), fontsize=6)
+    ax.set_xlabel("largest client ε")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title("privacy–utility")
+    if len(finite) < len(rows):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return rows
