@@ -2,7 +2,7 @@
 
     python benchmarks/federated.py iid       # 10 IID silos, FedAvg, sasrec, vs. the centralized figure
     python benchmarks/federated.py non-iid   # dirichlet alpha=0.1 and attribute silos x FedAvg, FedProx, FedAdam
-    python benchmarks/federated.py per-user  # 943 clients (one per user), 20 a round, 100 rounds: time and where it goes
+    python benchmarks/federated.py per-user  # 943 clients (one per user), 20 a round, 100 rounds: time and parts
     [--ml100k ../shared/data/ml-100k] [--rounds N] [--out benchmarks/results/federated-SCENARIO.json]
 
 Each run folder goes to a temporary directory; the JSON keeps the final metrics and the per-round timing:

@@ -2,12 +2,12 @@
 simulated runs through Flower's simulation engine (end to end, resume, client failure)."""
 
 import json
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
