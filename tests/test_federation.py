@@ -11,6 +11,7 @@ import tomllib
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from tiny_federation import TINY, TINY_FLAGS
 
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.client.task import build_global_model, cached_dataset, load_client_data
@@ -22,24 +23,6 @@ from fedseqrec.server.strategies import build_strategy
 from fedseqrec.simulation.engine import simulate
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = FederationConfig(
-    clients=3,
-    rounds=3,
-    shop_users=120,
-    shop_items=80,
-    shop_categories=5,
-    shop_days=20,
-    hidden=16,
-    layers=1,
-    heads=1,
-    inner=32,
-    max_len=20,
-    batch_size=16,
-)
-TINY_FLAGS = [
-    "--clients", "3", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5", "--shop-days", "20",
-    "--hidden", "16", "--layers", "1", "--heads", "1", "--inner", "32", "--max-len", "20", "--batch-size", "16",
-]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from tiny_federation import TINY as TINY_PLAIN
+from tiny_federation import TINY_FLAGS
 
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.client.task import build_global_model, cached_dataset
@@ -26,26 +28,7 @@ from fedseqrec.privacy.ledger import LedgerRecord, PrivacyLedger, reconcile
 from fedseqrec.runconfig import FederationConfig
 from fedseqrec.simulation.engine import simulate
 
-TINY = FederationConfig(
-    clients=3,
-    rounds=3,
-    shop_users=120,
-    shop_items=80,
-    shop_categories=5,
-    shop_days=20,
-    hidden=16,
-    layers=1,
-    heads=1,
-    inner=32,
-    max_len=20,
-    batch_size=16,
-    dp=True,
-    noise_multiplier=1.0,
-)
-TINY_FLAGS = [
-    "--clients", "3", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5", "--shop-days", "20",
-    "--hidden", "16", "--layers", "1", "--heads", "1", "--inner", "32", "--max-len", "20", "--batch-size", "16",
-]  # fmt: skip
+TINY = replace(TINY_PLAIN, dp=True, noise_multiplier=1.0)
 
 
 @pytest.fixture(autouse=True)
