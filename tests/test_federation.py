@@ -310,3 +310,19 @@ def test_resume_refuses_a_folder_that_is_not_a_run(cli, tmp_path):
 def test_out_refuses_an_existing_run(cli, full_run):
     result = cli("simulate", *TINY_FLAGS, "--out", full_run)
     assert result.code == 2 and "already holds a run" in result.err
+
+
+def test_a_deployed_node_reads_its_data_path_from_the_node_config(tmp_path, cli):
+    prepared = tmp_path / "prepared"
+    result = cli("data", "prepare", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5",
+                 "--shop-days", "20", "--out", prepared)  # fmt: skip
+    assert result.code == 0, result.err
+    cfg = replace(TINY, data="/nowhere/on/the/server")
+    context = _context(TINY, 2)
+    context.node_config["data-path"] = str(prepared)
+    ds = cached_dataset(replace(TINY, data=str(prepared)).data_config())
+    torch.manual_seed(0)
+    arrays = ArrayRecord(build_global_model(ds.sequences, TINY).state_dict())
+    reply = make_client_app()(_message("train", arrays, cfg), context)
+    data = load_client_data(replace(TINY, data=str(prepared)), 2, 3)
+    assert reply.content["metrics"]["num-examples"] == int((ds.split.train_end[data.users] >= 2).sum()) > 0

@@ -2,12 +2,14 @@
 
 The configuration comes with every message (the server sends the whole run config), over the node's run config:
 a simulated client started by ``fedseqrec simulate`` has no run config of its own. The partition comes from the
-node config (``partition-id`` / ``num-partitions``, set by Flower's simulation engine or ``--node-config``).
+node config (``partition-id`` / ``num-partitions``, set by Flower's simulation engine or ``--node-config``), and a
+deployed node may say where its data is (``data-path``) and where its privacy ledger lives (``ledger-path``).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -32,7 +34,11 @@ def partition_of(context: Context) -> tuple[int, int]:
 
 
 def _client_data(cfg: FederationConfig, context: Context):
+    """The node's users. A deployed node names where its copy of the data lives (``data-path`` in its node
+    config, e.g. a folder from `fedseqrec data prepare`); the run config's ``data`` is the server's path."""
     torch.set_num_threads(cfg.threads)
+    if "data-path" in context.node_config:
+        cfg = replace(cfg, data=str(context.node_config["data-path"]))
     return load_client_data(cfg, *partition_of(context))
 
 

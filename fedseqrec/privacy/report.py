@@ -41,6 +41,8 @@ def _rounds(folder: Path) -> list[dict]:
 
 
 def build_privacy_report(folder: Path) -> dict:
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: not a fedseqrec run folder (no config.json)")
     privacy_path = folder / "privacy.json"
     if not privacy_path.exists():
         raise UserError(f"{folder}: this run has no privacy ledger (it was not run with --dp)")
