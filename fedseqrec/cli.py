@@ -373,6 +373,17 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "ghost", "hooks"),
         help="Opacus per-sample gradients: auto = ghost clipping for sasrec/bert4rec, hooks for gru4rec/lstm",
     )
+    c = parser.add_argument_group("central differential privacy (DP-FedAvg; one user per client: --partition per-user)")
+    c.add_argument(
+        "--central-dp", default=None, choices=("fixed", "adaptive"), help="clip client updates, noise the sum"
+    )
+    c.add_argument("--central-noise", type=float, default=None, help="noise multiplier z of the aggregate")
+    c.add_argument("--clipping-norm", type=float, default=d.clipping_norm, help="update norm (adaptive: initial)")
+    c.add_argument(
+        "--central-clipping", default=d.central_clipping, choices=("server", "client"), help="where updates are clipped"
+    )
+    c.add_argument("--target-quantile", type=float, default=d.target_quantile, help="adaptive: unclipped share")
+    c.add_argument("--clip-lr", type=float, default=d.clip_lr, help="adaptive: clipping norm learning rate")
 
 
 def federation_config(args: argparse.Namespace):

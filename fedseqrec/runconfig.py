@@ -95,6 +95,13 @@ class FederationConfig:
     budget: float | None = None  # a client declines a round that would take its ε above this; unset: epsilon
     accountant: str = "rdp"
     grad_sample_mode: str = "auto"  # auto: ghost clipping for Transformers, hooks for GRU/LSTM
+    # central DP (DP-FedAvg): clipped client updates, server noise, Poisson client sampling
+    central_dp: str | None = None  # fixed or adaptive clipping
+    central_noise: float | None = None  # noise multiplier z of the aggregate
+    clipping_norm: float = 1.0  # fixed: the norm; adaptive: the initial norm
+    central_clipping: str = "server"  # where updates are clipped: server, or client (Flower's clipping mods)
+    target_quantile: float = 0.5  # adaptive: share of updates left unclipped
+    clip_lr: float = 0.2  # adaptive: learning rate of the clipping norm
     # output
     out: str | None = None  # run folder; unset: runs/<strategy>-<model>-<time>
 
@@ -178,6 +185,11 @@ class FederationConfig:
 
         _choice("accountant", self.accountant, ACCOUNTANTS)
         _choice("grad-sample-mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        if self.central_dp is not None:
+            self.validate_central_dp()
+            return
+        if self.central_noise is not None:
+            raise UserError("--central-noise needs --central-dp fixed or adaptive")
         given = [n for n in ("noise_multiplier", "epsilon", "delta", "budget") if getattr(self, n) is not None]
         if not self.dp:
             if given:
@@ -202,6 +214,41 @@ class FederationConfig:
         grad_sample_mode_for(self.model, self.grad_sample_mode)
         if self.loss == "sampled":
             raise UserError("the sampled loss is not supported with --dp: use --loss ce")
+
+    def validate_central_dp(self) -> None:
+        from fedseqrec.privacy.central import CENTRAL_DP, CLIPPING_SIDES
+
+        _choice("central-dp", self.central_dp, CENTRAL_DP)
+        _choice("central-clipping", self.central_clipping, CLIPPING_SIDES)
+        if self.dp:
+            raise UserError("choose one mechanism: --dp (DP-SGD at the clients) or --central-dp (DP-FedAvg)")
+        if self.central_noise is None or not (math.isfinite(self.central_noise) and self.central_noise > 0):
+            raise UserError(
+                f"--central-dp needs --central-noise, a positive noise multiplier (got {self.central_noise})"
+            )
+        if self.clients_per_round is None:
+            raise UserError("--central-dp needs --clients-per-round (the expected number of clients a round)")
+        if self.strategy != "fedavg":
+            raise UserError("--central-dp works with --strategy fedavg (DP-FedAvg)")
+        if not (math.isfinite(self.clipping_norm) and self.clipping_norm > 0):
+            raise UserError(f"--clipping-norm must be a positive number, got {self.clipping_norm}")
+        if not 0 < self.target_quantile < 1 or not self.clip_lr > 0:
+            raise UserError("--target-quantile must be in (0, 1) and --clip-lr positive")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise UserError(f"--delta must be in (0, 1), got {self.delta}")
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
+            raise UserError(f"--budget must be a positive number, got {self.budget}")
+        if self.central_dp == "adaptive" and self.central_noise >= 2 * (self.clients_per_round / 20):
+            raise UserError(
+                f"--central-noise {self.central_noise} is too large for adaptive clipping with "
+                f"{self.clients_per_round} clients a round: the clipped-count noise "
+                f"(clients-per-round / 20 = {self.clients_per_round / 20:g}) "
+                f"must exceed half of it; sample more clients a round or use --central-dp fixed"
+            )
+
+    @property
+    def private(self) -> bool:
+        return self.dp or self.central_dp is not None
 
     def privacy_budget(self) -> float | None:
         return self.budget if self.budget is not None else self.epsilon

@@ -16,11 +16,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedseqrec.client.task import build_global_model, evaluate_locally, load_client_data, train_locally
+from fedseqrec.privacy.central import central_clipping_mod
 from fedseqrec.runconfig import FederationConfig
 
 ROUND_KEY = "server-round"
-# Keys the server adds to the run config in a message's ConfigRecord.
-MESSAGE_KEYS = (ROUND_KEY, "which", "proximal-mu")
+# Keys the server adds to the run config in a message's ConfigRecord (ours, and those of Flower's strategies:
+# FedProx's proximal term, the clipping norm of the client-side DP wrappers).
+MESSAGE_KEYS = (ROUND_KEY, "which", "proximal-mu", "clipping_norm")
 
 
 def message_config(msg: Message, context: Context) -> tuple[FederationConfig, ConfigRecord]:
@@ -52,7 +54,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         metrics = MetricRecord({"partition-id": partition, "num-partitions": partitions})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
-    @app.train()
+    @app.train(mods=[central_clipping_mod])  # per handler: Flower's clipping mods don't check the type
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)

@@ -73,12 +73,16 @@ def build_privacy_report(folder: Path) -> dict:
         )
     largest = max((c["epsilon"] for c in clients), default=0.0)
     return {
-        "mechanism": MECHANISM,
-        "privacy_unit": PRIVACY_UNIT,
+        "mechanism": privacy.get("mechanism", MECHANISM),
+        "privacy_unit": privacy.get("privacy_unit", PRIVACY_UNIT),
+        "client_sampling": privacy.get(
+            "sampling", "every client in every round it is chosen for (DP-SGD is per client)"
+        ),
         "users_in_several_clients": OVERLAP,
         "accountant": config.get("accountant"),
         "max_grad_norm": config.get("max-grad-norm"),
         "target_epsilon": config.get("epsilon") or None,
+        "noise_multiplier": config.get("central-noise") or config.get("noise-multiplier") or None,
         "budget": config.get("budget") or config.get("epsilon") or None,
         "delta": max((c["delta"] for c in clients), default=None),
         "max_epsilon": largest,
@@ -106,6 +110,7 @@ def report_markdown(report: dict) -> str:
         f"({report['accountant']} accountant; {report['aggregation']})",
         f"- mechanism: {report['mechanism']}",
         f"- privacy unit: {report['privacy_unit']}",
+        f"- client sampling: {report['client_sampling']}",
         f"- users in several clients: {report['users_in_several_clients']}",
         f"- budget per client: {_fmt(report['budget'])}; rounds: {report['rounds']}"
         + (f"; stopped: {report['stopped']}" if report["stopped"] else ""),

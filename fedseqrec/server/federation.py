@@ -115,7 +115,8 @@ class Federation:
         self.directory = ClientDirectory(self.grid, self.progress.on_message)
         self.round, self.best = 0, {"round": 0, "score": -1.0}
         self.stopped: str | None = None
-        self.privacy = PrivacyTracker(self.cfg.accountant, self.progress.on_message) if self.cfg.dp else None
+        self.privacy = None  # set up once the clients are known (central DP accounts for their number)
+        self._saved_privacy: str | None = None
         self.arrays = ArrayRecord(self.model.state_dict())
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
@@ -125,8 +126,7 @@ class Federation:
         self.round, self.best = int(state["round"]), dict(state["best"])
         self.arrays = ArrayRecord(state["arrays"])
         restore_strategy_state(self.strategy, state["strategy"])
-        if self.privacy is not None and "privacy" in state:
-            self.privacy.restore(state["privacy"], self.round)
+        self._saved_privacy = state.get("privacy")
         self.folder.keep_rounds_until(self.round)
         self.progress.on_message(f"resuming {self.folder.path} after round {self.round}")
 
@@ -135,6 +135,7 @@ class Federation:
         # Learn which node serves which client before the first round, so round times are rounds only.
         nodes = self.directory.wait_for(max(self.cfg.min_clients, self.cfg.clients_per_round or 1))
         self.progress.on_message(f"{len(nodes)} clients connected in {time.perf_counter() - start:.1f} s")
+        self._setup_privacy(self.directory.num_partitions or len(nodes), list(nodes))
         for server_round in range(self.round + 1, self.cfg.rounds + 1):
             try:
                 record = self.train_round(server_round)
@@ -153,6 +154,32 @@ class Federation:
             self._complete(server_round, record)
         return self.finish(time.perf_counter() - start)
 
+    def _setup_privacy(self, n_clients: int, clients: list[int]) -> None:
+        cfg = self.cfg
+        if cfg.dp:
+            self.privacy = PrivacyTracker(cfg.accountant, self.progress.on_message)
+        elif cfg.central_dp is not None:
+            from fedseqrec.privacy.central import CentralAccountant, CentralTracker
+
+            delta = cfg.delta if cfg.delta is not None else min(1e-5, 0.1 / n_clients)
+            accountant = CentralAccountant(cfg.central_noise, cfg.clients_per_round / n_clients, delta, cfg.accountant)
+            self.privacy = CentralTracker(accountant, cfg.budget, cfg.partition, list(range(n_clients)))
+        if self.privacy is not None and self._saved_privacy:
+            self.privacy.restore(self._saved_privacy, self.round)
+
+    def _choose(self, nodes: dict[int, int], server_round: int) -> list[int]:
+        cfg = self.cfg
+        if cfg.central_dp is None:
+            return choose_clients(list(nodes), cfg.clients_per_round, cfg.seed, server_round)
+        from fedseqrec.privacy.central import poisson_clients
+
+        if not self.privacy.allows_another_round():
+            raise BudgetExhausted(
+                f"privacy budget exhausted: another round would take ε above the budget {cfg.budget:g} "
+                f"(now {self.privacy.max_epsilon():.3f})"
+            )
+        return poisson_clients(list(nodes), self.privacy.accountant.rate, cfg.seed, server_round)
+
     def train_round(self, server_round: int) -> dict:
         started = time.perf_counter()
         cfg = self.cfg
@@ -162,19 +189,20 @@ class Federation:
                 f"round {server_round}: {len(nodes)} clients available, fewer than --min-clients {cfg.min_clients}; "
                 f"{self._resumable()}"
             )
-        chosen = choose_clients(list(nodes), cfg.clients_per_round, cfg.seed, server_round)
+        chosen = self._choose(nodes, server_round)
         config = ConfigRecord(self.client_config())
         messages = self.strategy.configure_train(
             server_round, self.arrays, config, ChosenNodes(self.grid, [nodes[p] for p in chosen])
         )
         partition_of = {n: p for p, n in nodes.items()}
         exchange_start = time.perf_counter()
-        replies = list(self.grid.send_and_receive(list(messages), timeout=cfg.round_timeout))
+        messages = list(messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout)) if messages else []
         exchange_seconds = time.perf_counter() - exchange_start
         ok, failed = self._sorted_replies(replies, partition_of, chosen, server_round)
         privacy = self.privacy.observe(server_round, ok) if self.privacy is not None else {}
         updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none
-        if len(updates) < cfg.min_clients:
+        if len(updates) < (min(cfg.min_clients, len(chosen)) if cfg.central_dp else cfg.min_clients):
             if privacy.get("declined"):
                 raise BudgetExhausted(
                     f"privacy budget exhausted: in round {server_round} clients {', '.join(privacy['declined'])} "
@@ -189,6 +217,10 @@ class Federation:
             arrays, _ = self.strategy.aggregate_train(server_round, trained)
             if arrays is not None:
                 self.arrays = _as_model_dtypes(arrays, self.model)
+        elif cfg.central_dp is not None:  # nobody sampled (or nobody with data): the noise is still released
+            from fedseqrec.privacy.central import noise_only_release
+
+            self.arrays = _as_model_dtypes(noise_only_release(self.strategy, self.arrays), self.model)
         metrics = [r.content["metrics"] for r in trained]
         examples = sum(m["num-examples"] for m in metrics)
         return {

@@ -17,7 +17,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.runconfig import STRATEGIES, FederationConfig
 
 # Strategy attributes that change from round to round (server optimiser moments, momentum, previous weights).
-STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays")
+STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "clipping_norm")
 
 
 def _no_metric_averaging(records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -37,6 +37,20 @@ def build_strategy(cfg: FederationConfig) -> FedAvg:
         "evaluate_metrics_aggr_fn": _no_metric_averaging,
     }
     name = cfg.strategy
+    if cfg.central_dp is not None:
+        from fedseqrec.privacy.central import FixedDenominatorFedAvg, central_dp_strategy
+
+        inner = FixedDenominatorFedAvg(expected_clients=cfg.clients_per_round, **common)
+        return central_dp_strategy(
+            cfg.central_dp,
+            cfg.central_clipping,
+            inner,
+            noise=cfg.central_noise,
+            clipping_norm=cfg.clipping_norm,
+            expected=cfg.clients_per_round,
+            target_quantile=cfg.target_quantile,
+            clip_lr=cfg.clip_lr,
+        )
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedprox":
@@ -65,6 +79,8 @@ def strategy_state(strategy: FedAvg) -> dict:
             state[name] = {"dict": {k: torch.from_numpy(np.asarray(v)) for k, v in value.items()}}
         elif isinstance(value, list):
             state[name] = {"list": [torch.from_numpy(np.asarray(v)) for v in value]}
+        elif isinstance(value, float):
+            state[name] = {"float": value}
     return state
 
 
@@ -75,6 +91,8 @@ def restore_strategy_state(strategy: FedAvg, state: dict) -> None:
             restored = ArrayRecord({k: Array(v.numpy()) for k, v in value.items()})
         elif kind == "dict":
             restored = {k: v.numpy() for k, v in value.items()}
+        elif kind == "float":
+            restored = float(value)
         else:
             restored = [v.numpy() for v in value]
         setattr(strategy, name, restored)

@@ -1,0 +1,207 @@
+"""User-level central DP for one-user-per-client federations: DP-FedAvg (McMahan et al., 2018) with Flower's
+``DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping`` wrappers, and our own accountant over rounds.
+
+Exactly what is released, and so what is accounted:
+
+- clients are sampled by **Poisson sampling**: every client independently with rate ``q = clients-per-round / N``
+  each round (not Flower's fixed-size sample), seeded by (seed, round);
+- each sampled client's update is clipped to norm C (by the server, or by the client's ``fixedclipping_mod`` /
+  ``adaptiveclipping_mod``), the clipped updates are **summed and divided by the expected number of clients
+  m = qN** (a fixed denominator, so one user changes the sum by at most C), and Flower's wrapper adds Gaussian
+  noise of standard deviation z·C/m; a round in which nobody was sampled still releases the noise;
+- with adaptive clipping (Andrew et al., 2021) the clipped fraction is also released with noise σ_b and divided
+  by m; Flower turns the effective noise multiplier z into the update noise (z⁻² − (2σ_b)⁻²)^(-1/2), so the round
+  is one Poisson-subsampled Gaussian mechanism with multiplier z.
+
+Each round is therefore one step of the Poisson-subsampled Gaussian mechanism (z, q): the accountant (Opacus RDP or
+PRV) composes ``rounds`` of them. Every user holds one client, so the guarantee is user-level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+)
+
+from fedseqrec.privacy.accounting import epsilon
+
+CENTRAL_DP = ("fixed", "adaptive")
+CLIPPING_SIDES = ("server", "client")
+
+
+class FixedDenominatorFedAvg(FedAvg):
+    """FedAvg that adds the (clipped) updates and divides by the expected number of clients, not the actual one."""
+
+    def __init__(self, expected_clients: float, **kwargs):
+        super().__init__(**kwargs)
+        self.expected_clients = expected_clients
+        self.current_arrays: ArrayRecord | None = None
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        total = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
+        for reply in valid:
+            for record in reply.content.array_records.values():
+                for key, value in record.items():
+                    total[key] += value.numpy() - current[key]
+        new = {k: (current[k] + total[k] / self.expected_clients).astype(current[k].dtype) for k in current}
+        return ArrayRecord({k: Array(v) for k, v in new.items()}), MetricRecord()
+
+
+class _ExpectedCountMixin:
+    """Adaptive clipping: the noisy clipped count is divided by the expected number of clients, as analysed."""
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        return float(np.random.normal(count, self.clipped_count_stddev)) / float(self.num_sampled_clients)
+
+
+class ServerSideAdaptive(_ExpectedCountMixin, DifferentialPrivacyServerSideAdaptiveClipping):
+    pass
+
+
+class ClientSideAdaptive(_ExpectedCountMixin, DifferentialPrivacyClientSideAdaptiveClipping):
+    pass
+
+
+def central_dp_strategy(
+    kind: str,
+    side: str,
+    inner: FedAvg,
+    noise: float,
+    clipping_norm: float,
+    expected: float,
+    target_quantile: float,
+    clip_lr: float,
+):
+    if kind == "fixed":
+        wrapper = (
+            DifferentialPrivacyServerSideFixedClipping
+            if side == "server"
+            else DifferentialPrivacyClientSideFixedClipping
+        )
+        return wrapper(inner, noise_multiplier=noise, clipping_norm=clipping_norm, num_sampled_clients=expected)
+    wrapper = ServerSideAdaptive if side == "server" else ClientSideAdaptive
+    return wrapper(
+        inner,
+        noise_multiplier=noise,
+        num_sampled_clients=expected,
+        initial_clipping_norm=clipping_norm,
+        target_clipped_quantile=target_quantile,
+        clip_norm_lr=clip_lr,
+    )
+
+
+def noise_only_release(strategy, arrays: ArrayRecord) -> ArrayRecord:
+    """A round that sampled nobody still releases the mechanism's noise (as the accounting assumes)."""
+    return strategy._add_noise_to_aggregated_arrays(arrays)
+
+
+def poisson_clients(available: list[int], rate: float, seed: int, server_round: int) -> list[int]:
+    rng = np.random.default_rng([seed, server_round, 7])
+    available = sorted(available)
+    return [c for c, u in zip(available, rng.random(len(available)), strict=True) if u < rate]
+
+
+class CentralAccountant:
+    """One Poisson-subsampled Gaussian release per round, composed."""
+
+    def __init__(self, noise: float, rate: float, delta: float, accountant: str):
+        self.noise, self.rate, self.delta, self.accountant = noise, rate, delta, accountant
+        self.rounds = 0
+
+    def add_round(self) -> float:
+        self.rounds += 1
+        return self.epsilon()
+
+    def epsilon(self, rounds: int | None = None) -> float:
+        n = self.rounds if rounds is None else rounds
+        return epsilon([(self.noise, self.rate, n)], self.delta, self.accountant)
+
+
+class CentralTracker:
+    """The server's privacy record under DP-FedAvg: one ε for every client (each round is one release that
+    covers every user), in the layout of :class:`fedseqrec.privacy.tracker.PrivacyTracker` for the reports."""
+
+    mechanism = (
+        "DP-FedAvg (central DP): Poisson client sampling, each update clipped to the clipping norm, the sum divided "
+        "by the expected number of clients, Gaussian noise added by the server (Flower's DP strategy wrapper); one "
+        "Poisson-subsampled Gaussian release per round, composed over the rounds"
+    )
+
+    def __init__(self, accountant: CentralAccountant, budget: float | None, partition: str, clients: list[int]):
+        self.accountant, self.budget, self.clients = accountant, budget, sorted(clients)
+        self.history: list[dict] = []
+        unit = "user-level" if partition == "per-user" else "client-level (all the data of one client)"
+        self.privacy_unit = f"{unit}: adding or removing one client's whole update, each client sampled with rate q"
+
+    def allows_another_round(self) -> bool:
+        return self.budget is None or self.accountant.epsilon(self.accountant.rounds + 1) <= self.budget
+
+    def observe(self, server_round: int, replies: list) -> dict:
+        eps = self.accountant.add_round()
+        self.history.append({"round": server_round, "max_epsilon": eps, "epsilons": {}})
+        return {"epsilon_max": eps, "declined": []}
+
+    def max_epsilon(self) -> float:
+        return self.accountant.epsilon()
+
+    def to_json(self) -> str:
+        import json
+
+        a = self.accountant
+        record = {"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}
+        eps = self.max_epsilon()
+        entry = {
+            "epsilon": eps,
+            "epsilon_checked": eps,
+            "delta": a.delta,
+            "budget": self.budget,
+            "accountant": a.accountant,
+            "status": "active",
+            "ledger": [record] if a.rounds else [],
+        }
+        return json.dumps(
+            {
+                "mechanism": self.mechanism,
+                "privacy_unit": self.privacy_unit,
+                "sampling": f"Poisson, rate q = {a.rate:.6g} per client and round (expected clients a round / clients)",
+                "clients": {str(c): entry for c in self.clients},
+                "history": self.history,
+            }
+        )
+
+    def restore(self, text: str, last_round: int) -> None:
+        import json
+
+        self.history = [h for h in json.loads(text)["history"] if h["round"] <= last_round]
+        self.accountant.rounds = len(self.history)
+
+
+def central_clipping_mod(msg: Message, context, call_next) -> Message:
+    """Client side of DP-FedAvg with client-side clipping: Flower's ``fixedclipping_mod`` or
+    ``adaptiveclipping_mod`` when the run asks for them, and nothing otherwise."""
+    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+
+    config = msg.content.config_records.get("config")
+    if msg.metadata.message_type != "train" or config is None or config.get("central-clipping") != "client":
+        return call_next(msg, context)
+    if config.get("central-dp") == "fixed":
+        return fixedclipping_mod(msg, context, call_next)
+    if config.get("central-dp") == "adaptive":
+        return adaptiveclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
