@@ -60,12 +60,13 @@ def test_server_side_clipping_and_noise_have_the_analysed_scale():
     assert np.std(out[1:]) == pytest.approx(1.0 * 0.5 / 4, rel=0.02)  # z * C / m
 
 
-def test_poisson_client_sampling_is_seeded_and_has_the_right_rate():
+def test_poisson_client_sampling_is_unpredictable_and_has_the_right_rate():
     clients = list(range(500))
-    first = poisson_clients(clients, 0.04, seed=0, server_round=1)
-    assert first == poisson_clients(list(reversed(clients)), 0.04, seed=0, server_round=1)
-    assert first != poisson_clients(clients, 0.04, seed=0, server_round=2)
-    sizes = [len(poisson_clients(clients, 0.04, 0, r)) for r in range(1, 301)]
+    seeded = poisson_clients(clients, 0.04, np.random.default_rng(3))
+    assert seeded == poisson_clients(list(reversed(clients)), 0.04, np.random.default_rng(3))
+    samples = [poisson_clients(clients, 0.04) for _ in range(300)]  # the default: OS randomness
+    assert len({tuple(s) for s in samples}) == 300
+    sizes = [len(s) for s in samples]
     assert np.mean(sizes) == pytest.approx(20, rel=0.05) and len(set(sizes)) > 5  # variable, mean qN
 
 

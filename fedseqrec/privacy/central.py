@@ -4,7 +4,8 @@
 Exactly what is released, and so what is accounted:
 
 - clients are sampled by **Poisson sampling**: every client independently with rate ``q = clients-per-round / N``
-  each round (not Flower's fixed-size sample), seeded by (seed, round);
+  each round (not Flower's fixed-size sample), from OS randomness (a sample predictable from --seed would void
+  the amplification by sampling);
 - each sampled client's update is clipped to norm C (by the server, or by the client's ``fixedclipping_mod`` /
   ``adaptiveclipping_mod``), the clipped updates are **summed and divided by the expected number of clients
   m = qN** (a fixed denominator, so one user changes the sum by at most C), and Flower's wrapper adds Gaussian
@@ -111,8 +112,10 @@ def noise_only_release(strategy, arrays: ArrayRecord) -> ArrayRecord:
     return strategy._add_noise_to_aggregated_arrays(arrays)
 
 
-def poisson_clients(available: list[int], rate: float, seed: int, server_round: int) -> list[int]:
-    rng = np.random.default_rng([seed, server_round, 7])
+def poisson_clients(available: list[int], rate: float, rng: np.random.Generator | None = None) -> list[int]:
+    """Each client independently with probability ``rate``. The privacy amplification by sampling holds only if
+    nobody can predict the sample: by default the generator is seeded from the OS, never from --seed."""
+    rng = rng if rng is not None else np.random.default_rng()
     available = sorted(available)
     return [c for c, u in zip(available, rng.random(len(available)), strict=True) if u < rate]
 

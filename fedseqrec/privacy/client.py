@@ -7,6 +7,7 @@ in the client changes.
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,9 @@ def private_round(
         return PrivateRound(ledger, None, reason)
     import torch
 
-    torch.manual_seed(seed)
+    # The noise and the Poisson samples must be unpredictable: seeded from the OS, never from --seed (a known
+    # seed would let anyone subtract the noise and see who was sampled). DP runs are not bit-reproducible.
+    torch.manual_seed(secrets.randbits(63))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' backward-hook notices
         loss, steps, seconds = train_privately(

@@ -178,7 +178,7 @@ class Federation:
                 f"privacy budget exhausted: another round would take ε above the budget {cfg.budget:g} "
                 f"(now {self.privacy.max_epsilon():.3f})"
             )
-        return poisson_clients(list(nodes), self.privacy.accountant.rate, cfg.seed, server_round)
+        return poisson_clients(list(nodes), self.privacy.accountant.rate)
 
     def train_round(self, server_round: int) -> dict:
         started = time.perf_counter()
