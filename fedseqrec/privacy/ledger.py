@@ -8,7 +8,6 @@ Of the two copies the longer one wins; two copies that disagree on the rounds th
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,9 +43,6 @@ class PrivacyLedger:
 
     def would_exceed_budget(self, planned: LedgerRecord) -> bool:
         return self.budget is not None and self.epsilon(extra=planned) > self.budget
-
-    def exhausted(self) -> bool:
-        return self.budget is not None and self.epsilon() >= self.budget
 
     def add(self, record: LedgerRecord) -> None:
         if self.records and record.round <= self.records[-1].round:
@@ -96,7 +92,3 @@ def reconcile(from_state: PrivacyLedger | None, from_file: PrivacyLedger | None)
             "refusing to train rather than under-report ε"
         )
     return long
-
-
-def describe_epsilon(value: float) -> str:
-    return "∞" if math.isinf(value) else f"{value:.3f}"

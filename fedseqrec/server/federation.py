@@ -152,7 +152,7 @@ class Federation:
                     self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
             record["seconds"] = round(time.perf_counter() - record.pop("_start"), 3)
             self._complete(server_round, record)
-        return self.finish(time.perf_counter() - start)
+        return self.finish()
 
     def _setup_privacy(self, n_clients: int, clients: list[int]) -> None:
         cfg = self.cfg
@@ -318,7 +318,7 @@ class Federation:
         done = f"rounds 1-{self.round} are saved" if self.round else "no round completed"
         return f"{done}; continue with --resume {self.folder.path}"
 
-    def finish(self, seconds: float) -> dict:
+    def finish(self) -> dict:
         if self.best["round"] == 0 and self.round > 0:  # stopped early, before the first evaluation
             self.best = {
                 "round": self.round,
