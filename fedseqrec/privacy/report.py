@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from fedseqrec.errors import UserError
+from fedseqrec.server.rundir import RunFolder
 
 MECHANISM = (
     "DP-SGD (Opacus) at every client: each user's gradient clipped to max-grad-norm, Gaussian noise of "
@@ -31,13 +32,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: unreadable ({err})") from err
-
-
-def _rounds(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        raise UserError(f"{folder}: not a fedseqrec run folder (no metrics.jsonl)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def build_privacy_report(folder: Path) -> dict:
@@ -92,7 +86,9 @@ def build_privacy_report(folder: Path) -> dict:
         "test": metrics.get("test"),
         "clients": clients,
         "history": privacy["history"],
-        "utility": [{"round": r["round"], "NDCG@10": r["valid"]["NDCG@10"]} for r in _rounds(folder) if "valid" in r],
+        "utility": [
+            {"round": r["round"], "NDCG@10": r["valid"]["NDCG@10"]} for r in RunFolder(folder).rounds() if "valid" in r
+        ],
     }
 
 
