@@ -174,6 +174,20 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from fedseqrec.data.export import export_partitions
+
+    out = Path(args.out).resolve()
+    summary = export_partitions(data_config(args), out)
+    for client in summary["clients"]:
+        print(
+            f"{out / client['folder']}  client {client['name']}: {client['users']} users, "
+            f"{client['interactions']} interactions"
+        )
+    print(f"{summary['num_partitions']} client folders written to {out} (index: {out / 'export.json'})")
+    return 0
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model")
     defaults = ModelConfig()
@@ -414,7 +428,7 @@ DEFAULT_SIMULATED_CLIENTS = 5
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedseqrec.server.federation import Progress, format_round, summary_table
+    from fedseqrec.server.federation import Progress, format_round
     from fedseqrec.simulation.engine import simulate
 
     cfg = federation_config(args)
@@ -435,15 +449,58 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         progress=Progress(on_round=on_round, on_message=lambda text: print(text, flush=True)),
         verbose=args.verbose,
     )
+    print_results(results, folder.path)
+    return 0
+
+
+def print_results(results: dict, folder: Path) -> None:
+    from fedseqrec.server.federation import summary_table
+    from fedseqrec.server.rundir import RunFolder
+
     test = results["test"]
     print()
-    print(summary_table(folder.rounds()))
+    print(summary_table(RunFolder(folder).rounds()))
     print()
     print(
         f"{results['model']} / {results['strategy']}: best round {results['best_round']} of {results['rounds_run']}: "
         f"test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
     )
-    print(f"run folder: {folder.path.resolve()}")
+    print(f"run folder: {folder.resolve()}")
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    from fedseqrec.deployment.runner import deploy_local
+    from fedseqrec.server.server_app import default_run_folder
+
+    cfg = federation_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"deploy-{default_run_folder(cfg).name}"
+    results = deploy_local(
+        cfg,
+        out,
+        secure=not args.insecure,
+        isolation=args.isolation,
+        on_line=lambda line: print(line, flush=True),
+        verbose=args.verbose,
+    )
+    print_results(results, out)
+    return 0
+
+
+def cmd_deploy_credentials(args: argparse.Namespace) -> int:
+    from fedseqrec.deployment.credentials import make_certificates, make_node_key
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UserError(f"--out {out}: folder is not empty; refusing to overwrite keys (use --force)")
+    certs = make_certificates(out, args.hosts)
+    print(f"CA certificate (every SuperNode and the flwr CLI): {certs.ca.resolve()}")
+    print(
+        f"SuperLink certificate and key:                    {certs.server_cert.resolve()}, {certs.server_key.resolve()}"
+    )
+    for node in range(args.nodes):
+        public = make_node_key(out / f"node-{node:03d}")
+        print(f"SuperNode {node} key pair: {public.with_suffix('').resolve()} (private) and {public.resolve()}")
+    print(f"keep {(out / 'ca.key').resolve()} offline: it signs SuperLink certificates")
     return 0
 
 
@@ -516,6 +573,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_partition_options(prepare)
     prepare.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
 
+    export = _add_command(
+        data_commands,
+        "export-partitions",
+        "one data folder per client, for deployment",
+        "Partition --data into clients and write one folder per client under --out (client-000, client-001, ...): "
+        "that client's users only, in the prepared format, with the whole item vocabulary and the global split. "
+        "Copy each folder to its client's host and start its SuperNode with --node-config "
+        '"data-path=FOLDER ledger-path=FILE".',
+        cmd_data_export,
+    )
+    add_data_options(export)
+    add_partition_options(export)
+    export.set_defaults(partition="iid")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
+
     train = _add_command(
         commands,
         "train",
@@ -560,6 +632,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPUs per simulated client: clients run side by side on (CPUs / this) Ray workers",
     )
     r.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+
+    deploy = _add_command(
+        commands,
+        "deploy",
+        "Flower's deployment engine: a SuperLink and SuperNodes as separate processes",
+        "Run federations on Flower's deployment engine. See docs/deployment.md for separate hosts.",
+    )
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", metavar="COMMAND", required=True)
+    local = _add_command(
+        deploy_commands,
+        "local",
+        "a real deployment on 127.0.0.1: SuperLink, one SuperNode per client, flwr run",
+        "Export one data folder per client, start a SuperLink and one SuperNode per client on 127.0.0.1 as separate "
+        "processes (each with its own Flower home folder), run the app against them through `flwr run`, stream its "
+        "progress and write the usual run folder (--out; the deployment's certificates, node ledgers and logs in "
+        "--out/deployment). Every process it starts is stopped when the run ends, fails or is interrupted. TLS "
+        "and SuperNode authentication are on unless --insecure.",
+        cmd_deploy_local,
+    )
+    add_data_options(local, truncate=False)
+    add_partition_options(local)
+    local.set_defaults(partition="iid")
+    add_model_options(local)
+    add_federation_options(local)
+    r = local.add_argument_group("deployment")
+    security = r.add_mutually_exclusive_group()
+    security.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS between SuperNodes and SuperLink, and SuperNode authentication (the default)",
+    )
+    security.add_argument(
+        "--insecure", action="store_true", help="no TLS and no SuperNode authentication (loopback trials only)"
+    )
+    r.add_argument(
+        "--isolation",
+        default="subprocess",
+        choices=("subprocess", "process"),
+        help="subprocess: each SuperNode starts its ClientApp executor; process: we start one per SuperNode",
+    )
+    r.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/deploy-STRATEGY-MODEL-TIME)")
+    r.add_argument("--verbose", action="store_true", help="show everything `flwr run --stream` prints")
+
+    credentials = _add_command(
+        deploy_commands,
+        "credentials",
+        "TLS certificates and SuperNode keys for a deployment",
+        "Write a CA (ca.crt, ca.key), a SuperLink certificate for --hosts (server.pem, server.key) and --nodes "
+        "SuperNode key pairs (node-000, node-000.pub, ...) to --out. Register each .pub with "
+        "`flwr supernode register`; copy each private key to its SuperNode's host only.",
+        cmd_deploy_credentials,
+    )
+    credentials.add_argument("--out", required=True, metavar="DIR", help="folder for the certificates and keys")
+    credentials.add_argument(
+        "--hosts",
+        nargs="+",
+        default=["127.0.0.1", "localhost"],
+        metavar="HOST",
+        help="names and IP addresses SuperNodes dial the SuperLink at (the certificate is valid for these)",
+    )
+    credentials.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to make")
+    credentials.add_argument("--force", action="store_true", help="overwrite an existing folder's files")
 
     report = _add_command(
         commands,

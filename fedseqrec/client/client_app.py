@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedseqrec.client.task import build_global_model, evaluate_locally, load_client_data, train_locally
+from fedseqrec.client.task import (
+    build_global_model,
+    evaluate_locally,
+    load_client_data,
+    load_exported_client,
+    train_locally,
+)
+from fedseqrec.data.export import is_client_export
+from fedseqrec.data.store import load_manifest
+from fedseqrec.errors import UserError
 from fedseqrec.privacy.central import central_clipping_mod
 from fedseqrec.runconfig import FederationConfig
 
@@ -31,14 +41,32 @@ def message_config(msg: Message, context: Context) -> tuple[FederationConfig, Co
     return FederationConfig.from_run_config(values), sent
 
 
+def _exported_folder(context: Context) -> Path | None:
+    path = context.node_config.get("data-path")
+    return Path(str(path)) if path is not None and is_client_export(Path(str(path))) else None
+
+
 def partition_of(context: Context) -> tuple[int, int]:
+    """(partition id, number of partitions): from the node's exported folder if it has one, else the node config."""
+    folder = _exported_folder(context)
+    if folder is not None:
+        client = load_manifest(folder)["client"]
+        exported = int(client["id"]), int(client["num_partitions"])
+        stated = context.node_config.get("partition-id")
+        if stated is not None and int(stated) != exported[0]:
+            raise UserError(f"node config says partition-id={stated}, but data-path {folder} is client {exported[0]}")
+        return exported
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
 def _client_data(cfg: FederationConfig, context: Context):
-    """The node's users. A deployed node names where its copy of the data lives (``data-path`` in its node
-    config, e.g. a folder from `fedseqrec data prepare`); the run config's ``data`` is the server's path."""
+    """The node's users. A deployed node names where its data lives (``data-path`` in its node config): its
+    folder from `fedseqrec data export-partitions`, or a whole dataset it takes its partition of; without one,
+    the run config's ``data`` (simulation: every client reads the same data and keeps its partition)."""
     torch.set_num_threads(cfg.threads)
+    folder = _exported_folder(context)
+    if folder is not None:
+        return load_exported_client(folder, cfg)
     if "data-path" in context.node_config:
         cfg = replace(cfg, data=str(context.node_config["data-path"]))
     return load_client_data(cfg, *partition_of(context))

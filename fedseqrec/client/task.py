@@ -9,12 +9,14 @@ import functools
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
+from fedseqrec.data.export import load_client_export
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
 from fedseqrec.errors import UserError
@@ -65,6 +67,19 @@ def partition_size(cfg: FederationConfig, num_partitions: int | None) -> DataCon
     return data_cfg
 
 
+def load_exported_client(path: Path, cfg: FederationConfig) -> ClientData:
+    """A deployed client's own folder from `fedseqrec data export-partitions`: all of its users are its own."""
+    export = load_client_export(path)
+    expected = cfg.clients if cfg.clients is not None and cfg.partition != "attribute" else None
+    if expected is not None and expected != export.num_partitions:
+        raise UserError(
+            f"data-path {path}: is client {export.client} of {export.num_partitions}, but the run has "
+            f"{expected} clients (--clients); export the partitions again with --clients {expected}"
+        )
+    users = np.arange(1, export.sequences.n_users + 1, dtype=np.int64)
+    return ClientData(export.client, export.sequences, export.split, users)
+
+
 def load_client_data(cfg: FederationConfig, partition_id: int, num_partitions: int) -> ClientData:
     ds = cached_dataset(partition_size(cfg, num_partitions))
     clients = ds.partition.clients()
@@ -81,7 +96,14 @@ def load_client_data(cfg: FederationConfig, partition_id: int, num_partitions: i
 def build_global_model(data: SequenceData, cfg: FederationConfig, state: dict | None = None) -> SequentialRecommender:
     model = build_model(cfg.model, model_config_for(data, cfg))
     if state is not None:
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(
+                f"the global model does not fit this client's data ({data.n_items} items, "
+                f"{len(data.vocab.events) - 1} event types): were the server's data and this client's folder "
+                f"prepared from the same source with the same options? ({str(err).splitlines()[-1].strip()})"
+            ) from err
     return model
 
 

@@ -40,15 +40,19 @@ def is_prepared(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
-def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_dir)`` and move the result to ``out``; ``out`` is untouched if ``write`` fails."""
+def write_atomically(
+    out: Path,
+    write: Callable[[Path], None],
+    replaceable: Callable[[Path], bool] = is_prepared,
+    what: str = "a fedseqrec prepared dataset",
+) -> None:
+    """Run ``write(tmp_dir)`` and move the result to ``out``; ``out`` is untouched if ``write`` fails. An existing
+    ``out`` is replaced only if it is empty or ``replaceable`` (something this command wrote before)."""
     out = out.resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not is_prepared(out):
-        raise UserError(
-            f"--out {out}: folder is not empty and is not a fedseqrec prepared dataset; refusing to replace it"
-        )
+    if out.is_dir() and any(out.iterdir()) and not replaceable(out):
+        raise UserError(f"--out {out}: folder is not empty and is not {what}; refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -71,35 +75,39 @@ def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
 def save_prepared(
     out: Path, data: SequenceData, split: Split, partition: Partition | None, manifest: dict, stats: dict
 ) -> None:
-    def write(folder: Path) -> None:
-        _save_npz(
-            folder / "sequences.npz",
-            offsets=data.offsets,
-            items=data.items,
-            events=data.events,
-            timestamps=data.timestamps,
-            queries=data.queries,
-        )
-        _save_npz(folder / "split.npz", train_end=split.train_end, valid_pos=split.valid_pos, test_pos=split.test_pos)
-        if partition is not None:
-            _save_npz(folder / "partition.npz", client_of_user=partition.client_of_user)
-        _save_vocab(folder / "users.tsv", "user_id", data.vocab.users, data.user_features)
-        _save_vocab(folder / "items.tsv", "item_id", data.vocab.items, data.item_features)
-        _save_vocab(folder / "events.tsv", "event_id", data.vocab.events, None)
-        _save_vocab(folder / "queries.tsv", "query_id", data.vocab.queries, None)
-        full = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            **manifest,
-            "split": {"name": split.name, "params": split.params},
-            "partition": None
-            if partition is None
-            else {"scheme": partition.scheme, "params": partition.params, "client_names": partition.client_names},
-        }
-        _write_json(folder / MANIFEST, full)
-        _write_json(folder / "stats.json", stats)
+    write_atomically(out, lambda folder: write_prepared(folder, data, split, partition, manifest, stats))
 
-    write_atomically(out, write)
+
+def write_prepared(
+    folder: Path, data: SequenceData, split: Split, partition: Partition | None, manifest: dict, stats: dict
+) -> None:
+    """The prepared format into an existing, empty ``folder`` (callers make it atomic)."""
+    _save_npz(
+        folder / "sequences.npz",
+        offsets=data.offsets,
+        items=data.items,
+        events=data.events,
+        timestamps=data.timestamps,
+        queries=data.queries,
+    )
+    _save_npz(folder / "split.npz", train_end=split.train_end, valid_pos=split.valid_pos, test_pos=split.test_pos)
+    if partition is not None:
+        _save_npz(folder / "partition.npz", client_of_user=partition.client_of_user)
+    _save_vocab(folder / "users.tsv", "user_id", data.vocab.users, data.user_features)
+    _save_vocab(folder / "items.tsv", "item_id", data.vocab.items, data.item_features)
+    _save_vocab(folder / "events.tsv", "event_id", data.vocab.events, None)
+    _save_vocab(folder / "queries.tsv", "query_id", data.vocab.queries, None)
+    full = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        **manifest,
+        "split": {"name": split.name, "params": split.params},
+        "partition": None
+        if partition is None
+        else {"scheme": partition.scheme, "params": partition.params, "client_names": partition.client_names},
+    }
+    _write_json(folder / MANIFEST, full)
+    _write_json(folder / "stats.json", stats)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -199,7 +199,10 @@ class Federation:
         messages = list(messages)
         replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout)) if messages else []
         exchange_seconds = time.perf_counter() - exchange_start
-        ok, failed = self._sorted_replies(replies, partition_of, chosen, server_round)
+        # An error the SuperLink writes for a node that is gone may not carry the node as its source: map replies
+        # to clients through the message they answer.
+        asked = {m.metadata.message_id: partition_of[m.metadata.dst_node_id] for m in messages}
+        ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
         privacy = self.privacy.observe(server_round, ok) if self.privacy is not None else {}
         updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none
         if len(updates) < (min(cfg.min_clients, len(chosen)) if cfg.central_dp else cfg.min_clients):
@@ -238,11 +241,11 @@ class Federation:
             "max_client_seconds": round(max((m["seconds"] for m in metrics), default=0.0), 3),
         }
 
-    def _sorted_replies(self, replies, partition_of, chosen, server_round) -> tuple[list[Message], list[str]]:
+    def _sorted_replies(self, replies, asked, chosen, server_round) -> tuple[list[Message], list[str]]:
         ok, failed = [], []
         answered = set()
         for reply in replies:
-            partition = partition_of.get(reply.metadata.src_node_id, "?")
+            partition = asked.get(reply.metadata.reply_to_message_id, "?")
             answered.add(partition)
             if reply.has_error():
                 failed.append(f"client {partition}")
