@@ -184,6 +184,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
             f"{out / client['folder']}  client {client['name']}: {client['users']} users, "
             f"{client['interactions']} interactions"
         )
+    print(f"{out / summary['server']}  the server: item vocabulary only (run with evaluation = federated)")
     print(f"{summary['num_partitions']} client folders written to {out} (index: {out / 'export.json'})")
     return 0
 
@@ -481,8 +482,29 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
         isolation=args.isolation,
         on_line=lambda line: print(line, flush=True),
         verbose=args.verbose,
+        timeout=args.timeout,
     )
     print_results(results, out)
+    return 0
+
+
+def cmd_deploy_app(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fedseqrec.deployment.local import write_app
+
+    cfg = federation_config(args)
+    if args.out is not None and not Path(args.out).is_absolute():
+        raise UserError(f"--out {args.out}: give an absolute path: the ServerApp runs on the SuperLink's host")
+    if cfg.data != "shop" and not Path(cfg.data).is_absolute():
+        raise UserError(f"--data {cfg.data}: give an absolute path: the ServerApp reads it on the SuperLink's host")
+    cfg.validate()
+    app = Path(args.app)
+    if app.exists() and any(p.name != "pyproject.toml" for p in app.iterdir()):
+        raise UserError(f"{app}: exists and holds more than an app's pyproject.toml; choose an empty folder")
+    write_app(app, replace(cfg, out=args.out).to_run_config())
+    print(f"Flower App written to {(app / 'pyproject.toml').resolve()}")
+    print(f"run it with: flwr run {app} CONNECTION --stream")
     return 0
 
 
@@ -674,6 +696,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/deploy-STRATEGY-MODEL-TIME)")
     r.add_argument("--verbose", action="store_true", help="show everything `flwr run --stream` prints")
+    r.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="stop everything if the run takes longer"
+    )
+
+    app = _add_command(
+        deploy_commands,
+        "app",
+        "write the Flower App (run config) for `flwr run` against a deployment",
+        "Write APP_DIR/pyproject.toml: a Flower App with fedseqrec's ServerApp and ClientApp and a run config made "
+        "from the same flags as `simulate` (paths as seen on the SuperLink's host). Submit it with "
+        "`flwr run APP_DIR CONNECTION --stream`. fedseqrec must be installed on the SuperLink's and every "
+        "SuperNode's host.",
+        cmd_deploy_app,
+    )
+    app.add_argument("app", metavar="APP_DIR", help="folder to write the app to")
+    add_data_options(app, truncate=False)
+    add_partition_options(app)
+    app.set_defaults(partition="iid")
+    add_model_options(app)
+    add_federation_options(app)
+    app.add_argument("--out", default=None, metavar="RUN_DIR", help="the run folder on the SuperLink's host (absolute)")
 
     credentials = _add_command(
         deploy_commands,

@@ -26,6 +26,7 @@ from fedseqrec.deployment.credentials import make_certificates, make_node_key
 from fedseqrec.deployment.local import LocalDeployment, write_app
 from fedseqrec.deployment.processes import ProcessGroup, tagged
 from fedseqrec.deployment.runner import progress_line
+from fedseqrec.errors import UserError
 from fedseqrec.privacy.ledger import PrivacyLedger
 
 DP_TINY = replace(TINY, dp=True, noise_multiplier=1.0)
@@ -106,16 +107,28 @@ def test_a_folder_from_a_different_export_is_refused(exported):
         load_exported_client(exported / "client-000", replace(TINY, clients=4))
 
 
+def test_the_server_folder_has_the_vocabulary_and_no_users(exported, tmp_path):
+    from fedseqrec.server.federation import Federation
+    from fedseqrec.server.rundir import RunFolder
+
+    export = load_client_export(exported / "client-000")
+    server = replace(TINY, data=str(exported / "server"))
+    assert json.loads((exported / "server" / "manifest.json").read_text())["counts"]["users"] == 0
+    with pytest.raises(UserError, match="holds no held-out events"):
+        Federation(None, server, RunFolder.create(tmp_path / "a", server))
+    federation = Federation(None, replace(server, evaluation="federated"), RunFolder.create(tmp_path / "b", server))
+    assert federation.ds.sequences.n_users == 0
+    assert list(federation.ds.sequences.vocab.items) == list(export.sequences.vocab.items)
+    # the global model the server builds fits every client's folder
+    build_global_model(export.sequences, TINY, federation.model.state_dict())
+
+
 def test_export_partitions_command(tmp_path, cli):
     result = cli("data", "export-partitions", *TINY_FLAGS[:10], "--out", tmp_path / "e")
     assert result.code == 0, result.err
     assert "3 client folders written" in result.out
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
-        "client-000",
-        "client-001",
-        "client-002",
-        "export.json",
-    ]
+    names = ["client-000", "client-001", "client-002", "export.json", "server"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == names
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
     result = cli("data", "export-partitions", *TINY_FLAGS[:10], "--out", tmp_path / "other")
@@ -126,13 +139,13 @@ def test_export_partitions_command(tmp_path, cli):
 
 
 def test_certificates_chain_to_our_ca_and_name_the_hosts(tmp_path):
-    certs = make_certificates(tmp_path, ["127.0.0.1", "localhost", "link.example.org"])
+    certs = make_certificates(tmp_path, ["link.example.org", "10.0.0.5"])
     ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
     server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
     server.verify_directly_issued_by(ca)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    assert names.get_values_for_type(x509.DNSName) == ["localhost", "link.example.org"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5", "127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["link.example.org", "localhost"]  # + loopback, always
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert (certs.server_key.stat().st_mode & 0o777) == 0o600 and (
         (tmp_path / "ca.key").stat().st_mode & 0o777
@@ -155,6 +168,23 @@ def test_credentials_command(tmp_path, cli):
     ]  # fmt: skip
     again = cli("deploy", "credentials", "--out", tmp_path / "c")
     assert again.code == 2 and "refusing to overwrite" in again.err
+
+
+def test_deploy_app_writes_the_run_config_flwr_run_submits(tmp_path, cli):
+    import tomli  # a dependency of flwr; tomllib is Python 3.11+
+
+    from fedseqrec.runconfig import FederationConfig
+
+    result = cli("deploy", "app", tmp_path / "app", "--data", tmp_path / "server", "--evaluation", "federated",
+                 "--clients", "3", "--rounds", "7", "--dp", "--epsilon", "4", "--out", tmp_path / "run")  # fmt: skip
+    assert result.code == 0, result.err
+    app = tomli.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"]["serverapp"] == "fedseqrec.server.server_app:app"
+    cfg = FederationConfig.from_run_config(app["config"])
+    assert (cfg.data, cfg.clients, cfg.rounds, cfg.epsilon, cfg.dp) == (str(tmp_path / "server"), 3, 7, 4.0, True)
+    assert cfg.out == str(tmp_path / "run") and cfg.evaluation == "federated"
+    relative = cli("deploy", "app", tmp_path / "app2", "--out", "runs/x")
+    assert relative.code == 2 and "absolute path" in relative.err and not (tmp_path / "app2").exists()
 
 
 # --- processes -----------------------------------------------------------------------------------------------------
@@ -201,7 +231,7 @@ def _no_processes_left(deployment_folder: Path) -> None:
 def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
     out = tmp_path / "run"
     result = cli("deploy", "local", *TINY_FLAGS, "--clients", "2", "--rounds", "2", "--dp", "--noise-multiplier",
-                 "1.0", "--out", out)  # fmt: skip
+                 "1.0", "--timeout", "240", "--out", out)  # fmt: skip
     assert result.code == 0, result.err + result.out
     assert "TLS and SuperNode authentication" in result.out and "round   2/2  clients   2" in result.out
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -243,10 +273,15 @@ def test_an_unregistered_node_is_refused(tmp_path, exported):
 
 def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drops_after_a_restart(tmp_path, exported):
     """Node 1 dies after round 1; round 2 finishes with node 0; node 1 restarts (fresh process, empty
-    context.state) and trains again from its ledger file: its ε continues from round 1's, never lower."""
+    context.state) and trains again in round 3 from its ledger file: its ε continues from round 1's, never lower."""
     two = tmp_path / "clients"
     export_partitions(replace(TINY, clients=2).data_config(), two)
-    cfg = replace(DP_TINY, clients=2, rounds=4, min_clients=1, out=str(tmp_path / "run"))
+    # The server holds only the item vocabulary (the export's server folder): clients evaluate their own users.
+    # clients-per-round 2: each round waits (up to 2 minutes) for both nodes, so round 3 waits for the restart.
+    cfg = replace(
+        DP_TINY, data=str(two / "server"), evaluation="federated", eval_every=3, clients=2, rounds=3,
+        clients_per_round=2, min_clients=1, out=str(tmp_path / "run"),
+    )  # fmt: skip
     folder = tmp_path / "deployment"
     events: dict[str, float] = {}
     with LocalDeployment(folder) as deployment:
@@ -258,11 +293,11 @@ def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drop
 
         def watch(line: str) -> None:
             text = progress_line(line) or ""
-            if text.startswith("round   1/4") and "killed" not in events:
+            if text.startswith("round   1/3") and "killed" not in events:
                 events["epsilon_before"] = PrivacyLedger.load(ledger).epsilon()
                 deployment.kill_node(nodes[1])
                 events["killed"] = time.monotonic()
-            elif text.startswith("round   2/4") and "restarted" not in events:
+            elif text.startswith("round   2/3") and "restarted" not in events:
                 deployment.start_node(nodes[1])
                 events["restarted"] = time.monotonic()
 
@@ -270,19 +305,17 @@ def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drop
     _no_processes_left(folder)
     assert code == 0 and {"killed", "restarted"} <= set(events)
     rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
-    assert rounds[0]["clients"] == 2 and rounds[1]["clients"] == 1  # the round finished without the dead node
+    assert [r["clients"] for r in rounds] == [2, 1, 2]  # round 2 finished without the dead node; it came back
     assert rounds[1]["failed"] == ["client 1"]
-    assert rounds[3]["clients"] == 2  # back after the restart
+    assert rounds[2]["valid"]["NDCG@10"] > 0  # evaluated by the clients: the server has no user's events
     after = PrivacyLedger.load(ledger)
-    trained = [r.round for r in after.records]
-    assert trained[0] == 1 and 2 not in trained and 4 in trained
-    assert after.epsilon() > events["epsilon_before"]  # composed over all its rounds, not restarted from zero
+    assert [r.round for r in after.records] == [1, 3]
+    assert after.epsilon() > events["epsilon_before"]  # composed over both rounds, not restarted from zero
     records = [r.mechanism() for r in after.records]
     assert after.epsilon() == pytest.approx(independent_epsilons(records, after.delta)[0], rel=0.01)
     report = json.loads((tmp_path / "run" / "privacy_report.json").read_text())
     client = next(c for c in report["clients"] if c["client"] == "1")
-    assert client["epsilon"] == pytest.approx(after.epsilon()) and client["rounds_trained"] == len(trained)
+    assert client["epsilon"] == pytest.approx(after.epsilon()) and client["rounds_trained"] == 2
     largest = [h["max_epsilon"] for h in report["history"]]
     assert largest == sorted(largest)
 

@@ -4,8 +4,10 @@
     DIR/client-000/ ...   client 0's users only (renumbered from 1), with the whole item, event-type and query
                           vocabulary (so its model has the global model's shape) and the global split positions;
                           its manifest's ``client`` block names the client (id, name, number of clients, partition)
+    DIR/server/           the vocabulary without any user: what a ServerApp that evaluates federatedly needs
 
-A deployed SuperNode points ``data-path`` at its folder; nobody else's events are in it.
+A deployed SuperNode points ``data-path`` at its folder; nobody else's events are in it. The ServerApp's run
+config may point ``data`` at ``server/`` (with ``evaluation = "federated"``), so the server holds no user's events.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fedseqrec.data.store import load_manifest, load_prepared, write_atomically,
 from fedseqrec.errors import DataError, UserError
 
 EXPORT_MANIFEST = "export.json"
+SERVER_FOLDER = "server"
 
 
 def client_folder_name(client: int) -> str:
@@ -74,6 +77,7 @@ def export_partitions(cfg: DataConfig, out: Path) -> dict:
         "items": ds.sequences.n_items,
         "num_partitions": len(clients),
         "clients": [],
+        "server": SERVER_FOLDER,
     }
     for client, users in enumerate(clients):
         summary["clients"].append(
@@ -102,6 +106,18 @@ def export_partitions(cfg: DataConfig, out: Path) -> dict:
             target = folder / entry["folder"]
             target.mkdir()
             write_prepared(target, data, split, None, manifest, {"client": client, **manifest["counts"]})
+        data, split = subset(ds.sequences, ds.split, np.empty(0, dtype=np.int64))
+        manifest = {
+            "fedseqrec_version": __version__,
+            "source": ds.source,
+            "source_format": ds.format,
+            "options": ds.options,
+            "partition_request": cfg.partition_params(),
+            "server": {"num_partitions": len(clients), "note": "vocabulary only: no user's events"},
+            "counts": {"users": 0, "items": data.n_items, "interactions": 0},
+        }
+        (folder / SERVER_FOLDER).mkdir()
+        write_prepared(folder / SERVER_FOLDER, data, split, None, manifest, manifest["counts"])
         (folder / EXPORT_MANIFEST).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     write_atomically(out, write, is_export, "a fedseqrec partition export")

@@ -72,10 +72,11 @@ def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
 
 
 def make_certificates(folder: Path, hosts: list[str] | None = None, days: int = VALID_DAYS) -> Certificates:
-    """A CA and a SuperLink certificate signed by it, valid for ``hosts`` (the names clients dial)."""
-    hosts = list(hosts or DEFAULT_HOSTS)
-    if not hosts:
-        raise UserError("--hosts: give at least one host name or IP address the SuperLink is reached at")
+    """A CA and a SuperLink certificate signed by it, valid for ``hosts`` (the names SuperNodes and the ``flwr``
+    CLI dial) and for loopback, where the SuperLink's own SuperExec reaches its Runtime API."""
+    hosts = list(dict.fromkeys([*(hosts or []), *DEFAULT_HOSTS]))
+    if any(not host.strip() for host in hosts):
+        raise UserError("--hosts: empty host name")
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)

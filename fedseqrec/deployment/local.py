@@ -20,6 +20,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -267,15 +268,28 @@ class LocalDeployment:
             )
             self.processes.running["flwr-run"] = process
             self.processes.started.append(process.pid)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                on_line(line.rstrip("\n"))
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RunError(f"the run took longer than {timeout:.0f} s")
-            code = process.wait()
+            # A watchdog, not a check between lines: a run that hangs prints nothing.
+            fired = threading.Event()
+
+            def stop_run() -> None:
+                fired.set()
+                process.kill()
+
+            watchdog = threading.Timer(timeout, stop_run) if timeout is not None else None
+            if watchdog is not None:
+                watchdog.start()
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    log.flush()
+                    on_line(line.rstrip("\n"))
+                code = process.wait()
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
             self.processes.running.pop("flwr-run", None)
+        if fired.is_set():
+            raise RunError(f"the run did not finish within {timeout:g} s; stopped (logs in {self.folder / 'logs'})")
         return code
 
     def close(self) -> None:

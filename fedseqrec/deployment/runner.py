@@ -85,6 +85,8 @@ def deploy_local(
     folder = out / "deployment"
     export = export_partitions(cfg.data_config(), folder / "data")
     on_line(f"exported {n} client folders to {folder / 'data'}")
+    if cfg.evaluation == "federated":  # as in a real deployment: the server holds no user's events
+        cfg = replace(cfg, data=str(folder / "data" / export["server"]))
     mode = "TLS and SuperNode authentication" if secure else "INSECURE (no TLS, no SuperNode authentication)"
     with _terminate_as_interrupt(), LocalDeployment(folder, secure=secure, isolation=isolation) as deployment:
         deployment.start()

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 
 from fedseqrec.client.task import build_global_model, cached_dataset
-from fedseqrec.errors import RunError
+from fedseqrec.errors import RunError, UserError
 from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.models.checkpoint import describe
@@ -109,6 +109,11 @@ class Federation:
         # The server needs the item vocabulary and, for centralized evaluation, every user's held-out events;
         # not the partition, which each client computes for itself.
         self.ds = cached_dataset(_replace(self.cfg.data_config(), partition=None, clients=None))
+        if self.cfg.evaluation != "federated" and self.ds.split.n_test == 0:
+            raise UserError(
+                f"data {self.cfg.data}: the server's data holds no held-out events (a server folder from "
+                "`fedseqrec data export-partitions`?): set evaluation = federated, or give the server the dataset"
+            )
         torch.manual_seed(self.cfg.seed)  # the initial global model
         self.model = build_global_model(self.ds.sequences, self.cfg)
         self.strategy = build_strategy(self.cfg)
@@ -201,7 +206,9 @@ class Federation:
         exchange_seconds = time.perf_counter() - exchange_start
         # An error the SuperLink writes for a node that is gone may not carry the node as its source: map replies
         # to clients through the message they answer.
-        asked = {m.metadata.message_id: partition_of[m.metadata.dst_node_id] for m in messages}
+        asked = {
+            m.metadata.message_id: (partition_of[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages
+        }
         ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
         privacy = self.privacy.observe(server_round, ok) if self.privacy is not None else {}
         updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none
@@ -245,13 +252,12 @@ class Federation:
         ok, failed = [], []
         answered = set()
         for reply in replies:
-            partition = asked.get(reply.metadata.reply_to_message_id, "?")
+            partition, node = asked.get(reply.metadata.reply_to_message_id, ("?", reply.metadata.src_node_id))
             answered.add(partition)
             if reply.has_error():
                 failed.append(f"client {partition}")
                 self.progress.on_message(
-                    f"round {server_round}: client {partition} (node {reply.metadata.src_node_id}) failed: "
-                    f"{reply.error.reason}"
+                    f"round {server_round}: client {partition} (node {node}) failed: {reply.error.reason}"
                 )
             else:
                 ok.append(reply)
