@@ -61,7 +61,13 @@ def run(engine: str, cfg: FederationConfig, folder: Path) -> dict:
         deploy_local(cfg, folder, isolation=isolation, on_line=lambda line: print(f"  {line}", flush=True))
     total = time.perf_counter() - start
     rounds = RunFolder(folder).rounds()
-    result = {"engine": engine, "rounds": len(rounds), "total_seconds": round(total, 1), **per_round(rounds)}
+    result = {
+        "engine": engine,
+        "rounds": len(rounds),
+        "total_seconds": round(total, 1),
+        **per_round(rounds),
+        "round_seconds": [round(r["seconds"], 1) for r in rounds],
+    }
     print(json.dumps(result), flush=True)
     return result
 

@@ -362,6 +362,15 @@ def add_federation_options(parser: argparse.ArgumentParser) -> None:
     add_privacy_options(parser)
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What a federated run is made of: data, partition (IID by default), model, federation and privacy."""
+    add_data_options(parser, truncate=False)
+    add_partition_options(parser)
+    parser.set_defaults(partition="iid")
+    add_model_options(parser)
+    add_federation_options(parser)
+
+
 def add_privacy_options(parser: argparse.ArgumentParser) -> None:
     from fedseqrec.privacy.accounting import ACCOUNTANTS
     from fedseqrec.runconfig import FederationConfig
@@ -634,11 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the run config of `flwr run .` (pyproject.toml, [tool.flwr.app.config]).",
         cmd_simulate,
     )
-    add_data_options(simulate, truncate=False)
-    add_partition_options(simulate)
-    simulate.set_defaults(partition="iid")
-    add_model_options(simulate)
-    add_federation_options(simulate)
+    add_run_options(simulate)
     r = simulate.add_argument_group("run")
     r.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/STRATEGY-MODEL-TIME)")
     r.add_argument(
@@ -673,11 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and SuperNode authentication are on unless --insecure.",
         cmd_deploy_local,
     )
-    add_data_options(local, truncate=False)
-    add_partition_options(local)
-    local.set_defaults(partition="iid")
-    add_model_options(local)
-    add_federation_options(local)
+    add_run_options(local)
     r = local.add_argument_group("deployment")
     security = r.add_mutually_exclusive_group()
     security.add_argument(
@@ -711,11 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_deploy_app,
     )
     app.add_argument("app", metavar="APP_DIR", help="folder to write the app to")
-    add_data_options(app, truncate=False)
-    add_partition_options(app)
-    app.set_defaults(partition="iid")
-    add_model_options(app)
-    add_federation_options(app)
+    add_run_options(app)
     app.add_argument("--out", default=None, metavar="RUN_DIR", help="the run folder on the SuperLink's host (absolute)")
 
     credentials = _add_command(

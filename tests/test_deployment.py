@@ -333,3 +333,15 @@ def test_deploy_local_leaves_nothing_running_when_interrupted(tmp_path):
     rest = process.communicate(timeout=60)[0]
     assert process.returncode == 130, rest
     _no_processes_left(out / "deployment")
+
+
+def test_deploy_local_refuses_bad_options_before_starting_anything(tmp_path, cli):
+    earlier = tmp_path / "earlier"
+    (earlier / "deployment" / "node-0").mkdir(parents=True)
+    result = cli("deploy", "local", *TINY_FLAGS, "--out", earlier)
+    assert result.code == 2 and "earlier attempt" in result.err
+    both = cli("deploy", "local", *TINY_FLAGS, "--tls", "--insecure", "--out", tmp_path / "x")
+    assert both.code == 2 and "not allowed with argument" in both.err
+    bad = cli("deploy", "local", *TINY_FLAGS, "--rounds", "0", "--out", tmp_path / "y")
+    assert bad.code == 2 and "--rounds must be a positive integer" in bad.err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -90,34 +90,27 @@ def export_partitions(cfg: DataConfig, out: Path) -> dict:
             }
         )
 
-    def write(folder: Path) -> None:
-        for entry, users in zip(summary["clients"], clients, strict=True):
-            data, split = subset(ds.sequences, ds.split, users)
-            client = {**entry, "num_partitions": len(clients), "partition": partition.scheme}
-            manifest = {
-                "fedseqrec_version": __version__,
-                "source": ds.source,
-                "source_format": ds.format,
-                "options": ds.options,
-                "partition_request": cfg.partition_params(),
-                "client": client,
-                "counts": {"users": len(users), "items": data.n_items, "interactions": data.n_interactions},
-            }
-            target = folder / entry["folder"]
-            target.mkdir()
-            write_prepared(target, data, split, None, manifest, {"client": client, **manifest["counts"]})
-        data, split = subset(ds.sequences, ds.split, np.empty(0, dtype=np.int64))
+    def write_part(target: Path, users: np.ndarray, role: str, about: dict) -> None:
+        data, split = subset(ds.sequences, ds.split, users)
+        counts = {"users": len(users), "items": data.n_items, "interactions": data.n_interactions}
         manifest = {
             "fedseqrec_version": __version__,
             "source": ds.source,
             "source_format": ds.format,
             "options": ds.options,
             "partition_request": cfg.partition_params(),
-            "server": {"num_partitions": len(clients), "note": "vocabulary only: no user's events"},
-            "counts": {"users": 0, "items": data.n_items, "interactions": 0},
+            role: about,
+            "counts": counts,
         }
-        (folder / SERVER_FOLDER).mkdir()
-        write_prepared(folder / SERVER_FOLDER, data, split, None, manifest, manifest["counts"])
+        target.mkdir()
+        write_prepared(target, data, split, None, manifest, {role: about, **counts})
+
+    def write(folder: Path) -> None:
+        for entry, users in zip(summary["clients"], clients, strict=True):
+            about = {**entry, "num_partitions": len(clients), "partition": partition.scheme}
+            write_part(folder / entry["folder"], users, "client", about)
+        about = {"num_partitions": len(clients), "note": "vocabulary only: no user's events"}
+        write_part(folder / SERVER_FOLDER, np.empty(0, dtype=np.int64), "server", about)
         (folder / EXPORT_MANIFEST).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     write_atomically(out, write, is_export, "a fedseqrec partition export")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +53,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
@@ -64,6 +68,8 @@ def prepare_deployment(cfg: FederationConfig, out: Path) -> tuple[FederationConf
     starts; and the number of clients (SuperNodes)."""
     if (out / CONFIG).exists() or (out / STATE).exists():
         raise UserError(f"{out}: already holds a run; choose another --out")
+    if (out / "deployment").exists():  # its nodes' ledgers would carry over into this run
+        raise UserError(f"{out}: holds the deployment of an earlier attempt; choose another --out or delete it")
     cfg.validate()
     n = count_clients(cfg)
     data = cfg.data if cfg.data == "shop" else str(Path(cfg.data).resolve())
