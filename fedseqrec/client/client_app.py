@@ -23,8 +23,7 @@ from fedseqrec.client.task import (
     load_exported_client,
     train_locally,
 )
-from fedseqrec.data.export import is_client_export
-from fedseqrec.data.store import load_manifest
+from fedseqrec.data.export import exported_client
 from fedseqrec.errors import UserError
 from fedseqrec.privacy.central import central_clipping_mod
 from fedseqrec.runconfig import FederationConfig
@@ -43,18 +42,18 @@ def message_config(msg: Message, context: Context) -> tuple[FederationConfig, Co
 
 def _exported_folder(context: Context) -> Path | None:
     path = context.node_config.get("data-path")
-    return Path(str(path)) if path is not None and is_client_export(Path(str(path))) else None
+    return Path(str(path)) if path is not None and exported_client(Path(str(path))) is not None else None
 
 
 def partition_of(context: Context) -> tuple[int, int]:
     """(partition id, number of partitions): from the node's exported folder if it has one, else the node config."""
-    folder = _exported_folder(context)
-    if folder is not None:
-        client = load_manifest(folder)["client"]
+    path = context.node_config.get("data-path")
+    client = exported_client(Path(str(path))) if path is not None else None
+    if client is not None:
         exported = int(client["id"]), int(client["num_partitions"])
         stated = context.node_config.get("partition-id")
         if stated is not None and int(stated) != exported[0]:
-            raise UserError(f"node config says partition-id={stated}, but data-path {folder} is client {exported[0]}")
+            raise UserError(f"node config says partition-id={stated}, but data-path {path} is client {exported[0]}")
         return exported
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 

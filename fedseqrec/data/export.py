@@ -128,11 +128,12 @@ class ClientExport:
     manifest: dict
 
 
-def is_client_export(path: Path) -> bool:
+def exported_client(path: Path) -> dict | None:
+    """The ``client`` block of a client folder's manifest; None for anything else."""
     try:
-        return "client" in load_manifest(path)
+        return load_manifest(path).get("client") if path.is_dir() else None
     except DataError:
-        return False
+        return None
 
 
 def load_client_export(path: Path) -> ClientExport:
