@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from fedseqrec.centralized import train_centralized
+from fedseqrec.centralized import TrainConfig, train_centralized
 from fedseqrec.data.dataset import DataConfig
-from fedseqrec.models.config import ModelConfig, TrainConfig
+from fedseqrec.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("NDCG@10", "HR@10", "MRR@10")
@@ -31,10 +31,9 @@ def run(data: str, model: str, tmp: Path, max_seconds: float | None = None) -> d
     tag = f"{Path(data).name}-{model}-{'budget' if max_seconds else 'converged'}"
     result = train_centralized(
         DataConfig(data=data),
-        ModelConfig(),
-        TrainConfig(model=model, max_seconds=max_seconds),
+        ModelConfig(name=model),
+        TrainConfig(max_seconds=max_seconds),
         tmp / tag,
-        progress=False,
     )
     row = {
         "data": Path(data).name,

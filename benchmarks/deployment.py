@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from fedseqrec.deployment.runner import deploy_local
-from fedseqrec.runconfig import FederationConfig
-from fedseqrec.server.rundir import RunFolder
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.results.folder import RunFolder
 from fedseqrec.simulation.engine import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +51,7 @@ def per_round(rounds: list[dict]) -> dict:
     }
 
 
-def run(engine: str, cfg: FederationConfig, folder: Path) -> dict:
+def run(engine: str, cfg: RunConfig, folder: Path) -> dict:
     start = time.perf_counter()
     if engine == "simulation":
         simulate(cfg, out=folder)
@@ -77,7 +76,8 @@ COLD_START = {
     "flower_clientapp_imports": "from flwr.supernode.cli import flwr_clientapp",
     "our_clientapp_imports": "import fedseqrec.client.client_app",
     "torch": "import torch",
-    "torch_first_optimizer": "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])",
+    "torch_first_optimizer": "from fedseqrec.models.optim import adamw; import torch; "
+    "p = torch.zeros(1, requires_grad=True); p.grad = torch.ones(1); adamw([p], 0.1, 0.0).step()",
 }
 
 
@@ -109,13 +109,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for clients in args.clients:
-            ml100k = FederationConfig(
+            ml100k = RunConfig.of(
                 data=str(Path(args.ml100k).resolve()), clients=clients, rounds=args.rounds, batch_size=16
             )
-            floor = replace(
-                FederationConfig(clients=clients, rounds=args.rounds, local_steps=1),
-                shop_users=120, shop_items=80, shop_categories=5, shop_days=20, hidden=16, layers=1, heads=1,
-                inner=32, max_len=20, batch_size=16,
+            floor = RunConfig.of(
+                clients=clients, rounds=args.rounds, local_steps=1, shop_users=120, shop_items=80, shop_categories=5,
+                shop_days=20, hidden=16, layers=1, heads=1, inner=32, max_len=20, batch_size=16,
             )  # fmt: skip
             for name, cfg, engines in (
                 ("ml-100k", ml100k, ("simulation", "deployment-subprocess", "deployment-process")),

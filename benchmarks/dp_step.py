@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from fedseqrec.models.base import SeqBatch, SequenceLoss
+from fedseqrec.models.base import SeqBatch
 from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.optim import adamw
 from fedseqrec.models.registry import build_model
 from fedseqrec.privacy.compat import dp_compatible
+from fedseqrec.privacy.dpsgd import make_private
 
 ROOT = Path(__file__).resolve().parents[1]
 ITEMS, LENGTH, BATCH, HIDDEN = 5000, 50, 64, 64
@@ -53,7 +55,7 @@ def timed_steps(step, steps: int) -> tuple[float, float]:
 def plain(name: str, cfg: ModelConfig, data: SeqBatch, steps: int) -> dict:
     torch.manual_seed(0)
     model = build_model(name, cfg).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = adamw(model.parameters(), lr=1e-3, weight_decay=0.01)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -65,28 +67,14 @@ def plain(name: str, cfg: ModelConfig, data: SeqBatch, steps: int) -> dict:
 
 
 def private(name: str, cfg: ModelConfig, data: SeqBatch, steps: int, mode: str) -> dict:
-    from opacus import PrivacyEngine
-
     torch.manual_seed(0)
     model = dp_compatible(build_model(name, cfg)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = adamw(model.parameters(), lr=1e-3, weight_decay=0.01)
     dataset = torch.utils.data.TensorDataset(data.items, data.events, data.gaps, data.lengths)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        made = PrivacyEngine(accountant="rdp").make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            poisson_sampling=False,  # fixed full batches: the same work as the plain step
-            grad_sample_mode=mode,
-            wrap_model=False,
-            criterion=SequenceLoss(cfg.label_smoothing),
-        )
-    criterion = made[2] if mode == "ghost" else None
-    optimizer = made[1]
+    # fixed full batches (no Poisson sampling): the same work as the plain step
+    made = make_private(model, optimizer, loader, 1.0, 1.0, mode, cfg.label_smoothing, poisson=False)
+    criterion, optimizer = made.criterion, made.optimizer
 
     def step():
         optimizer.zero_grad(set_to_none=True)

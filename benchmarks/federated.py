@@ -19,13 +19,13 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from fedseqrec.runconfig import FederationConfig
-from fedseqrec.server.federation import Progress, format_round
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.results.summary import format_round
+from fedseqrec.server.loop import Progress
 from fedseqrec.simulation.engine import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,24 +56,24 @@ def timing(rounds: list[dict], cpus: int) -> dict:
     }
 
 
-def run(cfg: FederationConfig, tmp: Path, tag: str) -> dict:
+def run(cfg: RunConfig, tmp: Path, tag: str) -> dict:
     folder = tmp / tag
     start = time.perf_counter()
     progress = Progress(
-        on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.rounds)}", flush=True), on_message=print
+        on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.algorithm.rounds)}", flush=True), on_message=print
     )
     results, run_folder = simulate(cfg, out=folder, progress=progress)
     total = time.perf_counter() - start
     rounds = run_folder.rounds()
     row = {
         "tag": tag,
-        "partition": cfg.partition,
-        "strategy": cfg.strategy,
-        "clients": cfg.clients,
-        "clients_per_round": cfg.clients_per_round,
-        "rounds": cfg.rounds,
-        "local_epochs": cfg.local_epochs,
-        "batch_size": cfg.batch_size,
+        "partition": cfg.data.partition,
+        "strategy": cfg.algorithm.strategy,
+        "clients": cfg.data.clients,
+        "clients_per_round": cfg.algorithm.clients_per_round,
+        "rounds": cfg.algorithm.rounds,
+        "local_epochs": cfg.fit.local_epochs,
+        "batch_size": cfg.fit.batch_size,
         "best_round": results["best_round"],
         "test": {k: round(results["test"][k], 4) for k in KEYS},
         "valid": {k: round(results["valid"][k], 4) for k in KEYS},
@@ -96,20 +96,20 @@ def centralized_sasrec() -> dict | None:
     )
 
 
-def scenarios(name: str, base: FederationConfig, rounds: int | None) -> list[tuple[str, FederationConfig]]:
+def scenarios(name: str, base: RunConfig, rounds: int | None) -> list[tuple[str, RunConfig]]:
     if name == "iid":
-        cfg = replace(base, partition="iid", clients=10, rounds=rounds or 100, eval_every=5)
+        cfg = base.replace(partition="iid", clients=10, rounds=rounds or 100, eval_every=5)
         return [("iid-fedavg", cfg)]
     if name == "non-iid":
         out = []
         for partition, extra in (("dirichlet", {"clients": 10, "alpha": 0.1}), ("attribute", {"clients": None})):
             for strategy in ("fedavg", "fedprox", "fedadam"):
-                cfg = replace(base, partition=partition, strategy=strategy, rounds=rounds or 60, eval_every=5, **extra)
+                cfg = base.replace(partition=partition, strategy=strategy, rounds=rounds or 60, eval_every=5, **extra)
                 out.append((f"{partition}-{strategy}", cfg))
         return out
     if name == "per-user":
-        cfg = replace(base, partition="per-user", clients=None, clients_per_round=20, rounds=rounds or 100)
-        return [("per-user-fedavg", replace(cfg, eval_every=10))]
+        cfg = base.replace(partition="per-user", clients=None, clients_per_round=20, rounds=rounds or 100)
+        return [("per-user-fedavg", cfg.replace(eval_every=10))]
     raise SystemExit(f"unknown scenario {name!r}")
 
 
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    base = FederationConfig(data=args.ml100k, batch_size=args.batch_size)
+    base = RunConfig.of(data=args.ml100k, batch_size=args.batch_size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for tag, cfg in scenarios(args.scenario, base, args.rounds):

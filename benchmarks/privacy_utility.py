@@ -14,12 +14,12 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from fedseqrec.privacy.report import compare_runs
-from fedseqrec.runconfig import FederationConfig
-from fedseqrec.server.federation import Progress, format_round
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.results.privacy_report import compare_runs
+from fedseqrec.results.summary import format_round
+from fedseqrec.server.loop import Progress
 from fedseqrec.simulation.engine import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,32 +33,32 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "privacy_utility.json"))
     args = parser.parse_args()
-    base = FederationConfig(
+    base = RunConfig.of(
         data=args.ml100k, partition="iid", clients=10, rounds=args.rounds, eval_every=5, batch_size=args.batch_size
     )
     runs = [("no-dp", base)] + [
-        (f"eps{e:g}", replace(base, dp=True, epsilon=e, delta=1e-5)) for e in sorted(args.epsilons, reverse=True)
+        (f"eps{e:g}", base.replace(dp=True, epsilon=e, delta=1e-5)) for e in sorted(args.epsilons, reverse=True)
     ]
     rows, folders = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for tag, cfg in runs:
             start = time.perf_counter()
             progress = Progress(
-                on_round=lambda r, t=tag, n=cfg.rounds: print(f"[{t}] {format_round(r, n)}", flush=True)
+                on_round=lambda r, t=tag, n=cfg.algorithm.rounds: print(f"[{t}] {format_round(r, n)}", flush=True)
             )
             results, folder = simulate(cfg, out=Path(tmp) / tag, progress=progress)
             folders.append(folder.path)
             row = {
                 "run": tag,
-                "target_epsilon": cfg.epsilon,
-                "largest_epsilon": results["privacy"]["max_epsilon"] if cfg.dp else None,
+                "target_epsilon": cfg.privacy.epsilon,
+                "largest_epsilon": results["privacy"]["max_epsilon"] if cfg.privacy.dp else None,
                 "test": {k: round(results["test"][k], 4) for k in ("NDCG@10", "HR@10", "MRR@10")},
                 "valid_NDCG@10": round(results["valid"]["NDCG@10"], 4),
                 "best_round": results["best_round"],
                 "seconds": round(time.perf_counter() - start, 1),
                 "seconds_per_round": round(results["seconds"] / max(1, results["rounds_run"]), 2),
             }
-            if cfg.dp:
+            if cfg.privacy.dp:
                 report = json.loads((folder.path / "privacy_report.json").read_text())
                 row["noise_multipliers"] = sorted(
                     {r["noise_multiplier"] for c in report["clients"] for r in c["ledger"]}

@@ -8,54 +8,80 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
-from fedseqrec.data.splits import training_items
-from fedseqrec.evaluation.evaluator import evaluate
+from fedseqrec.errors import UserError
+from fedseqrec.evaluation.config import EvaluationConfig
+from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, popularity_baseline
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
-from fedseqrec.models.config import ModelConfig, TrainConfig
-from fedseqrec.models.pop import Popularity
-from fedseqrec.models.registry import build_model
+from fedseqrec.models.config import FitConfig, ModelConfig
+from fedseqrec.models.optim import adamw
+from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.training import train_epoch
+from fedseqrec.options import check, option, positive, positive_int, redefault, section
 
-SELECTION_METRIC = "NDCG@10"
+TRAINING = "training"
 
 
-def model_config_for(ds: Dataset, base: ModelConfig) -> ModelConfig:
-    return ModelConfig.from_dict(
-        {**base.to_dict(), "n_items": ds.sequences.n_items, "n_events": len(ds.sequences.vocab.events) - 1}
-    )
+@dataclass
+class TrainConfig(FitConfig):
+    """Centralized training: larger batches than a client's, early stopping on validation NDCG@10."""
+
+    batch_size: int = redefault(FitConfig, "batch_size", 128)
+    threads: int = redefault(FitConfig, "threads", 0)
+    epochs: int = option(200, "most epochs to train", check=positive_int, group=TRAINING)
+    patience: int = option(
+        25, "stop after this many evaluations without a better validation NDCG@10", check=positive_int,
+        group=TRAINING,
+    )  # fmt: skip
+    max_seconds: float | None = option(None, "stop after this much training time", check=positive, group=TRAINING)
+    evaluation: EvaluationConfig = section(EvaluationConfig)
+
+
+EpochProgress = Callable[[dict], None]  # called after every epoch with its record (see _fit)
 
 
 def train_centralized(
-    data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress: bool = True
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    progress: EpochProgress | None = None,
+    on_data: Callable[[Dataset], None] | None = None,
 ) -> dict:
-    cfg.validate()
+    """``progress``: called after every epoch; ``on_data``: called once the data is loaded (before training)."""
+    check(cfg)
+    model_cfg.check_options()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose a folder for the results")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(data_cfg.seed)
     ds = load_dataset(data_cfg)
-    model_cfg = model_config_for(ds, model_cfg)
-    if cfg.model == "pop":
+    if on_data is not None:
+        on_data(ds)
+    model_cfg = model_config_for(ds.sequences, model_cfg)
+    if model_cfg.name == "pop":
         model_cfg.validate()
         return _write_results(out, _popularity_results(ds, model_cfg, cfg), data_cfg, model_cfg, cfg)
-    model = build_model(cfg.model, model_cfg)
+    model = build_model(model_cfg.name, model_cfg)
     out.mkdir(parents=True, exist_ok=True)
-    history, train_seconds, best = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg.seed)
+    history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg.seed)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
-    save_checkpoint(out, model, cfg.model, ds.sequences)
-    options = {"max_len": model_cfg.max_len, "protocol": cfg.eval_protocol}
+    save_checkpoint(out, model, model_cfg.name, ds.sequences)
+    options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
     results = {
-        "model": cfg.model,
+        "model": model_cfg.name,
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
+        "stopped": stopped,
         "valid": evaluate(model, ds.sequences, ds.split, "valid", **options),
         "test": evaluate(model, ds.sequences, ds.split, "test", **options),
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -65,25 +91,27 @@ def train_centralized(
     return _write_results(out, results, data_cfg, model_cfg, cfg)
 
 
-def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress: bool, seed: int):
+def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, seed: int):
+    """Epochs until ``--epochs``, ``--patience`` or ``--max-seconds`` (checked after every step, so training
+    ends within one step of the limit): (history, training seconds, best, why it stopped early or None)."""
     windows = TrainingWindows(
         ds.sequences, ds.split, max_len=model_cfg.max_len, random_window=cfg.random_window, seed=seed
     )
     loader = DataLoader(windows, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = {"epoch": 0, "score": -1.0}
-    history, train_seconds, stale = [], 0.0, 0
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.model}", unit="epoch", disable=not progress or None)
+    history, train_seconds, stale, stopped = [], 0.0, 0, None
     with (out / "metrics.jsonl").open("w") as log:
-        for epoch in bar:
+        for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
-            loss, _ = train_epoch(model, loader, optimizer, windows.batch_of)
+            left = None if cfg.max_seconds is None else cfg.max_seconds - train_seconds
+            loss, _ = train_epoch(model, loader, optimizer, windows.batch_of, stop=_time_limit(start, left))
             train_seconds += time.perf_counter() - start
             record = {"epoch": epoch, "loss": round(loss, 5), "train_seconds": round(train_seconds, 2)}
             out_of_time = cfg.max_seconds is not None and train_seconds >= cfg.max_seconds
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
+            if epoch % cfg.evaluation.eval_every == 0 or epoch == cfg.epochs or out_of_time:
                 record["valid"] = evaluate(
-                    model, ds.sequences, ds.split, "valid", max_len=model_cfg.max_len, protocol=cfg.eval_protocol
+                    model, ds.sequences, ds.split, "valid", max_len=model_cfg.max_len, protocol=cfg.evaluation.protocol
                 )
                 score = record["valid"][SELECTION_METRIC]
                 if score > best["score"]:
@@ -91,33 +119,37 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
                     save_weights(out / "model.pt", model)
                 else:
                     stale += 1
-                bar.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{score:.4f}", best=f"{best['score']:.4f}")
             history.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            if stale >= cfg.patience or out_of_time:
+            if progress is not None:
+                progress({**record, "epochs": cfg.epochs, "best": dict(best)})
+            if out_of_time:
+                stopped = (
+                    f"--max-seconds {cfg.max_seconds:g} reached in epoch {epoch} ({train_seconds:.1f} s of training)"
+                )
+            elif stale >= cfg.patience:
+                stopped = f"no better validation {SELECTION_METRIC} in {cfg.patience} evaluations (--patience)"
+            if stopped:
                 break
-    return history, train_seconds, best
+    return history, train_seconds, best, stopped
+
+
+def _time_limit(start: float, seconds: float | None) -> Callable[[], bool] | None:
+    if seconds is None:
+        return None
+    return lambda: time.perf_counter() - start >= seconds
 
 
 def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
-    seq, split = ds.sequences, ds.split
     start = time.perf_counter()
-    model = Popularity(seq.n_items).fit(training_items(seq, split))
-    seconds = time.perf_counter() - start
-    options = {"max_len": model_cfg.max_len, "protocol": cfg.eval_protocol}
-    return {
-        "model": "pop",
-        "valid": evaluate(model, seq, split, "valid", **options),
-        "test": evaluate(model, seq, split, "test", **options),
-        "params": 0,
-        "train_seconds": round(seconds, 3),
-    }
+    results = popularity_baseline(ds.sequences, ds.split, model_cfg.max_len, cfg.evaluation.protocol)
+    return {"model": "pop", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
 def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    results["protocol"] = cfg.eval_protocol
+    results["protocol"] = cfg.evaluation.protocol
     config = {
         "data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)},
         "model": model_cfg.to_dict(),

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedseqrec.cli import main
 
@@ -53,3 +54,13 @@ def shared_anchors() -> Path:
     if not path.is_dir():
         pytest.fail(f"reference figures not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Building a Flower Message outside a Flower runtime needs a task identity."""
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs a federation or real processes (seconds to minutes)")

@@ -2,34 +2,18 @@
 accounting against an independent accountant, and whole runs with server- and client-side clipping."""
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from test_privacy import independent_epsilons
-from tiny_federation import TINY, TINY_FLAGS
+from helpers import TINY, TINY_FLAGS, Nodes, independent_epsilons
 
-from fedseqrec.privacy.central import CentralAccountant, FixedDenominatorFedAvg, central_dp_strategy, poisson_clients
+from fedseqrec.privacy.dp_fedavg import CentralAccountant, FixedDenominatorFedAvg, central_dp_strategy, poisson_clients
 from fedseqrec.simulation.engine import simulate
 
-CENTRAL = replace(TINY, partition="per-user", clients=None, clients_per_round=10, rounds=3, central_dp="fixed",
+CENTRAL = TINY.replace(partition="per-user", clients=None, clients_per_round=10, rounds=3, central_dp="fixed",
                   central_noise=1.0, clipping_norm=0.5)  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
-
-
-class _Nodes:
-    def __init__(self, ids):
-        self.ids = ids
-
-    def get_node_ids(self):
-        return self.ids
 
 
 def _reply(values, partition):
@@ -40,7 +24,7 @@ def _reply(values, partition):
 
 def test_updates_are_summed_and_divided_by_the_expected_number_of_clients():
     strategy = FixedDenominatorFedAvg(expected_clients=4, min_available_nodes=0, min_train_nodes=0)
-    strategy.configure_train(1, ArrayRecord({"w": torch.zeros(2, dtype=torch.float64)}), ConfigRecord({}), _Nodes([]))
+    strategy.configure_train(1, ArrayRecord({"w": torch.zeros(2, dtype=torch.float64)}), ConfigRecord({}), Nodes([]))
     arrays, _ = strategy.aggregate_train(1, [_reply([1.0, 0.0], 0), _reply([0.0, 2.0], 1)])
     assert np.allclose(arrays["w"].numpy(), [0.25, 0.5])  # (sum of updates) / 4, not / 2
 
@@ -51,7 +35,7 @@ def test_server_side_clipping_and_noise_have_the_analysed_scale():
     strategy = central_dp_strategy("fixed", "server", inner, noise=1.0, clipping_norm=0.5, expected=4,
                                    target_quantile=0.5, clip_lr=0.2)  # fmt: skip
     zero = ArrayRecord({"w": torch.zeros(200_000, dtype=torch.float64)})
-    strategy.configure_train(1, zero, ConfigRecord({}), _Nodes([]))
+    strategy.configure_train(1, zero, ConfigRecord({}), Nodes([]))
     big = np.zeros(200_000)
     big[0] = 100.0  # clipped to norm 0.5
     arrays, _ = strategy.aggregate_train(1, [_reply(big, 0)])
@@ -83,9 +67,10 @@ def test_central_epsilon_agrees_with_an_independent_accountant(noise, rate, roun
     assert prv.epsilon() == pytest.approx(pld, rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "side", "noise"), [("fixed", "server", 1.0), ("adaptive", "client", 0.8)])
 def test_dp_fedavg_run_with_one_client_per_user(tmp_path, kind, side, noise):
-    cfg = replace(CENTRAL, central_dp=kind, central_clipping=side, central_noise=noise, rounds=2)
+    cfg = CENTRAL.replace(central_dp=kind, central_clipping=side, central_noise=noise, rounds=2)
     results, folder = simulate(cfg, out=tmp_path / "run")
     report = json.loads((folder.path / "privacy_report.json").read_text())
     users = 120
@@ -101,10 +86,11 @@ def test_dp_fedavg_run_with_one_client_per_user(tmp_path, kind, side, noise):
     assert results["privacy"]["max_epsilon"] == pytest.approx(report["max_epsilon"])
 
 
+@pytest.mark.slow
 def test_central_budget_stops_the_run_cleanly(tmp_path):
     accountant = CentralAccountant(1.0, 10 / 120, 1e-5, "rdp")
     budget = (accountant.epsilon(2) + accountant.epsilon(3)) / 2
-    results, folder = simulate(replace(CENTRAL, rounds=5, budget=budget), out=tmp_path / "run")
+    results, folder = simulate(CENTRAL.replace(rounds=5, budget=budget), out=tmp_path / "run")
     assert results["rounds_run"] == 2 and "privacy budget exhausted" in results["stopped"]
     assert results["privacy"]["max_epsilon"] <= budget
 

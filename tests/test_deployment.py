@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +14,27 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from test_privacy import independent_epsilons
-from tiny_federation import TINY, TINY_FLAGS
+from helpers import TINY, TINY_FLAGS, independent_epsilons
 
 from fedseqrec.client.client_app import make_client_app
-from fedseqrec.client.task import build_global_model, evaluate_locally, load_client_data, load_exported_client
 from fedseqrec.data.export import export_partitions, load_client_export
 from fedseqrec.deployment.credentials import make_certificates, make_node_key
 from fedseqrec.deployment.local import LocalDeployment, write_app
 from fedseqrec.deployment.processes import ProcessGroup, tagged
 from fedseqrec.deployment.runner import progress_line
 from fedseqrec.errors import UserError
+from fedseqrec.federated.task import build_global_model, evaluate_locally, load_client_data, load_exported_client
 from fedseqrec.privacy.ledger import PrivacyLedger
+from fedseqrec.results.folder import RunFolder
+from fedseqrec.server.loop import Federation
 
-DP_TINY = replace(TINY, dp=True, noise_multiplier=1.0)
+DP_TINY = TINY.replace(dp=True, noise_multiplier=1.0)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "clients"
-    export_partitions(TINY.data_config(), out)
+    export_partitions(TINY.data, out)
     return out
 
 
@@ -68,20 +67,19 @@ def test_export_holds_each_clients_users_only_with_the_global_vocabulary_and_spl
                 full.split.test_pos[user],
             )
         seen |= set(data.vocab.users[1:])
-    assert len(seen) == TINY.shop_users  # together, every user exactly once
+    assert len(seen) == TINY.data.shop.users  # together, every user exactly once
 
 
 def test_a_client_evaluates_its_exported_folder_exactly_as_its_partition_of_the_whole(exported):
-    model = build_global_model(load_client_data(TINY, 1, 3).sequences, TINY)
-    from_partition = evaluate_locally(model, load_client_data(TINY, 1, 3), TINY, "test")
-    from_folder = evaluate_locally(model, load_exported_client(exported / "client-001", TINY), TINY, "test")
+    model = build_global_model(load_client_data(TINY, 1, 3).sequences, TINY.model)
+    from_partition = evaluate_locally(model, load_client_data(TINY, 1, 3), "full", "test")
+    from_folder = evaluate_locally(model, load_exported_client(exported / "client-001", TINY), "full", "test")
     assert from_folder.count == from_partition.count > 0
     for name, value in from_partition.sums.items():
         assert from_folder.sums[name] == pytest.approx(value, abs=1e-9)
 
 
 def test_the_client_app_takes_its_partition_from_its_folder(exported):
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
     app = make_client_app()
     context = Context(
         run_id=1,
@@ -93,7 +91,7 @@ def test_the_client_app_takes_its_partition_from_its_folder(exported):
     query = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type=MessageType.QUERY)
     reply = app(query, context)
     assert dict(reply.content["metrics"]) == {"partition-id": 2, "num-partitions": 3}
-    model = build_global_model(load_client_data(TINY, 2, 3).sequences, TINY)
+    model = build_global_model(load_client_data(TINY, 2, 3).sequences, TINY.model)
     config = ConfigRecord({**TINY.to_run_config(), "server-round": 1, "which": "valid"})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
     reply = app(Message(content, dst_node_id=7, message_type=MessageType.EVALUATE), context)
@@ -104,23 +102,20 @@ def test_the_client_app_takes_its_partition_from_its_folder(exported):
 
 def test_a_folder_from_a_different_export_is_refused(exported):
     with pytest.raises(Exception, match="client 0 of 3, but the run has 4 clients"):
-        load_exported_client(exported / "client-000", replace(TINY, clients=4))
+        load_exported_client(exported / "client-000", TINY.replace(clients=4))
 
 
 def test_the_server_folder_has_the_vocabulary_and_no_users(exported, tmp_path):
-    from fedseqrec.server.federation import Federation
-    from fedseqrec.server.rundir import RunFolder
-
     export = load_client_export(exported / "client-000")
-    server = replace(TINY, data=str(exported / "server"))
+    server = TINY.replace(data=str(exported / "server"))
     assert json.loads((exported / "server" / "manifest.json").read_text())["counts"]["users"] == 0
     with pytest.raises(UserError, match="holds no held-out events"):
         Federation(None, server, RunFolder.create(tmp_path / "a", server))
-    federation = Federation(None, replace(server, evaluation="federated"), RunFolder.create(tmp_path / "b", server))
+    federation = Federation(None, server.replace(evaluation="federated"), RunFolder.create(tmp_path / "b", server))
     assert federation.ds.sequences.n_users == 0
     assert list(federation.ds.sequences.vocab.items) == list(export.sequences.vocab.items)
     # the global model the server builds fits every client's folder
-    build_global_model(export.sequences, TINY, federation.model.state_dict())
+    build_global_model(export.sequences, TINY.model, federation.model.state_dict())
 
 
 def test_export_partitions_command(tmp_path, cli):
@@ -173,16 +168,19 @@ def test_credentials_command(tmp_path, cli):
 def test_deploy_app_writes_the_run_config_flwr_run_submits(tmp_path, cli):
     import tomli  # a dependency of flwr; tomllib is Python 3.11+
 
-    from fedseqrec.runconfig import FederationConfig
+    from fedseqrec.federated.config import RunConfig
 
     result = cli("deploy", "app", tmp_path / "app", "--data", tmp_path / "server", "--evaluation", "federated",
                  "--clients", "3", "--rounds", "7", "--dp", "--epsilon", "4", "--out", tmp_path / "run")  # fmt: skip
     assert result.code == 0, result.err
     app = tomli.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"]["serverapp"] == "fedseqrec.server.server_app:app"
-    cfg = FederationConfig.from_run_config(app["config"])
-    assert (cfg.data, cfg.clients, cfg.rounds, cfg.epsilon, cfg.dp) == (str(tmp_path / "server"), 3, 7, 4.0, True)
-    assert cfg.out == str(tmp_path / "run") and cfg.evaluation == "federated"
+    cfg = RunConfig.from_run_config(app["config"])
+    assert (cfg.data.data, cfg.data.clients, cfg.algorithm.rounds, cfg.privacy.epsilon, cfg.privacy.dp) == (
+        str(tmp_path / "server"), 3, 7, 4.0, True,
+    )  # fmt: skip
+    assert cfg.out == str(tmp_path / "run") and cfg.evaluation.mode == "federated"
+    assert cfg.privacy.horizon == 7  # the rounds the ε target is calibrated for, recorded
     relative = cli("deploy", "app", tmp_path / "app2", "--out", "runs/x")
     assert relative.code == 2 and "absolute path" in relative.err and not (tmp_path / "app2").exists()
 
@@ -228,6 +226,7 @@ def _no_processes_left(deployment_folder: Path) -> None:
     assert tagged(tag) == [], "processes of the deployment outlived it"
 
 
+@pytest.mark.slow
 def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
     out = tmp_path / "run"
     result = cli("deploy", "local", *TINY_FLAGS, "--clients", "2", "--rounds", "2", "--dp", "--noise-multiplier",
@@ -251,6 +250,7 @@ def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
     _no_processes_left(out / "deployment")
 
 
+@pytest.mark.slow
 def test_an_unregistered_node_is_refused(tmp_path, exported):
     with LocalDeployment(tmp_path / "deployment") as deployment:
         deployment.start()
@@ -271,15 +271,16 @@ def test_an_unregistered_node_is_refused(tmp_path, exported):
     _no_processes_left(tmp_path / "deployment")
 
 
+@pytest.mark.slow
 def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drops_after_a_restart(tmp_path, exported):
     """Node 1 dies after round 1; round 2 finishes with node 0; node 1 restarts (fresh process, empty
     context.state) and trains again in round 3 from its ledger file: its ε continues from round 1's, never lower."""
     two = tmp_path / "clients"
-    export_partitions(replace(TINY, clients=2).data_config(), two)
+    export_partitions(TINY.replace(clients=2).data, two)
     # The server holds only the item vocabulary (the export's server folder): clients evaluate their own users.
     # clients-per-round 2: each round waits (up to 2 minutes) for both nodes, so round 3 waits for the restart.
-    cfg = replace(
-        DP_TINY, data=str(two / "server"), evaluation="federated", eval_every=3, clients=2, rounds=3,
+    cfg = DP_TINY.replace(
+        data=str(two / "server"), evaluation="federated", eval_every=3, clients=2, rounds=3,
         clients_per_round=2, min_clients=1, out=str(tmp_path / "run"),
     )  # fmt: skip
     folder = tmp_path / "deployment"
@@ -320,6 +321,7 @@ def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drop
     assert largest == sorted(largest)
 
 
+@pytest.mark.slow
 def test_deploy_local_leaves_nothing_running_when_interrupted(tmp_path):
     """Ctrl-C (SIGINT) in the middle of a run: every process goes, exit code 130."""
     out = tmp_path / "run"

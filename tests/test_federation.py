@@ -2,42 +2,39 @@
 simulated runs through Flower's simulation engine (end to end, resume, client failure)."""
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tomllib
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from tiny_federation import TINY, TINY_FLAGS
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import TINY, TINY_FLAGS, Nodes, client_context, message
 
 from fedseqrec.client.client_app import make_client_app
-from fedseqrec.client.task import build_global_model, cached_dataset, load_client_data
 from fedseqrec.errors import RunError, UserError
 from fedseqrec.evaluation.evaluator import evaluate_sums
-from fedseqrec.runconfig import FederationConfig
-from fedseqrec.server.federation import choose_clients, combine_evaluations
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.pyproject import synced
+from fedseqrec.federated.task import build_global_model, cached_dataset, load_client_data
+from fedseqrec.server.directory import choose_clients
+from fedseqrec.server.evaluation import combine_evaluations
+from fedseqrec.server.loop import Progress
 from fedseqrec.server.strategies import build_strategy
 from fedseqrec.simulation.engine import simulate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    # Building a Message outside a Flower runtime needs a task identity (see shared notes).
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
-
-
 # --- run config ---------------------------------------------------------------------------------------------------
 
 
 def test_pyproject_run_config_mirrors_the_dataclass():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    text = (REPO / "pyproject.toml").read_text()
+    assert synced(text) == text, "run `python -m fedseqrec.federated.pyproject` after changing an option"
+    project = tomllib.loads(text)
     app = project["tool"]["flwr"]["app"]
-    assert app["config"] == FederationConfig().to_run_config()
+    assert app["config"] == RunConfig().to_run_config()
     assert app["components"] == {
         "serverapp": "fedseqrec.server.server_app:app",
         "clientapp": "fedseqrec.client.client_app:app",
@@ -48,14 +45,14 @@ def test_pyproject_run_config_mirrors_the_dataclass():
 
 
 def test_run_config_round_trip_and_refusals():
-    cfg = replace(TINY, clients_per_round=2, round_timeout=30.0)
-    assert FederationConfig.from_run_config(cfg.to_run_config()) == cfg
-    assert FederationConfig.from_run_config({"lr": "0.01", "side-info": "false"}).lr == 0.01
+    cfg = TINY.replace(clients_per_round=2, round_timeout=30.0)
+    assert RunConfig.from_run_config(cfg.to_run_config()) == cfg
+    assert RunConfig.from_run_config({"lr": "0.01", "side-info": "false"}).fit.lr == 0.01
     with pytest.raises(UserError, match="unknown run-config keys: learning-rate"):
-        FederationConfig.from_run_config({"learning-rate": 0.1})
+        RunConfig.from_run_config({"learning-rate": 0.1})
     with pytest.raises(UserError, match="rounds = 'many': expected int"):
-        FederationConfig.from_run_config({"rounds": "many"})
-    for bad, message in [
+        RunConfig.from_run_config({"rounds": "many"})
+    for bad, refusal in [
         ({"strategy": "fedsgd"}, "unknown strategy 'fedsgd'"),
         ({"rounds": 0}, "--rounds must be a positive integer"),
         ({"clients-per-round": 5}, "--clients-per-round 5 is more than --clients 3"),
@@ -63,8 +60,8 @@ def test_run_config_round_trip_and_refusals():
         ({"lr": -1.0}, "--lr must be a positive number"),
         ({"fraction-evaluate": 0.0}, "--fraction-evaluate must be in"),
     ]:
-        with pytest.raises(UserError, match=message):
-            FederationConfig.from_run_config({**TINY.to_run_config(), **bad}).validate()
+        with pytest.raises(UserError, match=refusal):
+            RunConfig.from_run_config({**TINY.to_run_config(), **bad}).validate()
 
 
 def test_client_sampling_is_deterministic_by_seed_and_round():
@@ -90,7 +87,7 @@ def _reply(arrays: dict[str, np.ndarray], examples: int, partition: int) -> Mess
 
 
 def test_fedavg_weights_by_number_of_examples():
-    strategy = build_strategy(TINY)
+    strategy = build_strategy(TINY.algorithm, TINY.fit.lr)
     replies = [
         _reply({"w": np.array([1.0, 0.0]), "b": np.array([2.0])}, examples=1, partition=0),
         _reply({"w": np.array([0.0, 4.0]), "b": np.array([6.0])}, examples=3, partition=1),
@@ -101,59 +98,42 @@ def test_fedavg_weights_by_number_of_examples():
 
 
 def test_fedadam_moves_from_the_current_weights_by_the_server_learning_rate():
-    strategy = build_strategy(replace(TINY, strategy="fedadam", server_lr=0.1, tau=1e-9, beta_1=0.0, beta_2=0.0))
+    cfg = TINY.replace(strategy="fedadam", server_lr=0.1, tau=1e-9, beta_1=0.0, beta_2=0.0)
+    strategy = build_strategy(cfg.algorithm, cfg.fit.lr)
     current = ArrayRecord({"w": torch.tensor([1.0, 1.0])})
-    strategy.configure_train(1, current, ConfigRecord({}), _Nodes([]))
+    strategy.configure_train(1, current, ConfigRecord({}), Nodes([]))
     arrays, _ = strategy.aggregate_train(1, [_reply({"w": np.array([3.0, 0.0])}, 1, 0)])
     # beta = 0: the step is eta * delta / |delta| = eta * sign(delta)
     assert np.allclose(arrays["w"].numpy(), [1.1, 0.9])
 
 
-class _Nodes:
-    def __init__(self, ids):
-        self.ids = ids
-
-    def get_node_ids(self):
-        return self.ids
-
-
-def _context(cfg: FederationConfig, partition: int) -> Context:
-    node_config = {"partition-id": partition, "num-partitions": cfg.clients}
-    return Context(run_id=1, node_id=partition + 10, node_config=node_config, state=RecordDict(), run_config={})
-
-
-def _message(kind: str, arrays: ArrayRecord, cfg: FederationConfig, **extra) -> Message:
-    config = ConfigRecord({**cfg.to_run_config(), "server-round": 1, **extra})
-    return Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type=kind)
-
-
 def test_client_train_reply_in_process():
     app = make_client_app()
-    ds = cached_dataset(TINY.data_config())
+    ds = cached_dataset(TINY.data)
     torch.manual_seed(0)
-    model = build_global_model(ds.sequences, TINY)
+    model = build_global_model(ds.sequences, TINY.model)
     before = ArrayRecord(model.state_dict())
-    reply = app(_message("train", before, TINY), _context(TINY, 1))
+    reply = app(message("train", before, TINY), client_context(TINY, 1))
     metrics = reply.content["metrics"]
     data = load_client_data(TINY, 1, 3)
     trainable = int((ds.split.train_end[data.users] >= 2).sum())
     assert metrics["num-examples"] == trainable > 0
-    assert metrics["partition-id"] == 1 and metrics["steps"] == -(-trainable // TINY.batch_size)
+    assert metrics["partition-id"] == 1 and metrics["steps"] == -(-trainable // TINY.fit.batch_size)
     after = reply.content["arrays"].to_torch_state_dict()
     assert list(after) == list(model.state_dict())  # same keys, same order (Flower's DP mods need the order)
     assert not torch.equal(after["scorer.weight"], model.state_dict()["scorer.weight"])
 
 
 def test_federated_evaluation_adds_sums_and_counts_not_averages():
-    cfg = replace(TINY, partition="dirichlet", alpha=0.1)  # clients of very different sizes
+    cfg = TINY.replace(partition="dirichlet", alpha=0.1)  # clients of very different sizes
     app = make_client_app()
-    ds = cached_dataset(cfg.data_config())
+    ds = cached_dataset(cfg.data)
     torch.manual_seed(0)
-    model = build_global_model(ds.sequences, cfg)
+    model = build_global_model(ds.sequences, cfg.model)
     arrays = ArrayRecord(model.state_dict())
-    replies = [app(_message("evaluate", arrays, cfg, which="test"), _context(cfg, p)) for p in range(3)]
+    replies = [app(message("evaluate", arrays, cfg, which="test"), client_context(cfg, p)) for p in range(3)]
     combined = combine_evaluations(replies)
-    central = evaluate_sums(model, ds.sequences, ds.split, "test", max_len=cfg.max_len)
+    central = evaluate_sums(model, ds.sequences, ds.split, "test", max_len=cfg.model.max_len)
     assert combined.count == central.count == sum(r.content["metrics"]["num-examples"] for r in replies)
     for name, value in central.result().items():
         assert combined.result()[name] == pytest.approx(value, rel=1e-9)
@@ -190,10 +170,11 @@ def fail_in_round(partition: int, server_round: int):
 def full_run(tmp_path_factory) -> Path:
     """Three rounds, two of three clients a round."""
     out = tmp_path_factory.mktemp("runs") / "full"
-    simulate(replace(TINY, clients_per_round=2), out=out)
+    simulate(TINY.replace(clients_per_round=2), out=out)
     return out
 
 
+@pytest.mark.slow
 def test_simulated_run_writes_the_run_folder(full_run):
     names = {p.name for p in full_run.iterdir()}
     assert {
@@ -216,15 +197,16 @@ def test_simulated_run_writes_the_run_folder(full_run):
     best = max(rounds, key=lambda r: r["valid"]["NDCG@10"])
     assert results["valid"]["NDCG@10"] == pytest.approx(best["valid"]["NDCG@10"])
     config = json.loads((full_run / "config.json").read_text())["run_config"]
-    assert FederationConfig.from_run_config(config).clients_per_round == 2
+    assert RunConfig.from_run_config(config).algorithm.clients_per_round == 2
     assert "| round |" in (full_run / "summary.md").read_text()
-    ds = cached_dataset(TINY.data_config())
-    build_global_model(ds.sequences, TINY, torch.load(full_run / "model_last.pt", weights_only=True))
+    ds = cached_dataset(TINY.data)
+    build_global_model(ds.sequences, TINY.model, torch.load(full_run / "model_last.pt", weights_only=True))
 
 
+@pytest.mark.slow
 def test_resumed_run_reaches_the_same_weights(full_run, tmp_path, cli):
     out = tmp_path / "resumed"
-    simulate(replace(TINY, clients_per_round=2, rounds=2), out=out)
+    simulate(TINY.replace(clients_per_round=2, rounds=2), out=out)
     assert not torch.equal(*_scorers(out, full_run))
     result = cli("simulate", "--resume", out, "--rounds", "3")
     assert result.code == 0, result.err
@@ -240,13 +222,12 @@ def _scorers(a: Path, b: Path):
     return (torch.load(p / "model_last.pt", weights_only=True)["scorer.weight"] for p in (a, b))
 
 
+@pytest.mark.slow
 def test_a_failing_client_is_logged_and_the_round_completes(tmp_path):
     messages = []
     out = tmp_path / "run"
-    from fedseqrec.server.federation import Progress
-
     simulate(
-        replace(TINY, rounds=2, min_clients=2),
+        TINY.replace(rounds=2, min_clients=2),
         out=out,
         client_app=make_client_app(mods=[fail_in_round(partition=1, server_round=2)]),
         progress=Progress(on_message=messages.append),
@@ -257,11 +238,12 @@ def test_a_failing_client_is_logged_and_the_round_completes(tmp_path):
     assert any("client 1" in m and "injected failure" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
     out = tmp_path / "run"
     with pytest.raises(RunError, match=r"round 2: 2 of 3 clients returned an update, fewer than --min-clients 3"):
         simulate(
-            replace(TINY, rounds=3, min_clients=3),
+            TINY.replace(rounds=3, min_clients=3),
             out=out,
             client_app=make_client_app(mods=[fail_in_round(partition=2, server_round=2)]),
         )
@@ -284,7 +266,7 @@ def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
         (["--server-momentum", "1.5"], "--server-momentum must be in [0, 1)"),
         (["--proximal-mu", "-1"], "--proximal-mu must be >= 0"),
         (["--partition", "per-user", "--clients-per-round", "500"], "more than the 120 clients"),
-        (["--model", "pop"], "unknown model 'pop'"),
+        (["--model", "pop"], "invalid choice: 'pop'"),  # not offered: pop is not trained
     ],
 )
 def test_bad_federation_options(cli, tmp_path, flags, message):
@@ -302,14 +284,23 @@ def test_bad_federation_options(cli, tmp_path, flags, message):
 def test_resume_refuses_a_folder_that_is_not_a_run(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     result = cli("simulate", "--resume", tmp_path)
-    assert result.code == 2 and "not a fedseqrec run folder" in result.err
+    assert result.code == 2 and "not a fedseqrec run folder" in result.err and "nothing to resume" in result.err
     result = cli("simulate", "--resume", tmp_path / "missing")
     assert result.code == 2 and "no such folder" in result.err
 
 
+@pytest.mark.slow
 def test_out_refuses_an_existing_run(cli, full_run):
     result = cli("simulate", *TINY_FLAGS, "--out", full_run)
     assert result.code == 2 and "already holds a run" in result.err
+
+
+def test_out_refuses_a_file_before_loading_anything(cli, tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    result = cli("simulate", *TINY_FLAGS, "--out", existing)
+    assert result.code == 2 and "is a file" in result.err and "internal error" not in result.err
+    assert existing.read_text() == "keep me"
 
 
 def test_a_deployed_node_reads_its_data_path_from_the_node_config(tmp_path, cli):
@@ -317,12 +308,12 @@ def test_a_deployed_node_reads_its_data_path_from_the_node_config(tmp_path, cli)
     result = cli("data", "prepare", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5",
                  "--shop-days", "20", "--out", prepared)  # fmt: skip
     assert result.code == 0, result.err
-    cfg = replace(TINY, data="/nowhere/on/the/server")
-    context = _context(TINY, 2)
+    cfg = TINY.replace(data="/nowhere/on/the/server")
+    context = client_context(TINY, 2)
     context.node_config["data-path"] = str(prepared)
-    ds = cached_dataset(replace(TINY, data=str(prepared)).data_config())
+    ds = cached_dataset(TINY.replace(data=str(prepared)).data)
     torch.manual_seed(0)
-    arrays = ArrayRecord(build_global_model(ds.sequences, TINY).state_dict())
-    reply = make_client_app()(_message("train", arrays, cfg), context)
-    data = load_client_data(replace(TINY, data=str(prepared)), 2, 3)
+    arrays = ArrayRecord(build_global_model(ds.sequences, TINY.model).state_dict())
+    reply = make_client_app()(message("train", arrays, cfg), context)
+    data = load_client_data(TINY.replace(data=str(prepared)), 2, 3)
     assert reply.content["metrics"]["num-examples"] == int((ds.split.train_end[data.users] >= 2).sum()) > 0

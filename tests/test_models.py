@@ -1,12 +1,10 @@
 """Every model: shapes, causality, training under Opacus (hooks and ghost), and beating popularity on shop."""
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader
 
@@ -17,6 +15,7 @@ from fedseqrec.models.batching import TrainingWindows, evaluation_batches
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.registry import MODELS, build_model
 from fedseqrec.privacy.compat import dp_compatible
+from fedseqrec.privacy.dpsgd import make_private
 
 NAMES = sorted(MODELS)
 
@@ -114,25 +113,10 @@ def test_trains_under_opacus_with_per_sample_gradients_for_every_parameter(shop,
     windows = TrainingWindows(shop.sequences, shop.split, max_len=cfg.max_len)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = DataLoader(windows, batch_size=16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # secure RNG and accountant notices
-        made = PrivacyEngine(accountant="rdp").make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=0.5,
-            max_grad_norm=1.0,
-            grad_sample_mode=mode,
-            poisson_sampling=True,
-            wrap_model=False,
-            criterion=torch.nn.CrossEntropyLoss(ignore_index=0),
-        )
-    # wrap_model=False: hooks sit on our own model, which keeps its state-dict names; the first item returned
-    # is only the hook handle.
-    if mode == "ghost":
-        _, optimizer, criterion, loader = made
-    else:
-        (_, optimizer, loader), criterion = made, None
+    made = make_private(model, optimizer, loader, noise_multiplier=0.5, max_grad_norm=1.0, mode=mode,
+                        label_smoothing=0.0)  # fmt: skip
+    # Hooks sit on our own model, which keeps its state-dict names.
+    optimizer, criterion, loader = made.optimizer, made.criterion, made.loader
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     before = {n: p.detach().clone() for n, p in trainable}
     steps = 0

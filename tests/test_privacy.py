@@ -3,60 +3,30 @@ budgets, DP training of every model in the simulation, reports, and bad privacy 
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from dp_accounting import dp_event
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from tiny_federation import TINY as TINY_PLAIN
-from tiny_federation import TINY_FLAGS
+from flwr.app import ArrayRecord, Context, Message
+from helpers import TINY as TINY_PLAIN
+from helpers import TINY_FLAGS, client_context, independent_epsilons, message
 
 from fedseqrec.client.client_app import make_client_app
-from fedseqrec.client.task import build_global_model, cached_dataset
 from fedseqrec.errors import UserError
+from fedseqrec.evaluation.evaluator import evaluate_sums
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.task import build_global_model, cached_dataset
 from fedseqrec.models.batching import TrainingWindows
-from fedseqrec.models.registry import build_model
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.compat import dp_compatible
 from fedseqrec.privacy.ledger import LedgerRecord, PrivacyLedger, reconcile
-from fedseqrec.runconfig import FederationConfig
 from fedseqrec.simulation.engine import simulate
 
-TINY = replace(TINY_PLAIN, dp=True, noise_multiplier=1.0)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+TINY = TINY_PLAIN.replace(dp=True, noise_multiplier=1.0)
 
 
 # --- accounting against Google's dp-accounting --------------------------------------------------------------------
-
-
-def independent_epsilons(records, delta: float) -> tuple[float, float]:
-    """(RDP, PLD) ε of a list of (noise multiplier, sample rate, steps) records, composed in order."""
-    merged = []  # consecutive rounds with the same mechanism: one self-composition (exact, and much faster)
-    for s, q, n in records:
-        if merged and merged[-1][:2] == (s, q):
-            merged[-1] = (s, q, merged[-1][2] + n)
-        else:
-            merged.append((s, q, n))
-    events = [
-        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(s)), n)
-        for s, q, n in merged
-    ]
-    rdp = rdp_privacy_accountant.RdpAccountant()
-    pld = pld_privacy_accountant.PLDAccountant()
-    for event in events:
-        rdp.compose(event)
-        pld.compose(event)
-    return rdp.get_epsilon(delta), pld.get_epsilon(delta)
 
 
 def test_the_issue_figures():
@@ -114,22 +84,19 @@ def test_ledger_composes_persists_and_refuses_disagreeing_copies(tmp_path):
         PrivacyLedger.load(path)
 
 
-def _context(cfg: FederationConfig, partition: int, ledger: Path) -> Context:
-    node_config = {"partition-id": partition, "num-partitions": cfg.clients, "ledger-path": str(ledger)}
-    return Context(run_id=1, node_id=partition + 10, node_config=node_config, state=RecordDict(), run_config={})
+def _context(cfg: RunConfig, partition: int, ledger: Path) -> Context:
+    return client_context(cfg, partition, ledger)
 
 
-def _train(app, cfg: FederationConfig, arrays: ArrayRecord, server_round: int, context: Context) -> Message:
-    config = ConfigRecord({**cfg.to_run_config(), "server-round": server_round})
-    message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=1, message_type="train")
-    return app(message, context)
+def _train(app, cfg: RunConfig, arrays: ArrayRecord, server_round: int, context: Context) -> Message:
+    return app(message("train", arrays, cfg, server_round), context)
 
 
 def test_epsilon_grows_every_round_survives_a_restart_and_stays_within_budget(tmp_path):
-    cfg = replace(TINY, budget=None, noise_multiplier=1.2)
-    ds = cached_dataset(cfg.data_config())
+    cfg = TINY.replace(budget=None, noise_multiplier=1.2)
+    ds = cached_dataset(cfg.data)
     torch.manual_seed(0)
-    arrays = ArrayRecord(build_global_model(ds.sequences, cfg).state_dict())
+    arrays = ArrayRecord(build_global_model(ds.sequences, cfg.model).state_dict())
     app, ledger = make_client_app(), tmp_path / "client-1.json"
     first = _context(cfg, 1, ledger)
     epsilons = []
@@ -145,19 +112,19 @@ def test_epsilon_grows_every_round_survives_a_restart_and_stays_within_budget(tm
     assert len(records) == 4 and metrics["epsilon"] > epsilons[-1]
     assert metrics["epsilon"] == pytest.approx(epsilon(records, metrics["delta"]), rel=1e-9)
     # A budget just above the current ε: the next round would exceed it, so the client declines.
-    budgeted = replace(cfg, budget=metrics["epsilon"] * 1.05)
+    budgeted = cfg.replace(budget=metrics["epsilon"] * 1.05)
     reply = _train(app, budgeted, arrays, 5, restarted)
     assert not reply.content.array_records
     assert reply.content["metrics"]["declined"] == 1
     assert "privacy budget" in reply.content["status"]["reason"]
     assert reply.content["metrics"]["epsilon"] == pytest.approx(metrics["epsilon"])
-    assert reply.content["metrics"]["epsilon"] <= budgeted.budget
+    assert reply.content["metrics"]["epsilon"] <= budgeted.privacy.budget
 
 
 def test_default_delta_is_below_one_over_the_users_and_a_large_one_is_refused(tmp_path, cli):
-    cfg = replace(TINY)
-    ds = cached_dataset(cfg.data_config())
-    arrays = ArrayRecord(build_global_model(ds.sequences, cfg).state_dict())
+    cfg = TINY.replace()
+    ds = cached_dataset(cfg.data)
+    arrays = ArrayRecord(build_global_model(ds.sequences, cfg.model).state_dict())
     metrics = _train(make_client_app(), cfg, arrays, 1, _context(cfg, 0, tmp_path / "l.json")).content["metrics"]
     users = len(ds.partition.clients()[0])
     assert metrics["delta"] <= min(1e-5, 0.1 / users)
@@ -178,17 +145,17 @@ def test_ghost_clipping_norms_equal_the_per_sample_gradient_norms(name):
 
     from fedseqrec.models.base import SequenceLoss
 
-    cfg = replace(TINY, model=name, dropout=0.0)  # both passes must compute the same function
-    ds = cached_dataset(cfg.data_config())
+    cfg = TINY.replace(model=name, dropout=0.0)  # both passes must compute the same function
+    ds = cached_dataset(cfg.data)
     torch.manual_seed(0)
-    model = build_global_model(ds.sequences, cfg)
-    windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.max_len)
+    model = build_global_model(ds.sequences, cfg.model)
+    windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.model.max_len)
     batch = windows.batch_of([torch.stack(column) for column in zip(*[windows[i] for i in range(6)], strict=True)])
 
     hooked = dp_compatible(model)
     GradSampleModule(hooked, loss_reduction="mean")
     torch.manual_seed(1)  # bert4rec's masks
-    hooked.calculate_loss(batch, SequenceLoss(cfg.label_smoothing)).backward()
+    hooked.calculate_loss(batch, SequenceLoss(cfg.model.label_smoothing)).backward()
     samples = [getattr(p, "grad_sample", None) for p in hooked.parameters() if p.requires_grad]
     per_param = [g.reshape(6, -1).norm(dim=1) for g in samples if g is not None]
     true_norms = torch.stack(per_param, dim=1).norm(dim=1)
@@ -199,7 +166,7 @@ def test_ghost_clipping_norms_equal_the_per_sample_gradient_norms(name):
     class _Optimizer:  # the loss wrapper only reads the reduction from the optimizer
         loss_reduction = "mean"
 
-    criterion = DPLossFastGradientClipping(wrapped, _Optimizer(), SequenceLoss(cfg.label_smoothing), "mean")
+    criterion = DPLossFastGradientClipping(wrapped, _Optimizer(), SequenceLoss(cfg.model.label_smoothing), "mean")
     torch.manual_seed(1)
     loss = ghosted.calculate_loss(batch, criterion)
     loss.loss_per_sample.mean().backward()  # ghost clipping's first pass: per-sample norms only
@@ -209,17 +176,24 @@ def test_ghost_clipping_norms_equal_the_per_sample_gradient_norms(name):
 # --- whole private runs -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec", "lstm"])
 def test_every_model_trains_under_dp_in_the_simulation(tmp_path, name):
-    cfg = replace(TINY, model=name, rounds=1, clients=2, epsilon=3.0, noise_multiplier=None)
+    cfg = TINY.replace(model=name, rounds=1, clients=2, epsilon=3.0, noise_multiplier=None)
     results, folder = simulate(cfg, out=tmp_path / name)
     report = json.loads((folder.path / "privacy_report.json").read_text())
     assert len(report["clients"]) == 2
     assert 0 < report["max_epsilon"] <= 3.0  # the target, calibrated for the one planned round
-    assert results["test"]["NDCG@10"] >= 0
-    start = build_model(name, build_global_model(cached_dataset(cfg.data_config()).sequences, cfg).cfg)
+    ds = cached_dataset(cfg.data)
+    torch.manual_seed(cfg.data.seed)  # the server's initial global model
+    start = build_global_model(ds.sequences, cfg.model)
     trained = torch.load(folder.path / "model_last.pt", weights_only=True)
     assert set(trained) == set(start.state_dict())  # the plain model's own names, no Opacus aliases
+    assert not torch.equal(trained["scorer.weight"], start.state_dict()["scorer.weight"])  # DP-SGD moved it
+    # the reported test figure is the saved best model's, recomputed here
+    best = build_global_model(ds.sequences, cfg.model, torch.load(folder.path / "model.pt", weights_only=True))
+    again = evaluate_sums(best, ds.sequences, ds.split, "test", max_len=cfg.model.max_len).result()
+    assert results["test"]["NDCG@10"] == pytest.approx(again["NDCG@10"], rel=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +204,11 @@ def budget_run(tmp_path_factory) -> Path:
     for r in (1, 2, 3):
         probe.add(LedgerRecord(r, 1.0, 1 / 3, 3))  # 40 users a client, batch 16: 3 batches, q = 1/3
     budget = (probe.epsilon() + PrivacyLedger("0", 1e-5, records=probe.records[:2]).epsilon()) / 2
-    simulate(replace(TINY, rounds=4, min_clients=2, budget=round(budget, 3)), out=out)
+    simulate(TINY.replace(rounds=4, min_clients=2, budget=round(budget, 3)), out=out)
     return out
 
 
+@pytest.mark.slow
 def test_budget_ends_the_run_cleanly_and_no_epsilon_exceeds_it(budget_run):
     metrics = json.loads((budget_run / "metrics.json").read_text())
     assert metrics["rounds_run"] == 2 and "privacy budget exhausted" in metrics["stopped"]
@@ -247,6 +222,7 @@ def test_budget_ends_the_run_cleanly_and_no_epsilon_exceeds_it(budget_run):
         assert (budget_run / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_every_reported_epsilon_rechecks_with_an_independent_accountant(budget_run):
     report = json.loads((budget_run / "privacy_report.json").read_text())
     assert report["privacy_unit"].startswith("user-level")
@@ -259,6 +235,7 @@ def test_every_reported_epsilon_rechecks_with_an_independent_accountant(budget_r
         assert client["epsilon"] >= pld * 0.99
 
 
+@pytest.mark.slow
 def test_report_regenerates_and_compares(budget_run, tmp_path, cli):
     (budget_run / "privacy_report.json").unlink()
     result = cli("report", budget_run)
@@ -269,6 +246,7 @@ def test_report_regenerates_and_compares(budget_run, tmp_path, cli):
     assert result.code == 0 and plot.stat().st_size > 0 and "largest ε" in result.out
 
 
+@pytest.mark.slow
 def test_resuming_a_run_whose_budget_is_spent_is_refused(budget_run, cli):
     result = cli("simulate", "--resume", budget_run, "--rounds", "6")
     assert result.code == 2 and "privacy budget already spent" in result.err
@@ -300,3 +278,23 @@ def test_more_steps_or_less_noise_cost_more_privacy():
     assert epsilon([(1.0, 0.1, 200)], 1e-5) > base > epsilon([(2.0, 0.1, 100)], 1e-5)
     assert math.isinf(epsilon([(1e-3, 1.0, 1)], 1e-5)) or epsilon([(1e-3, 1.0, 1)], 1e-5) > 100
     assert np.isclose(epsilon([], 1e-5), 0.0)
+
+
+@pytest.mark.slow
+def test_resume_beyond_the_calibrated_horizon_keeps_the_noise_and_the_budget_stops_the_run(tmp_path, cli):
+    """An --epsilon run records the rounds its noise was calibrated for; a resume that asks for more rounds keeps
+    that noise (it is never recalibrated for a longer horizon) and the budget ends the run."""
+    out = tmp_path / "run"
+    first = cli("simulate", *TINY_FLAGS, "--rounds", "2", "--epsilon", "3", "--budget", "4.5", "--out", out)
+    assert first.code == 0, first.err
+    assert json.loads((out / "config.json").read_text())["run_config"]["horizon"] == 2
+    resumed = cli("simulate", "--resume", out, "--rounds", "8")
+    assert resumed.code == 0, resumed.err
+    assert json.loads((out / "config.json").read_text())["run_config"]["horizon"] == 2  # kept on resume
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 2 < metrics["rounds_run"] < 8 and "privacy budget exhausted" in metrics["stopped"]
+    for ledger in (out / "ledgers").glob("client-*.json"):
+        records = PrivacyLedger.load(ledger).records
+        assert len({r.noise_multiplier for r in records}) == 1  # σ of the 2-round calibration, every round
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert 3.0 < report["max_epsilon"] <= 4.5

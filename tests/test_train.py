@@ -33,10 +33,23 @@ def test_train_writes_results_checkpoint_and_epoch_log(trained):
 
 
 def test_evaluate_reproduces_the_saved_test_metrics(cli, trained):
-    result = cli("evaluate", *TINY, "--checkpoint", trained)
+    result = cli("evaluate", *TINY, "--checkpoint", trained, "--json")
     assert result.code == 0, result.err
     saved = json.loads((trained / "metrics.json").read_text())
     assert json.loads(result.out)["test"]["NDCG@10"] == pytest.approx(saved["test"]["NDCG@10"])
+
+
+def test_evaluate_without_data_uses_the_checkpoints_data_and_prints_a_table(cli, trained):
+    result = cli("evaluate", "--checkpoint", trained)  # the data recorded in config.json: the same tiny shop
+    assert result.code == 0, result.err
+    saved = json.loads((trained / "metrics.json").read_text())
+    test_row = next(line for line in result.out.splitlines() if line.startswith("| test |"))
+    assert f"{saved['test']['NDCG@10']:.4f}" in test_row and "| split | NDCG@10 |" in result.out
+
+
+def test_evaluate_explains_a_missing_checkpoint_folder(cli, tmp_path):
+    result = cli("evaluate", "--checkpoint", tmp_path / "nowhere")
+    assert result.code == 2 and "no such folder" in result.err and "FileNotFoundError" not in result.err
 
 
 def test_checkpoint_for_another_vocabulary_is_refused(cli, trained):
@@ -95,3 +108,35 @@ def test_bad_hyper_parameters(cli, tmp_path, args, words):
     for word in words:
         assert word in result.err
     assert not out.exists()
+
+
+def test_train_shows_progress_per_epoch_and_why_it_stopped(cli, tmp_path):
+    out = tmp_path / "timed"
+    result = cli("train", *TINY, *FAST, "--patience", "500", "--out", out)
+    assert result.code == 0, result.err
+    epochs = [line for line in result.err.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and "loss" in epochs[0] and "valid NDCG@10" in epochs[-1]  # plain lines in a log
+    # One epoch of 3,000 users in batches of 8 takes far longer than the limit: training stops inside it.
+    result = cli("train", "--shop-users", "3000", *FAST[:-4], "--batch-size", "8", "--epochs", "5",
+                 "--max-seconds", "1", "--out", tmp_path / "limited")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "stopped: --max-seconds 1 reached in epoch 1" in result.out
+    metrics = json.loads((tmp_path / "limited" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and 1 <= metrics["train_seconds"] < 1.3  # checked after every step
+
+
+def test_train_refuses_an_out_that_is_a_file(cli, tmp_path):
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    result = cli("train", *TINY, *FAST, "--out", existing)
+    assert result.code == 2 and "is a file" in result.err and "internal error" not in result.err
+    assert existing.read_text() == "keep me"
+
+
+def test_a_train_folder_is_not_taken_for_a_federated_run(cli, trained):
+    from helpers import TINY_FLAGS
+
+    out = cli("simulate", *TINY_FLAGS, "--out", trained)
+    resume = cli("simulate", "--resume", trained)
+    for result in (out, resume):
+        assert result.code == 2 and "holds the results of `fedseqrec train`" in result.err

@@ -4,29 +4,37 @@ The configuration comes with every message (the server sends the whole run confi
 a simulated client started by ``fedseqrec simulate`` has no run config of its own. The partition comes from the
 node config (``partition-id`` / ``num-partitions``, set by Flower's simulation engine or ``--node-config``), and a
 deployed node may say where its data is (``data-path``) and where its privacy ledger lives (``ledger-path``).
+
+A deployed node starts a fresh process for every message, so this module imports only what every message needs;
+DP-SGD (Opacus) is imported by the rounds that use it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedseqrec.client.task import (
+from fedseqrec.data.export import exported_client
+from fedseqrec.data.partition import ClientData
+from fedseqrec.errors import UserError
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.task import (
     build_global_model,
+    client_seed,
     evaluate_locally,
     load_client_data,
     load_exported_client,
     train_locally,
 )
-from fedseqrec.data.export import exported_client
-from fedseqrec.errors import UserError
-from fedseqrec.privacy.central import central_clipping_mod
-from fedseqrec.runconfig import FederationConfig
+from fedseqrec.models.base import SequentialRecommender
+from fedseqrec.models.training import TrainResult
+from fedseqrec.privacy.clipping_mod import central_clipping_mod
+from fedseqrec.privacy.config import LOCAL_DPSGD
+from fedseqrec.privacy.ledger import ledger_metrics
 
 ROUND_KEY = "server-round"
 # Keys the server adds to the run config in a message's ConfigRecord (ours, and those of Flower's strategies:
@@ -34,10 +42,10 @@ ROUND_KEY = "server-round"
 MESSAGE_KEYS = (ROUND_KEY, "which", "proximal-mu", "clipping_norm")
 
 
-def message_config(msg: Message, context: Context) -> tuple[FederationConfig, ConfigRecord]:
+def message_config(msg: Message, context: Context) -> tuple[RunConfig, ConfigRecord]:
     sent = msg.content["config"]
     values = {**context.run_config, **{k: v for k, v in sent.items() if k not in MESSAGE_KEYS}}
-    return FederationConfig.from_run_config(values), sent
+    return RunConfig.from_run_config(values), sent
 
 
 def _exported_folder(context: Context) -> Path | None:
@@ -58,17 +66,48 @@ def partition_of(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
-def _client_data(cfg: FederationConfig, context: Context):
+def _client_data(cfg: RunConfig, context: Context) -> ClientData:
     """The node's users. A deployed node names where its data lives (``data-path`` in its node config): its
     folder from `fedseqrec data export-partitions`, or a whole dataset it takes its partition of; without one,
     the run config's ``data`` (simulation: every client reads the same data and keeps its partition)."""
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.fit.threads or torch.get_num_threads())
     folder = _exported_folder(context)
     if folder is not None:
         return load_exported_client(folder, cfg)
     if "data-path" in context.node_config:
-        cfg = replace(cfg, data=str(context.node_config["data-path"]))
+        cfg = cfg.replace(data=str(context.node_config["data-path"]))
     return load_client_data(cfg, *partition_of(context))
+
+
+def ledger_file(cfg: RunConfig, node_config, client: int) -> Path:
+    """The node's own file (``ledger-path`` in the node config), else one per client in the run folder."""
+    if "ledger-path" in node_config:
+        return Path(str(node_config["ledger-path"]))
+    if not cfg.out:
+        raise UserError("DP-SGD needs a place for the privacy ledger: set out (the run folder) or ledger-path")
+    return Path(cfg.out) / "ledgers" / f"client-{client}.json"
+
+
+def _private_round(model: SequentialRecommender, data: ClientData, cfg: RunConfig, server_round: int, context):
+    """(result or None when declined, the ledger's metrics, the reason it declined)."""
+    # Imported here, not above: Opacus costs every fresh ClientApp process ≈ 1 s, and only DP rounds need it.
+    from fedseqrec.privacy.client import LocalSchedule, private_round
+
+    schedule = LocalSchedule(cfg.fit.local_epochs, cfg.fit.local_steps, cfg.planned_horizon())
+    outcome = private_round(
+        model, data, cfg.privacy, cfg.fit, schedule, client_seed(cfg, server_round, data.client), server_round,
+        context.state, ledger_file(cfg, context.node_config, data.client),
+    )  # fmt: skip
+    return outcome.result, ledger_metrics(outcome.ledger), outcome.reason
+
+
+def _train_round(
+    model, data: ClientData, cfg: RunConfig, server_round: int, context
+) -> tuple[TrainResult | None, dict, str]:
+    if cfg.privacy.mechanism == LOCAL_DPSGD:
+        return _private_round(model, data, cfg, server_round, context)
+    mu = cfg.algorithm.proximal_mu if cfg.algorithm.strategy == "fedprox" else None
+    return train_locally(model, data, cfg.fit, client_seed(cfg, server_round, data.client), mu), {}, ""
 
 
 def make_client_app(mods: list | None = None) -> ClientApp:
@@ -86,21 +125,11 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context)
-        model = build_global_model(data.sequences, cfg, msg.content["arrays"].to_torch_state_dict())
-        server_round = int(sent[ROUND_KEY])
-        privacy = {}
-        if cfg.dp:
-            from fedseqrec.privacy.client import ledger_metrics, private_round
-
-            outcome = private_round(model, data, cfg, server_round, context)
-            privacy = ledger_metrics(outcome.ledger)
-            if outcome.result is None:  # declined: no update, and why
-                metrics = MetricRecord({"num-examples": 0, "partition-id": data.client, "declined": 1, **privacy})
-                reason = ConfigRecord({"reason": outcome.reason})
-                return Message(RecordDict({"metrics": metrics, "status": reason}), reply_to=msg)
-            result = outcome.result
-        else:
-            result = train_locally(model, data, cfg, server_round)
+        model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
+        result, privacy, reason = _train_round(model, data, cfg, int(sent[ROUND_KEY]), context)
+        if result is None:  # declined (privacy budget): no update, and why
+            metrics = MetricRecord({"num-examples": 0, "partition-id": data.client, "declined": 1, **privacy})
+            return Message(RecordDict({"metrics": metrics, "status": ConfigRecord({"reason": reason})}), reply_to=msg)
         metrics = MetricRecord(
             {
                 "num-examples": result.examples,
@@ -120,8 +149,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         """Metric sums and the number of targets, so the server divides once over all clients."""
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context)
-        model = build_global_model(data.sequences, cfg, msg.content["arrays"].to_torch_state_dict())
-        sums = evaluate_locally(model, data, cfg, str(sent.get("which", "valid")))
+        model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
+        sums = evaluate_locally(model, data, cfg.evaluation.protocol, str(sent.get("which", "valid")))
         metrics = {"num-examples": sums.count, "partition-id": data.client}
         metrics.update({f"sum:{name}": value for name, value in sums.sums.items()})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

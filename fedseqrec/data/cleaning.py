@@ -34,12 +34,19 @@ class CleaningReport:
     below_rating: int = 0
     k_core: int = 0
     k_core_rounds: int = 0
+    truncated: int = 0  # events before each user's most recent --max-len
+    items_loaded: int = 0
+    items_kept: int = 0
+    users_loaded: int = 0
+    users_kept: int = 0
 
 
 def clean(log: Interactions, options: CleaningOptions = CleaningOptions()) -> tuple[pd.DataFrame, CleaningReport]:
     """Cleaned events in a stable chronological order per user (ties keep file order)."""
     options.validate()
-    report = CleaningReport(loaded=len(log.events))
+    report = CleaningReport(
+        loaded=len(log.events), items_loaded=log.events[ITEM].nunique(), users_loaded=log.events[USER].nunique()
+    )
     events = log.events.copy()
     events[FILE_ORDER] = np.arange(len(events))
 
@@ -66,6 +73,7 @@ def clean(log: Interactions, options: CleaningOptions = CleaningOptions()) -> tu
     if events.empty:
         raise DataError(f"{log.source}: nothing left after cleaning ({_explain(report, options)})")
     events = events.sort_values([USER, TIMESTAMP, FILE_ORDER], kind="stable")
+    report.items_kept, report.users_kept = events[ITEM].nunique(), events[USER].nunique()
     return events.reset_index(drop=True), report
 
 
@@ -95,9 +103,35 @@ def _explain(report: CleaningReport, options: CleaningOptions) -> str:
     return ", ".join(parts)
 
 
-def keep_most_recent(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
+def keep_most_recent(events: pd.DataFrame, max_len: int, report: CleaningReport | None = None) -> pd.DataFrame:
     """Each user's most recent ``max_len`` events, of events already in chronological order per user."""
     if max_len < 1:
         raise UserError(f"--max-len must be >= 1, got {max_len}")
     from_end = events.groupby(USER, sort=False).cumcount(ascending=False)
-    return events[from_end.to_numpy() < max_len].reset_index(drop=True)
+    kept = events[from_end.to_numpy() < max_len].reset_index(drop=True)
+    if report is not None:
+        report.truncated = len(events) - len(kept)
+        report.items_kept = kept[ITEM].nunique()
+    return kept
+
+
+def cleaning_summary(report: CleaningReport | None) -> str | None:
+    """What cleaning removed, in one line (None: nothing, or no report: a prepared folder was cleaned before)."""
+    if report is None:
+        return None
+    steps = [
+        (report.missing_ids, "with a missing id"),
+        (report.duplicates, "duplicates"),
+        (report.below_rating, "below --min-rating"),
+        (report.k_core, "by the k-core filter"),
+        (report.truncated, "before each user's most recent --max-len"),
+    ]
+    removed = sum(n for n, _ in steps)
+    if not removed:
+        return None
+    share = removed / max(1, report.loaded)
+    reasons = ", ".join(f"{n:,} {why}" for n, why in steps if n)
+    line = f"removed {removed:,} of {report.loaded:,} interactions ({share:.1%}: {reasons})"
+    lost = [(report.users_loaded - report.users_kept, "users"), (report.items_loaded - report.items_kept, "items")]
+    lost_text = " and ".join(f"{n:,} {what}" for n, what in lost if n > 0)
+    return line + (f"; {lost_text} left with no interaction" if lost_text else "")

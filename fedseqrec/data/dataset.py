@@ -2,46 +2,103 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from fedseqrec.data.cleaning import CleaningOptions, CleaningReport, clean, keep_most_recent
-from fedseqrec.data.formats import load_interactions, resolve_path
+from fedseqrec.data.eventlog import PRESETS
+from fedseqrec.data.formats import FORMATS, load_interactions, resolve_path
 from fedseqrec.data.interactions import Interactions
-from fedseqrec.data.partition import Partition, partition_users
+from fedseqrec.data.parsing import TIME_UNITS
+from fedseqrec.data.partition import SCHEMES, Partition, partition_users
 from fedseqrec.data.sequences import SequenceData, build_sequences
 from fedseqrec.data.shop import ShopConfig, generate_shop
-from fedseqrec.data.splits import Split, make_split
+from fedseqrec.data.splits import SPLITS, Split, make_split
 from fedseqrec.data.store import is_prepared, load_prepared
 from fedseqrec.errors import UserError
+from fedseqrec.options import non_negative_int, option, positive, positive_int, section, within
+
+PARTITION = "client partition"
 
 
 @dataclass
 class DataConfig:
     """Everything that decides which interactions, split and partition a command works on."""
 
-    data: str = "shop"  # a built-in name (shop) or a file or folder
-    format: str = "auto"
-    seed: int = 0
-    columns: str | None = None  # "user=COL,item=COL,timestamp=COL[,event=COL,rating=COL,query=COL]"
-    sep: str | None = None
-    time_unit: str = "auto"  # auto, s or ms
-    min_rating: float | None = None
-    user_core: int = 0
-    item_core: int = 0
-    max_len: int | None = None  # keep each user's most recent events
-    split: str = "leave-one-out"
-    valid_quantile: float = 0.8
-    test_quantile: float = 0.9
-    partition: str | None = None
-    clients: int | None = None
-    alpha: float = 0.5
-    attribute: str | None = None
-    category: str | None = None
-    shop: ShopConfig = field(default_factory=ShopConfig)
+    data: str = option(
+        "shop",
+        "built-in dataset (shop) or a file/folder: RecBole atomic files, MovieLens, CSV/TSV/Parquet event log, or a "
+        "folder written by `fedseqrec data prepare`",
+        metavar="NAME_OR_PATH",
+        group="data",
+    )
+    format: str = option("auto", f"layout of --data; presets: {', '.join(PRESETS)}", choices=FORMATS, group="data")
+    seed: int = option(0, "seed for generated data and partitions", group="data")
+    columns: str | None = option(
+        None,
+        "column mapping for generic logs, e.g. user=visitorid,item=itemid,timestamp=ts,event=type "
+        "(roles: user, item, timestamp, event, rating, query)",
+        metavar="ROLE=COL,...",
+        group="data",
+    )
+    sep: str | None = option(None, "field separator of a text log (default: from the file)", group="data")
+    time_unit: str = option(
+        "auto", "unit of numeric timestamps (auto: milliseconds when values exceed 1e11)", choices=TIME_UNITS,
+        group="data",
+    )  # fmt: skip
+    min_rating: float | None = option(
+        None, "keep interactions rated at least this (implicit feedback); default keeps all", group="cleaning"
+    )
+    k_core: int = option(
+        0, "k-core filter on users and items, iterated to a fixed point (0 = off)", check=non_negative_int,
+        metavar="K", group="cleaning",
+    )  # fmt: skip
+    user_core: int | None = option(
+        None, "k-core threshold for users only (overrides --k-core)", check=non_negative_int, group="cleaning"
+    )
+    item_core: int | None = option(
+        None, "k-core threshold for items only (overrides --k-core)", check=non_negative_int, group="cleaning"
+    )
+    # Cuts the data itself (data commands); training commands have the model's --max-len instead.
+    max_len: int | None = option(
+        None, "keep each user's most recent N events", check=positive_int, group="cleaning", run_config=False
+    )
+    split: str = option("leave-one-out", "evaluation split", choices=SPLITS, group="split")
+    valid_quantile: float = option(
+        0.8, "temporal split: validation cut", check=within(0, 1, low_open=True), group="split"
+    )
+    test_quantile: float = option(0.9, "temporal split: test cut", check=within(0, 1, low_open=True), group="split")
+    partition: str | None = option(None, "split users into federated clients", choices=SCHEMES, group=PARTITION)
+    clients: int | None = option(None, "number of clients (silos)", check=positive_int, metavar="K", group=PARTITION)
+    alpha: float = option(0.5, "dirichlet concentration (smaller = more skewed)", check=positive, group=PARTITION)
+    attribute: str | None = option(
+        None,
+        "attribute partition: user feature, e.g. region, occupation, zip_code:1 (default: the first of region, "
+        "occupation, zip_code)",
+        metavar="COLUMN[:PREFIX]",
+        group=PARTITION,
+    )
+    category: str | None = option(
+        None, "dirichlet partition: item feature holding the category or genre (default: detected)",
+        metavar="COLUMN", group=PARTITION,
+    )  # fmt: skip
+    shop: ShopConfig = section(ShopConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataConfig:
+        """The inverse of :meth:`to_dict` (a command's recorded ``config.json``); unknown keys are ignored."""
+        known = {f.name for f in fields(cls)} - {"shop"}
+        shop_fields = {f.name for f in fields(ShopConfig)}
+        shop = ShopConfig(**{k: v for k, v in dict(values.get("shop") or {}).items() if k in shop_fields})
+        return cls(**{k: v for k, v in values.items() if k in known}, shop=shop)
 
     def cleaning(self) -> CleaningOptions:
-        return CleaningOptions(min_rating=self.min_rating, user_core=self.user_core, item_core=self.item_core)
+        user_core = self.k_core if self.user_core is None else self.user_core
+        item_core = self.k_core if self.item_core is None else self.item_core
+        return CleaningOptions(min_rating=self.min_rating, user_core=user_core, item_core=item_core)
 
     def partition_params(self) -> dict:
         return {
@@ -79,7 +136,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
     events, report = clean(log, cfg.cleaning())
     if cfg.max_len is not None:
-        events = keep_most_recent(events, cfg.max_len)
+        events = keep_most_recent(events, cfg.max_len, report)
     sequences = build_sequences(events, log.user_features, log.item_features)
     options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, **extra}
     return Dataset(

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fedseqrec.data.sequences import SequenceData
+from fedseqrec.data.splits import Split
 from fedseqrec.errors import UserError
 
 SCHEMES = ("per-user", "iid", "dirichlet", "attribute")
@@ -41,6 +42,16 @@ class Partition:
         order = np.argsort(self.client_of_user[1:], kind="stable") + 1
         bounds = np.cumsum(np.bincount(self.client_of_user[1:], minlength=self.n_clients))[:-1]
         return np.split(order, bounds)
+
+
+@dataclass
+class ClientData:
+    """One client's users: what it trains and evaluates on."""
+
+    client: int  # partition id: the client's identity in the federation
+    sequences: SequenceData
+    split: Split
+    users: np.ndarray  # user ids this client holds
 
 
 def partition_users(

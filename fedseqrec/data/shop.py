@@ -19,6 +19,7 @@ import pandas as pd
 
 from fedseqrec.data.interactions import CART, PURCHASE, SEARCH, VIEW, Interactions, make_table
 from fedseqrec.errors import UserError
+from fedseqrec.options import option
 
 CATEGORIES = (
     "phones",
@@ -59,13 +60,15 @@ EPOCH_START = 1_767_571_200  # 2026-01-05 00:00 UTC, a Monday
 WEEKDAY_WEIGHTS = np.array([1.0, 0.95, 0.95, 1.0, 1.1, 1.45, 1.35])  # Monday .. Sunday
 DAILY_PEAKS = ((9.0, 1.5, 0.2), (13.0, 1.5, 0.3), (20.5, 1.8, 0.5))  # hour, spread, weight
 
+SHOP = "built-in shop data"
+
 
 @dataclass(frozen=True)
 class ShopConfig:
-    users: int = 1000
-    items: int = 1000
-    categories: int = 20
-    days: int = 60
+    users: int = option(1000, "users to generate", key="shop-users", group=SHOP)
+    items: int = option(1000, "items in the catalogue", key="shop-items", group=SHOP)
+    categories: int = option(20, "item categories", key="shop-categories", group=SHOP)
+    days: int = option(60, "days of behaviour", key="shop-days", group=SHOP)
     sessions_per_user: float = 4.0  # mean; every user has at least two
     views_per_session: float = 4.0  # mean; every session has at least two
     seed: int = 0

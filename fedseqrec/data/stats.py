@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from fedseqrec.data.cleaning import cleaning_summary
 from fedseqrec.data.dataset import Dataset
 from fedseqrec.data.partition import category_skew, dominant_categories
 from fedseqrec.errors import UserError
@@ -43,7 +44,7 @@ def dataset_stats(ds: Dataset) -> dict:
         "item_features": list(seq.item_features.columns),
     }
     if ds.cleaning is not None:
-        stats["cleaning"] = asdict(ds.cleaning)
+        stats["cleaning"] = {**asdict(ds.cleaning), "summary": cleaning_summary(ds.cleaning)}
     if ds.partition is not None:
         stats.update(_partition_stats(ds))
     return stats
@@ -89,6 +90,9 @@ def format_stats(stats: dict) -> str:
         f"split         {split['name']}: {split['train_interactions']:,} training interactions, "
         f"{split['valid_targets']:,} validation and {split['test_targets']:,} test targets",
     ]
+    cleaning = (stats.get("cleaning") or {}).get("summary")
+    if cleaning:
+        lines.insert(4, f"cleaning      {cleaning}")
     if "partition" in stats:
         part = stats["partition"]
         skew = part.get("category_skew")

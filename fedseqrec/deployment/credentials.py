@@ -130,3 +130,21 @@ def make_node_key(path: Path) -> Path:
     openssh = serialization.Encoding.OpenSSH
     public.write_bytes(key.public_key().public_bytes(openssh, serialization.PublicFormat.OpenSSH) + b"\n")
     return public
+
+
+def write_credentials(out: Path, hosts: list[str], nodes: int, force: bool = False) -> list[str]:
+    """``fedseqrec deploy credentials``: the CA, the SuperLink's certificate and ``nodes`` key pairs in ``out``;
+    what was written, in lines for people."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out}: folder is not empty; refusing to overwrite keys (use --force)")
+    certs = make_certificates(out, hosts)
+    lines = [
+        f"CA certificate (every SuperNode and the flwr CLI): {certs.ca.resolve()}",
+        f"SuperLink certificate and key:                    {certs.server_cert.resolve()}, "
+        f"{certs.server_key.resolve()}",
+    ]
+    for node in range(nodes):
+        public = make_node_key(out / f"node-{node:03d}")
+        lines.append(f"SuperNode {node} key pair: {public.with_suffix('').resolve()} (private) and {public.resolve()}")
+    lines.append(f"keep {(out / 'ca.key').resolve()} offline: it signs SuperLink certificates")
+    return lines

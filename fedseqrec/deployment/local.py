@@ -26,10 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedseqrec import __version__
 from fedseqrec.deployment.credentials import Certificates, make_certificates, make_node_key
 from fedseqrec.deployment.processes import ProcessGroup
-from fedseqrec.errors import RunError
-from fedseqrec.simulation.engine import FLOWER_ENVIRONMENT
+from fedseqrec.errors import RunError, UserError
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.environment import FLOWER_ENVIRONMENT
+from fedseqrec.options import toml_table
 
 HOST = "127.0.0.1"
 CONNECTION = "fedseqrec"  # the CLI's name for this deployment's SuperLink
@@ -55,19 +58,9 @@ def flower_environment() -> dict[str, str]:
     return {**FLOWER_ENVIRONMENT, "PATH": path}
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
 def write_app(folder: Path, run_config: dict) -> Path:
     """A Flower App whose components are fedseqrec's (imported from the installed package) and whose run config
     is this run's: ``flwr run`` needs no overrides, and the app bundle carries no source."""
-    from fedseqrec import __version__
-
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "[build-system]",
@@ -88,10 +81,25 @@ def write_app(folder: Path, run_config: dict) -> Path:
         'clientapp = "fedseqrec.client.client_app:app"',
         "",
         "[tool.flwr.app.config]",
-        *(f"{key} = {_toml_value(value)}" for key, value in run_config.items()),
+        *toml_table(run_config),
     ]
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def write_deployed_app(app: Path, cfg: RunConfig) -> Path:
+    """``fedseqrec deploy app``: the Flower App of ``cfg`` for a SuperLink on another host (paths as seen there)."""
+    if cfg.out is not None and not Path(cfg.out).is_absolute():
+        raise UserError(f"--out {cfg.out}: give an absolute path: the ServerApp runs on the SuperLink's host")
+    if cfg.data.data != "shop" and not Path(cfg.data.data).is_absolute():
+        raise UserError(
+            f"--data {cfg.data.data}: give an absolute path: the ServerApp reads it on the SuperLink's host"
+        )
+    cfg = cfg.with_horizon()
+    cfg.validate()
+    if app.exists() and any(p.name != "pyproject.toml" for p in app.iterdir()):
+        raise UserError(f"{app}: exists and holds more than an app's pyproject.toml; choose an empty folder")
+    return write_app(app, cfg.to_run_config())
 
 
 @dataclass

@@ -13,15 +13,14 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from fedseqrec.data.export import export_partitions
 from fedseqrec.deployment.local import LocalDeployment, write_app
 from fedseqrec.errors import RunError, UserError
-from fedseqrec.runconfig import FederationConfig
-from fedseqrec.server.rundir import CONFIG, STATE
-from fedseqrec.simulation.engine import count_clients
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.results.folder import RunFolder
+from fedseqrec.server.planning import count_clients, default_run_folder, with_default_clients
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The ServerApp logs each message twice (Flower's handler, and a timestamped copy); Flower adds its own chatter.
@@ -63,36 +62,40 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def prepare_deployment(cfg: FederationConfig, out: Path) -> tuple[FederationConfig, int]:
+def deployment_folder(cfg: RunConfig, out: Path | None) -> Path:
+    return out if out is not None else default_run_folder(cfg, prefix="deploy-")
+
+
+def prepare_deployment(cfg: RunConfig, out: Path) -> tuple[RunConfig, int]:
     """The run's configuration as the deployed ServerApp sees it (absolute paths), checked before anything
     starts; and the number of clients (SuperNodes)."""
-    if (out / CONFIG).exists() or (out / STATE).exists():
-        raise UserError(f"{out}: already holds a run; choose another --out")
+    cfg = with_default_clients(cfg).with_horizon()
+    cfg.validate()
+    RunFolder.check_new(out)
     if (out / "deployment").exists():  # its nodes' ledgers would carry over into this run
         raise UserError(f"{out}: holds the deployment of an earlier attempt; choose another --out or delete it")
-    cfg.validate()
     n = count_clients(cfg)
-    data = cfg.data if cfg.data == "shop" else str(Path(cfg.data).resolve())
-    return replace(cfg, data=data, out=str(out.resolve())), n
+    data = cfg.data.data if cfg.data.data == "shop" else str(Path(cfg.data.data).resolve())
+    return cfg.replace(data=data, out=str(out.resolve())), n
 
 
 def deploy_local(
-    cfg: FederationConfig,
-    out: Path,
+    cfg: RunConfig,
+    out: Path | None,
     secure: bool = True,
     isolation: str = "subprocess",
     on_line: Callable[[str], None] = print,
     verbose: bool = False,
     timeout: float | None = None,
-) -> dict:
-    """Run ``cfg`` on a local deployment; the final metrics (``out/metrics.json``)."""
-    out = out.resolve()
+) -> tuple[dict, Path]:
+    """Run ``cfg`` on a local deployment; the final metrics (``out/metrics.json``) and the run folder."""
+    out = deployment_folder(cfg, out).resolve()
     cfg, n = prepare_deployment(cfg, out)
     folder = out / "deployment"
-    export = export_partitions(cfg.data_config(), folder / "data")
+    export = export_partitions(cfg.data, folder / "data")
     on_line(f"exported {n} client folders to {folder / 'data'}")
-    if cfg.evaluation == "federated":  # as in a real deployment: the server holds no user's events
-        cfg = replace(cfg, data=str(folder / "data" / export["server"]))
+    if cfg.evaluation.mode == "federated":  # as in a real deployment: the server holds no user's events
+        cfg = cfg.replace(data=str(folder / "data" / export["server"]))
     mode = "TLS and SuperNode authentication" if secure else "INSECURE (no TLS, no SuperNode authentication)"
     with _terminate_as_interrupt(), LocalDeployment(folder, secure=secure, isolation=isolation) as deployment:
         deployment.start()
@@ -114,4 +117,4 @@ def deploy_local(
         log = folder / "logs" / "flwr-run.log"
         tail = "\n".join(ANSI.sub("", log.read_text(errors="replace")).splitlines()[-12:]) if log.exists() else ""
         raise RunError(f"the deployed run failed (flwr run exit code {code}); logs in {folder / 'logs'}:\n{tail}")
-    return json.loads(metrics.read_text())
+    return json.loads(metrics.read_text()), out

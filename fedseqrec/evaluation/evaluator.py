@@ -19,6 +19,9 @@ from fedseqrec.errors import UserError
 from fedseqrec.evaluation.metrics import KS, MetricSums
 from fedseqrec.evaluation.protocols import PROTOCOLS
 from fedseqrec.models.batching import evaluation_batches
+from fedseqrec.models.pop import Popularity
+
+SELECTION_METRIC = "NDCG@10"  # what picks the best epoch or round
 
 
 @torch.no_grad()
@@ -83,3 +86,11 @@ def _restrict_to_sample(scores, chunk, data, split, which, negatives, rng, weigh
         keep[row, torch.from_numpy(sample)] = True
         keep[row, target] = True
     return scores.masked_fill(~keep, -math.inf)
+
+
+def popularity_baseline(data: SequenceData, split: Split, max_len: int, protocol: str = "full") -> dict:
+    """Validation and test metrics of the most-popular baseline (training counts): the floor a model must beat."""
+    model = Popularity(data.n_items).fit(training_items(data, split))
+    return {
+        which: evaluate(model, data, split, which, max_len=max_len, protocol=protocol) for which in ("valid", "test")
+    }

@@ -70,6 +70,10 @@ class SequentialRecommender(nn.Module):
 
     name = "base"
     extra_tokens = 0  # ids after the items that the model uses itself (bert4rec's mask token)
+    # Facts DP-SGD needs. Opacus' ghost clipping sees one call per layer and forward pass: correct for the
+    # Transformers, wrong for a recurrent cell called once per time step (per-sample hooks are exact for both).
+    recurrent = False
+    ghost_clipping_safe = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -1,55 +1,59 @@
-"""Model and training configuration: plain dataclasses, importable without torch (the CLI builds its help
-from them)."""
+"""Model and fitting options: plain dataclasses, importable without torch (the CLI builds its help from them)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 from fedseqrec.errors import UserError
+from fedseqrec.options import check, non_negative, non_negative_int, option, positive, positive_int, within
 
 MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "pop")  # pop: the most-popular baseline
+TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name != "pop")
+ATTENTION_MODELS = ("sasrec", "bert4rec")  # --heads splits --hidden
+MODEL = "model"
+FIT = "training"
 
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of a sequence recommender; the item and event counts come from the data."""
+    """Which sequence recommender, and its hyper-parameters; the item and event counts come from the data."""
 
+    name: str = option("sasrec", "sequence recommender (pop: baseline)", choices=MODEL_NAMES, key="model", group=MODEL)
     n_items: int = 0
     n_events: int = 0
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    inner: int = 256  # feed-forward width of Transformer blocks
-    dropout: float = 0.5
-    max_len: int = 50
-    side_info: bool = True  # event-type and time-gap embeddings where the data has them
-    mask_ratio: float = 0.2  # bert4rec cloze objective
-    loss: str = "ce"  # "ce" (full softmax) or "sampled"
-    label_smoothing: float = 0.2  # of the cross-entropy: regularises the item scores on small data
-    negatives: int = 100  # sampled loss: shared negatives per batch
+    hidden: int = option(64, "embedding and hidden size", check=positive_int, group=MODEL)
+    layers: int = option(2, "Transformer blocks or recurrent layers", check=positive_int, group=MODEL)
+    heads: int = option(2, "attention heads (sasrec, bert4rec)", check=positive_int, group=MODEL)
+    inner: int = option(256, "feed-forward width (sasrec, bert4rec)", check=positive_int, group=MODEL)
+    dropout: float = option(0.5, "dropout probability", check=within(0, 1), group=MODEL)
+    max_len: int = option(
+        50, "window of most recent events the model sees (one training example per user)", check=positive_int,
+        group=MODEL,
+    )  # fmt: skip
+    side_info: bool = option(
+        True, "no event-type and time-gap embeddings (default: use them where the data has them)", group=MODEL
+    )
+    mask_ratio: float = option(0.2, "bert4rec: share of items masked", check=within(0, 1, low_open=True), group=MODEL)
+    loss: str = option(
+        "ce", "full softmax cross-entropy, or sampled negatives for very large catalogues", choices=("ce", "sampled"),
+        group=MODEL,
+    )  # fmt: skip
+    label_smoothing: float = option(
+        0.2, "label smoothing of the cross-entropy (regularises the item scores on small data)", check=within(0, 1),
+        group=MODEL,
+    )  # fmt: skip
+    negatives: int = option(100, "sampled loss: negatives per batch", check=positive_int, group=MODEL)
+
+    def check_options(self) -> None:
+        """What can be checked before the data is loaded."""
+        check(self)
+        if self.name in ATTENTION_MODELS and self.hidden % self.heads:
+            raise UserError(f"--hidden {self.hidden} must be divisible by --heads {self.heads}")
 
     def validate(self) -> None:
-        positive = {
-            "hidden": self.hidden,
-            "layers": self.layers,
-            "heads": self.heads,
-            "inner": self.inner,
-            "max_len": self.max_len,
-            "negatives": self.negatives,
-            "n_items": self.n_items,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise UserError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.loss not in ("ce", "sampled"):
-            raise UserError(f"--loss must be ce or sampled, got {self.loss!r}")
+        self.check_options()
+        if self.n_items < 1:
+            raise UserError(f"the data has no items to recommend (n_items = {self.n_items})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,28 +65,21 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    model: str = "sasrec"
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1.0  # decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting
-    patience: int = 25  # evaluations without a better validation NDCG@10 before stopping
-    eval_every: int = 1
-    random_window: bool = True  # each epoch, a random window of each long history (one per user)
-    max_seconds: float | None = None  # stop training after this much training time
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    eval_protocol: str = "full"
+class FitConfig:
+    """How a model is fitted on a set of users: batches of users, AdamW, one training window per user."""
 
-    def validate(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise UserError(f"unknown model {self.model!r}; available: {', '.join(MODEL_NAMES)}")
-        for name in ("epochs", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0 or self.patience < 1:
-            raise UserError("--weight-decay must be >= 0 and --patience >= 1")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise UserError(f"--max-seconds must be positive, got {self.max_seconds}")
+    batch_size: int = option(32, "users per batch", check=positive_int, group=FIT)
+    lr: float = option(2e-3, "AdamW learning rate", check=positive, group=FIT)
+    # Decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting.
+    weight_decay: float = option(1.0, "AdamW weight decay", check=non_negative, group=FIT)
+    window: str = option(
+        "random",
+        "training window per user: a random stretch of a long history each time, or the most recent",
+        choices=("random", "recent"),
+        group=FIT,
+    )
+    threads: int = option(1, "torch CPU threads (0: torch's default)", check=non_negative_int, group=FIT)
+
+    @property
+    def random_window(self) -> bool:
+        return self.window == "random"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from fedseqrec.data.sequences import SequenceData
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.config import MODEL_NAMES, ModelConfig
@@ -28,6 +29,11 @@ def model_class(name: str) -> type[SequentialRecommender]:
 
 def build_model(name: str, cfg: ModelConfig) -> SequentialRecommender:
     model = model_class(name)
-    if name in ("sasrec", "bert4rec") and cfg.hidden % cfg.heads:
-        raise UserError(f"--hidden {cfg.hidden} must be divisible by --heads {cfg.heads}")
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), "name": name})
+    cfg.validate()
     return model(cfg)
+
+
+def model_config_for(data: SequenceData, base: ModelConfig) -> ModelConfig:
+    """``base`` with the item and event counts of ``data``."""
+    return ModelConfig.from_dict({**base.to_dict(), "n_items": data.n_items, "n_events": len(data.vocab.events) - 1})

@@ -15,6 +15,8 @@ from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
 class GRU4Rec(SequentialRecommender):
     name = "gru4rec"
     cell = nn.GRU
+    recurrent = True
+    ghost_clipping_safe = False  # the cell runs once per time step: see SequentialRecommender
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

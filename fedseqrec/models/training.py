@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedseqrec.models.base import SeqBatch, SequentialRecommender
+
+
+@dataclass
+class TrainResult:
+    examples: int  # users with a training target: the FedAvg weight
+    loss: float
+    steps: int
+    seconds: float
+
+
+def round_seed(seed: int, server_round: int, client: int) -> int:
+    """Every client's randomness in every round, from the run seed alone: reruns and resumed runs match."""
+    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0])
 
 
 def train_epoch(
@@ -19,11 +34,13 @@ def train_epoch(
     on_step: Callable[[float], None] | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
     empty_step: Callable[[], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int]:
     """Mean training loss over the steps taken, and the number of steps.
 
     ``penalty``: a term added to every step's loss but not to the reported loss (FedProx's proximal term).
-    ``empty_step``: what an empty Poisson batch does instead (DP-SGD: a noise-only step)."""
+    ``empty_step``: what an empty Poisson batch does instead (DP-SGD: a noise-only step).
+    ``stop``: asked after every step; True ends the epoch there (a time limit)."""
     model.train()
     total, steps = 0.0, 0
     for tensors in loader:
@@ -40,6 +57,6 @@ def train_epoch(
         steps += 1
         if on_step is not None:
             on_step(total / steps)
-        if max_steps is not None and steps >= max_steps:
+        if (max_steps is not None and steps >= max_steps) or (stop is not None and stop()):
             break
     return (total / steps if steps else float("nan")), steps

@@ -24,13 +24,13 @@ from torch.utils.data import DataLoader
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import SequenceLoss, SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.models.config import FitConfig
+from fedseqrec.models.optim import adamw
 from fedseqrec.models.training import train_epoch
 from fedseqrec.privacy.accounting import calibrate_noise
 from fedseqrec.privacy.compat import dp_compatible
+from fedseqrec.privacy.config import PrivacyConfig
 from fedseqrec.privacy.ledger import LedgerRecord
-
-GHOST_SAFE = ("sasrec", "bert4rec")
-GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
 
 
 @dataclass(frozen=True)
@@ -43,21 +43,69 @@ class DPSettings:
     grad_sample_mode: str
     planned_rounds: int  # the whole run: the target ε is for every round a client could take part in
 
+    @classmethod
+    def of(cls, privacy: PrivacyConfig, delta: float, planned_rounds: int) -> DPSettings:
+        p = privacy
+        return cls(
+            p.noise_multiplier, p.epsilon, p.max_grad_norm, delta, p.accountant, p.grad_sample_mode, planned_rounds
+        )
 
-def grad_sample_mode_for(model_name: str, requested: str) -> str:
+
+def grad_sample_mode_for(model: SequentialRecommender, requested: str) -> str:
+    """``auto``: ghost clipping where the model allows it (see ``SequentialRecommender.ghost_clipping_safe``)."""
     if requested == "auto":
-        return "ghost" if model_name in GHOST_SAFE else "hooks"
-    if requested == "ghost" and model_name not in GHOST_SAFE:
+        return "ghost" if model.ghost_clipping_safe else "hooks"
+    if requested == "ghost" and not model.ghost_clipping_safe:
         raise UserError(
-            f"--grad-sample-mode ghost is not correct for {model_name}: its recurrent cell is called once per "
+            f"--grad-sample-mode ghost is not correct for {model.name}: its recurrent cell is called once per "
             "time step and Opacus' ghost clipping would see only one call; use hooks (or auto)"
         )
     return requested
 
 
-def default_delta(users: int) -> float:
-    """δ well below 1 / users: a mechanism that leaks one user's data entirely with probability δ is excluded."""
-    return min(1e-5, 0.1 / max(1, users))
+@dataclass
+class Private:
+    """What Opacus made private: hooks to remove afterwards, the DP optimizer, the loss (ghost clipping computes
+    it through its own criterion; None: the model's own) and the Poisson loader."""
+
+    hooks: object
+    optimizer: torch.optim.Optimizer
+    criterion: object | None
+    loader: DataLoader
+
+
+def make_private(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    mode: str,
+    label_smoothing: float,
+    poisson: bool = True,
+) -> Private:
+    """Opacus' ``make_private`` on our own module (its state-dict names stay ours), in ``mode``; ``poisson``:
+    batches drawn by Poisson sampling, as the accounting assumes (off only to time fixed batches)."""
+    from opacus import PrivacyEngine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # secure-RNG and accountant notices
+        made = PrivacyEngine(accountant="rdp").make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=poisson,
+            grad_sample_mode=mode,
+            wrap_model=False,  # hooks on our own module: its state-dict names stay ours
+            criterion=SequenceLoss(label_smoothing),
+        )
+    if mode == "ghost":
+        hooks, optimizer, criterion, loader = made
+        return Private(hooks, optimizer, criterion, loader)
+    (hooks, optimizer, loader), _ = made, None
+    return Private(hooks, optimizer, None, loader)
 
 
 def plan_round(
@@ -78,37 +126,20 @@ def train_privately(
     windows: TrainingWindows,
     plan: LedgerRecord,
     dp: DPSettings,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
+    fit: FitConfig,
     seed: int,
 ) -> tuple[float, int, float]:
     """Trains ``model`` in place under DP-SGD for ``plan.steps`` steps: (mean loss, steps, seconds)."""
     start = time.perf_counter()
-    mode = grad_sample_mode_for(model.name, dp.grad_sample_mode)
+    mode = grad_sample_mode_for(model, dp.grad_sample_mode)
     private = dp_compatible(model)  # a copy; GRU/LSTM swapped for Opacus' layers with the same weights
     private.train()
-    loader = DataLoader(windows, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.AdamW(private.parameters(), lr=lr, weight_decay=weight_decay)
-    from opacus import PrivacyEngine
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # secure-RNG and accountant notices
-        made = PrivacyEngine(accountant="rdp").make_private(
-            module=private,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode=mode,
-            wrap_model=False,  # hooks on our own module: its state-dict names stay ours
-            criterion=SequenceLoss(model.cfg.label_smoothing),
-        )
-    if mode == "ghost":
-        hooks, optimizer, criterion, loader = made
-    else:
-        (hooks, optimizer, loader), criterion = made, None
+    loader = DataLoader(windows, batch_size=fit.batch_size, generator=torch.Generator().manual_seed(seed))
+    optimizer = adamw(private.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+    made = make_private(
+        private, optimizer, loader, plan.noise_multiplier, dp.max_grad_norm, mode, model.cfg.label_smoothing
+    )
+    hooks, optimizer, criterion, loader = made.hooks, made.optimizer, made.criterion, made.loader
     losses, steps = [], 0
     try:
         while steps < plan.steps:

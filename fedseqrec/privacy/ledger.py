@@ -8,6 +8,7 @@ Of the two copies the longer one wins; two copies that disagree on the rounds th
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,3 +93,41 @@ def reconcile(from_state: PrivacyLedger | None, from_file: PrivacyLedger | None)
             "refusing to train rather than under-report ε"
         )
     return long
+
+
+# --- the ledger in a reply's metrics (client → server) ------------------------------------------------------------
+
+
+def ledger_metrics(ledger: PrivacyLedger) -> dict:
+    """What a reply carries so the server can report the client's ε and re-check it from the records."""
+    eps = ledger.epsilon()
+    return {
+        "epsilon": eps if math.isfinite(eps) else 1e308,
+        "delta": ledger.delta,
+        "budget": ledger.budget if ledger.budget is not None else -1.0,
+        "ledger-round": [r.round for r in ledger.records],
+        "ledger-noise": [float(r.noise_multiplier) for r in ledger.records],
+        "ledger-rate": [float(r.sample_rate) for r in ledger.records],
+        "ledger-steps": [int(r.steps) for r in ledger.records],
+    }
+
+
+def ledger_from_metrics(metrics, accountant: str) -> dict:
+    """The server's copy of a client's privacy state, from a reply's metrics (the inverse of ledger_metrics)."""
+    budget = float(metrics["budget"])
+    return {
+        "epsilon": float(metrics["epsilon"]),
+        "delta": float(metrics["delta"]),
+        "budget": None if budget < 0 else budget,
+        "accountant": accountant,
+        "ledger": [
+            {"round": int(r), "noise_multiplier": float(s), "sample_rate": float(q), "steps": int(n)}
+            for r, s, q, n in zip(
+                metrics["ledger-round"],
+                metrics["ledger-noise"],
+                metrics["ledger-rate"],
+                metrics["ledger-steps"],
+                strict=True,
+            )
+        ],
+    }

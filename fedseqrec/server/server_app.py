@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import time
 from logging import INFO
 from pathlib import Path
 
@@ -14,28 +13,27 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedseqrec.runconfig import FederationConfig
-from fedseqrec.server.federation import Federation, Progress, format_round
-from fedseqrec.server.rundir import RunFolder
-
-
-def default_run_folder(cfg: FederationConfig) -> Path:
-    return Path("runs") / f"{cfg.strategy}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.results.folder import RunFolder
+from fedseqrec.results.summary import format_round
+from fedseqrec.server.loop import Federation, Progress
+from fedseqrec.server.planning import default_run_folder
 
 
 def make_server_app(
-    cfg: FederationConfig | None = None, folder: RunFolder | None = None, progress: Progress | None = None
+    cfg: RunConfig | None = None, folder: RunFolder | None = None, progress: Progress | None = None
 ) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_cfg = cfg or FederationConfig.from_run_config(context.run_config)
+        run_cfg = cfg or RunConfig.from_run_config(context.run_config).with_horizon()
         run_cfg.validate()
         run_folder = folder or RunFolder.create(
             Path(run_cfg.out) if run_cfg.out else default_run_folder(run_cfg), run_cfg
         )
-        reporter = progress or Progress(on_round=lambda r: log(INFO, "%s", format_round(r, run_cfg.rounds)))
+        rounds = run_cfg.algorithm.rounds
+        reporter = progress or Progress(on_round=lambda r: log(INFO, "%s", format_round(r, rounds)))
         results = Federation(grid, run_cfg, run_folder, reporter).run()
         test = results["test"]
         reporter.on_message(

@@ -6,15 +6,13 @@ is good at: building the round's messages and aggregating the replies, weighted 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from fedseqrec.errors import UserError
-from fedseqrec.runconfig import STRATEGIES, FederationConfig
+from fedseqrec.federated.config import STRATEGIES, AlgorithmConfig
 
 # Strategy attributes that change from round to round (server optimiser moments, momentum, previous weights).
 STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "clipping_norm")
@@ -25,32 +23,25 @@ def _no_metric_averaging(records: list[RecordDict], weighting_key: str) -> Metri
     return MetricRecord()
 
 
-def build_strategy(cfg: FederationConfig) -> FedAvg:
-    # Every node the loop addresses takes part: the loop has already chosen them.
-    common = {
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": 0,
-        "min_evaluate_nodes": 0,
-        "min_available_nodes": 0,
-        "train_metrics_aggr_fn": _no_metric_averaging,
-        "evaluate_metrics_aggr_fn": _no_metric_averaging,
-    }
-    name = cfg.strategy
-    if cfg.central_dp is not None:
-        from fedseqrec.privacy.central import FixedDenominatorFedAvg, central_dp_strategy
+# Every node the loop addresses takes part: the loop has already chosen them.
+COMMON = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 1.0,
+    "min_train_nodes": 0,
+    "min_evaluate_nodes": 0,
+    "min_available_nodes": 0,
+    "train_metrics_aggr_fn": _no_metric_averaging,
+    "evaluate_metrics_aggr_fn": _no_metric_averaging,
+}
 
-        inner = FixedDenominatorFedAvg(expected_clients=cfg.clients_per_round, **common)
-        return central_dp_strategy(
-            cfg.central_dp,
-            cfg.central_clipping,
-            inner,
-            noise=cfg.central_noise,
-            clipping_norm=cfg.clipping_norm,
-            expected=cfg.clients_per_round,
-            target_quantile=cfg.target_quantile,
-            clip_lr=cfg.clip_lr,
-        )
+
+def build_strategy(cfg: AlgorithmConfig, client_lr: float, mechanism=None) -> FedAvg:
+    """The run's strategy by name; a privacy mechanism that brings its own (DP-FedAvg) replaces it."""
+    own = mechanism.strategy(COMMON) if mechanism is not None else None
+    if own is not None:
+        return own
+    common = COMMON
+    name = cfg.strategy
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedprox":
@@ -61,7 +52,7 @@ def build_strategy(cfg: FederationConfig) -> FedAvg:
     optimisers = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
     if name in optimisers:
         # eta_l is only reported by Flower's FedOpt; the clients' own learning rate is --lr.
-        options = {"eta": 1e-2 if cfg.server_lr is None else cfg.server_lr, "eta_l": cfg.lr, "tau": cfg.tau}
+        options = {"eta": 1e-2 if cfg.server_lr is None else cfg.server_lr, "eta_l": client_lr, "tau": cfg.tau}
         if name != "fedadagrad":
             options.update(beta_1=cfg.beta_1, beta_2=cfg.beta_2)
         return optimisers[name](**options, **common)
@@ -96,17 +87,3 @@ def restore_strategy_state(strategy: FedAvg, state: dict) -> None:
         else:
             restored = [v.numpy() for v in value]
         setattr(strategy, name, restored)
-
-
-class ChosenNodes:
-    """A view of the grid that offers only the nodes the loop chose, so a Flower strategy's ``configure_*``
-    (which samples from ``get_node_ids``) addresses exactly them."""
-
-    def __init__(self, grid, node_ids: Iterable[int]):
-        self._grid, self._ids = grid, list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._ids)
-
-    def __getattr__(self, name: str):
-        return getattr(self._grid, name)

@@ -1,1 +1,1 @@
-"""simulation — see README (filled in by its own issue)."""
+"""A whole federation on one machine through Flower's simulation engine (``engine.py``: ``fedseqrec simulate``)."""

@@ -20,6 +20,7 @@ PRV) composes ``rounds`` of them. Every user holds one client, so the guarantee 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
@@ -33,9 +34,8 @@ from flwr.serverapp.strategy import (
 )
 
 from fedseqrec.privacy.accounting import epsilon
-
-CENTRAL_DP = ("fixed", "adaptive")
-CLIPPING_SIDES = ("server", "client")
+from fedseqrec.privacy.config import DP_FEDAVG, default_delta
+from fedseqrec.privacy.mechanism import BudgetExhausted, PrivacyMechanism
 
 
 class FixedDenominatorFedAvg(FedAvg):
@@ -107,11 +107,6 @@ def central_dp_strategy(
     )
 
 
-def noise_only_release(strategy, arrays: ArrayRecord) -> ArrayRecord:
-    """A round that sampled nobody still releases the mechanism's noise (as the accounting assumes)."""
-    return strategy._add_noise_to_aggregated_arrays(arrays)
-
-
 def poisson_clients(available: list[int], rate: float, rng: np.random.Generator | None = None) -> list[int]:
     """Each client independently with probability ``rate``. The privacy amplification by sampling holds only if
     nobody can predict the sample: by default the generator is seeded from the OS, never from --seed."""
@@ -136,36 +131,70 @@ class CentralAccountant:
         return epsilon([(self.noise, self.rate, n)], self.delta, self.accountant)
 
 
-class CentralTracker:
-    """The server's privacy record under DP-FedAvg: one ε for every client (each round is one release that
-    covers every user), in the layout of :class:`fedseqrec.privacy.tracker.PrivacyTracker` for the reports."""
+class DPFedAvg(PrivacyMechanism):
+    """DP-FedAvg on the server: Poisson client sampling, Flower's DP wrapper around a fixed-denominator FedAvg,
+    and one Poisson-subsampled Gaussian release per round, composed: one ε for every client (each round is one
+    release that covers every user)."""
 
+    name = DP_FEDAVG
     mechanism = (
         "DP-FedAvg (central DP): Poisson client sampling, each update clipped to the clipping norm, the sum divided "
         "by the expected number of clients, Gaussian noise added by the server (Flower's DP strategy wrapper); one "
         "Poisson-subsampled Gaussian release per round, composed over the rounds"
     )
 
-    def __init__(self, accountant: CentralAccountant, budget: float | None, partition: str, clients: list[int]):
-        self.accountant, self.budget, self.clients = accountant, budget, sorted(clients)
+    def __init__(self, privacy, run):
+        super().__init__(privacy, run)
+        self.clients: list[int] = []
         self.history: list[dict] = []
-        unit = "user-level" if partition == "per-user" else "client-level (all the data of one client)"
+        self.accountant: CentralAccountant | None = None  # once the number of clients is known
+        unit = "user-level" if run.partition == "per-user" else "client-level (all the data of one client)"
         self.privacy_unit = f"{unit}: adding or removing one client's whole update, each client sampled with rate q"
 
-    def allows_another_round(self) -> bool:
-        return self.budget is None or self.accountant.epsilon(self.accountant.rounds + 1) <= self.budget
+    def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
+        self.clients = list(range(n_clients))
+        p = self.privacy
+        delta = p.delta if p.delta is not None else default_delta(n_clients)
+        self.accountant = CentralAccountant(
+            p.central_noise, self.run.clients_per_round / n_clients, delta, p.accountant
+        )
+        if saved:
+            self.history = [h for h in json.loads(saved)["history"] if h["round"] <= last_round]
+        self.accountant.rounds = len(self.history)
+
+    def strategy(self, common: dict):
+        p = self.privacy
+        inner = FixedDenominatorFedAvg(expected_clients=self.run.clients_per_round, **common)
+        return central_dp_strategy(
+            p.central_dp, p.central_clipping, inner, noise=p.central_noise, clipping_norm=p.clipping_norm,
+            expected=self.run.clients_per_round, target_quantile=p.target_quantile, clip_lr=p.clip_lr,
+        )  # fmt: skip
+
+    def choose(self, available: list[int], server_round: int, sample) -> list[int]:
+        budget, accountant = self.privacy.budget, self.accountant
+        if budget is not None and accountant.epsilon(accountant.rounds + 1) > budget:
+            raise BudgetExhausted(
+                f"privacy budget exhausted: another round would take ε above the budget {budget:g} "
+                f"(now {accountant.epsilon():.3f})"
+            )
+        return poisson_clients(available, accountant.rate)
 
     def observe(self, server_round: int, replies: list) -> dict:
         eps = self.accountant.add_round()
         self.history.append({"round": server_round, "max_epsilon": eps, "epsilons": {}})
         return {"epsilon_max": eps, "declined": []}
 
+    def min_updates(self, chosen: int) -> int:
+        return min(self.run.min_clients, chosen)  # Poisson sampling may choose fewer than --min-clients
+
+    def release_without_updates(self, strategy, arrays: ArrayRecord) -> ArrayRecord:
+        """A round that sampled nobody (or nobody with data) still releases the noise, as the accounting assumes."""
+        return strategy._add_noise_to_aggregated_arrays(arrays)
+
     def max_epsilon(self) -> float:
         return self.accountant.epsilon()
 
-    def to_json(self) -> str:
-        import json
-
+    def state(self) -> str:
         a = self.accountant
         record = {"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}
         eps = self.max_epsilon()
@@ -173,8 +202,8 @@ class CentralTracker:
             "epsilon": eps,
             "epsilon_checked": eps,
             "delta": a.delta,
-            "budget": self.budget,
-            "accountant": a.accountant,
+            "budget": self.privacy.budget,
+            "accountant": self.privacy.accountant,
             "status": "active",
             "ledger": [record] if a.rounds else [],
         }
@@ -188,23 +217,5 @@ class CentralTracker:
             }
         )
 
-    def restore(self, text: str, last_round: int) -> None:
-        import json
-
-        self.history = [h for h in json.loads(text)["history"] if h["round"] <= last_round]
-        self.accountant.rounds = len(self.history)
-
-
-def central_clipping_mod(msg: Message, context, call_next) -> Message:
-    """Client side of DP-FedAvg with client-side clipping: Flower's ``fixedclipping_mod`` or
-    ``adaptiveclipping_mod`` when the run asks for them, and nothing otherwise."""
-    from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
-
-    config = msg.content.config_records.get("config")
-    if msg.metadata.message_type != "train" or config is None or config.get("central-clipping") != "client":
-        return call_next(msg, context)
-    if config.get("central-dp") == "fixed":
-        return fixedclipping_mod(msg, context, call_next)
-    if config.get("central-dp") == "adaptive":
-        return adaptiveclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
+    def summary(self) -> dict:
+        return {"max_epsilon": self.max_epsilon(), "accountant": self.privacy.accountant, "mechanism": self.name}

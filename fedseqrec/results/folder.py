@@ -17,7 +17,7 @@ import torch
 
 from fedseqrec import __version__
 from fedseqrec.errors import UserError
-from fedseqrec.runconfig import FederationConfig
+from fedseqrec.federated.config import RunConfig
 
 STATE = "state.pt"
 CONFIG = "config.json"
@@ -30,15 +30,38 @@ def _atomic_write(path: Path, write) -> None:
     tmp.replace(path)
 
 
+def _what_is_there(path: Path) -> str:
+    """What a folder without a resumable run holds, in words."""
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError):
+        return "not a fedseqrec run folder (a run folder holds config.json and state.pt after its first round)"
+    if not isinstance(config, dict) or "run_config" not in config:
+        return "holds the results of `fedseqrec train` (a centralized model), not a federated run"
+    return "holds a federated run that completed no round (no state.pt)"
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    @classmethod
-    def create(cls, path: Path, cfg: FederationConfig) -> RunFolder:
+    @staticmethod
+    def check_new(path: Path) -> None:
+        """Refuse an ``--out`` that cannot hold a new run, saying what is there instead."""
         path = Path(path)
-        if (path / CONFIG).exists() or (path / STATE).exists():
-            raise UserError(f"{path}: already holds a run; continue it with --resume {path} or choose another --out")
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path}: is a file, not a folder; choose a folder for the run")
+        if (path / STATE).is_file():
+            raise UserError(
+                f"--out {path}: already holds a run; continue it with --resume {path} or choose another --out"
+            )
+        if (path / CONFIG).exists():
+            raise UserError(f"--out {path}: {_what_is_there(path)}; choose another --out")
+
+    @classmethod
+    def create(cls, path: Path, cfg: RunConfig) -> RunFolder:
+        path = Path(path)
+        cls.check_new(path)
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path)
         folder.write_json(CONFIG, {"fedseqrec": __version__, "run_config": cfg.to_run_config()})
@@ -51,22 +74,18 @@ class RunFolder:
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"--resume {path}: no such folder")
-        missing = [name for name in (CONFIG, STATE) if not (path / name).is_file()]
-        if missing:
-            raise UserError(
-                f"--resume {path}: not a fedseqrec run folder (no {' or '.join(missing)}; a run folder holds "
-                "config.json and state.pt after its first round)"
-            )
+        if not (path / STATE).is_file():
+            raise UserError(f"--resume {path}: {_what_is_there(path)}; nothing to resume")
         return cls(path)
 
-    def config(self) -> FederationConfig:
+    def config(self) -> RunConfig:
         try:
             values = json.loads((self.path / CONFIG).read_text())["run_config"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f"{self.path / CONFIG}: unreadable run config ({err})") from err
-        return FederationConfig.from_run_config(values)
+        return RunConfig.from_run_config(values)
 
-    def write_config(self, cfg: FederationConfig) -> None:
+    def write_config(self, cfg: RunConfig) -> None:
         self.write_json(CONFIG, {"fedseqrec": __version__, "run_config": cfg.to_run_config()})
 
     def write_json(self, name: str, value) -> None:

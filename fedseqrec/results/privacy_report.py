@@ -8,18 +8,9 @@ import math
 from pathlib import Path
 
 from fedseqrec.errors import UserError
-from fedseqrec.server.rundir import RunFolder
+from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING
+from fedseqrec.results.folder import RunFolder
 
-MECHANISM = (
-    "DP-SGD (Opacus) at every client: each user's gradient clipped to max-grad-norm, Gaussian noise of "
-    "noise-multiplier x max-grad-norm added to each batch's sum, batches drawn by Poisson sampling; every step of "
-    "every round a client trained in is composed in that client's ledger (Poisson-subsampled Gaussian mechanism)"
-)
-PRIVACY_UNIT = (
-    "user-level, per client: one training example is one user's whole behaviour sequence (the most recent "
-    "max-len + 1 events of each window), so each client's (ε, δ) covers adding or removing one of its users "
-    "with all of their events"
-)
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
     "guarantees separately, and their total privacy loss is bounded only by composition — up to the sum of those "
@@ -69,9 +60,7 @@ def build_privacy_report(folder: Path) -> dict:
     return {
         "mechanism": privacy.get("mechanism", MECHANISM),
         "privacy_unit": privacy.get("privacy_unit", PRIVACY_UNIT),
-        "client_sampling": privacy.get(
-            "sampling", "every client in every round it is chosen for (DP-SGD is per client)"
-        ),
+        "client_sampling": privacy.get("sampling", SAMPLING),
         "users_in_several_clients": OVERLAP,
         "accountant": config.get("accountant"),
         "max_grad_norm": config.get("max-grad-norm"),
@@ -86,10 +75,16 @@ def build_privacy_report(folder: Path) -> dict:
         "test": metrics.get("test"),
         "clients": clients,
         "history": privacy["history"],
-        "utility": [
-            {"round": r["round"], "NDCG@10": r["valid"]["NDCG@10"]} for r in RunFolder(folder).rounds() if "valid" in r
-        ],
+        "utility": _utility(RunFolder(folder)),
+        "popularity": (metrics.get("popularity") or {}).get("valid", {}).get("NDCG@10"),
+        "notes": metrics.get("notes", []),
     }
+
+
+def _utility(folder: RunFolder) -> list[dict]:
+    if not (folder.path / "config.json").is_file():
+        raise UserError(f"{folder.path}: not a fedseqrec run folder (no config.json)")
+    return [{"round": r["round"], "NDCG@10": r["valid"]["NDCG@10"]} for r in folder.rounds() if "valid" in r]
 
 
 def _fmt(value) -> str:
@@ -123,6 +118,7 @@ def report_markdown(report: dict) -> str:
             f"{c['rounds_trained']} | {', '.join(_fmt(n) for n in noises)} | {', '.join(_fmt(q) for q in rates)} "
             f"| {steps} |"
         )
+    lines += [""] + [f"**{note}**" for note in report.get("notes", [])]
     lines += ["", "Plots: `epsilon_per_round.png`, `ndcg_per_round.png`.", ""]
     return "\n".join(lines)
 
@@ -136,44 +132,82 @@ def _pyplot():
     return plt
 
 
-def plot_rounds(report: dict, folder: Path) -> None:
+def _same_series(history: list[dict], clients: list[str]) -> list[tuple[list[str], list[float]]]:
+    """Clients grouped by identical ε curves: curves that coincide are drawn (and listed) once."""
+    groups: dict[tuple, list[str]] = {}
+    for client in clients:
+        groups.setdefault(tuple(h["epsilons"].get(client, 0.0) for h in history), []).append(client)
+    return [(members, list(series)) for series, members in groups.items()]
+
+
+def _clients_label(members: list[str], total: int) -> str:
+    if len(members) == total:
+        return f"every client ({total})"
+    shown = ", ".join(members[:4]) + (f", … ({len(members)})" if len(members) > 4 else "")
+    return f"client{'s' if len(members) > 1 else ''} {shown}"
+
+
+def plot_epsilon(report: dict, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     history = report["history"]
     rounds = [h["round"] for h in history]
     clients = sorted({c for h in history for c in h["epsilons"]}, key=int)
-    if len(clients) <= 20:
-        for client in clients:
-            ax.plot(
-                rounds, [h["epsilons"].get(client, 0.0) for h in history], lw=0.8, alpha=0.6, label=f"client {client}"
-            )
-    ax.plot(rounds, [h["max_epsilon"] for h in history], color="black", lw=2, label="largest ε")
+    groups = _same_series(history, clients)
+    if 1 < len(groups) <= 10:
+        for members, series in groups:
+            ax.plot(rounds, series, lw=0.9, alpha=0.7, label=_clients_label(members, len(clients)))
+    largest = "largest ε" if len(groups) != 1 else _clients_label(groups[0][0], len(clients))
+    ax.plot(rounds, [h["max_epsilon"] for h in history], color="black", lw=2, marker="o", ms=3, label=largest)
     if report["budget"]:
         ax.axhline(float(report["budget"]), color="red", ls="--", lw=1, label="budget")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("round")
     ax.set_ylabel(f"ε (δ ≤ {_fmt(report['delta'])})")
     ax.set_title("privacy spent per round")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "epsilon_per_round.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) -> None:
+    """Validation NDCG@10 per round from zero up, with the popularity baseline and a run without DP if given."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     utility = report["utility"]
-    ax.plot([u["round"] for u in utility], [u["NDCG@10"] for u in utility], marker="o", ms=3)
+    values = [u["NDCG@10"] for u in utility]
+    ax.plot([u["round"] for u in utility], values, marker="o", ms=3, label="this run (private)")
+    if reference:
+        ax.plot([u["round"] for u in reference], [u["NDCG@10"] for u in reference], color="grey", label="without DP")
+        values += [u["NDCG@10"] for u in reference]
+    if report.get("popularity") is not None:
+        ax.axhline(report["popularity"], color="orange", ls="--", lw=1, label="most popular items")
+        values.append(report["popularity"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(values, default=0.0) * 1.15 or 1.0)  # from zero: noise must not look like a trend
     ax.set_xlabel("round")
     ax.set_ylabel("validation NDCG@10")
     ax.set_title("utility per round")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "ndcg_per_round.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_privacy_report(folder: Path) -> dict:
+def write_privacy_report(folder: Path, reference: Path | None = None) -> dict:
+    """``reference``: the run folder of the same federation without DP, drawn beside this run's utility."""
     folder = Path(folder)
     report = build_privacy_report(folder)
     (folder / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "privacy_report.md").write_text(report_markdown(report))
-    plot_rounds(report, folder)
+    plot_epsilon(report, folder / "epsilon_per_round.png")
+    plot_utility(report, folder / "ndcg_per_round.png", _utility(RunFolder(reference)) if reference else None)
     return report
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from fedseqrec.cli import main
+
+sys.exit(main())

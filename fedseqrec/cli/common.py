@@ -1,0 +1,79 @@
+"""What every subcommand shares: the help formatter, ``--debug``, registering a command, and turning parsed flags
+into the typed configs the commands run with (the flags themselves come from the option declarations)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Callable, Sequence
+
+from fedseqrec.data.dataset import PARTITION, DataConfig
+from fedseqrec.models.config import ModelConfig
+from fedseqrec.options import add_options, declared, from_args
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, except where the help text already explains it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or hidden or not action.option_strings or action.default is True:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def debug_option(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On subcommands the default is suppressed so `fedseqrec --debug data stats` is not reset by the subparser.
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show the full traceback on errors",
+    )
+
+
+def add_command(commands: argparse._SubParsersAction, name: str, handler: Handler | str) -> argparse.ArgumentParser:
+    """A subcommand whose help is its handler's docstring (first line: the summary; the rest: the description),
+    or, for a group of subcommands, that text itself."""
+    text = handler if isinstance(handler, str) else inspect.getdoc(handler)
+    summary, _, description = text.partition("\n\n")
+    parser = commands.add_parser(
+        name, help=summary, description=" ".join(description.split()) or summary, formatter_class=Formatter
+    )
+    debug_option(parser, top=False)
+    if not isinstance(handler, str):
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, truncate: bool, partition: bool | str) -> None:
+    """``--data`` and friends: which log to read, how to clean it, how to split it (and partition it).
+
+    ``truncate``: offer ``--max-len`` to cut the data itself (training commands use it for the model's window);
+    ``partition``: offer the partition options (a scheme name: with it as the default)."""
+    exclude = [name for name, offered in (("max_len", truncate), (PARTITION, partition)) if not offered]
+    defaults = DataConfig(partition=partition) if isinstance(partition, str) else DataConfig()
+    add_options(parser, defaults, exclude=exclude)
+
+
+def data_config(args: argparse.Namespace, truncate: bool = True) -> DataConfig:
+    return from_args(DataConfig(), args, exclude=() if truncate else ("max_len",))
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return from_args(ModelConfig(), args)
+
+
+def unset_defaults(parser: argparse.ArgumentParser, config, names: Sequence[str] | None = None, absent=None) -> None:
+    """Flags whose absence a command must tell from their default (``--rounds`` on ``--resume``): parsed as
+    ``absent`` (None, or ``argparse.SUPPRESS`` to leave them out of the namespace); their help still names the
+    declared default. ``names``: field names (default: every option of ``config``)."""
+    defaults = {d.dest: d.default for d in declared(config) if names is None or d.name in names}
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.default = absent
+            if defaults[action.dest] not in (None, False, True):
+                action.help = f"{action.help} (default: {defaults[action.dest]})"

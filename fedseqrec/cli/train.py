@@ -1,0 +1,151 @@
+"""``fedseqrec train`` (centralized training, the baseline of every federated run) and ``fedseqrec evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fedseqrec.centralized import TrainConfig, train_centralized
+from fedseqrec.cli.common import add_command, add_data_options, data_config, model_config, unset_defaults
+from fedseqrec.data.cleaning import cleaning_summary
+from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
+from fedseqrec.errors import UserError
+from fedseqrec.evaluation.config import EvaluationConfig
+from fedseqrec.evaluation.evaluator import evaluate
+from fedseqrec.models.checkpoint import load_checkpoint
+from fedseqrec.models.config import ModelConfig
+from fedseqrec.options import add_options, from_args
+
+METRICS = ("NDCG@10", "HR@10", "MRR@10", "NDCG@20", "HR@20")
+
+
+class EpochPrinter:
+    """Progress of ``train``: a bar on a terminal, one plain line per epoch in a log."""
+
+    def __init__(self, model: str, stream=None):
+        stream = stream or sys.stderr
+        self.model, self.stream, self.bar = model, stream, None
+        if stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc=f"train {model}", unit="epoch", file=stream)
+
+    def __call__(self, record: dict) -> None:
+        valid = record.get("valid", {}).get("NDCG@10")
+        best = record["best"]
+        if self.bar is not None:
+            self.bar.total = record["epochs"]
+            self.bar.update(1)
+            shown = {"loss": f"{record['loss']:.3f}", "best": f"{best['score']:.4f}"}
+            if valid is not None:
+                shown["ndcg10"] = f"{valid:.4f}"
+            self.bar.set_postfix(shown)
+            return
+        line = f"epoch {record['epoch']:>3}/{record['epochs']}  loss {record['loss']:.4f}"
+        if valid is not None:
+            line += f"  valid NDCG@10 {valid:.4f} (best {best['score']:.4f}, epoch {best['epoch']})"
+        print(f"{line}  {record['train_seconds']:.1f} s", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def say_cleaning(ds: Dataset) -> None:
+    summary = cleaning_summary(ds.cleaning)
+    if summary:
+        print(f"cleaning: {summary}", file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """centralized training (the baseline for federated runs)
+
+    Train a sequence recommender on all users at once: AdamW, early stopping on validation NDCG@10, best weights
+    in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation and test metrics in
+    --out/metrics.json. Progress: a bar on a terminal, a line per epoch otherwise.
+    """
+    model = model_config(args)
+    out = Path(args.out or f"runs/train-{model.name}")
+    printer = EpochPrinter(model.name)
+    try:
+        results = train_centralized(
+            data_config(args, truncate=False), model, from_args(TrainConfig(), args), out, printer, say_cleaning
+        )
+    finally:
+        printer.close()
+    test, valid = results["test"], results["valid"]
+    if results.get("stopped"):
+        print(f"stopped: {results['stopped']}")
+    print(
+        f"{model.name}: test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
+        f"  (valid NDCG@10 {valid['NDCG@10']:.4f}; {results['params']:,} parameters, "
+        f"{results['train_seconds']:.1f} s training)"
+    )
+    print(f"results in {out.resolve()}")
+    return 0
+
+
+def checkpoint_data(folder: Path, args: argparse.Namespace) -> DataConfig:
+    """The data a checkpoint was trained on (its ``config.json``), with the flags given on the command line."""
+    if not folder.is_dir():
+        raise UserError(f"--checkpoint {folder}: no such folder (give the folder `fedseqrec train --out` wrote)")
+    recorded = DataConfig()
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            values = json.loads(config.read_text())
+            recorded = DataConfig.from_dict(values.get("data") or values.get("run_config") or {})
+        except (ValueError, TypeError, AttributeError) as err:
+            raise UserError(f"{config}: unreadable ({err})") from err
+    return from_args(recorded, args, exclude=("max_len",))
+
+
+def results_table(results: dict) -> str:
+    lines = ["| split | " + " | ".join(METRICS) + " |", "|---" + "|---:" * len(METRICS) + "|"]
+    for which in ("valid", "test"):
+        lines.append(f"| {which} | " + " | ".join(f"{results[which][m]:.4f}" for m in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """evaluate a saved model
+
+    Validation and test metrics of a checkpoint folder written by `fedseqrec train`, on the data recorded in its
+    config.json (or on --data, which must have the item vocabulary the model was trained on).
+    """
+    folder = Path(args.checkpoint)
+    data = checkpoint_data(folder, args)
+    ds = load_dataset(data)
+    name, model = load_checkpoint(folder, ds.sequences)
+    protocol = getattr(args, "protocol", "full")
+    options = {"max_len": model.cfg.max_len, "protocol": protocol}
+    results = {
+        "model": name,
+        "protocol": protocol,
+        "data": data.data,
+        "valid": evaluate(model, ds.sequences, ds.split, "valid", **options),
+        "test": evaluate(model, ds.sequences, ds.split, "test", **options),
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{name} from {folder.resolve()} on {data.data} ({protocol} ranking, {ds.split.n_test} test targets)")
+    print(results_table(results))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    train = add_command(commands, "train", cmd_train)
+    add_data_options(train, truncate=False, partition=False)
+    add_options(train, ModelConfig())
+    add_options(train, TrainConfig())
+    train.add_argument("--out", default=None, metavar="DIR", help="results folder (default: runs/train-MODEL)")
+
+    evaluation = add_command(commands, "evaluate", cmd_evaluate)
+    add_data_options(evaluation, truncate=False, partition=False)
+    unset_defaults(evaluation, DataConfig(), absent=argparse.SUPPRESS)
+    evaluation.add_argument("--checkpoint", required=True, metavar="DIR", help="folder holding model.pt and model.json")
+    add_options(evaluation, EvaluationConfig(), exclude=("eval_every",))
+    evaluation.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

@@ -1,0 +1,148 @@
+"""The configuration of a federated run, in sections — ``data``, ``model``, ``fit`` (local training at each client),
+``algorithm`` (strategy and rounds), ``evaluation`` and ``privacy`` — shared by the ServerApp, the ClientApp and
+the CLI.
+
+Flower's run config is flat: each option's key is its flag without the dashes (``[tool.flwr.app.config]`` in
+``pyproject.toml`` is generated from these declarations and a test keeps the two equal), so ``flwr run .`` and
+``fedseqrec simulate`` agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from fedseqrec.data.dataset import DataConfig
+from fedseqrec.errors import UserError
+from fedseqrec.evaluation.config import EVALUATION, EvaluationConfig
+from fedseqrec.models.config import FIT, TRAINABLE_MODELS, FitConfig, ModelConfig
+from fedseqrec.models.registry import model_class
+from fedseqrec.options import (
+    check,
+    flatten,
+    non_negative,
+    option,
+    positive,
+    positive_int,
+    section,
+    unflatten,
+    with_values,
+    within,
+)
+from fedseqrec.privacy.config import PrivacyConfig
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+EVALUATIONS = ("centralized", "federated", "both")
+FEDERATION = "federation"
+
+
+@dataclass
+class LocalTrainingConfig(FitConfig):
+    """A client's training in one round: epochs (or steps) over its own users."""
+
+    local_epochs: int = option(1, "passes over the client's users per round", check=positive_int, group=FIT)
+    local_steps: int | None = option(None, "steps per round instead of --local-epochs", check=positive_int, group=FIT)
+
+
+@dataclass
+class AlgorithmConfig:
+    strategy: str = option("fedavg", "aggregation strategy", choices=STRATEGIES, group=FEDERATION)
+    rounds: int = option(20, "federated rounds", check=positive_int, group=FEDERATION)
+    clients_per_round: int | None = option(
+        None, "clients sampled per round (default: all)", check=positive_int, group=FEDERATION
+    )
+    # Fewer successful replies than this ends the run (it stays resumable).
+    min_clients: int = option(
+        1, "fewer successful clients in a round stops the run", check=positive_int, group=FEDERATION
+    )
+    round_timeout: float | None = option(
+        None, "seconds to wait for replies (default: no limit)", check=positive, group=FEDERATION
+    )
+    proximal_mu: float = option(0.01, "fedprox: weight of the proximal term", check=non_negative, group=FEDERATION)
+    server_lr: float | None = option(
+        None,
+        "server learning rate: eta of fedadam/fedyogi/fedadagrad (default 0.01), fedavgm (default 1.0)",
+        check=positive,
+        group=FEDERATION,
+    )
+    server_momentum: float = option(0.9, "fedavgm: server momentum", check=within(0, 1), group=FEDERATION)
+    beta_1: float = option(0.9, "fedadam/fedyogi: first-moment decay", check=within(0, 1), group=FEDERATION)
+    beta_2: float = option(0.99, "fedadam/fedyogi: second-moment decay", check=within(0, 1), group=FEDERATION)
+    tau: float = option(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity", check=positive, group=FEDERATION)
+
+
+@dataclass
+class FederatedEvaluationConfig(EvaluationConfig):
+    mode: str = option(
+        "centralized",
+        "centralized (server holds every user's held-out events) or federated (clients evaluate their own)",
+        choices=EVALUATIONS,
+        key="evaluation",
+        group=EVALUATION,
+    )
+    fraction_evaluate: float = option(
+        1.0, "federated: share of clients asked", check=within(0, 1, low_open=True, high_open=False), group=EVALUATION
+    )
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = section(lambda: DataConfig(partition="iid"))
+    model: ModelConfig = section(ModelConfig)
+    fit: LocalTrainingConfig = section(LocalTrainingConfig)
+    algorithm: AlgorithmConfig = section(AlgorithmConfig)
+    evaluation: FederatedEvaluationConfig = section(FederatedEvaluationConfig)
+    privacy: PrivacyConfig = section(PrivacyConfig)
+    out: str | None = option(None, "run folder (default: runs/STRATEGY-MODEL-TIME)", metavar="DIR", group="run")
+
+    @classmethod
+    def of(cls, **values) -> RunConfig:
+        """A run config with options set by name (``RunConfig.of(clients=3, lr=0.01)``)."""
+        return with_values(cls(), values)
+
+    def replace(self, **values) -> RunConfig:
+        """A copy with options set by name (nested sections copied)."""
+        return with_values(self, values)
+
+    @classmethod
+    def from_run_config(cls, values: Mapping) -> RunConfig:
+        """From Flower's run config (hyphenated keys, ``""`` for unset); unknown keys are refused."""
+        return unflatten(cls, values)
+
+    def to_run_config(self) -> dict:
+        return flatten(self)
+
+    def validate(self) -> None:
+        """Everything that can be checked without the data (the data's own checks come when it is loaded)."""
+        check(self)
+        self.model.check_options()
+        algorithm = self.algorithm
+        if self.model.name not in TRAINABLE_MODELS:
+            raise UserError(
+                f"model {self.model.name!r} cannot be trained federated; expected one of {', '.join(TRAINABLE_MODELS)}"
+            )
+        clients = self.data.clients
+        if algorithm.clients_per_round is not None and clients is not None and algorithm.clients_per_round > clients:
+            raise UserError(f"--clients-per-round {algorithm.clients_per_round} is more than --clients {clients}")
+        if algorithm.clients_per_round is not None and algorithm.min_clients > algorithm.clients_per_round:
+            raise UserError(
+                f"--min-clients {algorithm.min_clients} is more than --clients-per-round {algorithm.clients_per_round}"
+            )
+        if clients is not None and algorithm.min_clients > clients:
+            raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
+        self.privacy.validate(
+            algorithm.strategy, algorithm.clients_per_round, self.model.name, self._ghost_safe, self.model.loss
+        )
+
+    def _ghost_safe(self) -> bool:
+        return model_class(self.model.name).ghost_clipping_safe
+
+    def planned_horizon(self) -> int:
+        """The rounds an ``--epsilon`` target is calibrated for: recorded when the run starts, kept on resume."""
+        return self.privacy.horizon if self.privacy.horizon is not None else self.algorithm.rounds
+
+    def with_horizon(self) -> RunConfig:
+        """This config with the DP horizon fixed (an --epsilon run records it in its run folder)."""
+        if self.privacy.epsilon is None or self.privacy.horizon is not None:
+            return self
+        return replace(self, privacy=replace(self.privacy, horizon=self.algorithm.rounds))

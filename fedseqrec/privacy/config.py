@@ -1,0 +1,137 @@
+"""The privacy options of a federated run, and the choice of mechanism they make (importable without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from fedseqrec.errors import UserError
+from fedseqrec.options import check, option, positive, positive_int, within
+
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
+CENTRAL_DP = ("fixed", "adaptive")
+CLIPPING_SIDES = ("server", "client")
+DPSGD = "differential privacy (DP-SGD at each client; the privacy unit is one user)"
+CENTRAL = "central differential privacy (DP-FedAvg; one user per client: --partition per-user)"
+
+# The mechanisms a run can use, by the name the server-side registry knows them by.
+NO_DP, LOCAL_DPSGD, DP_FEDAVG = "none", "local-dp-sgd", "dp-fedavg"
+
+
+def default_delta(users: int) -> float:
+    """δ well below 1 / users: a mechanism that leaks one user's data entirely with probability δ is excluded."""
+    return min(1e-5, 0.1 / max(1, users))
+
+
+def check_delta(delta: float, users: int, who: str) -> None:
+    if users and delta >= 1.0 / users:
+        raise UserError(
+            f"--delta {delta} is not below 1 / {users} (the users of {who}): such a δ allows leaking a whole "
+            "user's data; choose a smaller one"
+        )
+
+
+@dataclass
+class PrivacyConfig:
+    dp: bool = option(
+        False, "train every client with DP-SGD (implied by --epsilon and --noise-multiplier)", group=DPSGD
+    )
+    noise_multiplier: float | None = option(None, "noise multiplier σ instead of --epsilon", group=DPSGD)
+    epsilon: float | None = option(
+        None, "target ε per client for the whole run: the noise is calibrated", check=positive, group=DPSGD
+    )
+    horizon: int | None = option(
+        None,
+        "rounds the --epsilon target is calibrated for (default: --rounds); recorded in the run and kept on resume",
+        check=positive_int,
+        group=DPSGD,
+    )
+    max_grad_norm: float = option(1.0, "per-user gradient clipping norm", check=positive, group=DPSGD)
+    delta: float | None = option(
+        None, "δ (default: min(1e-5, 0.1 / users in the client))", check=within(0, 1, low_open=True), group=DPSGD
+    )
+    budget: float | None = option(
+        None, "ε a client may spend; it declines rounds beyond (default: --epsilon)", check=positive, group=DPSGD
+    )
+    accountant: str = option("rdp", "Opacus accountant for ε", choices=ACCOUNTANTS, group=DPSGD)
+    grad_sample_mode: str = option(
+        "auto",
+        "Opacus per-sample gradients: auto = ghost clipping for the Transformers, hooks for the recurrent models",
+        choices=GRAD_SAMPLE_MODES,
+        group=DPSGD,
+    )
+    central_dp: str | None = option(None, "clip client updates, noise the sum", choices=CENTRAL_DP, group=CENTRAL)
+    central_noise: float | None = option(None, "noise multiplier z of the aggregate", group=CENTRAL)
+    clipping_norm: float = option(1.0, "update norm (adaptive: initial)", check=positive, group=CENTRAL)
+    central_clipping: str = option("server", "where updates are clipped", choices=CLIPPING_SIDES, group=CENTRAL)
+    target_quantile: float = option(0.5, "adaptive: unclipped share", check=within(0, 1, low_open=True), group=CENTRAL)
+    clip_lr: float = option(0.2, "adaptive: clipping norm learning rate", check=positive, group=CENTRAL)
+
+    @property
+    def mechanism(self) -> str:
+        if self.dp:
+            return LOCAL_DPSGD
+        return DP_FEDAVG if self.central_dp is not None else NO_DP
+
+    @property
+    def private(self) -> bool:
+        return self.mechanism != NO_DP
+
+    def budget_or_target(self) -> float | None:
+        return self.budget if self.budget is not None else self.epsilon
+
+    def implied(self) -> PrivacyConfig:
+        """``--epsilon`` or ``--noise-multiplier`` alone ask for DP-SGD."""
+        return replace(self, dp=self.dp or self.epsilon is not None or self.noise_multiplier is not None)
+
+    def validate(self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str) -> None:
+        """``ghost_safe``: a callable telling whether ``model`` may use ghost clipping (it imports the model)."""
+        check(self)
+        if self.central_dp is not None:
+            self._validate_dp_fedavg(strategy, clients_per_round)
+            return
+        if self.central_noise is not None:
+            raise UserError("--central-noise needs --central-dp fixed or adaptive")
+        given = [
+            n for n in ("noise_multiplier", "epsilon", "delta", "budget", "horizon") if getattr(self, n) is not None
+        ]
+        if not self.dp:
+            if given:
+                raise UserError(f"--{given[0].replace('_', '-')} needs --dp (differentially private training)")
+            return
+        if (self.noise_multiplier is None) == (self.epsilon is None):
+            raise UserError("--dp needs exactly one of --noise-multiplier and --epsilon (a target for the whole run)")
+        if self.noise_multiplier is not None and positive(self.noise_multiplier):
+            raise UserError(f"--noise-multiplier must be a positive number, got {self.noise_multiplier}")
+        if self.horizon is not None and self.epsilon is None:
+            raise UserError("--horizon is the number of rounds an --epsilon target is calibrated for: give --epsilon")
+        if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
+            raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
+        if strategy == "fedprox":
+            raise UserError("fedprox's proximal term is not supported with --dp yet: use fedavg, fedadam or fedavgm")
+        if self.grad_sample_mode == "ghost" and not ghost_safe():
+            raise UserError(
+                f"--grad-sample-mode ghost is not correct for {model}: its recurrent cell is called once per time "
+                "step and Opacus' ghost clipping would see only one call; use hooks (or auto)"
+            )
+        if loss == "sampled":
+            raise UserError("the sampled loss is not supported with --dp: use --loss ce")
+
+    def _validate_dp_fedavg(self, strategy: str, clients_per_round: int | None) -> None:
+        if self.dp:
+            raise UserError("choose one mechanism: --dp (DP-SGD at the clients) or --central-dp (DP-FedAvg)")
+        if self.central_noise is None or positive(self.central_noise):
+            raise UserError(
+                f"--central-dp needs --central-noise, a positive noise multiplier (got {self.central_noise})"
+            )
+        if clients_per_round is None:
+            raise UserError("--central-dp needs --clients-per-round (the expected number of clients a round)")
+        if strategy != "fedavg":
+            raise UserError("--central-dp works with --strategy fedavg (DP-FedAvg)")
+        if self.central_dp == "adaptive" and self.central_noise >= 2 * (clients_per_round / 20):
+            raise UserError(
+                f"--central-noise {self.central_noise} is too large for adaptive clipping with "
+                f"{clients_per_round} clients a round: the clipped-count noise "
+                f"(clients-per-round / 20 = {clients_per_round / 20:g}) "
+                f"must exceed half of it; sample more clients a round or use --central-dp fixed"
+            )

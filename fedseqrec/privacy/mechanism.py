@@ -1,0 +1,96 @@
+"""The server side of a privacy mechanism: one object per run, behind one interface, so the round loop has no
+mechanism-specific branches.
+
+A mechanism
+- plans a round: which clients take part (:meth:`PrivacyMechanism.choose`), or that no round may run any more
+  (it raises :class:`BudgetExhausted`);
+- may bring its own aggregation (:meth:`PrivacyMechanism.strategy`: DP-FedAvg wraps FedAvg in Flower's DP wrapper);
+- checks what comes back (:meth:`PrivacyMechanism.observe`: ledgers, re-checked ε, declined clients);
+- post-processes the aggregate when nobody sent an update (:meth:`PrivacyMechanism.release_without_updates`);
+- contributes to the run folder and the report (:meth:`PrivacyMechanism.state`, :meth:`PrivacyMechanism.summary`).
+
+``MECHANISMS`` maps the names of :mod:`fedseqrec.privacy.config` to their classes: a new mechanism is one class
+and one entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, NO_DP, PrivacyConfig
+
+
+class BudgetExhausted(Exception):
+    """Too few clients have privacy budget left for another round: the run ends cleanly."""
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a mechanism needs to know of the run besides its privacy options."""
+
+    clients_per_round: int | None
+    min_clients: int
+    partition: str | None
+    warn: Callable[[str], None]
+
+
+class PrivacyMechanism:
+    name = NO_DP
+
+    def __init__(self, privacy: PrivacyConfig, run: RunFacts):
+        self.privacy, self.run = privacy, run
+
+    def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
+        """Called once the clients are known; ``saved``: what :meth:`state` returned at ``last_round`` (resume)."""
+
+    def strategy(self, common: dict):
+        """A strategy of the mechanism's own (built with Flower's ``common`` options), or None for the run's."""
+        return None
+
+    def choose(self, available: list[int], server_round: int, sample: Callable[[list[int]], list[int]]) -> list[int]:
+        """The round's clients; ``sample`` is the run's reproducible sampler."""
+        return sample(available)
+
+    def observe(self, server_round: int, replies: list) -> dict:
+        """Check the replies; returns what the round's log line keeps (``declined``: clients out of budget)."""
+        return {}
+
+    def min_updates(self, chosen: int) -> int:
+        """Fewer updates than this fail the round."""
+        return self.run.min_clients
+
+    def too_few_updates(self, server_round: int, declined: list[str], updates: int) -> None:
+        """Raise :class:`BudgetExhausted` if the round failed because clients are out of budget."""
+
+    def check_resume(self, saved: str | None) -> None:
+        """Refuse (UserError) to resume a run whose budget cannot pay for another round."""
+
+    def release_without_updates(self, strategy, arrays):
+        """The global weights after a round that brought no update (None: unchanged)."""
+        return None
+
+    def state(self) -> str | None:
+        """The mechanism's record, saved in the run folder (``privacy.json``) and in the resume state."""
+        return None
+
+    def summary(self) -> dict | None:
+        """The privacy block of ``metrics.json``."""
+        return None
+
+    @property
+    def private(self) -> bool:
+        return self.name != NO_DP
+
+
+MECHANISMS = {
+    NO_DP: "fedseqrec.privacy.mechanism:PrivacyMechanism",
+    LOCAL_DPSGD: "fedseqrec.privacy.local_dpsgd:LocalDPSGD",
+    DP_FEDAVG: "fedseqrec.privacy.dp_fedavg:DPFedAvg",
+}
+
+
+def make_mechanism(privacy: PrivacyConfig, run: RunFacts) -> PrivacyMechanism:
+    module, cls = MECHANISMS[privacy.mechanism].split(":")
+    return getattr(importlib.import_module(module), cls)(privacy, run)

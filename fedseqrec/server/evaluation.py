@@ -1,0 +1,64 @@
+"""Evaluating the global model: centralized (on the server's copy of every user's held-out events) or federated
+(each client on its own users, metric sums added over clients and divided once)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+
+from fedseqrec.evaluation.evaluator import evaluate_sums
+from fedseqrec.evaluation.metrics import MetricSums
+from fedseqrec.server.directory import ChosenNodes, ClientDirectory, choose_clients
+
+
+def combine_evaluations(replies: list[Message]) -> MetricSums:
+    """Federated evaluation: metric sums and target counts added over clients, divided once."""
+    total = MetricSums()
+    for reply in replies:
+        metrics = reply.content["metrics"]
+        sums = {k.split(":", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("sum:")}
+        total = total.merge(MetricSums(sums, int(metrics["num-examples"])))
+    return total
+
+
+class GlobalEvaluation:
+    def __init__(self, federation, directory: ClientDirectory, warn: Callable[[str], None]):
+        self.fed, self.directory, self.warn = federation, directory, warn
+
+    def __call__(self, arrays: ArrayRecord, which: str, server_round: int) -> dict[str, float]:
+        mode = self.fed.cfg.evaluation.mode
+        if mode == "federated":
+            return self.federated(arrays, which, server_round)
+        result = self.centralized(arrays, which)
+        if mode == "both":
+            federated = self.federated(arrays, which, server_round)
+            result.update({f"federated:{k}": v for k, v in federated.items()})
+        return result
+
+    def centralized(self, arrays: ArrayRecord, which: str) -> dict[str, float]:
+        model, ds = self.fed.model, self.fed.ds
+        model.load_state_dict(arrays.to_torch_state_dict())
+        protocol = self.fed.cfg.evaluation.protocol
+        return evaluate_sums(
+            model, ds.sequences, ds.split, which, max_len=model.cfg.max_len, protocol=protocol
+        ).result()
+
+    def federated(self, arrays: ArrayRecord, which: str, server_round: int) -> dict[str, float]:
+        cfg = self.fed.cfg
+        nodes = self.directory.refresh()
+        share = max(1, round(cfg.evaluation.fraction_evaluate * len(nodes)))
+        chosen = choose_clients(list(nodes), share, cfg.data.seed + 1, server_round)
+        config = ConfigRecord({**self.fed.client_config(), "which": which})
+        grid = self.fed.grid
+        messages = self.fed.strategy.configure_evaluate(
+            server_round, arrays, config, ChosenNodes(grid, [nodes[p] for p in chosen])
+        )
+        replies = list(grid.send_and_receive(list(messages), timeout=cfg.algorithm.round_timeout))
+        for reply in replies:
+            if reply.has_error():
+                self.warn(
+                    f"evaluation after round {server_round}: node {reply.metadata.src_node_id} failed: "
+                    f"{reply.error.reason}"
+                )
+        return combine_evaluations([r for r in replies if not r.has_error()]).result()

@@ -1,0 +1,271 @@
+"""The federated training loop the ServerApp runs: choose clients, send the global model, aggregate, evaluate,
+checkpoint — one completed round at a time, so a run can resume after its last completed round.
+
+Clients are chosen by partition id with a generator seeded by (seed, round), and replies are aggregated in
+partition order: a resumed run takes the same clients and reaches the same weights as an uninterrupted one. The
+privacy mechanism (none, DP-SGD at the clients, DP-FedAvg) is one object the loop asks at fixed points.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import INFO
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+
+from fedseqrec.errors import RunError, UserError
+from fedseqrec.evaluation.evaluator import SELECTION_METRIC, popularity_baseline
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.task import build_global_model, server_data
+from fedseqrec.models.checkpoint import describe
+from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts, make_mechanism
+from fedseqrec.results.folder import STATE, RunFolder
+from fedseqrec.results.privacy_report import write_privacy_report
+from fedseqrec.results.summary import summary_markdown
+from fedseqrec.server.directory import ChosenNodes, ClientDirectory, choose_clients
+from fedseqrec.server.evaluation import GlobalEvaluation
+from fedseqrec.server.strategies import build_strategy, restore_strategy_state, strategy_state
+
+
+@dataclass
+class Progress:
+    """Where the federation loop reports: a callback per round (the CLI prints a line, the ServerApp logs)."""
+
+    on_round: Callable[[dict], None] = lambda record: None
+    on_message: Callable[[str], None] = lambda text: log(INFO, "%s", text)
+
+
+@dataclass
+class Federation:
+    grid: object
+    cfg: RunConfig
+    folder: RunFolder
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self):
+        cfg = self.cfg
+        self.ds = server_data(cfg)
+        if cfg.evaluation.mode != "federated" and self.ds.split.n_test == 0:
+            raise UserError(
+                f"data {cfg.data.data}: the server's data holds no held-out events (a server folder from "
+                "`fedseqrec data export-partitions`?): set evaluation = federated, or give the server the dataset"
+            )
+        torch.manual_seed(cfg.data.seed)  # the initial global model
+        self.model = build_global_model(self.ds.sequences, cfg.model)
+        facts = RunFacts(cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition,
+                         self.progress.on_message)  # fmt: skip
+        self.mechanism = make_mechanism(cfg.privacy, facts)
+        self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism)
+        self.directory = ClientDirectory(self.grid, self.progress.on_message)
+        self.evaluate = GlobalEvaluation(self, self.directory, self.progress.on_message)
+        self.round, self.best = 0, {"round": 0, "score": -1.0}
+        self.stopped: str | None = None
+        self._saved_privacy: str | None = None
+        self.arrays = ArrayRecord(self.model.state_dict())
+        if (self.folder.path / STATE).exists():
+            self._restore(self.folder.load_state())
+        self.folder.write_json("model.json", describe(cfg.model.name, self.model.cfg, self.ds.sequences))
+
+    def _restore(self, state: dict) -> None:
+        self.round, self.best = int(state["round"]), dict(state["best"])
+        self.arrays = ArrayRecord(state["arrays"])
+        restore_strategy_state(self.strategy, state["strategy"])
+        self._saved_privacy = state.get("privacy")
+        self.folder.keep_rounds_until(self.round)
+        self.progress.on_message(f"resuming {self.folder.path} after round {self.round}")
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        algorithm = self.cfg.algorithm
+        # Learn which node serves which client before the first round, so round times are rounds only.
+        nodes = self.directory.wait_for(max(algorithm.min_clients, algorithm.clients_per_round or 1))
+        self.progress.on_message(f"{len(nodes)} clients connected in {time.perf_counter() - start:.1f} s")
+        self.mechanism.start(self.directory.num_partitions or len(nodes), self._saved_privacy, self.round)
+        for server_round in range(self.round + 1, algorithm.rounds + 1):
+            try:
+                record = self.train_round(server_round)
+            except BudgetExhausted as stop:
+                self.stopped = str(stop)
+                self.progress.on_message(f"run ended: {stop}")
+                break
+            if server_round % self.cfg.evaluation.eval_every == 0 or server_round == algorithm.rounds:
+                evaluation_start = time.perf_counter()
+                record["valid"] = self.evaluate(self.arrays, "valid", server_round)
+                record["eval_seconds"] = round(time.perf_counter() - evaluation_start, 3)
+                if record["valid"].get(SELECTION_METRIC, -1.0) > self.best["score"]:
+                    self.best = {"round": server_round, "score": record["valid"][SELECTION_METRIC]}
+                    self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
+            record["seconds"] = round(time.perf_counter() - record.pop("_start"), 3)
+            self._complete(server_round, record)
+        return self.finish()
+
+    def train_round(self, server_round: int) -> dict:
+        started = time.perf_counter()
+        algorithm = self.cfg.algorithm
+        nodes = self.directory.wait_for(max(algorithm.min_clients, algorithm.clients_per_round or 1))
+        if len(nodes) < algorithm.min_clients:
+            raise RunError(
+                f"round {server_round}: {len(nodes)} clients available, fewer than --min-clients "
+                f"{algorithm.min_clients}; {self._resumable()}"
+            )
+
+        def sample(available: list[int]) -> list[int]:
+            return choose_clients(available, algorithm.clients_per_round, self.cfg.data.seed, server_round)
+
+        chosen = self.mechanism.choose(sorted(nodes), server_round, sample)
+        messages = list(
+            self.strategy.configure_train(
+                server_round, self.arrays, ConfigRecord(self.client_config()),
+                ChosenNodes(self.grid, [nodes[p] for p in chosen]),
+            )
+        )  # fmt: skip
+        exchange_start = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=algorithm.round_timeout)) if messages else []
+        exchange_seconds = time.perf_counter() - exchange_start
+        # An error the SuperLink writes for a node that is gone may not carry the node as its source: map replies
+        # to clients through the message they answer.
+        partition_of = {n: p for p, n in nodes.items()}
+        asked = {
+            m.metadata.message_id: (partition_of[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages
+        }
+        ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
+        privacy = self.mechanism.observe(server_round, ok)
+        updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none
+        if len(updates) < self.mechanism.min_updates(len(chosen)):
+            self.mechanism.too_few_updates(server_round, privacy.get("declined", []), len(updates))
+            raise RunError(
+                f"round {server_round}: {len(updates)} of {len(chosen)} clients returned an update, fewer than "
+                f"--min-clients {algorithm.min_clients} (failed: {', '.join(failed) or 'none'}); {self._resumable()}"
+            )
+        trained = [r for r in updates if r.content["metrics"]["num-examples"] > 0]
+        arrays = self.strategy.aggregate_train(server_round, trained)[0] if trained else None
+        if not trained:
+            arrays = self.mechanism.release_without_updates(self.strategy, self.arrays)
+        if arrays is not None:
+            self.arrays = _as_model_dtypes(arrays, self.model)
+        return {"_start": started, "round": server_round, "clients": len(updates), "failed": failed, **privacy,
+                **_train_figures([r.content["metrics"] for r in trained]),
+                "exchange_seconds": round(exchange_seconds, 3)}  # fmt: skip
+
+    def _sorted_replies(self, replies, asked, chosen, server_round) -> tuple[list[Message], list[str]]:
+        ok, failed = [], []
+        answered = set()
+        for reply in replies:
+            partition, node = asked.get(reply.metadata.reply_to_message_id, ("?", reply.metadata.src_node_id))
+            answered.add(partition)
+            if reply.has_error():
+                failed.append(f"client {partition}")
+                self.progress.on_message(
+                    f"round {server_round}: client {partition} (node {node}) failed: {reply.error.reason}"
+                )
+            else:
+                ok.append(reply)
+        for partition in sorted(set(chosen) - answered):
+            failed.append(f"client {partition} (no reply)")
+            self.progress.on_message(f"round {server_round}: client {partition} did not reply in time")
+        ok.sort(key=lambda r: int(r.content["metrics"]["partition-id"]))
+        return ok, failed
+
+    def client_config(self) -> dict:
+        """The run config every message carries, with the run folder resolved (simulated clients keep their
+        privacy ledgers under it)."""
+        return {**self.cfg.to_run_config(), "out": str(self.folder.path.resolve())}
+
+    def _complete(self, server_round: int, record: dict) -> None:
+        self.round = server_round
+        self.folder.append_round(record)
+        state = {
+            "round": server_round,
+            "arrays": self.arrays.to_torch_state_dict(),
+            "strategy": strategy_state(self.strategy),
+            "best": self.best,
+        }
+        privacy = self.mechanism.state()
+        if privacy is not None:
+            state["privacy"] = privacy
+            self.folder.write_text("privacy.json", privacy)
+        self.folder.save_tensors(STATE, state)
+        self.folder.save_tensors("model_last.pt", state["arrays"])
+        self.progress.on_round(record)
+
+    def _resumable(self) -> str:
+        done = f"rounds 1-{self.round} are saved" if self.round else "no round completed"
+        return f"{done}; continue with --resume {self.folder.path}"
+
+    def finish(self) -> dict:
+        if self.best["round"] == 0 and self.round > 0:  # stopped early, before the first evaluation
+            score = self.evaluate(self.arrays, "valid", self.round)[SELECTION_METRIC]
+            self.best = {"round": self.round, "score": score}
+            self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
+        if self.best["round"] == 0:
+            raise RunError(f"no round was completed; {self.stopped or self._resumable()}")
+        best = ArrayRecord(torch.load(self.folder.path / "model.pt", weights_only=True))
+        rounds = self.folder.rounds()
+        cfg = self.cfg
+        results = {
+            "model": cfg.model.name,
+            "strategy": cfg.algorithm.strategy,
+            "partition": cfg.data.partition,
+            "evaluation": cfg.evaluation.mode,
+            "protocol": cfg.evaluation.protocol,
+            "rounds_run": self.round,
+            "stopped": self.stopped,
+            "best_round": self.best["round"],
+            "valid": self.evaluate(best, "valid", self.round),
+            "test": self.evaluate(best, "test", self.round),
+            "last": {
+                "round": self.round,
+                "valid": rounds[-1].get("valid") or self.evaluate(self.arrays, "valid", self.round),
+                "test": self.evaluate(self.arrays, "test", self.round),
+            },
+            "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "seconds": round(sum(r["seconds"] for r in rounds), 2),
+        }
+        results.update(self._against_popularity(results))
+        if self.mechanism.private:
+            results["privacy"] = self.mechanism.summary()
+        self.folder.write_json("metrics.json", results)
+        if self.mechanism.private:
+            write_privacy_report(self.folder.path)
+        self.folder.write_text("summary.md", summary_markdown(results, rounds))
+        return results
+
+    def _against_popularity(self, results: dict) -> dict:
+        """The most-popular baseline on the same targets (when the server holds them), and a note when the model
+        does not beat it: a private model below popularity is not worth its privacy cost."""
+        if self.cfg.evaluation.mode == "federated":
+            return {}
+        pop = popularity_baseline(
+            self.ds.sequences, self.ds.split, self.model.cfg.max_len, self.cfg.evaluation.protocol
+        )
+        ours, floor = results["test"].get(SELECTION_METRIC, 0.0), pop["test"][SELECTION_METRIC]
+        if ours >= floor:
+            return {"popularity": pop}
+        note = (
+            f"below the popularity baseline: test {SELECTION_METRIC} {ours:.4f} < {floor:.4f} (most popular items); "
+            + ("at this privacy level recommend popular items instead" if self.mechanism.private else "")
+        )
+        return {"popularity": pop, "notes": [note.rstrip("; ")]}
+
+
+def _train_figures(metrics: list) -> dict:
+    """The round's training loss (weighted by examples) and client times."""
+    examples = sum(m["num-examples"] for m in metrics)
+    loss = sum(m["train-loss"] * m["num-examples"] for m in metrics) / examples if examples else None
+    return {
+        "examples": int(examples),
+        "loss": round(loss, 5) if loss is not None else None,
+        "client_seconds": round(sum(m["seconds"] for m in metrics), 3),
+        "max_client_seconds": round(max((m["seconds"] for m in metrics), default=0.0), 3),
+    }
+
+
+def _as_model_dtypes(arrays: ArrayRecord, model: torch.nn.Module) -> ArrayRecord:
+    """Aggregation multiplies by float weights: give integer buffers back their own dtype."""
+    reference = model.state_dict()
+    state = arrays.to_torch_state_dict()
+    return ArrayRecord({k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()})

@@ -1,0 +1,89 @@
+"""Before a run starts: its configuration checked, its clients counted, its run folder made (or reopened to
+resume) — everything that can be refused is refused here, before anything is written or started."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fedseqrec.errors import UserError
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.task import cached_dataset, expected_clients
+from fedseqrec.privacy.config import LOCAL_DPSGD, check_delta
+from fedseqrec.privacy.mechanism import RunFacts, make_mechanism
+from fedseqrec.results.folder import RunFolder
+
+DEFAULT_SIMULATED_CLIENTS = 5  # iid and dirichlet partitions without --clients, on one machine
+
+
+def default_run_folder(cfg: RunConfig, prefix: str = "") -> Path:
+    return Path("runs") / f"{prefix}{cfg.algorithm.strategy}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def with_default_clients(cfg: RunConfig) -> RunConfig:
+    """A run on this machine needs a number of clients: --clients, else the default for iid and dirichlet."""
+    if cfg.data.clients is None and cfg.data.partition in ("iid", "dirichlet"):
+        return cfg.replace(clients=DEFAULT_SIMULATED_CLIENTS)
+    return cfg
+
+
+def count_clients(cfg: RunConfig) -> int:
+    """How many clients (simulated SuperNodes) the partition makes; loads the data, so bad input fails here."""
+    if cfg.data.partition in ("iid", "dirichlet") and cfg.data.clients is None:
+        raise UserError(f"the {cfg.data.partition} partition needs --clients K")
+    ds = cached_dataset(cfg.data)
+    n = expected_clients(cfg) or ds.partition.n_clients
+    algorithm = cfg.algorithm
+    if algorithm.clients_per_round is not None and algorithm.clients_per_round > n:
+        raise UserError(
+            f"--clients-per-round {algorithm.clients_per_round} is more than the {n} clients of the partition"
+        )
+    if algorithm.min_clients > n:
+        raise UserError(f"--min-clients {algorithm.min_clients} is more than the {n} clients of the partition")
+    if cfg.privacy.mechanism == LOCAL_DPSGD and cfg.privacy.delta is not None:
+        largest = max(len(users) for users in ds.partition.clients())
+        check_delta(cfg.privacy.delta, largest, "the largest client")
+    return n
+
+
+def check_resume_budget(folder: RunFolder, cfg: RunConfig) -> None:
+    """A private run whose budget cannot pay for another round is not resumed."""
+    path = folder.path / "privacy.json"
+    saved = path.read_text() if path.exists() else None
+    facts = RunFacts(cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, print)
+    try:
+        make_mechanism(cfg.privacy, facts).check_resume(saved)
+    except UserError as err:
+        raise UserError(f"--resume {folder.path}: {err}") from err
+
+
+def resumed_config(folder: RunFolder, rounds: int | None) -> RunConfig:
+    """A run's own configuration; ``rounds`` may change, and nothing else. The DP horizon an --epsilon run was
+    calibrated for stays: its noise multiplier does not change when the run is extended, and the budget (by
+    default the target ε) stops the run when it is spent."""
+    cfg = folder.config()
+    if rounds is not None:
+        cfg = cfg.replace(rounds=rounds)
+    return cfg
+
+
+def prepare_run(
+    cfg: RunConfig, out: Path | None, resume: Path | None, rounds: int | None, prefix: str = ""
+) -> tuple[RunConfig, RunFolder, int]:
+    """The configuration and run folder of a new or resumed run, checked before anything is written."""
+    if resume is not None:
+        folder = RunFolder.open(resume)
+        cfg = resumed_config(folder, rounds)
+        cfg.validate()
+        n = count_clients(cfg)
+        check_resume_budget(folder, cfg)
+        folder.write_config(cfg)
+        return cfg, folder, n
+    cfg = with_default_clients(cfg).with_horizon()
+    cfg.validate()
+    path = out or (Path(cfg.out) if cfg.out else default_run_folder(cfg, prefix))
+    RunFolder.check_new(path)
+    n = count_clients(cfg)
+    cfg = replace(cfg, out=str(path))
+    return cfg, RunFolder.create(path, cfg), n

@@ -1,0 +1,149 @@
+"""The shape of the house: imports point down the layers, modules stay short, every option is declared once and
+every subcommand has its help."""
+
+import argparse
+import ast
+from pathlib import Path
+
+import pytest
+
+from fedseqrec.cli import build_parser
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.options import declared
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fedseqrec"
+
+# Lower layers first. A module may import its own package and the layers below it; packages on one line are
+# siblings and import neither each other nor anything above.
+LAYERS = [
+    {"__init__", "errors"},
+    {"options"},
+    {"data"},
+    {"models"},
+    {"evaluation"},
+    {"privacy"},
+    {"federated", "centralized"},
+    {"results"},
+    {"client", "server"},
+    {"simulation", "deployment"},
+    {"cli"},
+]
+LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+# Imports inside a function, and why: none may dodge an import cycle.
+DEFERRED = {
+    "fedseqrec/client/client_app.py": "Opacus costs a fresh ClientApp process a second; only DP rounds need it",
+    "fedseqrec/cli/federate.py": "Ray and Flower's runtimes take seconds to import; --help should not pay",
+}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _from_root(name: str) -> str:
+    """``from fedseqrec import X``: a subpackage or module, or a name of the package itself."""
+    is_module = (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file()
+    return f"fedseqrec.{name}" if is_module else "fedseqrec"
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported fedseqrec module, whether the import is inside a function) for every import in ``path``."""
+    tree = ast.parse(path.read_text())
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("fedseqrec"):
+                names = [child.module] if child.module != "fedseqrec" else [_from_root(a.name) for a in child.names]
+                found.extend((name, inner) for name in names)
+            elif isinstance(child, ast.Import):
+                found.extend((a.name, inner) for a in child.names if a.name.startswith("fedseqrec"))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent)
+        module = ".".join(relative.with_suffix("").parts)
+        yield path, str(relative), module
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for path, relative, module in _modules():
+        own = _layer(module)
+        assert own in LEVEL, f"{relative}: package {own!r} has no layer in this test"
+        for imported, _ in _imports(path):
+            target = _layer(imported)
+            if target != own and LEVEL[target] >= LEVEL[own]:
+                upward.append(f"{relative} imports {imported} ({own} -> {target})")
+    assert upward == []
+
+
+def test_imports_inside_functions_are_only_deferred_for_start_up_cost():
+    deferred = sorted({relative for path, relative, _ in _modules() if any(inner for _, inner in _imports(path))})
+    assert deferred == sorted(DEFERRED)
+
+
+def test_the_import_check_sees_an_upward_import(tmp_path):
+    module = tmp_path / "bad.py"
+    module.write_text("def f():\n    from fedseqrec.server.loop import Federation\n")
+    assert _imports(module) == [("fedseqrec.server.loop", True)]
+
+
+def test_every_module_is_under_400_lines():
+    long = {relative: n for path, relative, _ in _modules() if (n := len(path.read_text().splitlines())) >= 400}
+    assert long == {}
+
+
+def test_every_package_says_what_it_holds():
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert len(doc) > 40 and "filled in" not in doc, init
+
+
+def test_every_run_config_key_is_declared_once():
+    keys = [d.key for d in declared(RunConfig()) if d.meta["run_config"]]
+    assert len(keys) == len(set(keys))
+    flags = [d.flag for d in declared(RunConfig())]
+    assert len(flags) == len(set(flags)) + 1  # --max-len: the data's own (data commands), the model's (runs)
+
+
+def _subcommands(parser: argparse.ArgumentParser, words=()):
+    yield list(words)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, (*words, name))
+
+
+SUBCOMMANDS = list(_subcommands(build_parser()))
+
+
+def test_the_command_tree_is_what_the_readme_documents():
+    assert [" ".join(w) for w in SUBCOMMANDS] == [
+        "", "data", "data stats", "data prepare", "data export-partitions", "train", "evaluate", "simulate",
+        "deploy", "deploy local", "deploy app", "deploy credentials", "report",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "fedseqrec")
+def test_help_on_every_subcommand(cli, words):
+    result = cli(*words, "--help")
+    assert result.code == 0 and "usage: fedseqrec" in result.out
+
+
+def test_run_commands_offer_every_run_option(cli):
+    for words in (["simulate"], ["deploy", "local"], ["deploy", "app"]):
+        text = cli(*words, "--help").out
+        for d in declared(RunConfig()):
+            if d.meta["run_config"]:
+                flag = f"--no-{d.key}" if d.default is True else d.flag
+                assert flag in text, (words, flag)
+    assert "pop" not in cli("simulate", "--help").out.split("--model")[1].split("]")[0]
