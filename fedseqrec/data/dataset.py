@@ -9,6 +9,7 @@ from fedseqrec.data.cleaning import CleaningOptions, CleaningReport, clean, keep
 from fedseqrec.data.eventlog import PRESETS
 from fedseqrec.data.formats import FORMATS, load_interactions, resolve_path
 from fedseqrec.data.interactions import Interactions
+from fedseqrec.data.ordered import ORDERED_FORMATS
 from fedseqrec.data.parsing import TIME_UNITS
 from fedseqrec.data.partition import SCHEMES, Partition, partition_users
 from fedseqrec.data.sequences import SequenceData, build_sequences
@@ -130,6 +131,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.format in ("auto", "prepared") and is_prepared(path):
         return _from_prepared(path, cfg)
     log = load_interactions(path, cfg.format, cfg.columns, cfg.sep, cfg.time_unit)
+    if log.format in ORDERED_FORMATS:
+        if cfg.split == "temporal":
+            raise UserError(f"{path}: has no timestamps (the order in the file is the time order): use --split "
+                            "leave-one-out")  # fmt: skip
+        return _from_log(log, cfg, {"timestamps": "file order"})
     return _from_log(log, cfg, {})
 
 

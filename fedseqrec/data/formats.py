@@ -8,11 +8,13 @@ from fedseqrec.data.atomic import load_atomic
 from fedseqrec.data.eventlog import PRESETS, guess_columns, layout_for, load_event_log, parse_column_mapping
 from fedseqrec.data.interactions import Interactions
 from fedseqrec.data.movielens import RATINGS_FILES, find_ratings_file, load_movielens
+from fedseqrec.data.ordered import LOADERS as ORDERED_LOADERS
+from fedseqrec.data.ordered import ORDERED_FORMATS, ordered_format
 from fedseqrec.data.readers import first_line, sniff_separator
 from fedseqrec.errors import DataError, UserError
 
 BUILTIN_DATASETS = ("shop",)
-FORMATS = ("auto", "recbole", "movielens", "csv", "tsv", "parquet", *PRESETS, "prepared")
+FORMATS = ("auto", "recbole", "movielens", "csv", "tsv", "parquet", *PRESETS, *ORDERED_FORMATS, "prepared")
 MANIFEST = "manifest.json"
 PRESET_FILES = {"events.csv": "retailrocket", "UserBehavior.csv": "taobao"}
 TAOBAO_BEHAVIOURS = {"pv", "cart", "fav", "buy"}
@@ -75,9 +77,13 @@ def _detect_text(path: Path) -> str:
         return "taobao"
     if {"user", "item", "timestamp"} <= set(guess_columns(fields)):
         return "tsv" if sep == "\t" else "csv"
+    ordered = ordered_format(path, line.replace(",", " ").split())
+    if ordered is not None:
+        return ordered
     raise DataError(
         f"{path}: cannot tell the layout from its first line {line[:80]!r}; expected a header naming user, item "
-        "and timestamp columns (or pass --format and --columns user=...,item=...,timestamp=...)"
+        "and timestamp columns (or pass --format and --columns user=...,item=...,timestamp=...), or ids without "
+        "timestamps: 'user item item ...' per line (--format sequences) or 'user item' per line (--format pairs)"
     )
 
 
@@ -105,6 +111,8 @@ def load_interactions(
         return load_atomic(path, parse_column_mapping(columns) if columns else None, time_unit)
     if fmt == "movielens":
         return load_movielens(path, time_unit)
+    if fmt in ORDERED_LOADERS:
+        return ORDERED_LOADERS[fmt](file_in(path, fmt))
     if fmt == "tsv" and not sep:
         sep = "\t"
     return load_event_log(file_in(path, fmt), layout_for(fmt, columns, sep, time_unit))

@@ -32,7 +32,9 @@ def dataset_stats(ds: Dataset) -> dict:
             "mean": float(lengths.mean()),
             **{f"p{int(q * 100)}": float(np.quantile(lengths, q)) for q in QUANTILES},
         },
-        "time_span": {"first": float(seq.timestamps.min()), "last": float(seq.timestamps.max())},
+        "time_span": None
+        if ds.options.get("timestamps") == "file order"
+        else {"first": float(seq.timestamps.min()), "last": float(seq.timestamps.max())},
         "split": {
             "name": ds.split.name,
             **ds.split.params,
@@ -86,7 +88,12 @@ def format_stats(stats: dict) -> str:
         "events        " + ", ".join(f"{k} {v:,}" for k, v in stats["events"].items()),
         f"seq. length   mean {q['mean']:.1f}  min {q['p0']:.0f}  p25 {q['p25']:.0f}  median {q['p50']:.0f}  "
         f"p75 {q['p75']:.0f}  p90 {q['p90']:.0f}  p99 {q['p99']:.0f}  max {q['p100']:.0f}",
-        f"time span     {_date(stats['time_span']['first'])} .. {_date(stats['time_span']['last'])}",
+        "time span     "
+        + (
+            f"{_date(stats['time_span']['first'])} .. {_date(stats['time_span']['last'])}"
+            if stats["time_span"]
+            else "no timestamps: the order in the file is the time order"
+        ),
         f"split         {split['name']}: {split['train_interactions']:,} training interactions, "
         f"{split['valid_targets']:,} validation and {split['test_targets']:,} test targets",
     ]

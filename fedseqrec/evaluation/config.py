@@ -17,7 +17,8 @@ class EvaluationConfig:
     )
     protocol: str = option(
         "full",
-        "ranking protocol: full ranking, or 100 sampled negatives (labelled in the results)",
+        "ranking protocol: full ranking (RecBole's), full ranking without the user's earlier items (the S3-Rec / "
+        "ICLRec / BSARec papers'), or 100 sampled negatives; results are labelled with it",
         choices=PROTOCOLS,
         group=EVALUATION,
     )

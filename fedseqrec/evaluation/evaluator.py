@@ -51,7 +51,9 @@ def evaluate_sums(
     weights = _popularity(data, split) if protocol == "sampled-pop" else None
     for chunk in evaluation_batches(data, split, which, users, max_len, batch_size):
         scores = model.full_sort_predict(chunk.batch)
-        if protocol != "full":
+        if protocol == "full-history-removed":
+            scores = _remove_history(scores, chunk, data, split, which)
+        elif protocol != "full":
             scores = _restrict_to_sample(scores, chunk, data, split, which, negatives, rng, weights)
         sums.add_scores(scores, chunk.targets, ks)
     if was_training:
@@ -67,6 +69,24 @@ def _popularity(data: SequenceData, split: Split) -> np.ndarray:
     counts = np.bincount(training_items(data, split), minlength=data.n_items + 1).astype(np.float64)
     counts[0] = 0.0
     return counts
+
+
+def _remove_history(scores: torch.Tensor, chunk, data: SequenceData, split: Split, which: str) -> torch.Tensor:
+    """The user's earlier items (the whole history before the target, not only the model's window) out of the
+    ranking; the target stays, even when the user had it before."""
+    positions = split.valid_pos if which == "valid" else split.test_pos
+    rows, items = [], []
+    for row, user in enumerate(chunk.users):
+        start = data.offsets[user]
+        history = np.unique(data.items[start : start + positions[user]])
+        rows.append(np.full(len(history), row))
+        items.append(history)
+    rows, items = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(items).astype(np.int64))
+    row_index = torch.arange(len(chunk.targets))
+    target_scores = scores[row_index, chunk.targets].clone()
+    scores = scores.index_put((rows, items), torch.tensor(-math.inf))
+    scores[row_index, chunk.targets] = target_scores
+    return scores
 
 
 def _restrict_to_sample(scores, chunk, data, split, which, negatives, rng, weights) -> torch.Tensor:

@@ -227,7 +227,14 @@ def compare_runs(folders: list[Path], out: Path) -> list[dict]:
                 "epsilon": eps,
                 "NDCG@10": metrics["test"]["NDCG@10"],
                 "HR@10": metrics["test"]["HR@10"],
+                "protocol": metrics.get("protocol", "full"),
             }
+        )
+    protocols = {r["protocol"] for r in rows}
+    if len(protocols) > 1:
+        raise UserError(
+            f"the runs were evaluated under different protocols ({', '.join(sorted(protocols))}): their figures "
+            "are not comparable"
         )
     rows.sort(key=lambda r: r["epsilon"])
     plt = _pyplot()
