@@ -1,4 +1,5 @@
-"""Time the data layer: `fedseqrec data stats` on the default shop data and on ml-100k, and loading a prepared folder.
+"""Time the data layer: `fedseqrec data stats` on the shop data (1k, 10k and 100k users) and on ml-100k, and
+loading a prepared folder.
 
     python benchmarks/data_stats.py [--ml100k ../shared/data/ml-100k] [--out benchmarks/results/data_stats.json]
 
@@ -39,6 +40,7 @@ def main() -> None:
     results = {"python": platform.python_version(), "machine": platform.machine(), "repeats": args.repeats}
     results["stats_shop_default_s"] = timed(["data", "stats", "--json"], args.repeats)
     results["stats_shop_10k_users_s"] = timed(["data", "stats", "--json", "--shop-users", "10000"], args.repeats)
+    results["stats_shop_100k_users_s"] = timed(["data", "stats", "--json", "--shop-users", "100000"], args.repeats)
     results["stats_ml100k_s"] = timed(["data", "stats", "--json", "--data", args.ml100k], args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = str(Path(tmp) / "ml100k")

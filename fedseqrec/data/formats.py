@@ -77,7 +77,7 @@ def _detect_text(path: Path) -> str:
         return "taobao"
     if {"user", "item", "timestamp"} <= set(guess_columns(fields)):
         return "tsv" if sep == "\t" else "csv"
-    ordered = ordered_format(path, line.replace(",", " ").split())
+    ordered = ordered_format(path, line)
     if ordered is not None:
         return ordered
     raise DataError(

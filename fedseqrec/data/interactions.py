@@ -59,24 +59,29 @@ class Interactions:
 
 
 def id_tokens(values: pd.Series) -> pd.Series:
-    """Ids as strings with NA kept, whatever dtype the reader produced (ints, floats from NA-holding columns)."""
-    out = pd.Series(pd.NA, index=values.index, dtype=object)
-    present = values.notna().to_numpy()
-    raw = values[present]
+    """Ids as strings with NA kept, whatever dtype the reader produced (ints, floats from NA-holding columns).
+    Each distinct value is converted once (logs repeat ids millions of times)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    raw = pd.Series(uniques)
     if pd.api.types.is_float_dtype(raw) and len(raw) and np.all(np.mod(raw.to_numpy(), 1) == 0):
         raw = raw.astype(np.int64)
-    tokens = raw.astype(str).str.strip()
-    out[present] = tokens.to_numpy()
-    out[out == ""] = pd.NA
-    return out
+    tokens = raw.astype(str).str.strip().to_numpy(dtype=object)
+    tokens[tokens == ""] = pd.NA
+    out = np.empty(len(values), dtype=object)
+    present = codes >= 0
+    out[present] = tokens[codes[present]]
+    out[~present] = pd.NA
+    return pd.Series(out, index=values.index, dtype=object)
 
 
 def canonical_events(values: pd.Series | None, length: int) -> np.ndarray:
     """Map source event labels to canonical names; unknown labels are kept, lower-cased, as their own type."""
     if values is None:
         return np.full(length, INTERACTION, dtype=object)
-    labels = values.astype(object).where(values.notna(), INTERACTION).astype(str).str.strip().str.lower()
-    return labels.map(lambda label: EVENT_ALIASES.get(label, label)).to_numpy(dtype=object)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    labels = pd.Series(uniques, dtype=object).astype(str).str.strip().str.lower()
+    names = np.array([EVENT_ALIASES.get(label, label) for label in labels] + [INTERACTION], dtype=object)
+    return names[codes]  # code -1 (missing) takes the last entry: INTERACTION
 
 
 def make_table(

@@ -86,13 +86,17 @@ def load_pairs(path: Path) -> Interactions:
     return _table(path, users, items, "pairs")
 
 
-def ordered_format(path: Path, first: list[str]) -> str | None:
+def ordered_format(path: Path, first_line: str) -> str | None:
     """``sequences`` or ``pairs`` when the file can only be one of them, from its lines; else None.
 
-    A first line of three or more ids is a sequence; a header naming user and item, or lines that all hold two
-    fields, are pairs (where every line has two fields the two readings give the same interactions)."""
+    A header naming user and item (any separator) means pairs. Without one, only files separated by spaces or
+    tabs are read as ids (a comma-separated file is a CSV with a header): lines that all hold two fields are
+    pairs (the two readings then give the same interactions), lines of two or more fields are sequences."""
+    first = SEPARATORS.split(first_line.strip())
     if _is_header(first):
         return "pairs"
+    if "," in first_line:
+        return None
     if len(first) < 2 or any(f.lower() in COLUMN_ALIASES[USER] + COLUMN_ALIASES[ITEM] for f in first):
         return None
     widths = {len(fields) for _, fields in _lines(path)}

@@ -102,82 +102,116 @@ class _Catalogue:
         self.price_band = np.clip(rng.normal(2.0, 1.0, size=n).round(), 0, 4).astype(int)
         rank = rng.permutation(n) + 1
         self.popularity = 1.0 / rank**0.9
-        self.members = [np.flatnonzero(self.category == k) for k in range(c)]
-        self.member_weights = [self.popularity[m] / self.popularity[m].sum() for m in self.members]
         self.successor = np.empty(n, dtype=int)
-        for members in self.members:
-            chain = rng.permutation(members)
+        for k in range(c):
+            chain = rng.permutation(np.flatnonzero(self.category == k))
             self.successor[chain] = np.roll(chain, -1)
-        self.complement = np.array([self._popular(rng, (self.category[i] + 1) % c) for i in range(n)])
+        # Sampling "a popular item of category k" for many k at once: items grouped by category, each group's
+        # cumulative popularity share shifted by k, so one searchsorted finds the item for k + u, u ~ U[0, 1).
+        self._by_category = np.argsort(self.category, kind="stable")
+        grouped = self.category[self._by_category]
+        weights = self.popularity[self._by_category]
+        totals = np.bincount(grouped, weights=weights, minlength=c)
+        within = np.cumsum(weights) - np.concatenate([[0.0], np.cumsum(totals)[:-1]])[grouped]
+        share = within / totals[grouped]
+        share[np.r_[np.flatnonzero(np.diff(grouped)), len(grouped) - 1]] = 1.0  # each group ends at exactly 1
+        self._keys = grouped + share
+        self.complement = self.popular_in(rng, (self.category + 1) % c)
 
-    def _popular(self, rng: np.random.Generator, category: int) -> int:
-        return int(rng.choice(self.members[category], p=self.member_weights[category]))
+    def popular_in(self, rng: np.random.Generator, categories: np.ndarray) -> np.ndarray:
+        """One item per entry of ``categories``, drawn by popularity within that category."""
+        index = np.searchsorted(self._keys, categories + rng.random(len(categories)), side="right")
+        return self._by_category[np.minimum(index, len(self._keys) - 1)]
 
-    def popular_in(self, rng: np.random.Generator, category: int) -> int:
-        return self._popular(rng, category)
+
+def _categories(rng: np.random.Generator, taste: np.ndarray) -> np.ndarray:
+    """One category per row of ``taste`` (rows of probabilities)."""
+    below = rng.random(len(taste))[:, None] > np.cumsum(taste, axis=1)
+    return np.minimum(below.sum(axis=1), taste.shape[1] - 1)
 
 
 def _session_starts(rng: np.random.Generator, count: int, days: int) -> np.ndarray:
     day_weights = WEEKDAY_WEIGHTS[np.arange(days) % 7]
     day = rng.choice(days, size=count, p=day_weights / day_weights.sum())
-    peak = rng.choice(len(DAILY_PEAKS), size=count, p=[w for _, _, w in DAILY_PEAKS])
-    hour = np.array([rng.normal(DAILY_PEAKS[k][0], DAILY_PEAKS[k][1]) for k in peak]) % 24.0
-    return np.sort(EPOCH_START + day * 86400.0 + np.floor(hour * 3600.0))
-
-
-def _query(rng: np.random.Generator, catalogue: _Catalogue, item: int) -> str:
-    words = [CATEGORIES[catalogue.category[item]], PRICE_WORDS[catalogue.price_band[item]]]
-    if rng.random() < 0.5:
-        words.append(QUERY_WORDS[rng.integers(len(QUERY_WORDS))])
-    return " ".join(words)
+    peaks = np.array(DAILY_PEAKS)
+    peak = rng.choice(len(peaks), size=count, p=peaks[:, 2])
+    hour = rng.normal(peaks[peak, 0], peaks[peak, 1]) % 24.0
+    return EPOCH_START + day * 86400.0 + np.floor(hour * 3600.0)
 
 
 class _Rows:
+    """Events as parallel arrays, with the session and the position in it that order them."""
+
     def __init__(self) -> None:
-        self.user: list[int] = []
-        self.item: list[int] = []
-        self.time: list[float] = []
-        self.event: list[str] = []
-        self.query: list[str | None] = []
+        self.parts: list[tuple[np.ndarray, ...]] = []
 
-    def add(self, user: int, item: int, time: float, event: str, query: str | None = None) -> None:
-        self.user.append(user)
-        self.item.append(item)
-        self.time.append(time)
-        self.event.append(event)
-        self.query.append(query)
+    def add(self, session: np.ndarray, order: int, item: np.ndarray, time: np.ndarray, event: np.ndarray) -> None:
+        self.parts.append((session, np.full(len(session), order), item, time.copy(), event))
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        session, order, item, time, event = (np.concatenate(c) for c in zip(*self.parts, strict=True))
+        rows = np.lexsort((order, session))  # sessions in order, each session's events in the order they happened
+        return session[rows], item[rows], time[rows], event[rows]
 
 
-def _session(
-    rows: _Rows, rng: np.random.Generator, cat: _Catalogue, user: int, taste: np.ndarray, start: float, views: float
-) -> None:
-    item = cat.popular_in(rng, int(rng.choice(len(taste), p=taste)))
-    clock = start
-    searched = rng.random() < P_SEARCH_START
-    rows.add(user, item, clock, SEARCH if searched else VIEW, _query(rng, cat, item) if searched else None)
-    for _ in range(1 + rng.poisson(max(views - 2.0, 0.0))):
-        bought = False
-        if rng.random() < P_CART:
-            clock += 5.0 + rng.exponential(30.0)
-            rows.add(user, item, clock, CART)
-            if rng.random() < P_BUY_AFTER_CART:
-                clock += 5.0 + rng.exponential(30.0)
-                rows.add(user, item, clock, PURCHASE)
-                bought = True
-        item = _next_item(rng, cat, item, taste, bought)
-        clock += 5.0 + rng.exponential(40.0)
-        rows.add(user, item, clock, VIEW)
+EVENT_NAMES = np.array([VIEW, SEARCH, CART, PURCHASE], dtype=object)
 
 
-def _next_item(rng: np.random.Generator, cat: _Catalogue, item: int, taste: np.ndarray, bought: bool) -> int:
-    if bought and rng.random() < P_COMPLEMENT_AFTER_BUY:
-        return int(cat.complement[item])
-    draw = rng.random()
-    if draw < P_SUCCESSOR:
-        return int(cat.successor[item])
-    if draw < P_SUCCESSOR + P_SAME_CATEGORY:
-        return cat.popular_in(rng, int(cat.category[item]))
-    return cat.popular_in(rng, int(rng.choice(len(taste), p=taste)))
+def _next_items(rng, cat: _Catalogue, item: np.ndarray, taste: np.ndarray, bought: np.ndarray) -> np.ndarray:
+    """The next view of every active session: a complement after a buy, else the successor, the same category or
+    the user's taste."""
+    complement = bought & (rng.random(len(item)) < P_COMPLEMENT_AFTER_BUY)
+    draw = rng.random(len(item))
+    successor = ~complement & (draw < P_SUCCESSOR)
+    same = ~complement & ~successor & (draw < P_SUCCESSOR + P_SAME_CATEGORY)
+    other = ~(complement | successor | same)
+    out = cat.successor[item]
+    out[complement] = cat.complement[item[complement]]
+    out[same] = cat.popular_in(rng, cat.category[item[same]])
+    out[other] = cat.popular_in(rng, _categories(rng, taste[other]))
+    return out
+
+
+def _sessions(rng: np.random.Generator, cat: _Catalogue, cfg: ShopConfig, taste: np.ndarray) -> tuple:
+    """Every session of every user, simulated step by step side by side: (session user, rows)."""
+    per_user = 2 + rng.poisson(max(cfg.sessions_per_user - 2.0, 0.0), size=cfg.users)
+    user = np.repeat(np.arange(cfg.users), per_user)
+    starts = _session_starts(rng, len(user), cfg.days)
+    order = np.lexsort((starts, user))  # a user's sessions in time order
+    user, clock = user[order], starts[order]
+    taste = taste[user]
+    steps = 1 + rng.poisson(max(cfg.views_per_session - 2.0, 0.0), size=len(user))
+    item = cat.popular_in(rng, _categories(rng, taste))
+    searched = rng.random(len(user)) < P_SEARCH_START
+    rows = _Rows()
+    sessions = np.arange(len(user))
+    rows.add(sessions, 0, item, clock, searched.astype(int))  # 1: search, 0: view
+    for step in range(int(steps.max())):
+        active = sessions[steps > step]
+        current = item[active]
+        cart = rng.random(len(active)) < P_CART
+        clock[active[cart]] += 5.0 + rng.exponential(30.0, size=int(cart.sum()))
+        rows.add(active[cart], 3 * step + 1, current[cart], clock[active[cart]], np.full(int(cart.sum()), 2))
+        bought = cart & (rng.random(len(active)) < P_BUY_AFTER_CART)
+        clock[active[bought]] += 5.0 + rng.exponential(30.0, size=int(bought.sum()))
+        rows.add(active[bought], 3 * step + 2, current[bought], clock[active[bought]], np.full(int(bought.sum()), 3))
+        item[active] = _next_items(rng, cat, current, taste[active], bought)
+        clock[active] += 5.0 + rng.exponential(40.0, size=len(active))
+        rows.add(active, 3 * step + 3, item[active], clock[active], np.zeros(len(active), dtype=int))
+    return user, rows.columns()
+
+
+def _queries(rng: np.random.Generator, cat: _Catalogue, items: np.ndarray) -> np.ndarray:
+    """A search's words: the item's category and price band, and half the time a common word."""
+    extra = np.where(rng.random(len(items)) < 0.5, rng.integers(len(QUERY_WORDS), size=len(items)), -1)
+    words = [
+        np.array(CATEGORIES, dtype=object)[cat.category[items]],
+        np.array(PRICE_WORDS, dtype=object)[cat.price_band[items]],
+    ]
+    text = words[0] + " " + words[1]
+    with_word = extra >= 0
+    text[with_word] = text[with_word] + " " + np.array(QUERY_WORDS, dtype=object)[extra[with_word]]
+    return text
 
 
 def generate_shop(cfg: ShopConfig = ShopConfig()) -> Interactions:
@@ -186,30 +220,30 @@ def generate_shop(cfg: ShopConfig = ShopConfig()) -> Interactions:
     cat = _Catalogue(cfg, rng)
     region_taste = rng.dirichlet(np.ones(cfg.categories), size=len(REGIONS))
     region = rng.integers(len(REGIONS), size=cfg.users)
-    rows = _Rows()
-    for user in range(cfg.users):
-        taste = 0.7 * rng.dirichlet(np.full(cfg.categories, 0.3)) + 0.3 * region_taste[region[user]]
-        taste /= taste.sum()
-        for start in _session_starts(rng, 2 + rng.poisson(max(cfg.sessions_per_user - 2.0, 0.0)), cfg.days):
-            _session(rows, rng, cat, user, taste, start, cfg.views_per_session)
-    return _as_interactions(rows, cat, region, cfg)
+    taste = 0.7 * rng.dirichlet(np.full(cfg.categories, 0.3), size=cfg.users) + 0.3 * region_taste[region]
+    taste /= taste.sum(axis=1, keepdims=True)
+    session_user, (session, item, time, event) = _sessions(rng, cat, cfg, taste)
+    query = np.full(len(item), None, dtype=object)
+    searches = event == 1
+    query[searches] = _queries(rng, cat, item[searches])
+    return _as_interactions(session_user[session], item, time, EVENT_NAMES[event], query, cat, region, cfg)
 
 
-def _as_interactions(rows: _Rows, cat: _Catalogue, region: np.ndarray, cfg: ShopConfig) -> Interactions:
+def _as_interactions(user, item, time, event, query, cat: _Catalogue, region: np.ndarray, cfg: ShopConfig):
     user_tokens = np.array([f"u{u:06d}" for u in range(cfg.users)], dtype=object)
     item_tokens = np.array([f"i{i:06d}" for i in range(cfg.items)], dtype=object)
     events = make_table(
-        user=pd.Series(user_tokens[np.asarray(rows.user)]),
-        item=pd.Series(item_tokens[np.asarray(rows.item)]),
-        timestamp=np.asarray(rows.time),
-        event=pd.Series(rows.event, dtype=object),
-        query=pd.Series(rows.query, dtype=object),
+        user=pd.Series(user_tokens[user]),
+        item=pd.Series(item_tokens[item]),
+        timestamp=time,
+        event=pd.Series(event, dtype=object),
+        query=pd.Series(query, dtype=object),
     )
-    users = pd.DataFrame({"region": [REGIONS[r] for r in region]}, index=user_tokens)
+    users = pd.DataFrame({"region": np.array(REGIONS, dtype=object)[region]}, index=user_tokens)
     items = pd.DataFrame(
         {
-            "category": [CATEGORIES[c] for c in cat.category],
-            "price_band": [PRICE_WORDS[b] for b in cat.price_band],
+            "category": np.array(CATEGORIES, dtype=object)[cat.category[: cfg.items]],
+            "price_band": np.array(PRICE_WORDS, dtype=object)[cat.price_band],
         },
         index=item_tokens,
     )
