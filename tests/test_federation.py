@@ -317,3 +317,15 @@ def test_a_deployed_node_reads_its_data_path_from_the_node_config(tmp_path, cli)
     reply = make_client_app()(message("train", arrays, cfg), context)
     data = load_client_data(TINY.replace(data=str(prepared)), 2, 3)
     assert reply.content["metrics"]["num-examples"] == int((ds.split.train_end[data.users] >= 2).sum()) > 0
+
+
+@pytest.mark.slow
+def test_a_pool_of_nodes_serves_many_clients_with_the_same_results(tmp_path):
+    """120 one-user clients, 10 a round: served by 120 simulated nodes (each asked which client it is before the
+    first round) or by a pool of 12 that learn their client from each message — the same weights either way."""
+    cfg = TINY.replace(partition="per-user", clients=None, clients_per_round=10, rounds=2, eval_every=2)
+    one_each, _ = simulate(cfg, out=tmp_path / "nodes")
+    pooled, folder = simulate(cfg.replace(client_pool=12), out=tmp_path / "pool")
+    assert json.loads((folder.path / "config.json").read_text())["run_config"]["client-pool"] == 12
+    assert pooled["test"] == one_each["test"]
+    assert torch.equal(*_scorers(tmp_path / "nodes", tmp_path / "pool"))

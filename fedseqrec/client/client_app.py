@@ -22,6 +22,7 @@ from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.messages import PARTITION_KEY, PARTITIONS_KEY, ROUND_KEY, SERVER_KEYS, WHICH_KEY
 from fedseqrec.federated.task import (
     build_global_model,
     client_seed,
@@ -36,10 +37,9 @@ from fedseqrec.privacy.clipping_mod import central_clipping_mod
 from fedseqrec.privacy.config import LOCAL_DPSGD
 from fedseqrec.privacy.ledger import ledger_metrics
 
-ROUND_KEY = "server-round"
-# Keys the server adds to the run config in a message's ConfigRecord (ours, and those of Flower's strategies:
-# FedProx's proximal term, the clipping norm of the client-side DP wrappers).
-MESSAGE_KEYS = (ROUND_KEY, "which", "proximal-mu", "clipping_norm")
+# Keys the server adds to the run config in a message's ConfigRecord: ours, and those of Flower's strategies
+# (FedProx's proximal term, the clipping norm of the client-side DP wrappers).
+MESSAGE_KEYS = (*SERVER_KEYS, "proximal-mu", "clipping_norm")
 
 
 def message_config(msg: Message, context: Context) -> tuple[RunConfig, ConfigRecord]:
@@ -53,8 +53,11 @@ def _exported_folder(context: Context) -> Path | None:
     return Path(str(path)) if path is not None and exported_client(Path(str(path))) is not None else None
 
 
-def partition_of(context: Context) -> tuple[int, int]:
-    """(partition id, number of partitions): from the node's exported folder if it has one, else the node config."""
+def partition_of(context: Context, sent: ConfigRecord | None = None) -> tuple[int, int]:
+    """(partition id, number of partitions): named by the message (a pooled simulated node), else from the node's
+    exported folder if it has one, else from the node config."""
+    if sent is not None and PARTITION_KEY in sent:
+        return int(sent[PARTITION_KEY]), int(sent[PARTITIONS_KEY])
     path = context.node_config.get("data-path")
     client = exported_client(Path(str(path))) if path is not None else None
     if client is not None:
@@ -66,7 +69,7 @@ def partition_of(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
-def _client_data(cfg: RunConfig, context: Context) -> ClientData:
+def _client_data(cfg: RunConfig, context: Context, sent: ConfigRecord) -> ClientData:
     """The node's users. A deployed node names where its data lives (``data-path`` in its node config): its
     folder from `fedseqrec data export-partitions`, or a whole dataset it takes its partition of; without one,
     the run config's ``data`` (simulation: every client reads the same data and keeps its partition)."""
@@ -76,7 +79,7 @@ def _client_data(cfg: RunConfig, context: Context) -> ClientData:
         return load_exported_client(folder, cfg)
     if "data-path" in context.node_config:
         cfg = cfg.replace(data=str(context.node_config["data-path"]))
-    return load_client_data(cfg, *partition_of(context))
+    return load_client_data(cfg, *partition_of(context, sent))
 
 
 def ledger_file(cfg: RunConfig, node_config, client: int) -> Path:
@@ -124,7 +127,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
-        data = _client_data(cfg, context)
+        data = _client_data(cfg, context, sent)
         model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
         result, privacy, reason = _train_round(model, data, cfg, int(sent[ROUND_KEY]), context)
         if result is None:  # declined (privacy budget): no update, and why
@@ -148,9 +151,9 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         """Metric sums and the number of targets, so the server divides once over all clients."""
         cfg, sent = message_config(msg, context)
-        data = _client_data(cfg, context)
+        data = _client_data(cfg, context, sent)
         model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
-        sums = evaluate_locally(model, data, cfg.evaluation.protocol, str(sent.get("which", "valid")))
+        sums = evaluate_locally(model, data, cfg.evaluation.protocol, str(sent.get(WHICH_KEY, "valid")))
         metrics = {"num-examples": sums.count, "partition-id": data.client}
         metrics.update({f"sum:{name}": value for name, value in sums.sums.items()})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -55,6 +55,13 @@ class AlgorithmConfig:
     min_clients: int = option(
         1, "fewer successful clients in a round stops the run", check=positive_int, group=FEDERATION
     )
+    client_pool: int | None = option(
+        None,
+        "simulation: serve the clients from this many simulated nodes, each message naming its client (default: "
+        "one node per client, or a pool when there are thousands of clients); must hold a round's clients",
+        check=positive_int,
+        group=FEDERATION,
+    )
     round_timeout: float | None = option(
         None, "seconds to wait for replies (default: no limit)", check=positive, group=FEDERATION
     )
@@ -128,6 +135,9 @@ class RunConfig:
             raise UserError(
                 f"--min-clients {algorithm.min_clients} is more than --clients-per-round {algorithm.clients_per_round}"
             )
+        pool, per_round = algorithm.client_pool, algorithm.clients_per_round
+        if pool is not None and per_round is not None and pool < per_round and self.privacy.central_dp is None:
+            raise UserError(f"--client-pool {pool} is fewer than --clients-per-round {per_round}")
         if clients is not None and algorithm.min_clients > clients:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
         self.privacy.validate(

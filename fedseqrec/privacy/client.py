@@ -20,7 +20,7 @@ from fedseqrec.privacy.config import PrivacyConfig, check_delta, default_delta
 from fedseqrec.privacy.dpsgd import DPSettings, plan_round, train_privately
 from fedseqrec.privacy.ledger import PrivacyLedger, reconcile
 
-STATE_KEY = "privacy-ledger"
+STATE_PREFIX = "privacy-ledger"  # one entry per client: a pooled simulated node acts as several
 
 
 @dataclass
@@ -39,6 +39,10 @@ class LocalSchedule:
     horizon: int  # rounds the target ε is calibrated for
 
 
+def _state_key(client: int) -> str:
+    return f"{STATE_PREFIX}-{client}"
+
+
 def client_delta(privacy: PrivacyConfig, users: int) -> float:
     delta = privacy.delta if privacy.delta is not None else default_delta(users)
     check_delta(delta, users, "this client")
@@ -48,8 +52,8 @@ def client_delta(privacy: PrivacyConfig, users: int) -> float:
 def open_ledger(privacy: PrivacyConfig, state, path: Path, data: ClientData) -> PrivacyLedger:
     """The client's ledger: the node-local file and the copy in ``state`` (Flower's ``context.state``)."""
     in_state = None
-    if STATE_KEY in state.config_records:
-        in_state = PrivacyLedger.from_json(str(state.config_records[STATE_KEY]["json"]), "context.state")
+    if _state_key(data.client) in state.config_records:
+        in_state = PrivacyLedger.from_json(str(state.config_records[_state_key(data.client)]["json"]), "context.state")
     ledger = reconcile(in_state, PrivacyLedger.load(path))
     if ledger is None:
         delta = client_delta(privacy, len(data.users))
@@ -66,7 +70,7 @@ def keep_ledger(state, ledger: PrivacyLedger, path: Path) -> None:
     from flwr.app import ConfigRecord
 
     ledger.save(path)  # first the durable copy: a crash between the two leaves the longer one on disk
-    state.config_records[STATE_KEY] = ConfigRecord({"json": ledger.to_json()})
+    state.config_records[_state_key(int(ledger.client))] = ConfigRecord({"json": ledger.to_json()})
 
 
 def private_round(

@@ -8,6 +8,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+from fedseqrec.errors import RunError
+from fedseqrec.federated.messages import PARTITION_KEY, PARTITIONS_KEY
+
 
 def choose_clients(available: list[int], per_round: int | None, seed: int, server_round: int) -> list[int]:
     """The round's clients: all of them, or ``per_round`` drawn without replacement, by (seed, round)."""
@@ -19,12 +22,24 @@ def choose_clients(available: list[int], per_round: int | None, seed: int, serve
 
 
 class ClientDirectory:
-    """Which node serves which partition, learned by asking each new node once."""
+    """Which node serves which partition, learned by asking each new node once: for deployed nodes, each of which
+    holds its own client's data (and for small simulations, one node per client)."""
 
     def __init__(self, grid, warn: Callable[[str], None]):
         self.grid, self.warn = grid, warn
         self.node_of: dict[int, int] = {}
         self.num_partitions: int | None = None
+
+    def available(self, count: int) -> list[int]:
+        """The clients whose nodes are connected (waiting a while for ``count`` of them)."""
+        return sorted(self.wait_for(count))
+
+    def route(self, chosen: list[int]) -> dict[int, int]:
+        """node id -> the client it serves, for the chosen clients."""
+        return {self.node_of[p]: p for p in chosen}
+
+    def address(self, messages: list[Message], route: dict[int, int]) -> list[Message]:
+        return messages  # each node knows which client it is
 
     def refresh(self) -> dict[int, int]:
         known = set(self.node_of.values())
@@ -52,6 +67,44 @@ class ClientDirectory:
             time.sleep(1.0)
             nodes = self.refresh()
         return nodes
+
+
+class NodePool:
+    """A simulation's clients served by a pool of simulated nodes: every simulated node reads the same data, so any
+    node can act as any client, and each message names its client (``partition-id``). The server asks no node
+    anything before the first round, so start-up does not grow with the number of clients, and the simulation
+    keeps a pool of nodes, not one per client."""
+
+    def __init__(self, grid, num_partitions: int, warn: Callable[[str], None]):
+        self.grid, self.num_partitions, self.warn = grid, num_partitions, warn
+
+    def _nodes(self, count: int, seconds: float = 120.0) -> list[int]:
+        deadline = time.monotonic() + seconds
+        nodes = sorted(self.grid.get_node_ids())
+        while len(nodes) < count and time.monotonic() < deadline:
+            time.sleep(1.0)
+            nodes = sorted(self.grid.get_node_ids())
+        return nodes
+
+    def available(self, count: int) -> list[int]:
+        return list(range(self.num_partitions)) if self._nodes(1) else []
+
+    def route(self, chosen: list[int]) -> dict[int, int]:
+        nodes = self._nodes(len(chosen))
+        if len(chosen) > len(nodes):
+            raise RunError(
+                f"{len(chosen)} clients chosen for a round, more than the {len(nodes)} simulated nodes that serve "
+                "them: set --client-pool higher"
+            )
+        return dict(zip(nodes, chosen, strict=False))
+
+    def address(self, messages: list[Message], route: dict[int, int]) -> list[Message]:
+        for message in messages:
+            # A strategy may give every message the same content: each gets its own, naming its client.
+            content = message.content
+            named = {PARTITION_KEY: route[message.metadata.dst_node_id], PARTITIONS_KEY: self.num_partitions}
+            message.content = RecordDict({**content, "config": ConfigRecord({**content["config"], **named})})
+        return messages
 
 
 class ChosenNodes:

@@ -9,7 +9,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
-from fedseqrec.server.directory import ChosenNodes, ClientDirectory, choose_clients
+from fedseqrec.federated.messages import WHICH_KEY
+from fedseqrec.server.directory import ChosenNodes, choose_clients
 
 
 def combine_evaluations(replies: list[Message]) -> MetricSums:
@@ -23,7 +24,7 @@ def combine_evaluations(replies: list[Message]) -> MetricSums:
 
 
 class GlobalEvaluation:
-    def __init__(self, federation, directory: ClientDirectory, warn: Callable[[str], None]):
+    def __init__(self, federation, directory, warn: Callable[[str], None]):
         self.fed, self.directory, self.warn = federation, directory, warn
 
     def __call__(self, arrays: ArrayRecord, which: str, server_round: int) -> dict[str, float]:
@@ -46,15 +47,15 @@ class GlobalEvaluation:
 
     def federated(self, arrays: ArrayRecord, which: str, server_round: int) -> dict[str, float]:
         cfg = self.fed.cfg
-        nodes = self.directory.refresh()
-        share = max(1, round(cfg.evaluation.fraction_evaluate * len(nodes)))
-        chosen = choose_clients(list(nodes), share, cfg.data.seed + 1, server_round)
-        config = ConfigRecord({**self.fed.client_config(), "which": which})
+        clients = self.directory.available(1)
+        share = max(1, round(cfg.evaluation.fraction_evaluate * len(clients)))
+        chosen = choose_clients(clients, share, cfg.data.seed + 1, server_round)
+        route = self.directory.route(chosen)
+        config = ConfigRecord({**self.fed.client_config(), WHICH_KEY: which})
         grid = self.fed.grid
-        messages = self.fed.strategy.configure_evaluate(
-            server_round, arrays, config, ChosenNodes(grid, [nodes[p] for p in chosen])
-        )
-        replies = list(grid.send_and_receive(list(messages), timeout=cfg.algorithm.round_timeout))
+        messages = self.fed.strategy.configure_evaluate(server_round, arrays, config, ChosenNodes(grid, route))
+        messages = self.directory.address(list(messages), route)
+        replies = list(grid.send_and_receive(messages, timeout=cfg.algorithm.round_timeout))
         for reply in replies:
             if reply.has_error():
                 self.warn(

@@ -20,13 +20,13 @@ from flwr.common.logger import log
 from fedseqrec.errors import RunError, UserError
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, popularity_baseline
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.federated.task import build_global_model, server_data
+from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
 from fedseqrec.models.checkpoint import describe
 from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts, make_mechanism
 from fedseqrec.results.folder import STATE, RunFolder
 from fedseqrec.results.privacy_report import write_privacy_report
 from fedseqrec.results.summary import summary_markdown
-from fedseqrec.server.directory import ChosenNodes, ClientDirectory, choose_clients
+from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
 from fedseqrec.server.evaluation import GlobalEvaluation
 from fedseqrec.server.strategies import build_strategy, restore_strategy_state, strategy_state
 
@@ -60,7 +60,7 @@ class Federation:
                          self.progress.on_message)  # fmt: skip
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism)
-        self.directory = ClientDirectory(self.grid, self.progress.on_message)
+        self.directory = self._directory()
         self.evaluate = GlobalEvaluation(self, self.directory, self.progress.on_message)
         self.round, self.best = 0, {"round": 0, "score": -1.0}
         self.stopped: str | None = None
@@ -69,6 +69,13 @@ class Federation:
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
         self.folder.write_json("model.json", describe(cfg.model.name, self.model.cfg, self.ds.sequences))
+
+    def _directory(self) -> ClientDirectory | NodePool:
+        pool = self.cfg.algorithm.client_pool
+        if pool is None:
+            return ClientDirectory(self.grid, self.progress.on_message)
+        clients = expected_clients(self.cfg) or cached_dataset(self.cfg.data).partition.n_clients
+        return NodePool(self.grid, clients, self.progress.on_message)
 
     def _restore(self, state: dict) -> None:
         self.round, self.best = int(state["round"]), dict(state["best"])
@@ -82,9 +89,9 @@ class Federation:
         start = time.perf_counter()
         algorithm = self.cfg.algorithm
         # Learn which node serves which client before the first round, so round times are rounds only.
-        nodes = self.directory.wait_for(max(algorithm.min_clients, algorithm.clients_per_round or 1))
-        self.progress.on_message(f"{len(nodes)} clients connected in {time.perf_counter() - start:.1f} s")
-        self.mechanism.start(self.directory.num_partitions or len(nodes), self._saved_privacy, self.round)
+        clients = self.directory.available(max(algorithm.min_clients, algorithm.clients_per_round or 1))
+        self.progress.on_message(f"{len(clients)} clients connected in {time.perf_counter() - start:.1f} s")
+        self.mechanism.start(self.directory.num_partitions or len(clients), self._saved_privacy, self.round)
         for server_round in range(self.round + 1, algorithm.rounds + 1):
             try:
                 record = self.train_round(server_round)
@@ -106,32 +113,27 @@ class Federation:
     def train_round(self, server_round: int) -> dict:
         started = time.perf_counter()
         algorithm = self.cfg.algorithm
-        nodes = self.directory.wait_for(max(algorithm.min_clients, algorithm.clients_per_round or 1))
-        if len(nodes) < algorithm.min_clients:
+        available = self.directory.available(max(algorithm.min_clients, algorithm.clients_per_round or 1))
+        if len(available) < algorithm.min_clients:
             raise RunError(
-                f"round {server_round}: {len(nodes)} clients available, fewer than --min-clients "
+                f"round {server_round}: {len(available)} clients available, fewer than --min-clients "
                 f"{algorithm.min_clients}; {self._resumable()}"
             )
 
-        def sample(available: list[int]) -> list[int]:
-            return choose_clients(available, algorithm.clients_per_round, self.cfg.data.seed, server_round)
+        def sample(clients: list[int]) -> list[int]:
+            return choose_clients(clients, algorithm.clients_per_round, self.cfg.data.seed, server_round)
 
-        chosen = self.mechanism.choose(sorted(nodes), server_round, sample)
-        messages = list(
-            self.strategy.configure_train(
-                server_round, self.arrays, ConfigRecord(self.client_config()),
-                ChosenNodes(self.grid, [nodes[p] for p in chosen]),
-            )
-        )  # fmt: skip
+        chosen = self.mechanism.choose(available, server_round, sample)
+        route = self.directory.route(chosen)
+        config = ConfigRecord(self.client_config())
+        messages = self.strategy.configure_train(server_round, self.arrays, config, ChosenNodes(self.grid, route))
+        messages = self.directory.address(list(messages), route)
         exchange_start = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=algorithm.round_timeout)) if messages else []
         exchange_seconds = time.perf_counter() - exchange_start
         # An error the SuperLink writes for a node that is gone may not carry the node as its source: map replies
         # to clients through the message they answer.
-        partition_of = {n: p for p, n in nodes.items()}
-        asked = {
-            m.metadata.message_id: (partition_of[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages
-        }
+        asked = {m.metadata.message_id: (route[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages}
         ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
         privacy = self.mechanism.observe(server_round, ok)
         updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none

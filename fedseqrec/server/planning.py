@@ -15,6 +15,16 @@ from fedseqrec.privacy.mechanism import RunFacts, make_mechanism
 from fedseqrec.results.folder import RunFolder
 
 DEFAULT_SIMULATED_CLIENTS = 5  # iid and dirichlet partitions without --clients, on one machine
+POOL_ABOVE = 256  # more simulated clients than this, a few of them a round: served by a pool of nodes
+
+
+def with_client_pool(cfg: RunConfig, n_clients: int) -> RunConfig:
+    """A simulation of many clients of which a round asks a few: a pool of nodes serves them (see
+    server.directory.NodePool), large enough for a round's clients (Poisson sampling's too, with room)."""
+    per_round = cfg.algorithm.clients_per_round
+    if cfg.algorithm.client_pool is not None or n_clients <= POOL_ABOVE or per_round is None:
+        return cfg
+    return cfg.replace(client_pool=min(n_clients, 2 * per_round + 32))
 
 
 def default_run_folder(cfg: RunConfig, prefix: str = "") -> Path:
@@ -85,5 +95,5 @@ def prepare_run(
     path = out or (Path(cfg.out) if cfg.out else default_run_folder(cfg, prefix))
     RunFolder.check_new(path)
     n = count_clients(cfg)
-    cfg = replace(cfg, out=str(path))
+    cfg = with_client_pool(replace(cfg, out=str(path)), n)
     return cfg, RunFolder.create(path, cfg), n

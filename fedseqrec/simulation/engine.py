@@ -57,7 +57,7 @@ def simulate(
         run_simulation(
             server_app=make_server_app(cfg, folder, progress),
             client_app=client_app or default_client_app,
-            num_supernodes=n_clients,
+            num_supernodes=cfg.algorithm.client_pool or n_clients,
             backend_config=backend,
             verbose_logging=verbose,
         )
