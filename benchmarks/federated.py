@@ -3,7 +3,12 @@
     python benchmarks/federated.py iid       # 10 IID silos, FedAvg, sasrec, vs. the centralized figure
     python benchmarks/federated.py non-iid   # dirichlet alpha=0.1 and attribute silos x FedAvg, FedProx, FedAdam
     python benchmarks/federated.py per-user  # 943 clients (one per user), 20 a round, 100 rounds: time and parts
-    [--ml100k ../shared/data/ml-100k] [--rounds N] [--out benchmarks/results/federated-SCENARIO.json]
+    python benchmarks/federated.py beauty-per-user  # Amazon Beauty: 22,363 clients, 100 a round, 100 rounds
+    [--ml100k ../shared/data/ml-100k] [--beauty ../shared/data/amazon-beauty/Beauty.txt] [--rounds N]
+    [--out benchmarks/results/federated-SCENARIO.json]
+
+Peak memory is the largest sum of the resident memory of this process and every process it started (Ray's
+workers included), sampled twice a second.
 
 Each run folder goes to a temporary directory; the JSON keeps the final metrics and the per-round timing:
 round wall time, time spent in centralized evaluation, the exchange (model out to last reply), the clients' own
@@ -18,6 +23,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,13 +62,53 @@ def timing(rounds: list[dict], cpus: int) -> dict:
     }
 
 
+class PeakMemory:
+    """The largest total resident memory of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, every: float = 0.5):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, _tree_rss(os.getpid()))
+
+
+def _tree_rss(root: int) -> int:
+    parent, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parent[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(child for child, p in parent.items() if p == pid)
+    return total
+
+
 def run(cfg: RunConfig, tmp: Path, tag: str) -> dict:
     folder = tmp / tag
     start = time.perf_counter()
     progress = Progress(
         on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.algorithm.rounds)}", flush=True), on_message=print
     )
-    results, run_folder = simulate(cfg, out=folder, progress=progress)
+    with PeakMemory() as memory:
+        results, run_folder = simulate(cfg, out=folder, progress=progress)
     total = time.perf_counter() - start
     rounds = run_folder.rounds()
     row = {
@@ -80,6 +126,8 @@ def run(cfg: RunConfig, tmp: Path, tag: str) -> dict:
         "last_test": {k: round(results["last"]["test"][k], 4) for k in KEYS},
         "total_seconds": round(total, 1),
         "startup_seconds": round(total - sum(r["seconds"] for r in rounds), 1),
+        "peak_memory_gib": round(memory.peak / 2**30, 2),
+        "protocol": cfg.evaluation.protocol,
         "timing": timing(rounds, cpus=os.cpu_count() or 1),
         "valid_curve": [(r["round"], round(r["valid"]["NDCG@10"], 4)) for r in rounds if "valid" in r],
     }
@@ -107,6 +155,12 @@ def scenarios(name: str, base: RunConfig, rounds: int | None) -> list[tuple[str,
                 cfg = base.replace(partition=partition, strategy=strategy, rounds=rounds or 60, eval_every=5, **extra)
                 out.append((f"{partition}-{strategy}", cfg))
         return out
+    if name == "beauty-per-user":
+        cfg = base.replace(
+            partition="per-user", clients=None, clients_per_round=100, rounds=rounds or 100, eval_every=10,
+            protocol="full-history-removed",
+        )  # fmt: skip
+        return [("beauty-per-user-fedavg", cfg)]
     if name == "per-user":
         cfg = base.replace(partition="per-user", clients=None, clients_per_round=20, rounds=rounds or 100)
         return [("per-user-fedavg", cfg.replace(eval_every=10))]
@@ -115,13 +169,15 @@ def scenarios(name: str, base: RunConfig, rounds: int | None) -> list[tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=("iid", "non-iid", "per-user"))
+    parser.add_argument("scenario", choices=("iid", "non-iid", "per-user", "beauty-per-user"))
     parser.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
+    parser.add_argument("--beauty", default=str(ROOT.parent / "shared" / "data" / "amazon-beauty" / "Beauty.txt"))
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    base = RunConfig.of(data=args.ml100k, batch_size=args.batch_size)
+    data = args.beauty if args.scenario.startswith("beauty") else args.ml100k
+    base = RunConfig.of(data=data, batch_size=args.batch_size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for tag, cfg in scenarios(args.scenario, base, args.rounds):

@@ -74,13 +74,14 @@ class SequentialRecommender(nn.Module):
     # Transformers, wrong for a recurrent cell called once per time step (per-sample hooks are exact for both).
     recurrent = False
     ghost_clipping_safe = True
+    uses_event_types = True  # side information: the event type of each position (view, cart, purchase, ...)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.item_embedding = nn.Embedding(cfg.n_items + 1 + self.extra_tokens, cfg.hidden, padding_idx=0)
-        self.use_events = cfg.side_info and cfg.n_events > 1
+        self.use_events = cfg.side_info and cfg.n_events > 1 and self.uses_event_types
         self.use_gaps = cfg.side_info
         if self.use_events:
             self.event_embedding = nn.Embedding(cfg.n_events + 1, cfg.hidden, padding_idx=0)

@@ -19,6 +19,10 @@ from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
 class BERT4Rec(SequentialRecommender):
     name = "bert4rec"
     extra_tokens = 1  # the [MASK] item, id n_items + 1
+    # A bidirectional model sees the events around a masked one: a cart or a purchase next to it almost always
+    # names the masked item (the same item, carted or bought), so the cloze task is solved by copying a
+    # neighbour — which the appended [MASK] of prediction never has. Without event types it must learn order.
+    uses_event_types = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
