@@ -22,7 +22,15 @@ from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.federated.messages import PARTITION_KEY, PARTITIONS_KEY, ROUND_KEY, SERVER_KEYS, WHICH_KEY
+from fedseqrec.federated.messages import (
+    NOISE_STD_KEY,
+    PARTITION_KEY,
+    PARTITIONS_KEY,
+    ROUND_KEY,
+    SERVER_KEYS,
+    USER_RATE_KEY,
+    WHICH_KEY,
+)
 from fedseqrec.federated.task import (
     build_global_model,
     client_seed,
@@ -30,11 +38,12 @@ from fedseqrec.federated.task import (
     load_client_data,
     load_exported_client,
     train_locally,
+    training_windows,
 )
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.training import TrainResult
 from fedseqrec.privacy.clipping_mod import central_clipping_mod
-from fedseqrec.privacy.config import LOCAL_DPSGD
+from fedseqrec.privacy.config import LOCAL_DPSGD, USER_LEVEL
 from fedseqrec.privacy.ledger import ledger_metrics
 
 # Keys the server adds to the run config in a message's ConfigRecord: ours, and those of Flower's strategies
@@ -104,13 +113,29 @@ def _private_round(model: SequentialRecommender, data: ClientData, cfg: RunConfi
     return outcome.result, ledger_metrics(outcome.ledger), outcome.reason
 
 
-def _train_round(
-    model, data: ClientData, cfg: RunConfig, server_round: int, context
-) -> tuple[TrainResult | None, dict, str]:
+def _user_level_round(model, data: ClientData, cfg: RunConfig, server_round: int, sent: ConfigRecord):
+    """Federation-wide user-level DP: this silo's sampled users' clipped gradient sum (and its noise share)."""
+    # Imported here, not above: Opacus costs a fresh ClientApp process a second; only DP rounds need it.
+    from fedseqrec.privacy.user_level import silo_contribution
+
+    started = time.perf_counter()
+    windows = training_windows(model, data, cfg.fit, client_seed(cfg, server_round, data.client))
+    total, sampled = silo_contribution(
+        model, windows, float(sent[USER_RATE_KEY]), cfg.privacy.max_grad_norm, float(sent[NOISE_STD_KEY])
+    )
+    return TrainResult(sampled, 0.0, 1, time.perf_counter() - started), {"sampled-users": sampled}, total
+
+
+def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, context, sent) -> tuple:
+    """(the result or None when declined, privacy metrics, why it declined, what to send: the trained weights, or
+    under user-level DP the silo's clipped gradient sum)."""
     if cfg.privacy.mechanism == LOCAL_DPSGD:
-        return _private_round(model, data, cfg, server_round, context)
+        return (*_private_round(model, data, cfg, server_round, context), None)
+    if cfg.privacy.mechanism == USER_LEVEL:
+        result, metrics, total = _user_level_round(model, data, cfg, server_round, sent)
+        return result, metrics, "", total
     mu = cfg.algorithm.proximal_mu if cfg.algorithm.strategy == "fedprox" else None
-    return train_locally(model, data, cfg.fit, client_seed(cfg, server_round, data.client), mu), {}, ""
+    return train_locally(model, data, cfg.fit, client_seed(cfg, server_round, data.client), mu), {}, "", None
 
 
 def make_client_app(mods: list | None = None) -> ClientApp:
@@ -129,7 +154,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context, sent)
         model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
-        result, privacy, reason = _train_round(model, data, cfg, int(sent[ROUND_KEY]), context)
+        result, privacy, reason, update = _train_round(model, data, cfg, int(sent[ROUND_KEY]), context, sent)
         if result is None:  # declined (privacy budget): no update, and why
             metrics = MetricRecord({"num-examples": 0, "partition-id": data.client, "declined": 1, **privacy})
             return Message(RecordDict({"metrics": metrics, "status": ConfigRecord({"reason": reason})}), reply_to=msg)
@@ -143,7 +168,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
                 **privacy,
             }
         )
-        arrays = ArrayRecord(model.state_dict())
+        arrays = ArrayRecord(model.state_dict() if update is None else update)
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

@@ -4,4 +4,7 @@ ROUND_KEY = "server-round"  # the round a train message belongs to
 WHICH_KEY = "which"  # evaluation: "valid" or "test"
 # A pooled simulated node (see server.directory.NodePool) learns from each message which client it acts as.
 PARTITION_KEY, PARTITIONS_KEY = "partition-id", "num-partitions"
-SERVER_KEYS = (ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY)
+# Federation-wide user-level DP: every silo samples its users with this rate, and (noise shares) adds noise of this
+# standard deviation to its sum.
+USER_RATE_KEY, NOISE_STD_KEY = "user-rate", "noise-share-std"
+SERVER_KEYS = (ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY)

@@ -13,9 +13,13 @@ CENTRAL_DP = ("fixed", "adaptive")
 CLIPPING_SIDES = ("server", "client")
 DPSGD = "differential privacy (DP-SGD at each client; the privacy unit is one user)"
 CENTRAL = "central differential privacy (DP-FedAvg; one user per client: --partition per-user)"
+USER = (
+    "federation-wide user-level differential privacy (DP-FedSGD across silos; one user of the federation is the unit)"
+)
+NOISE_SHARES = ("server", "clients")
 
 # The mechanisms a run can use, by the name the server-side registry knows them by.
-NO_DP, LOCAL_DPSGD, DP_FEDAVG = "none", "local-dp-sgd", "dp-fedavg"
+NO_DP, LOCAL_DPSGD, DP_FEDAVG, USER_LEVEL = "none", "local-dp-sgd", "dp-fedavg", "user-level-dp-fedsgd"
 
 
 def default_delta(users: int) -> float:
@@ -67,10 +71,30 @@ class PrivacyConfig:
     target_quantile: float = option(0.5, "adaptive: unclipped share", check=within(0, 1, low_open=True), group=CENTRAL)
     clip_lr: float = option(0.2, "adaptive: clipping norm learning rate", check=positive, group=CENTRAL)
 
+    user_dp: bool = option(
+        False,
+        "every user of the federation sampled with rate --users-per-round / users each round; each silo sums its "
+        "sampled users' clipped gradients (--max-grad-norm) at the global model; Gaussian noise once on the total "
+        "(--noise-multiplier or --epsilon)",
+        group=USER,
+    )
+    users_per_round: int | None = option(
+        None, "expected users a round (Poisson sampling rate q = this / users)", check=positive_int, group=USER
+    )
+    noise_shares: str = option(
+        "server",
+        "who adds the noise: server (a trusted aggregator sees the silo sums), or clients (each of K silos adds "
+        "N(0, σ²C²/K): private only when the silo sums are combined by secure aggregation)",
+        choices=NOISE_SHARES,
+        group=USER,
+    )
+
     @property
     def mechanism(self) -> str:
         if self.dp:
             return LOCAL_DPSGD
+        if self.user_dp:
+            return USER_LEVEL
         return DP_FEDAVG if self.central_dp is not None else NO_DP
 
     @property
@@ -81,8 +105,9 @@ class PrivacyConfig:
         return self.budget if self.budget is not None else self.epsilon
 
     def implied(self) -> PrivacyConfig:
-        """``--epsilon`` or ``--noise-multiplier`` alone ask for DP-SGD."""
-        return replace(self, dp=self.dp or self.epsilon is not None or self.noise_multiplier is not None)
+        """``--epsilon`` or ``--noise-multiplier`` alone ask for DP-SGD at the clients (unless ``--user-dp``)."""
+        asked = self.epsilon is not None or self.noise_multiplier is not None
+        return replace(self, dp=self.dp or (asked and not self.user_dp))
 
     def validate(self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str) -> None:
         """``ghost_safe``: a callable telling whether ``model`` may use ghost clipping (it imports the model)."""
@@ -92,6 +117,11 @@ class PrivacyConfig:
             return
         if self.central_noise is not None:
             raise UserError("--central-noise needs --central-dp fixed or adaptive")
+        if self.user_dp:
+            self._validate_user_level(strategy, clients_per_round, loss)
+            return
+        if self.users_per_round is not None:
+            raise UserError("--users-per-round needs --user-dp")
         given = [
             n for n in ("noise_multiplier", "epsilon", "delta", "budget", "horizon") if getattr(self, n) is not None
         ]
@@ -117,8 +147,28 @@ class PrivacyConfig:
         if loss == "sampled":
             raise UserError("the sampled loss is not supported with --dp: use --loss ce")
 
-    def _validate_dp_fedavg(self, strategy: str, clients_per_round: int | None) -> None:
+    def _validate_user_level(self, strategy: str, clients_per_round: int | None, loss: str) -> None:
         if self.dp:
+            raise UserError("choose one mechanism: --dp (DP-SGD inside each silo) or --user-dp (across silos)")
+        if (self.noise_multiplier is None) == (self.epsilon is None):
+            raise UserError("--user-dp needs exactly one of --noise-multiplier and --epsilon")
+        if self.noise_multiplier is not None and positive(self.noise_multiplier):
+            raise UserError(f"--noise-multiplier must be a positive number, got {self.noise_multiplier}")
+        if self.users_per_round is None:
+            raise UserError("--user-dp needs --users-per-round (the expected number of users a round)")
+        if clients_per_round is not None:
+            raise UserError("--user-dp samples users, not silos: every silo takes part in every round (drop "
+                            "--clients-per-round)")  # fmt: skip
+        if strategy == "fedprox":
+            raise UserError("--user-dp applies the noisy gradient with fedavg (SGD), fedadam, fedyogi, fedadagrad or "
+                            "fedavgm, not fedprox")  # fmt: skip
+        if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
+            raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
+        if loss == "sampled":
+            raise UserError("the sampled loss is not supported with --user-dp: use --loss ce")
+
+    def _validate_dp_fedavg(self, strategy: str, clients_per_round: int | None) -> None:
+        if self.dp or self.user_dp:
             raise UserError("choose one mechanism: --dp (DP-SGD at the clients) or --central-dp (DP-FedAvg)")
         if self.central_noise is None or positive(self.central_noise):
             raise UserError(

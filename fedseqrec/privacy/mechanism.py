@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, NO_DP, PrivacyConfig
+from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, NO_DP, USER_LEVEL, PrivacyConfig
 
 
 class BudgetExhausted(Exception):
@@ -34,6 +34,9 @@ class RunFacts:
     min_clients: int
     partition: str | None
     warn: Callable[[str], None]
+    users: int = 0  # users of the whole federation (0: unknown to the server)
+    horizon: int = 1  # rounds an --epsilon target is calibrated for
+    trainable: tuple[str, ...] = ()  # the global model's trainable parameters
 
 
 class PrivacyMechanism:
@@ -48,6 +51,22 @@ class PrivacyMechanism:
     def strategy(self, common: dict):
         """A strategy of the mechanism's own (built with Flower's ``common`` options), or None for the run's."""
         return None
+
+    def aggregate_class(self, strategy_class: type) -> type:
+        """The class the run's strategy is built from (a mechanism may put its own aggregate beneath it)."""
+        return strategy_class
+
+    def aggregate_options(self) -> dict:
+        """Constructor options :meth:`aggregate_class` needs."""
+        return {}
+
+    def message_config(self) -> dict:
+        """What every train message carries for the mechanism besides the run config."""
+        return {}
+
+    def to_aggregate(self, replies: list) -> list:
+        """The replies the round aggregates: by default those with training examples."""
+        return [r for r in replies if r.content["metrics"]["num-examples"] > 0]
 
     def choose(self, available: list[int], server_round: int, sample: Callable[[list[int]], list[int]]) -> list[int]:
         """The round's clients; ``sample`` is the run's reproducible sampler."""
@@ -88,6 +107,7 @@ MECHANISMS = {
     NO_DP: "fedseqrec.privacy.mechanism:PrivacyMechanism",
     LOCAL_DPSGD: "fedseqrec.privacy.local_dpsgd:LocalDPSGD",
     DP_FEDAVG: "fedseqrec.privacy.dp_fedavg:DPFedAvg",
+    USER_LEVEL: "fedseqrec.privacy.user_level:UserLevelDPFedSGD",
 }
 
 

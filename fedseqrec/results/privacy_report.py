@@ -61,6 +61,7 @@ def build_privacy_report(folder: Path) -> dict:
         "mechanism": privacy.get("mechanism", MECHANISM),
         "privacy_unit": privacy.get("privacy_unit", PRIVACY_UNIT),
         "client_sampling": privacy.get("sampling", SAMPLING),
+        "trust": privacy.get("trust", "each client runs its own mechanism; the server sees each client's update"),
         "users_in_several_clients": OVERLAP,
         "accountant": config.get("accountant"),
         "max_grad_norm": config.get("max-grad-norm"),
@@ -102,6 +103,7 @@ def report_markdown(report: dict) -> str:
         f"- mechanism: {report['mechanism']}",
         f"- privacy unit: {report['privacy_unit']}",
         f"- client sampling: {report['client_sampling']}",
+        f"- trust: {report['trust']}",
         f"- users in several clients: {report['users_in_several_clients']}",
         f"- budget per client: {_fmt(report['budget'])}; rounds: {report['rounds']}"
         + (f"; stopped: {report['stopped']}" if report["stopped"] else ""),

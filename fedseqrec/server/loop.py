@@ -56,8 +56,11 @@ class Federation:
             )
         torch.manual_seed(cfg.data.seed)  # the initial global model
         self.model = build_global_model(self.ds.sequences, cfg.model)
-        facts = RunFacts(cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition,
-                         self.progress.on_message)  # fmt: skip
+        facts = RunFacts(
+            cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, self.progress.on_message,
+            users=self.ds.sequences.n_users, horizon=cfg.planned_horizon(),
+            trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad),
+        )  # fmt: skip
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism)
         self.directory = self._directory()
@@ -143,7 +146,7 @@ class Federation:
                 f"round {server_round}: {len(updates)} of {len(chosen)} clients returned an update, fewer than "
                 f"--min-clients {algorithm.min_clients} (failed: {', '.join(failed) or 'none'}); {self._resumable()}"
             )
-        trained = [r for r in updates if r.content["metrics"]["num-examples"] > 0]
+        trained = self.mechanism.to_aggregate(updates)
         arrays = self.strategy.aggregate_train(server_round, trained)[0] if trained else None
         if not trained:
             arrays = self.mechanism.release_without_updates(self.strategy, self.arrays)
@@ -175,7 +178,7 @@ class Federation:
     def client_config(self) -> dict:
         """The run config every message carries, with the run folder resolved (simulated clients keep their
         privacy ledgers under it)."""
-        return {**self.cfg.to_run_config(), "out": str(self.folder.path.resolve())}
+        return {**self.cfg.to_run_config(), "out": str(self.folder.path.resolve()), **self.mechanism.message_config()}
 
     def _complete(self, server_round: int, record: dict) -> None:
         self.round = server_round

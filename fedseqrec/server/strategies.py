@@ -36,26 +36,33 @@ COMMON = {
 
 
 def build_strategy(cfg: AlgorithmConfig, client_lr: float, mechanism=None) -> FedAvg:
-    """The run's strategy by name; a privacy mechanism that brings its own (DP-FedAvg) replaces it."""
+    """The run's strategy by name; a privacy mechanism may bring its own (DP-FedAvg) or put its aggregate beneath
+    the strategy's server optimiser (user-level DP: the noisy sum)."""
     own = mechanism.strategy(COMMON) if mechanism is not None else None
     if own is not None:
         return own
-    common = COMMON
+    cls, options = _named(cfg, client_lr)
+    if mechanism is not None:
+        cls, options = mechanism.aggregate_class(cls), {**options, **mechanism.aggregate_options()}
+    return cls(**options, **COMMON)
+
+
+def _named(cfg: AlgorithmConfig, client_lr: float) -> tuple[type, dict]:
     name = cfg.strategy
     if name == "fedavg":
-        return FedAvg(**common)
+        return FedAvg, {}
     if name == "fedprox":
-        return FedProx(proximal_mu=cfg.proximal_mu, **common)
+        return FedProx, {"proximal_mu": cfg.proximal_mu}
     if name == "fedavgm":
         lr = 1.0 if cfg.server_lr is None else cfg.server_lr
-        return FedAvgM(server_learning_rate=lr, server_momentum=cfg.server_momentum, **common)
+        return FedAvgM, {"server_learning_rate": lr, "server_momentum": cfg.server_momentum}
     optimisers = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
     if name in optimisers:
         # eta_l is only reported by Flower's FedOpt; the clients' own learning rate is --lr.
         options = {"eta": 1e-2 if cfg.server_lr is None else cfg.server_lr, "eta_l": client_lr, "tau": cfg.tau}
         if name != "fedadagrad":
             options.update(beta_1=cfg.beta_1, beta_2=cfg.beta_2)
-        return optimisers[name](**options, **common)
+        return optimisers[name], options
     raise UserError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 

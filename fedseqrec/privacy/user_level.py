@@ -1,0 +1,245 @@
+"""Federation-wide user-level DP-FedSGD: the privacy unit is one user of the whole federation, one ledger covers
+every user, and the noise is added once, to the sum over all silos.
+
+Each round, with q = users-per-round / N (N: every user of the federation):
+
+1. every silo samples each of its users independently with probability q (Poisson sampling, OS randomness);
+2. for every sampled user it computes the gradient of that user's loss at the global model (the user's whole
+   window is one example), clips it to norm C (``--max-grad-norm``) and adds it to the silo's sum;
+3. with ``--noise-shares clients`` each silo adds N(0, σ²C²/K) to its sum (K silos: the shares add up to σ²C²);
+4. the server adds the silo sums (``--noise-shares server``: and N(0, σ²C²) once), divides by the **expected**
+   number of sampled users qN — never the actual count, which would depend on who took part — and applies the
+   result as a gradient with the server optimiser of ``--strategy`` (fedavg: SGD with rate 1; fedadam, fedyogi,
+   fedadagrad, fedavgm: Flower's server optimisers, ``--server-lr``).
+
+Adding or removing one user changes the total by at most C (their clipped gradient, or nothing), so each round is
+one Poisson-subsampled Gaussian mechanism (σ, q) on the user level, composed over the rounds by the accountant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from fedseqrec.errors import UserError
+from fedseqrec.models.base import SequenceLoss, SequentialRecommender
+from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.privacy.accounting import calibrate_noise
+from fedseqrec.privacy.compat import dp_compatible
+from fedseqrec.privacy.config import USER_LEVEL, check_delta, default_delta
+from fedseqrec.privacy.dp_fedavg import CentralAccountant
+from fedseqrec.privacy.mechanism import BudgetExhausted, PrivacyMechanism
+
+CHUNK = 32  # users whose per-user gradients are held at once
+
+
+# --- a silo's round ----------------------------------------------------------------------------------------------
+
+
+def sample_users(count: int, rate: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of the users taken this round: each independently with probability ``rate`` (OS randomness)."""
+    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))
+    return np.flatnonzero(rng.random(count) < rate)
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def clipped_gradient_sum(
+    model: SequentialRecommender, windows: TrainingWindows, chosen: np.ndarray, clip: float
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Σ over the chosen users of their loss gradient at ``model``, each clipped to norm ``clip``: (the sum per
+    trainable parameter, by the model's own names; every user's gradient norm before clipping)."""
+    from opacus import GradSampleModule
+
+    private = dp_compatible(model)  # a copy; GRU/LSTM swapped for Opacus' layers (same weights)
+    private.train()
+    hooked = GradSampleModule(private, loss_reduction="mean")  # grad_sample: each user's own loss gradient
+    names = _own_names(model, private)
+    params = [p for p in private.parameters() if p.requires_grad]
+    total = {names[id(p)]: torch.zeros_like(p) for p in params}
+    norms = []
+    criterion = SequenceLoss(model.cfg.label_smoothing)
+    for start in range(0, len(chosen), CHUNK):
+        part = chosen[start : start + CHUNK]
+        batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[int(i)] for i in part), strict=True)])
+        for p in params:
+            p.grad, p.grad_sample = None, None
+        private.calculate_loss(batch, criterion).backward()
+        flat = [p.grad_sample.reshape(len(part), -1) for p in params]
+        norm = torch.sqrt(sum((g**2).sum(dim=1) for g in flat))
+        factor = (clip / (norm + 1e-12)).clamp(max=1.0)
+        for p in params:
+            total[names[id(p)]] += torch.einsum("b,b...->...", factor, p.grad_sample)
+        norms.append(norm.detach())
+    hooked._close()
+    return total, (torch.cat(norms).numpy() if norms else np.empty(0))
+
+
+def _own_names(model: torch.nn.Module, private: torch.nn.Module) -> dict[int, str]:
+    """The model's own state-dict name of each trainable parameter of its Opacus-compatible copy."""
+    own = set(model.state_dict())
+    return {id(t): n for n, t in private.state_dict(keep_vars=True).items() if n in own}
+
+
+def silo_contribution(
+    model: SequentialRecommender, windows: TrainingWindows, rate: float, clip: float, noise_std: float
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The silo's reply: its sampled users' clipped gradient sum (plus its noise share when ``noise_std`` > 0),
+    and how many users it sampled (for the log only: the server never divides by it)."""
+    chosen = sample_users(len(windows), rate)
+    if len(chosen):
+        total, _ = clipped_gradient_sum(model, windows, chosen, clip)
+    else:
+        total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
+    if noise_std > 0:
+        generator = torch.Generator().manual_seed(secrets.randbits(63))
+        total = {n: t + torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}
+    return total, len(chosen)
+
+
+# --- the server ---------------------------------------------------------------------------------------------------
+
+
+class NoisySum(FedAvg):
+    """Adds the silos' sums, adds the noise (server mode), divides by the expected number of users and returns
+    ``current − that`` as the aggregate: one SGD step of rate 1, on which a server optimiser (FedAdam, …) built
+    over this class acts as on any aggregate."""
+
+    def __init__(self, keys: list[str], expected_users: float, noise_std: float, **kwargs):
+        super().__init__(**kwargs)
+        self.keys, self.expected_users, self.noise_std = keys, expected_users, noise_std
+        self.current_arrays: ArrayRecord | None = None
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        total = {k: np.zeros_like(current[k], dtype=np.float64) for k in self.keys}
+        for reply in replies:
+            for record in reply.content.array_records.values():
+                for key, value in record.items():
+                    total[key] += value.numpy()
+        rng = np.random.default_rng(secrets.randbits(64))
+        for key in self.keys:
+            if self.noise_std > 0:
+                total[key] += rng.normal(0.0, self.noise_std, size=total[key].shape)
+            current[key] = (current[key] - total[key] / self.expected_users).astype(current[key].dtype)
+        return ArrayRecord({k: Array(v) for k, v in current.items()}), MetricRecord()
+
+
+def with_noisy_sum(strategy_class: type) -> type:
+    """The run's strategy with :class:`NoisySum` as the aggregate its server optimiser starts from."""
+    if strategy_class is FedAvg:
+        return NoisySum
+    return type(f"UserLevel{strategy_class.__name__}", (strategy_class, NoisySum), {})
+
+
+class UserLevelDPFedSGD(PrivacyMechanism):
+    name = USER_LEVEL
+
+    def __init__(self, privacy, run):
+        super().__init__(privacy, run)
+        self.history: list[dict] = []
+        self.silos: list[int] = []
+        p, users = privacy, run.users
+        if not users:
+            raise UserError(
+                "--user-dp needs the number of users of the federation, and the server's data holds none: give the "
+                "server the dataset (not an export's server folder)"
+            )
+        rate = min(1.0, p.users_per_round / users)
+        delta = p.delta if p.delta is not None else default_delta(users)
+        check_delta(delta, users, "the federation")
+        sigma = p.noise_multiplier
+        if sigma is None:
+            sigma = calibrate_noise(p.epsilon, delta, rate, run.horizon, p.accountant)
+        self.accountant = CentralAccountant(sigma, rate, delta, p.accountant)
+
+    def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
+        self.silos = list(range(n_clients))
+        if saved:
+            self.history = [h for h in json.loads(saved)["history"] if h["round"] <= last_round]
+        self.accountant.rounds = len(self.history)
+
+    @property
+    def noise_std(self) -> float:
+        return self.accountant.noise * self.privacy.max_grad_norm
+
+    def message_config(self) -> dict:
+        """What every silo needs: the sampling rate, and its noise share's standard deviation (clients mode)."""
+        shares = self.noise_std / math.sqrt(len(self.silos)) if self.privacy.noise_shares == "clients" else 0.0
+        return {"user-rate": self.accountant.rate, "noise-share-std": shares}
+
+    def aggregate_class(self, strategy_class: type) -> type:
+        return with_noisy_sum(strategy_class)
+
+    def aggregate_options(self) -> dict:
+        server_noise = self.noise_std if self.privacy.noise_shares == "server" else 0.0
+        return {"keys": list(self.run.trainable), "expected_users": self.accountant.rate * self.run.users,
+                "noise_std": server_noise}  # fmt: skip
+
+    def to_aggregate(self, replies: list) -> list:
+        return list(replies)  # a silo that sampled nobody still sends its (zero) sum and its noise share
+
+    def choose(self, available: list[int], server_round: int, sample) -> list[int]:
+        budget, accountant = self.privacy.budget, self.accountant
+        if budget is not None and accountant.epsilon(accountant.rounds + 1) > budget:
+            raise BudgetExhausted(
+                f"privacy budget exhausted: another round would take ε above the budget {budget:g} "
+                f"(now {accountant.epsilon():.3f})"
+            )
+        return available  # every silo, every round: the users are what is sampled
+
+    def observe(self, server_round: int, replies: list) -> dict:
+        eps = self.accountant.add_round()
+        self.history.append({"round": server_round, "max_epsilon": eps, "epsilons": {}})
+        sampled = sum(int(r.content["metrics"].get("sampled-users", 0)) for r in replies)
+        return {"epsilon_max": eps, "declined": [], "sampled_users": sampled}
+
+    def min_updates(self, chosen: int) -> int:
+        # Noise shares: every silo's share is needed, or the release is less noisy than accounted.
+        return chosen if self.privacy.noise_shares == "clients" else self.run.min_clients
+
+    def max_epsilon(self) -> float:
+        return self.accountant.epsilon()
+
+    def state(self) -> str:
+        a, p = self.accountant, self.privacy
+        eps = a.epsilon()
+        entry = {"epsilon": eps, "epsilon_checked": eps, "delta": a.delta, "budget": p.budget,
+                 "accountant": a.accountant, "status": "active",
+                 "ledger": [{"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}]
+                 if a.rounds else []}  # fmt: skip
+        trust = (
+            "trusted aggregator: the server adds the noise and sees every silo's exact sum of clipped gradients"
+            if p.noise_shares == "server"
+            else "noise shares: each silo adds N(0, σ²C²/K) to its sum; the total is private, a single silo's sum "
+            "is not — users are protected only if the server combines the sums under secure aggregation and never "
+            "sees one alone (this deployment does not run secure aggregation)"
+        )
+        return json.dumps(
+            {
+                "mechanism": "user-level DP-FedSGD across silos: " + __doc__.split("\n\n")[1].replace("\n", " "),
+                "privacy_unit": "user-level, federation-wide: adding or removing one user of the whole federation, "
+                "with all of their events; one guarantee for every user, whatever silo holds them",
+                "sampling": f"Poisson, each user with rate q = {a.rate:.6g} per round (users-per-round / users)",
+                "trust": trust,
+                "noise_shares": p.noise_shares,
+                "clients": {str(c): entry for c in self.silos},
+                "history": self.history,
+            }
+        )
+
+    def summary(self) -> dict:
+        return {"max_epsilon": self.max_epsilon(), "accountant": self.privacy.accountant, "mechanism": self.name,
+                "noise_shares": self.privacy.noise_shares}  # fmt: skip

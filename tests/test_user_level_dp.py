@@ -1,0 +1,155 @@
+"""Federation-wide user-level DP (DP-FedSGD across silos): per-user sensitivity on the real code path, the fixed
+denominator, noise shares that add up to σ²C², accounting against an independent accountant, and a whole run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import TINY, TINY_FLAGS, Nodes, independent_epsilons
+
+from fedseqrec.federated.task import build_global_model, cached_dataset, training_windows
+from fedseqrec.models.base import SequenceLoss
+from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.privacy.dp_fedavg import CentralAccountant
+from fedseqrec.privacy.user_level import NoisySum, clipped_gradient_sum, silo_contribution, trainable
+from fedseqrec.simulation.engine import simulate
+
+USER_DP = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=2)
+
+
+def _model_and_windows(name: str):
+    cfg = TINY.replace(model=name, dropout=0.0)  # the same function in every pass
+    ds = cached_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = build_global_model(ds.sequences, cfg.model)
+    return model, TrainingWindows(ds.sequences, ds.split, max_len=cfg.model.max_len)
+
+
+def _flat(total: dict) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for _, t in sorted(total.items())])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm"])
+def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name):
+    model, windows = _model_and_windows(name)
+    chosen, clip = np.arange(8), 0.05
+    everyone, norms = clipped_gradient_sum(model, windows, chosen, clip)
+    assert (norms > clip).all()  # every user's gradient is clipped here: each moves the sum by exactly C
+    for leave_out in (0, 5):
+        rest, _ = clipped_gradient_sum(model, windows, np.delete(chosen, leave_out), clip)
+        change = (_flat(everyone) - _flat(rest)).norm().item()
+        assert change == pytest.approx(clip, rel=1e-3)
+
+
+def test_each_users_term_is_clipped_for_the_cloze_model_too():
+    """bert4rec draws its masks per batch, so two passes differ in every user's masks; what holds on the code path
+    is that each user's own term never exceeds C."""
+    model, windows = _model_and_windows("bert4rec")
+    for user in range(6):
+        alone, norms = clipped_gradient_sum(model, windows, np.array([user]), 0.05)
+        assert _flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
+
+
+def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient():
+    model, windows = _model_and_windows("sasrec")
+    chosen, clip = np.array([1, 4, 7]), 0.5
+    total, norms = clipped_gradient_sum(model, windows, chosen, clip)
+    expected = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
+    for i, user in enumerate(chosen):  # one user at a time, plain autograd
+        model.zero_grad()
+        batch = windows.batch_of([t.unsqueeze(0) for t in windows[int(user)]])
+        model.calculate_loss(batch, SequenceLoss(model.cfg.label_smoothing)).backward()
+        norm = torch.sqrt(sum((p.grad**2).sum() for p in trainable(model).values()))
+        assert norm.item() == pytest.approx(float(norms[i]), rel=1e-4)
+        for n, p in trainable(model).items():
+            expected[n] += p.grad * min(1.0, clip / norm.item())
+    for n in expected:
+        assert torch.allclose(total[n], expected[n], atol=1e-6), n
+
+
+def _reply(values) -> Message:
+    metrics = MetricRecord({"num-examples": 1, "partition-id": 0})
+    arrays = ArrayRecord({"w": torch.tensor(values, dtype=torch.float64)})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), dst_node_id=1, message_type="train")
+
+
+def test_the_server_divides_by_the_expected_number_of_users_not_the_actual():
+    strategy = NoisySum(keys=["w"], expected_users=4.0, noise_std=0.0, min_available_nodes=0, min_train_nodes=0)
+    strategy.configure_train(1, ArrayRecord({"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}), ConfigRecord({}),
+                             Nodes([]))  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, [_reply([1.0, 0.0]), _reply([0.0, 2.0])])
+    assert np.allclose(arrays["w"].numpy(), [1.0 - 1.0 / 4, 1.0 - 2.0 / 4])  # two users replied: still / 4
+
+
+def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
+    model, windows = _model_and_windows("sasrec")
+    sigma_c, silos = 0.3, 4
+
+    def share() -> torch.Tensor:
+        return _flat(silo_contribution(model, windows, rate=0.0, clip=1.0, noise_std=sigma_c / silos**0.5)[0])
+
+    rounds = [[share() for _ in range(silos)] for _ in range(12)]  # 12 rounds of 4 silos, every coordinate
+    totals = torch.cat([sum(shares) for shares in rounds])
+    singles = torch.cat([shares[0] for shares in rounds])
+    n = totals.numel()
+    assert n > 50_000
+    # the sample variance of n normal draws has relative standard error sqrt(2 / n) < 0.7 %: 5 % is > 7 of them
+    assert totals.var().item() == pytest.approx(sigma_c**2, rel=0.05)
+    assert singles.var().item() == pytest.approx(sigma_c**2 / silos, rel=0.05)
+    assert totals.mean().abs().item() < 5 * sigma_c / n**0.5
+
+
+def test_a_silo_samples_each_user_with_the_rate():
+    model, windows = _model_and_windows("sasrec")
+    counts = [silo_contribution(model, windows, rate=0.1, clip=1.0, noise_std=0.0)[1] for _ in range(40)]
+    assert np.mean(counts) == pytest.approx(0.1 * len(windows), rel=0.25) and len(set(counts)) > 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shares", ["server", "clients"])
+def test_a_user_level_run_accounts_every_round_and_names_its_trust_mode(tmp_path, shares):
+    results, folder = simulate(USER_DP.replace(noise_shares=shares), out=tmp_path / "run")
+    report = json.loads((folder.path / "privacy_report.json").read_text())
+    assert report["mechanism"].startswith("user-level DP-FedSGD") and report["privacy_unit"].startswith("user-level")
+    assert ("trusted aggregator" in report["trust"]) == (shares == "server")
+    assert ("secure aggregation" in report["trust"]) == (shares == "clients")
+    users = 120
+    expected = CentralAccountant(1.0, 40 / users, min(1e-5, 0.1 / users), "rdp")
+    expected.rounds = 2
+    assert report["max_epsilon"] == pytest.approx(expected.epsilon(), rel=1e-9)
+    rdp, pld = independent_epsilons([(1.0, 40 / users, 2)], report["delta"])
+    assert report["max_epsilon"] == pytest.approx(rdp, rel=0.01) and report["max_epsilon"] >= pld * 0.99
+    history = [h["max_epsilon"] for h in report["history"]]
+    assert len(history) == 2 and history[0] < history[1]
+    rounds = [json.loads(x) for x in (folder.path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["clients"] == 3 for r in rounds) and sum(r["sampled_users"] for r in rounds) > 0
+    assert results["privacy"]["noise_shares"] == shares
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--user-dp", "--noise-multiplier", "1"], "needs --users-per-round"),
+        (["--user-dp", "--users-per-round", "10"], "exactly one of --noise-multiplier and --epsilon"),
+        (["--users-per-round", "10"], "--users-per-round needs --user-dp"),
+        (["--user-dp", "--epsilon", "2", "--users-per-round", "10", "--clients-per-round", "2"], "every silo"),
+        (["--user-dp", "--dp", "--epsilon", "2", "--users-per-round", "10"], "choose one mechanism"),
+    ],
+)
+def test_bad_user_level_options(cli, tmp_path, flags, message):
+    result = cli("simulate", *TINY_FLAGS, *flags, "--out", tmp_path / "run")
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_windows_of_a_silo_are_its_users():
+    cfg = USER_DP
+    ds = cached_dataset(cfg.data)
+    from fedseqrec.federated.task import load_client_data
+
+    data = load_client_data(cfg, 1, 3)
+    model = build_global_model(ds.sequences, cfg.model)
+    windows = training_windows(model, data, cfg.fit, 0)
+    assert 0 < len(windows) <= len(data.users)
