@@ -153,3 +153,17 @@ def test_windows_of_a_silo_are_its_users():
     model = build_global_model(ds.sequences, cfg.model)
     windows = training_windows(model, data, cfg.fit, 0)
     assert 0 < len(windows) <= len(data.users)
+
+
+def test_a_server_optimiser_acts_on_the_noisy_mean_gradient():
+    from flwr.serverapp.strategy import FedAdam
+
+    from fedseqrec.privacy.user_level import with_noisy_sum
+
+    strategy = with_noisy_sum(FedAdam)(keys=["w"], expected_users=4.0, noise_std=0.0, eta=0.1, eta_l=0.1, tau=1e-9,
+                                       beta_1=0.0, beta_2=0.0, min_available_nodes=0, min_train_nodes=0)  # fmt: skip
+    strategy.configure_train(1, ArrayRecord({"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}), ConfigRecord({}),
+                             Nodes([]))  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, [_reply([4.0, -4.0])])
+    # beta = 0: Adam moves each weight by eta against the sign of the mean gradient (+1, -1)
+    assert np.allclose(arrays["w"].numpy(), [0.9, 1.1])

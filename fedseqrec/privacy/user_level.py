@@ -113,17 +113,20 @@ class NoisySum(FedAvg):
     ``current − that`` as the aggregate: one SGD step of rate 1, on which a server optimiser (FedAdam, …) built
     over this class acts as on any aggregate."""
 
-    def __init__(self, keys: list[str], expected_users: float, noise_std: float, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, keys: list[str] = (), expected_users: float = 1.0, noise_std: float = 0.0, **kwargs):
+        super().__init__(**kwargs)  # (a server optimiser's __init__ reaches here without ours: set again after)
+        self.set_noisy_sum(list(keys), expected_users, noise_std)
+
+    def set_noisy_sum(self, keys: list[str], expected_users: float, noise_std: float) -> None:
         self.keys, self.expected_users, self.noise_std = keys, expected_users, noise_std
-        self.current_arrays: ArrayRecord | None = None
+        self.sent: ArrayRecord | None = None  # the global weights of this round (not current_arrays: FedOpt's)
 
     def configure_train(self, server_round, arrays, config, grid):
-        self.current_arrays = arrays
+        self.sent = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        current = {k: v.numpy() for k, v in self.sent.items()}
         total = {k: np.zeros_like(current[k], dtype=np.float64) for k in self.keys}
         for reply in replies:
             for record in reply.content.array_records.values():
@@ -141,7 +144,12 @@ def with_noisy_sum(strategy_class: type) -> type:
     """The run's strategy with :class:`NoisySum` as the aggregate its server optimiser starts from."""
     if strategy_class is FedAvg:
         return NoisySum
-    return type(f"UserLevel{strategy_class.__name__}", (strategy_class, NoisySum), {})
+
+    def __init__(self, keys: list[str], expected_users: float, noise_std: float, **kwargs):
+        strategy_class.__init__(self, **kwargs)  # Flower's optimisers take their own options only
+        self.set_noisy_sum(keys, expected_users, noise_std)
+
+    return type(f"UserLevel{strategy_class.__name__}", (strategy_class, NoisySum), {"__init__": __init__})
 
 
 class UserLevelDPFedSGD(PrivacyMechanism):
