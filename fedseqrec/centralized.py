@@ -26,8 +26,11 @@ from fedseqrec.models.optim import adamw
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.training import train_epoch
 from fedseqrec.options import check, option, positive, positive_int, redefault, section
+from fedseqrec.privacy.config import default_delta
+from fedseqrec.privacy.popularity import private_popularity
 
 TRAINING = "training"
+PRIVATE_POP = "private popularity baseline"
 
 
 @dataclass
@@ -42,9 +45,18 @@ class TrainConfig(FitConfig):
         group=TRAINING,
     )  # fmt: skip
     max_seconds: float | None = option(None, "stop after this much training time", check=positive, group=TRAINING)
+    pop_epsilon: float | None = option(
+        None, "--model pop: release the counts with the Gaussian mechanism at this user-level ε", check=positive,
+        group=PRIVATE_POP,
+    )  # fmt: skip
+    pop_items: int = option(
+        20, "--model pop with --pop-epsilon: items a user counts for at most (the ℓ2 sensitivity is its root)",
+        check=positive_int, group=PRIVATE_POP,
+    )  # fmt: skip
     evaluation: EvaluationConfig = section(EvaluationConfig)
 
 
+SPLITS = ("valid", "test")
 EpochProgress = Callable[[dict], None]  # called after every epoch with its record (see _fit)
 
 
@@ -143,12 +155,21 @@ def _time_limit(start: float, seconds: float | None) -> Callable[[], bool] | Non
 
 def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     start = time.perf_counter()
-    results = popularity_baseline(ds.sequences, ds.split, model_cfg.max_len, cfg.evaluation.protocol)
+    seq, split, protocol = ds.sequences, ds.split, cfg.evaluation.protocol
+    if cfg.pop_epsilon is None:
+        results = popularity_baseline(seq, split, model_cfg.max_len, protocol)
+    else:
+        delta = default_delta(seq.n_users)
+        model, record = private_popularity(seq, split, cfg.pop_epsilon, delta, cfg.pop_items)
+        results = {w: evaluate(model, seq, split, w, max_len=model_cfg.max_len, protocol=protocol) for w in SPLITS}
+        results["privacy"] = record
     return {"model": "pop", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
 def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    if "privacy" in results:  # the private popularity baseline: its release, as the privacy reports record one
+        (out / "privacy_report.json").write_text(json.dumps(results["privacy"], indent=2) + "\n")
     results["protocol"] = cfg.evaluation.protocol
     config = {
         "data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)},

@@ -35,10 +35,10 @@ def _flat(total: dict) -> torch.Tensor:
 def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name):
     model, windows = _model_and_windows(name)
     chosen, clip = np.arange(8), 0.05
-    everyone, norms = clipped_gradient_sum(model, windows, chosen, clip)
+    everyone, norms, _ = clipped_gradient_sum(model, windows, chosen, clip)
     assert (norms > clip).all()  # every user's gradient is clipped here: each moves the sum by exactly C
     for leave_out in (0, 5):
-        rest, _ = clipped_gradient_sum(model, windows, np.delete(chosen, leave_out), clip)
+        rest, _, _ = clipped_gradient_sum(model, windows, np.delete(chosen, leave_out), clip)
         change = (_flat(everyone) - _flat(rest)).norm().item()
         assert change == pytest.approx(clip, rel=1e-3)
 
@@ -48,14 +48,14 @@ def test_each_users_term_is_clipped_for_the_cloze_model_too():
     is that each user's own term never exceeds C."""
     model, windows = _model_and_windows("bert4rec")
     for user in range(6):
-        alone, norms = clipped_gradient_sum(model, windows, np.array([user]), 0.05)
+        alone, norms, _ = clipped_gradient_sum(model, windows, np.array([user]), 0.05)
         assert _flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
 
 
 def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient():
     model, windows = _model_and_windows("sasrec")
     chosen, clip = np.array([1, 4, 7]), 0.5
-    total, norms = clipped_gradient_sum(model, windows, chosen, clip)
+    total, norms, _ = clipped_gradient_sum(model, windows, chosen, clip)
     expected = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
     for i, user in enumerate(chosen):  # one user at a time, plain autograd
         model.zero_grad()

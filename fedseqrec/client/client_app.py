@@ -120,10 +120,10 @@ def _user_level_round(model, data: ClientData, cfg: RunConfig, server_round: int
 
     started = time.perf_counter()
     windows = training_windows(model, data, cfg.fit, client_seed(cfg, server_round, data.client))
-    total, sampled = silo_contribution(
+    total, sampled, loss = silo_contribution(
         model, windows, float(sent[USER_RATE_KEY]), cfg.privacy.max_grad_norm, float(sent[NOISE_STD_KEY])
     )
-    return TrainResult(sampled, 0.0, 1, time.perf_counter() - started), {"sampled-users": sampled}, total
+    return TrainResult(sampled, loss, 1, time.perf_counter() - started), {"sampled-users": sampled}, total
 
 
 def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, context, sent) -> tuple:

@@ -54,9 +54,9 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def clipped_gradient_sum(
     model: SequentialRecommender, windows: TrainingWindows, chosen: np.ndarray, clip: float
-) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+) -> tuple[dict[str, torch.Tensor], np.ndarray, float]:
     """Σ over the chosen users of their loss gradient at ``model``, each clipped to norm ``clip``: (the sum per
-    trainable parameter, by the model's own names; every user's gradient norm before clipping)."""
+    trainable parameter, by the model's own names; every user's gradient norm before clipping; their mean loss)."""
     from opacus import GradSampleModule
 
     private = dp_compatible(model)  # a copy; GRU/LSTM swapped for Opacus' layers (same weights)
@@ -65,14 +65,16 @@ def clipped_gradient_sum(
     names = _own_names(model, private)
     params = [p for p in private.parameters() if p.requires_grad]
     total = {names[id(p)]: torch.zeros_like(p) for p in params}
-    norms = []
+    norms, loss_sum = [], 0.0
     criterion = SequenceLoss(model.cfg.label_smoothing)
     for start in range(0, len(chosen), CHUNK):
         part = chosen[start : start + CHUNK]
         batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[int(i)] for i in part), strict=True)])
         for p in params:
             p.grad, p.grad_sample = None, None
-        private.calculate_loss(batch, criterion).backward()
+        loss = private.calculate_loss(batch, criterion)
+        loss.backward()
+        loss_sum += float(loss.detach()) * len(part)
         flat = [p.grad_sample.reshape(len(part), -1) for p in params]
         norm = torch.sqrt(sum((g**2).sum(dim=1) for g in flat))
         factor = (clip / (norm + 1e-12)).clamp(max=1.0)
@@ -80,7 +82,7 @@ def clipped_gradient_sum(
             total[names[id(p)]] += torch.einsum("b,b...->...", factor, p.grad_sample)
         norms.append(norm.detach())
     hooked._close()
-    return total, (torch.cat(norms).numpy() if norms else np.empty(0))
+    return total, (torch.cat(norms).numpy() if norms else np.empty(0)), loss_sum / max(1, len(chosen))
 
 
 def _own_names(model: torch.nn.Module, private: torch.nn.Module) -> dict[int, str]:
@@ -91,18 +93,19 @@ def _own_names(model: torch.nn.Module, private: torch.nn.Module) -> dict[int, st
 
 def silo_contribution(
     model: SequentialRecommender, windows: TrainingWindows, rate: float, clip: float, noise_std: float
-) -> tuple[dict[str, torch.Tensor], int]:
+) -> tuple[dict[str, torch.Tensor], int, float]:
     """The silo's reply: its sampled users' clipped gradient sum (plus its noise share when ``noise_std`` > 0),
-    and how many users it sampled (for the log only: the server never divides by it)."""
+    how many users it sampled and their mean loss (both for the log only: the server never divides by them)."""
     chosen = sample_users(len(windows), rate)
+    loss = float("nan")
     if len(chosen):
-        total, _ = clipped_gradient_sum(model, windows, chosen, clip)
+        total, _, loss = clipped_gradient_sum(model, windows, chosen, clip)
     else:
         total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
     if noise_std > 0:
         generator = torch.Generator().manual_seed(secrets.randbits(63))
         total = {n: t + torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}
-    return total, len(chosen)
+    return total, len(chosen), loss
 
 
 # --- the server ---------------------------------------------------------------------------------------------------
