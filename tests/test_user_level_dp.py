@@ -167,3 +167,15 @@ def test_a_server_optimiser_acts_on_the_noisy_mean_gradient():
     arrays, _ = strategy.aggregate_train(1, [_reply([4.0, -4.0])])
     # beta = 0: Adam moves each weight by eta against the sign of the mean gradient (+1, -1)
     assert np.allclose(arrays["w"].numpy(), [0.9, 1.1])
+
+
+@pytest.mark.slow
+def test_a_user_level_run_resumes_with_its_epsilon_unchanged_and_growing(tmp_path, cli):
+    _, folder = simulate(USER_DP, out=tmp_path / "run")
+    before = json.loads((folder.path / "privacy_report.json").read_text())["history"]
+    result = cli("simulate", "--resume", folder.path, "--rounds", "3")
+    assert result.code == 0, result.err
+    after = json.loads((folder.path / "privacy_report.json").read_text())["history"]
+    assert [h["max_epsilon"] for h in after[:2]] == [h["max_epsilon"] for h in before]
+    expected = CentralAccountant(1.0, 40 / 120, min(1e-5, 0.1 / 120), "rdp")
+    assert after[2]["max_epsilon"] == pytest.approx(expected.epsilon(3), rel=1e-9) > after[1]["max_epsilon"]
