@@ -131,7 +131,50 @@ class CentralAccountant:
         return epsilon([(self.noise, self.rate, n)], self.delta, self.accountant)
 
 
-class DPFedAvg(PrivacyMechanism):
+class OneReleasePerRound(PrivacyMechanism):
+    """A mechanism that releases one Poisson-subsampled Gaussian aggregate per round, covering every user: one ε for
+    all, the budget checked before each round, the record in the layout of the per-client reports."""
+
+    accountant: CentralAccountant
+
+    def __init__(self, privacy, run):
+        super().__init__(privacy, run)
+        self.history: list[dict] = []
+
+    def restore(self, saved: str | None, last_round: int) -> None:
+        if saved:
+            self.history = [h for h in json.loads(saved)["history"] if h["round"] <= last_round]
+        self.accountant.rounds = len(self.history)
+
+    def check_budget(self) -> None:
+        budget, accountant = self.privacy.budget, self.accountant
+        if budget is not None and accountant.epsilon(accountant.rounds + 1) > budget:
+            raise BudgetExhausted(
+                f"privacy budget exhausted: another round would take ε above the budget {budget:g} "
+                f"(now {accountant.epsilon():.3f})"
+            )
+
+    def observe(self, server_round: int, replies: list) -> dict:
+        eps = self.accountant.add_round()
+        self.history.append({"round": server_round, "max_epsilon": eps, "epsilons": {}})
+        return {"epsilon_max": eps, "declined": []}
+
+    def max_epsilon(self) -> float:
+        return self.accountant.epsilon()
+
+    def summary(self) -> dict:
+        return {"max_epsilon": self.max_epsilon(), "accountant": self.privacy.accountant, "mechanism": self.name}
+
+    def entry(self) -> dict:
+        """Every client's (every user's) record: the same ε for all."""
+        a = self.accountant
+        eps = a.epsilon()
+        record = {"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}
+        return {"epsilon": eps, "epsilon_checked": eps, "delta": a.delta, "budget": self.privacy.budget,
+                "accountant": a.accountant, "status": "active", "ledger": [record] if a.rounds else []}  # fmt: skip
+
+
+class DPFedAvg(OneReleasePerRound):
     """DP-FedAvg on the server: Poisson client sampling, Flower's DP wrapper around a fixed-denominator FedAvg,
     and one Poisson-subsampled Gaussian release per round, composed: one ε for every client (each round is one
     release that covers every user)."""
@@ -146,7 +189,6 @@ class DPFedAvg(PrivacyMechanism):
     def __init__(self, privacy, run):
         super().__init__(privacy, run)
         self.clients: list[int] = []
-        self.history: list[dict] = []
         self.accountant: CentralAccountant | None = None  # once the number of clients is known
         unit = "user-level" if run.partition == "per-user" else "client-level (all the data of one client)"
         self.privacy_unit = f"{unit}: adding or removing one client's whole update, each client sampled with rate q"
@@ -158,9 +200,7 @@ class DPFedAvg(PrivacyMechanism):
         self.accountant = CentralAccountant(
             p.central_noise, self.run.clients_per_round / n_clients, delta, p.accountant
         )
-        if saved:
-            self.history = [h for h in json.loads(saved)["history"] if h["round"] <= last_round]
-        self.accountant.rounds = len(self.history)
+        self.restore(saved, last_round)
 
     def strategy(self, common: dict):
         p = self.privacy
@@ -171,18 +211,8 @@ class DPFedAvg(PrivacyMechanism):
         )  # fmt: skip
 
     def choose(self, available: list[int], server_round: int, sample) -> list[int]:
-        budget, accountant = self.privacy.budget, self.accountant
-        if budget is not None and accountant.epsilon(accountant.rounds + 1) > budget:
-            raise BudgetExhausted(
-                f"privacy budget exhausted: another round would take ε above the budget {budget:g} "
-                f"(now {accountant.epsilon():.3f})"
-            )
-        return poisson_clients(available, accountant.rate)
-
-    def observe(self, server_round: int, replies: list) -> dict:
-        eps = self.accountant.add_round()
-        self.history.append({"round": server_round, "max_epsilon": eps, "epsilons": {}})
-        return {"epsilon_max": eps, "declined": []}
+        self.check_budget()
+        return poisson_clients(available, self.accountant.rate)
 
     def min_updates(self, chosen: int) -> int:
         return min(self.run.min_clients, chosen)  # Poisson sampling may choose fewer than --min-clients
@@ -191,22 +221,9 @@ class DPFedAvg(PrivacyMechanism):
         """A round that sampled nobody (or nobody with data) still releases the noise, as the accounting assumes."""
         return strategy._add_noise_to_aggregated_arrays(arrays)
 
-    def max_epsilon(self) -> float:
-        return self.accountant.epsilon()
-
     def state(self) -> str:
         a = self.accountant
-        record = {"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}
-        eps = self.max_epsilon()
-        entry = {
-            "epsilon": eps,
-            "epsilon_checked": eps,
-            "delta": a.delta,
-            "budget": self.privacy.budget,
-            "accountant": self.privacy.accountant,
-            "status": "active",
-            "ledger": [record] if a.rounds else [],
-        }
+        entry = self.entry()
         return json.dumps(
             {
                 "mechanism": self.mechanism,
@@ -216,6 +233,3 @@ class DPFedAvg(PrivacyMechanism):
                 "history": self.history,
             }
         )
-
-    def summary(self) -> dict:
-        return {"max_epsilon": self.max_epsilon(), "accountant": self.privacy.accountant, "mechanism": self.name}

@@ -33,8 +33,7 @@ from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.accounting import calibrate_noise
 from fedseqrec.privacy.compat import dp_compatible
 from fedseqrec.privacy.config import USER_LEVEL, check_delta, default_delta
-from fedseqrec.privacy.dp_fedavg import CentralAccountant
-from fedseqrec.privacy.mechanism import BudgetExhausted, PrivacyMechanism
+from fedseqrec.privacy.dp_fedavg import CentralAccountant, OneReleasePerRound
 
 CHUNK = 32  # users whose per-user gradients are held at once
 
@@ -155,12 +154,11 @@ def with_noisy_sum(strategy_class: type) -> type:
     return type(f"UserLevel{strategy_class.__name__}", (strategy_class, NoisySum), {"__init__": __init__})
 
 
-class UserLevelDPFedSGD(PrivacyMechanism):
+class UserLevelDPFedSGD(OneReleasePerRound):
     name = USER_LEVEL
 
     def __init__(self, privacy, run):
         super().__init__(privacy, run)
-        self.history: list[dict] = []
         self.silos: list[int] = []
         p, users = privacy, run.users
         if not users:
@@ -178,9 +176,7 @@ class UserLevelDPFedSGD(PrivacyMechanism):
 
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         self.silos = list(range(n_clients))
-        if saved:
-            self.history = [h for h in json.loads(saved)["history"] if h["round"] <= last_round]
-        self.accountant.rounds = len(self.history)
+        self.restore(saved, last_round)
 
     @property
     def noise_std(self) -> float:
@@ -203,34 +199,20 @@ class UserLevelDPFedSGD(PrivacyMechanism):
         return list(replies)  # a silo that sampled nobody still sends its (zero) sum and its noise share
 
     def choose(self, available: list[int], server_round: int, sample) -> list[int]:
-        budget, accountant = self.privacy.budget, self.accountant
-        if budget is not None and accountant.epsilon(accountant.rounds + 1) > budget:
-            raise BudgetExhausted(
-                f"privacy budget exhausted: another round would take ε above the budget {budget:g} "
-                f"(now {accountant.epsilon():.3f})"
-            )
+        self.check_budget()
         return available  # every silo, every round: the users are what is sampled
 
     def observe(self, server_round: int, replies: list) -> dict:
-        eps = self.accountant.add_round()
-        self.history.append({"round": server_round, "max_epsilon": eps, "epsilons": {}})
         sampled = sum(int(r.content["metrics"].get("sampled-users", 0)) for r in replies)
-        return {"epsilon_max": eps, "declined": [], "sampled_users": sampled}
+        return {**super().observe(server_round, replies), "sampled_users": sampled}
 
     def min_updates(self, chosen: int) -> int:
         # Noise shares: every silo's share is needed, or the release is less noisy than accounted.
         return chosen if self.privacy.noise_shares == "clients" else self.run.min_clients
 
-    def max_epsilon(self) -> float:
-        return self.accountant.epsilon()
-
     def state(self) -> str:
         a, p = self.accountant, self.privacy
-        eps = a.epsilon()
-        entry = {"epsilon": eps, "epsilon_checked": eps, "delta": a.delta, "budget": p.budget,
-                 "accountant": a.accountant, "status": "active",
-                 "ledger": [{"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}]
-                 if a.rounds else []}  # fmt: skip
+        entry = self.entry()
         trust = (
             "trusted aggregator: the server adds the noise and sees every silo's exact sum of clipped gradients"
             if p.noise_shares == "server"
@@ -252,5 +234,4 @@ class UserLevelDPFedSGD(PrivacyMechanism):
         )
 
     def summary(self) -> dict:
-        return {"max_epsilon": self.max_epsilon(), "accountant": self.privacy.accountant, "mechanism": self.name,
-                "noise_shares": self.privacy.noise_shares}  # fmt: skip
+        return {**super().summary(), "noise_shares": self.privacy.noise_shares}
