@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from fedseqrec.centralized import TrainConfig, train_centralized
+from fedseqrec.centralized.config import TrainConfig
+from fedseqrec.centralized.training import train_centralized
 from fedseqrec.data.dataset import DataConfig
 from fedseqrec.models.config import ModelConfig
 

@@ -3,6 +3,8 @@ every subcommand has its help."""
 
 import argparse
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,8 @@ LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 DEFERRED = {
     "fedseqrec/client/client_app.py": "Opacus costs a fresh ClientApp process a second; only DP rounds need it",
     "fedseqrec/cli/federate.py": "Ray and Flower's runtimes take seconds to import; --help should not pay",
+    "fedseqrec/cli/train.py": "torch: the parsers of every command are built at start",
+    "fedseqrec/federated/config.py": "torch (the model class): the parsers are built from the configs",
 }
 
 
@@ -89,6 +93,13 @@ def test_imports_point_down_the_layers():
 def test_imports_inside_functions_are_only_deferred_for_start_up_cost():
     deferred = sorted({relative for path, relative, _ in _modules() if any(inner for _, inner in _imports(path))})
     assert deferred == sorted(DEFERRED)
+
+
+def test_the_command_line_starts_without_torch():
+    """Every parser is built from the configs without importing torch (≈ 1 s a command)."""
+    code = "import sys, fedseqrec.cli; fedseqrec.cli.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_the_import_check_sees_an_upward_import(tmp_path):

@@ -7,14 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from fedseqrec.centralized import TrainConfig, train_centralized
+from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.cli.common import add_command, add_data_options, data_config, model_config, unset_defaults
 from fedseqrec.data.cleaning import cleaning_summary
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EvaluationConfig
-from fedseqrec.evaluation.evaluator import evaluate
-from fedseqrec.models.checkpoint import load_checkpoint
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, from_args
 
@@ -66,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation and test metrics in
     --out/metrics.json. Progress: a bar on a terminal, a line per epoch otherwise.
     """
+    from fedseqrec.centralized.training import train_centralized  # torch: not for building the parsers
+
     model = model_config(args)
     out = Path(args.out or f"runs/train-{model.name}")
     printer = EpochPrinter(model.name)
@@ -115,6 +115,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Validation and test metrics of a checkpoint folder written by `fedseqrec train`, on the data recorded in its
     config.json (or on --data, which must have the item vocabulary the model was trained on).
     """
+    from fedseqrec.evaluation.evaluator import evaluate  # torch: not for building the parsers
+    from fedseqrec.models.checkpoint import load_checkpoint
+
     folder = Path(args.checkpoint)
     data = checkpoint_data(folder, args)
     ds = load_dataset(data)

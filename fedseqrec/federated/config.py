@@ -16,7 +16,6 @@ from fedseqrec.data.dataset import DataConfig
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EVALUATION, EvaluationConfig
 from fedseqrec.models.config import FIT, TRAINABLE_MODELS, FitConfig, ModelConfig
-from fedseqrec.models.registry import model_class
 from fedseqrec.options import (
     check,
     flatten,
@@ -145,6 +144,9 @@ class RunConfig:
         )
 
     def _ghost_safe(self) -> bool:
+        # Imported here: the model class brings torch, which the CLI should not pay to build its parsers.
+        from fedseqrec.models.registry import model_class
+
         return model_class(self.model.name).ghost_clipping_safe
 
     def planned_horizon(self) -> int:

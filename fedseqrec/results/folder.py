@@ -13,8 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from fedseqrec import __version__
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
@@ -95,9 +93,13 @@ class RunFolder:
         _atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
 
     def save_tensors(self, name: str, value: dict) -> None:
+        import torch  # here: the commands that only read a run folder's JSON should not pay torch's import
+
         _atomic_write(self.path / name, lambda tmp: torch.save(value, tmp))
 
     def load_state(self) -> dict:
+        import torch  # (see save_tensors)
+
         try:
             return torch.load(self.path / STATE, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as err:

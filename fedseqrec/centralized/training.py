@@ -9,52 +9,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.config import EvaluationConfig
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, popularity_baseline
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
-from fedseqrec.models.config import FitConfig, ModelConfig
+from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.optim import adamw
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.training import train_epoch
-from fedseqrec.options import check, option, positive, positive_int, redefault, section
+from fedseqrec.options import check
 from fedseqrec.privacy.config import default_delta
 from fedseqrec.privacy.popularity import private_popularity
-
-TRAINING = "training"
-PRIVATE_POP = "private popularity baseline"
-
-
-@dataclass
-class TrainConfig(FitConfig):
-    """Centralized training: larger batches than a client's, early stopping on validation NDCG@10."""
-
-    batch_size: int = redefault(FitConfig, "batch_size", 128)
-    threads: int = redefault(FitConfig, "threads", 0)
-    epochs: int = option(200, "most epochs to train", check=positive_int, group=TRAINING)
-    patience: int = option(
-        25, "stop after this many evaluations without a better validation NDCG@10", check=positive_int,
-        group=TRAINING,
-    )  # fmt: skip
-    max_seconds: float | None = option(None, "stop after this much training time", check=positive, group=TRAINING)
-    pop_epsilon: float | None = option(
-        None, "--model pop: release the counts with the Gaussian mechanism at this user-level ε", check=positive,
-        group=PRIVATE_POP,
-    )  # fmt: skip
-    pop_items: int = option(
-        20, "--model pop with --pop-epsilon: items a user counts for at most (the ℓ2 sensitivity is its root)",
-        check=positive_int, group=PRIVATE_POP,
-    )  # fmt: skip
-    evaluation: EvaluationConfig = section(EvaluationConfig)
-
 
 SPLITS = ("valid", "test")
 EpochProgress = Callable[[dict], None]  # called after every epoch with its record (see _fit)

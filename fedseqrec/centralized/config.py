@@ -1,0 +1,35 @@
+"""The options of centralized training (importable without torch: the CLI builds its parser from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedseqrec.evaluation.config import EvaluationConfig
+from fedseqrec.models.config import FitConfig
+from fedseqrec.options import option, positive, positive_int, redefault, section
+
+TRAINING = "training"
+PRIVATE_POP = "private popularity baseline"
+
+
+@dataclass
+class TrainConfig(FitConfig):
+    """Centralized training: larger batches than a client's, early stopping on validation NDCG@10."""
+
+    batch_size: int = redefault(FitConfig, "batch_size", 128)
+    threads: int = redefault(FitConfig, "threads", 0)
+    epochs: int = option(200, "most epochs to train", check=positive_int, group=TRAINING)
+    patience: int = option(
+        25, "stop after this many evaluations without a better validation NDCG@10", check=positive_int,
+        group=TRAINING,
+    )  # fmt: skip
+    max_seconds: float | None = option(None, "stop after this much training time", check=positive, group=TRAINING)
+    pop_epsilon: float | None = option(
+        None, "--model pop: release the counts with the Gaussian mechanism at this user-level ε", check=positive,
+        group=PRIVATE_POP,
+    )  # fmt: skip
+    pop_items: int = option(
+        20, "--model pop with --pop-epsilon: items a user counts for at most (the ℓ2 sensitivity is its root)",
+        check=positive_int, group=PRIVATE_POP,
+    )  # fmt: skip
+    evaluation: EvaluationConfig = section(EvaluationConfig)
