@@ -13,7 +13,8 @@ from fedseqrec.federated.task import build_global_model, cached_dataset, trainin
 from fedseqrec.models.base import SequenceLoss
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.dp_fedavg import CentralAccountant
-from fedseqrec.privacy.user_level import NoisySum, clipped_gradient_sum, silo_contribution, trainable
+from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
+from fedseqrec.privacy.user_level import NoisySum, silo_contribution, trainable
 from fedseqrec.simulation.engine import simulate
 
 USER_DP = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=2)
@@ -35,10 +36,10 @@ def _flat(total: dict) -> torch.Tensor:
 def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name):
     model, windows = _model_and_windows(name)
     chosen, clip = np.arange(8), 0.05
-    everyone, norms, _ = clipped_gradient_sum(model, windows, chosen, clip)
+    everyone, norms, _ = clipped_update_sum(model, windows, chosen, Contribution(clip))
     assert (norms > clip).all()  # every user's gradient is clipped here: each moves the sum by exactly C
     for leave_out in (0, 5):
-        rest, _, _ = clipped_gradient_sum(model, windows, np.delete(chosen, leave_out), clip)
+        rest, _, _ = clipped_update_sum(model, windows, np.delete(chosen, leave_out), Contribution(clip))
         change = (_flat(everyone) - _flat(rest)).norm().item()
         assert change == pytest.approx(clip, rel=1e-3)
 
@@ -48,14 +49,14 @@ def test_each_users_term_is_clipped_for_the_cloze_model_too():
     is that each user's own term never exceeds C."""
     model, windows = _model_and_windows("bert4rec")
     for user in range(6):
-        alone, norms, _ = clipped_gradient_sum(model, windows, np.array([user]), 0.05)
+        alone, norms, _ = clipped_update_sum(model, windows, np.array([user]), Contribution(0.05))
         assert _flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
 
 
 def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient():
     model, windows = _model_and_windows("sasrec")
     chosen, clip = np.array([1, 4, 7]), 0.5
-    total, norms, _ = clipped_gradient_sum(model, windows, chosen, clip)
+    total, norms, _ = clipped_update_sum(model, windows, chosen, Contribution(clip))
     expected = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
     for i, user in enumerate(chosen):  # one user at a time, plain autograd
         model.zero_grad()
@@ -88,7 +89,8 @@ def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
     sigma_c, silos = 0.3, 4
 
     def share() -> torch.Tensor:
-        return _flat(silo_contribution(model, windows, rate=0.0, clip=1.0, noise_std=sigma_c / silos**0.5)[0])
+        shares = silo_contribution(model, windows, rate=0.0, rule=Contribution(1.0), noise_std=sigma_c / silos**0.5)
+        return _flat(shares[0])
 
     rounds = [[share() for _ in range(silos)] for _ in range(12)]  # 12 rounds of 4 silos, every coordinate
     totals = torch.cat([sum(shares) for shares in rounds])
@@ -103,7 +105,7 @@ def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
 
 def test_a_silo_samples_each_user_with_the_rate():
     model, windows = _model_and_windows("sasrec")
-    counts = [silo_contribution(model, windows, rate=0.1, clip=1.0, noise_std=0.0)[1] for _ in range(40)]
+    counts = [silo_contribution(model, windows, rate=0.1, rule=Contribution(1.0), noise_std=0.0)[1] for _ in range(40)]
     assert np.mean(counts) == pytest.approx(0.1 * len(windows), rel=0.25) and len(set(counts)) > 3
 
 
@@ -112,7 +114,9 @@ def test_a_silo_samples_each_user_with_the_rate():
 def test_a_user_level_run_accounts_every_round_and_names_its_trust_mode(tmp_path, shares):
     results, folder = simulate(USER_DP.replace(noise_shares=shares), out=tmp_path / "run")
     report = json.loads((folder.path / "privacy_report.json").read_text())
-    assert report["mechanism"].startswith("user-level DP-FedSGD") and report["privacy_unit"].startswith("user-level")
+    assert report["mechanism"].startswith("user-level DP-FedSGD across silos") and report["privacy_unit"].startswith(
+        "user-level"
+    )
     assert ("trusted aggregator" in report["trust"]) == (shares == "server")
     assert ("secure aggregation" in report["trust"]) == (shares == "clients")
     users = 120

@@ -116,12 +116,13 @@ def _private_round(model: SequentialRecommender, data: ClientData, cfg: RunConfi
 def _user_level_round(model, data: ClientData, cfg: RunConfig, server_round: int, sent: ConfigRecord):
     """Federation-wide user-level DP: this silo's sampled users' clipped gradient sum (and its noise share)."""
     # Imported here, not above: Opacus costs a fresh ClientApp process a second; only DP rounds need it.
-    from fedseqrec.privacy.user_level import silo_contribution
+    from fedseqrec.privacy.user_level import contribution_rule, private_part, silo_contribution
 
     started = time.perf_counter()
-    windows = training_windows(model, data, cfg.fit, client_seed(cfg, server_round, data.client))
+    own = private_part(data, cfg.privacy, cfg.data.seed)  # public users trained the initial model, not these rounds
+    windows = training_windows(model, own, cfg.fit, client_seed(cfg, server_round, data.client))
     total, sampled, loss = silo_contribution(
-        model, windows, float(sent[USER_RATE_KEY]), cfg.privacy.max_grad_norm, float(sent[NOISE_STD_KEY])
+        model, windows, float(sent[USER_RATE_KEY]), contribution_rule(cfg.privacy), float(sent[NOISE_STD_KEY])
     )
     return TrainResult(sampled, loss, 1, time.perf_counter() - started), {"sampled-users": sampled}, total
 

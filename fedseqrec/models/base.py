@@ -90,6 +90,9 @@ class SequentialRecommender(nn.Module):
         # Scores of every item id (column 0, padding, included): a plain nn.Linear, so Opacus computes its
         # per-sample gradient norms with its fast Linear samplers (a subclass would fall back to functorch).
         self.scorer = nn.Linear(cfg.hidden, cfg.n_items + 1)
+        if cfg.freeze == "items":
+            for table in (self.item_embedding, self.scorer):
+                table.requires_grad_(False)
 
     def embed(self, batch: SeqBatch) -> torch.Tensor:
         x = self.item_embedding(batch.items)
@@ -114,7 +117,11 @@ class SequentialRecommender(nn.Module):
         )
 
     def calculate_loss(self, batch: SeqBatch, criterion=None) -> torch.Tensor:
-        batch = self.training_view(batch)
+        return self.loss_on_view(self.training_view(batch), criterion)
+
+    def loss_on_view(self, batch: SeqBatch, criterion=None) -> torch.Tensor:
+        """The loss of inputs and targets already drawn by :meth:`training_view` (its random masks, for the cloze
+        model, drawn outside: per-user gradients under ``torch.func.vmap`` cannot batch data-dependent indexing)."""
         hidden = self(batch)
         if self.cfg.loss == "sampled":
             return self._sampled_loss(hidden, batch.targets)

@@ -46,11 +46,21 @@ class BERT4Rec(SequentialRecommender):
         positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
         output = self.bert(
             inputs_embeds=self.embed(batch),
-            attention_mask=(batch.items != 0).long(),
+            attention_mask=self._padding_mask(batch.items),
             position_ids=positions,
             token_type_ids=torch.zeros_like(batch.items),
         )
         return output.last_hidden_state
+
+    @staticmethod
+    def _padding_mask(items: torch.Tensor) -> torch.Tensor:
+        """Additive (B, 1, 1, T) mask: 0 where a key is an item, the dtype's minimum where it is padding. Given
+        ready in 4-D, Hugging Face uses it as it is instead of testing the 2-D mask's values (``mask.all()``), a
+        data-dependent branch that ``torch.func.vmap`` (per-user gradients) cannot take."""
+        blocked = torch.finfo(torch.float32).min
+        return torch.zeros(items.shape, dtype=torch.float32, device=items.device).masked_fill(items == 0, blocked)[
+            :, None, None, :
+        ]
 
     def training_view(self, batch: SeqBatch) -> SeqBatch:
         """Cloze: each real item is masked with probability ``mask_ratio`` and becomes a target; in half of the

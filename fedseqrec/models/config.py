@@ -10,6 +10,7 @@ from fedseqrec.options import check, non_negative, non_negative_int, option, pos
 MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "pop")  # pop: the most-popular baseline
 TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name != "pop")
 ATTENTION_MODELS = ("sasrec", "bert4rec")  # --heads splits --hidden
+FREEZE = ("none", "items")
 MODEL = "model"
 FIT = "training"
 
@@ -43,6 +44,12 @@ class ModelConfig:
         group=MODEL,
     )  # fmt: skip
     negatives: int = option(100, "sampled loss: negatives per batch", check=positive_int, group=MODEL)
+    freeze: str = option(
+        "none",
+        "parameters never trained: items = the item embedding table and the scorer (keeps them out of DP's noise; "
+        "with --public-users they are pretrained on the public users first)",
+        choices=FREEZE, group=MODEL,
+    )  # fmt: skip
 
     def check_options(self) -> None:
         """What can be checked before the data is loaded."""

@@ -16,6 +16,11 @@ def dp_compatible(model: nn.Module) -> nn.Module:
             "the sampled loss indexes the output weights outside a module call, which DP-SGD would not "
             "clip: use --loss ce with differential privacy"
         )
+    return replace_unsupported_layers(model)
+
+
+def replace_unsupported_layers(model: nn.Module) -> nn.Module:
+    """The copy of :func:`dp_compatible`, whatever the model's loss (per-user gradients by ``torch.func`` take any)."""
     fixed = ModuleValidator.fix(model)
     originals = dict(model.named_modules())
     for name, module in fixed.named_modules():

@@ -17,6 +17,7 @@ USER = (
     "federation-wide user-level differential privacy (DP-FedSGD across silos; one user of the federation is the unit)"
 )
 NOISE_SHARES = ("server", "clients")
+CLIPPING = ("flat", "per-layer")
 
 # The mechanisms a run can use, by the name the server-side registry knows them by.
 NO_DP, LOCAL_DPSGD, DP_FEDAVG, USER_LEVEL = "none", "local-dp-sgd", "dp-fedavg", "user-level-dp-fedsgd"
@@ -88,6 +89,26 @@ class PrivacyConfig:
         choices=NOISE_SHARES,
         group=USER,
     )
+    user_steps: int = option(
+        1,
+        "local SGD steps each sampled user takes alone from the global model: 1 = their gradient (DP-FedSGD), more "
+        "= user-level DP-FedAvg (the mean gradient along the steps is what is clipped)",
+        check=positive_int, group=USER,
+    )  # fmt: skip
+    user_lr: float = option(0.1, "rate of those local steps (with --user-steps > 1)", check=positive, group=USER)
+    clipping: str = option(
+        "flat",
+        "clip each user's contribution as a whole, or per layer (each top-level module to C·√(its share of the "
+        "parameters): the squared budgets add up to C²)",
+        choices=CLIPPING, group=USER,
+    )  # fmt: skip
+    public_users: float = option(
+        0.0,
+        "share of users declared public (opted in): the initial model is trained on them (--public-epochs), and "
+        "they are left out of the private training and of the privacy claim",
+        check=within(0, 1, high_open=True), group=USER,
+    )  # fmt: skip
+    public_epochs: int = option(20, "epochs of training on the public users", check=positive_int, group=USER)
 
     @property
     def mechanism(self) -> str:
@@ -120,8 +141,9 @@ class PrivacyConfig:
         if self.user_dp:
             self._validate_user_level(strategy, clients_per_round, loss)
             return
-        if self.users_per_round is not None:
-            raise UserError("--users-per-round needs --user-dp")
+        for name, default in USER_LEVEL_ONLY.items():
+            if getattr(self, name) != default:
+                raise UserError(f"--{name.replace('_', '-')} needs --user-dp")
         given = [
             n for n in ("noise_multiplier", "epsilon", "delta", "budget", "horizon") if getattr(self, n) is not None
         ]
@@ -164,8 +186,6 @@ class PrivacyConfig:
                             "fedavgm, not fedprox")  # fmt: skip
         if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
             raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
-        if loss == "sampled":
-            raise UserError("the sampled loss is not supported with --user-dp: use --loss ce")
 
     def _validate_dp_fedavg(self, strategy: str, clients_per_round: int | None) -> None:
         if self.dp or self.user_dp:
@@ -185,3 +205,9 @@ class PrivacyConfig:
                 f"(clients-per-round / 20 = {clients_per_round / 20:g}) "
                 f"must exceed half of it; sample more clients a round or use --central-dp fixed"
             )
+
+
+USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defaults
+    "users_per_round": None, "user_steps": 1, "user_lr": 0.1, "clipping": "flat", "public_users": 0.0,
+    "public_epochs": 20,
+}  # fmt: skip

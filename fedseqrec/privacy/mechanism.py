@@ -4,6 +4,7 @@ mechanism-specific branches.
 A mechanism
 - plans a round: which clients take part (:meth:`PrivacyMechanism.choose`), or that no round may run any more
   (it raises :class:`BudgetExhausted`);
+- may prepare the initial global model (:meth:`PrivacyMechanism.prepare_model`: training on public users);
 - may bring its own aggregation (:meth:`PrivacyMechanism.strategy`: DP-FedAvg wraps FedAvg in Flower's DP wrapper);
 - checks what comes back (:meth:`PrivacyMechanism.observe`: ledgers, re-checked ε, declined clients);
 - post-processes the aggregate when nobody sent an update (:meth:`PrivacyMechanism.release_without_updates`);
@@ -37,6 +38,7 @@ class RunFacts:
     users: int = 0  # users of the whole federation (0: unknown to the server)
     horizon: int = 1  # rounds an --epsilon target is calibrated for
     trainable: tuple[str, ...] = ()  # the global model's trainable parameters
+    seed: int = 0  # the run seed (what the public users are drawn from)
 
 
 class PrivacyMechanism:
@@ -47,6 +49,10 @@ class PrivacyMechanism:
 
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         """Called once the clients are known; ``saved``: what :meth:`state` returned at ``last_round`` (resume)."""
+
+    def prepare_model(self, model, sequences, split, fit, seed: int) -> str | None:
+        """Change the initial global model before the first round (not on resume); what was done, for the log."""
+        return None
 
     def strategy(self, common: dict):
         """A strategy of the mechanism's own (built with Flower's ``common`` options), or None for the run's."""

@@ -21,22 +21,22 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from dataclasses import replace
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
-from fedseqrec.models.base import SequenceLoss, SequentialRecommender
+from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.accounting import calibrate_noise
-from fedseqrec.privacy.compat import dp_compatible
-from fedseqrec.privacy.config import USER_LEVEL, check_delta, default_delta
+from fedseqrec.privacy.config import USER_LEVEL, PrivacyConfig, check_delta, default_delta
 from fedseqrec.privacy.dp_fedavg import CentralAccountant, OneReleasePerRound
-
-CHUNK = 32  # users whose per-user gradients are held at once
-
+from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
+from fedseqrec.privacy.public import pretrain_on_public, private_users, public_users
 
 # --- a silo's round ----------------------------------------------------------------------------------------------
 
@@ -51,54 +51,25 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def clipped_gradient_sum(
-    model: SequentialRecommender, windows: TrainingWindows, chosen: np.ndarray, clip: float
-) -> tuple[dict[str, torch.Tensor], np.ndarray, float]:
-    """Σ over the chosen users of their loss gradient at ``model``, each clipped to norm ``clip``: (the sum per
-    trainable parameter, by the model's own names; every user's gradient norm before clipping; their mean loss)."""
-    from opacus import GradSampleModule
-
-    private = dp_compatible(model)  # a copy; GRU/LSTM swapped for Opacus' layers (same weights)
-    private.train()
-    hooked = GradSampleModule(private, loss_reduction="mean")  # grad_sample: each user's own loss gradient
-    names = _own_names(model, private)
-    params = [p for p in private.parameters() if p.requires_grad]
-    total = {names[id(p)]: torch.zeros_like(p) for p in params}
-    norms, loss_sum = [], 0.0
-    criterion = SequenceLoss(model.cfg.label_smoothing)
-    for start in range(0, len(chosen), CHUNK):
-        part = chosen[start : start + CHUNK]
-        batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[int(i)] for i in part), strict=True)])
-        for p in params:
-            p.grad, p.grad_sample = None, None
-        loss = private.calculate_loss(batch, criterion)
-        loss.backward()
-        loss_sum += float(loss.detach()) * len(part)
-        flat = [p.grad_sample.reshape(len(part), -1) for p in params]
-        norm = torch.sqrt(sum((g**2).sum(dim=1) for g in flat))
-        factor = (clip / (norm + 1e-12)).clamp(max=1.0)
-        for p in params:
-            total[names[id(p)]] += torch.einsum("b,b...->...", factor, p.grad_sample)
-        norms.append(norm.detach())
-    hooked._close()
-    return total, (torch.cat(norms).numpy() if norms else np.empty(0)), loss_sum / max(1, len(chosen))
+def contribution_rule(privacy: PrivacyConfig) -> Contribution:
+    return Contribution(privacy.max_grad_norm, privacy.user_steps, privacy.user_lr, privacy.clipping)
 
 
-def _own_names(model: torch.nn.Module, private: torch.nn.Module) -> dict[int, str]:
-    """The model's own state-dict name of each trainable parameter of its Opacus-compatible copy."""
-    own = set(model.state_dict())
-    return {id(t): n for n, t in private.state_dict(keep_vars=True).items() if n in own}
+def private_part(data: ClientData, privacy: PrivacyConfig, seed: int) -> ClientData:
+    """The silo's users without the public ones (who are not part of the private rounds)."""
+    users = private_users(data.users, data.sequences.n_users, privacy.public_users, seed)
+    return replace(data, users=users)
 
 
 def silo_contribution(
-    model: SequentialRecommender, windows: TrainingWindows, rate: float, clip: float, noise_std: float
+    model: SequentialRecommender, windows: TrainingWindows, rate: float, rule: Contribution, noise_std: float
 ) -> tuple[dict[str, torch.Tensor], int, float]:
     """The silo's reply: its sampled users' clipped gradient sum (plus its noise share when ``noise_std`` > 0),
     how many users it sampled and their mean loss (both for the log only: the server never divides by them)."""
     chosen = sample_users(len(windows), rate)
     loss = float("nan")
     if len(chosen):
-        total, _, loss = clipped_gradient_sum(model, windows, chosen, clip)
+        total, _, loss = clipped_update_sum(model, windows, chosen, rule)
     else:
         total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
     if noise_std > 0:
@@ -166,6 +137,9 @@ class UserLevelDPFedSGD(OneReleasePerRound):
                 "--user-dp needs the number of users of the federation, and the server's data holds none: give the "
                 "server the dataset (not an export's server folder)"
             )
+        self.public = public_users(users, p.public_users, run.seed)
+        users -= len(self.public)  # the claim covers the private users only
+        self.users = users
         rate = min(1.0, p.users_per_round / users)
         delta = p.delta if p.delta is not None else default_delta(users)
         check_delta(delta, users, "the federation")
@@ -173,6 +147,13 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         if sigma is None:
             sigma = calibrate_noise(p.epsilon, delta, rate, run.horizon, p.accountant)
         self.accountant = CentralAccountant(sigma, rate, delta, p.accountant)
+
+    def prepare_model(self, model, sequences, split, fit, seed: int) -> str | None:
+        if not len(self.public):
+            return None
+        loss = pretrain_on_public(model, sequences, split, self.public, fit, self.privacy.public_epochs, seed)
+        return (f"initial model trained on the {len(self.public)} public users ({self.privacy.public_epochs} epochs, "
+                f"loss {loss:.3f})")  # fmt: skip
 
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         self.silos = list(range(n_clients))
@@ -192,7 +173,7 @@ class UserLevelDPFedSGD(OneReleasePerRound):
 
     def aggregate_options(self) -> dict:
         server_noise = self.noise_std if self.privacy.noise_shares == "server" else 0.0
-        return {"keys": list(self.run.trainable), "expected_users": self.accountant.rate * self.run.users,
+        return {"keys": list(self.run.trainable), "expected_users": self.accountant.rate * self.users,
                 "noise_std": server_noise}  # fmt: skip
 
     def to_aggregate(self, replies: list) -> list:
@@ -222,15 +203,37 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         )
         return json.dumps(
             {
-                "mechanism": "user-level DP-FedSGD across silos: " + __doc__.split("\n\n")[1].replace("\n", " "),
+                "mechanism": self._mechanism_text(),
                 "privacy_unit": "user-level, federation-wide: adding or removing one user of the whole federation, "
-                "with all of their events; one guarantee for every user, whatever silo holds them",
+                "with all of their events; one guarantee for every user, whatever silo holds them"
+                + (f", except the {len(self.public)} users declared public" if len(self.public) else ""),
+                "public_users": {
+                    "count": int(len(self.public)),
+                    "share": p.public_users,
+                    "use": "trained the initial model before round 1; never sampled; not covered by this guarantee",
+                }
+                if len(self.public)
+                else None,  # fmt: skip
                 "sampling": f"Poisson, each user with rate q = {a.rate:.6g} per round (users-per-round / users)",
                 "trust": trust,
                 "noise_shares": p.noise_shares,
                 "clients": {str(c): entry for c in self.silos},
                 "history": self.history,
             }
+        )
+
+    def _mechanism_text(self) -> str:
+        p = self.privacy
+        contribution = (
+            "DP-FedSGD across silos (each sampled user's gradient at the global model"
+            if p.user_steps == 1
+            else f"DP-FedAvg across silos (the mean gradient along {p.user_steps} local SGD steps of rate "
+            f"{p.user_lr:g} each sampled user takes alone"
+        )
+        clipping = "clipped to C as a whole" if p.clipping == "flat" else "clipped per layer, budgets adding up to C²"
+        return (
+            f"user-level {contribution}, {clipping}, C = {p.max_grad_norm:g}); the server adds Gaussian noise of σ·C "
+            "once to the sum over all silos and divides by the expected number of sampled users"
         )
 
     def summary(self) -> dict:

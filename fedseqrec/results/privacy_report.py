@@ -63,6 +63,7 @@ def build_privacy_report(folder: Path) -> dict:
         "client_sampling": privacy.get("sampling", SAMPLING),
         "trust": privacy.get("trust", "each client runs its own mechanism; the server sees each client's update"),
         "users_in_several_clients": OVERLAP,
+        "public_users": privacy.get("public_users"),
         "accountant": config.get("accountant"),
         "max_grad_norm": config.get("max-grad-norm"),
         "target_epsilon": config.get("epsilon") or None,
@@ -94,6 +95,12 @@ def _fmt(value) -> str:
     return "∞" if isinstance(value, float) and math.isinf(value) else f"{value:.4g}"
 
 
+def _public_line(public: dict | None) -> list[str]:
+    if not public:
+        return []
+    return [f"- **users declared public: {public['count']}** (share {public['share']:g}): {public['use']}"]
+
+
 def report_markdown(report: dict) -> str:
     lines = [
         "# Privacy report",
@@ -105,6 +112,7 @@ def report_markdown(report: dict) -> str:
         f"- client sampling: {report['client_sampling']}",
         f"- trust: {report['trust']}",
         f"- users in several clients: {report['users_in_several_clients']}",
+        *_public_line(report.get("public_users")),
         f"- budget per client: {_fmt(report['budget'])}; rounds: {report['rounds']}"
         + (f"; stopped: {report['stopped']}" if report["stopped"] else ""),
         "",

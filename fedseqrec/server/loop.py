@@ -59,7 +59,7 @@ class Federation:
         facts = RunFacts(
             cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, self.progress.on_message,
             users=self.ds.sequences.n_users, horizon=cfg.planned_horizon(),
-            trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad),
+            trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad), seed=cfg.data.seed,
         )  # fmt: skip
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism)
@@ -71,6 +71,8 @@ class Federation:
         self.arrays = ArrayRecord(self.model.state_dict())
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
+        else:
+            self._prepare_model()
         self.folder.write_json("model.json", describe(cfg.model.name, self.model.cfg, self.ds.sequences))
 
     def _directory(self) -> ClientDirectory | NodePool:
@@ -79,6 +81,13 @@ class Federation:
             return ClientDirectory(self.grid, self.progress.on_message)
         clients = expected_clients(self.cfg) or cached_dataset(self.cfg.data).partition.n_clients
         return NodePool(self.grid, clients, self.progress.on_message)
+
+    def _prepare_model(self) -> None:
+        done = self.mechanism.prepare_model(self.model, self.ds.sequences, self.ds.split, self.cfg.fit,
+                                            self.cfg.data.seed)  # fmt: skip
+        if done:
+            self.arrays = ArrayRecord(self.model.state_dict())
+            self.progress.on_message(done)
 
     def _restore(self, state: dict) -> None:
         self.round, self.best = int(state["round"]), dict(state["best"])
