@@ -126,11 +126,15 @@ def test_a_run_with_public_users_pretrains_freezes_and_says_who_is_covered(tmp_p
     ds = cached_dataset(cfg.data)
     torch.manual_seed(cfg.data.seed)
     untrained = build_global_model(ds.sequences, cfg.model).state_dict()
-    _, folder = simulate(cfg, out=tmp_path / "run")
+    results, folder = simulate(cfg, out=tmp_path / "run")
+    initial = torch.load(folder.path / "model_initial.pt", weights_only=True)
+    assert set(results["initial"]) == {"valid", "test"} and 0 <= results["initial"]["test"]["NDCG@10"] <= 1
     final = torch.load(folder.path / "model.pt", weights_only=True)
     final = final.get("state_dict", final)
-    pretrained_items = final["item_embedding.weight"]
-    assert not torch.allclose(pretrained_items, untrained["item_embedding.weight"])  # trained on the public users
+    assert not torch.allclose(initial["item_embedding.weight"], untrained["item_embedding.weight"])  # pretrained
+    for table in ("item_embedding.weight", "scorer.weight", "scorer.bias"):  # frozen in the private rounds
+        assert torch.equal(final[table], initial[table]), table
+    assert not torch.equal(final["blocks.0.attention.query.weight"], initial["blocks.0.attention.query.weight"])
     report = json.loads((folder.path / "privacy_report.json").read_text())
     n_public = int(0.25 * ds.sequences.n_users)
     assert report["public_users"]["count"] == n_public and "not covered" in report["public_users"]["use"]

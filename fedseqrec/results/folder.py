@@ -4,6 +4,7 @@
 - ``metrics.jsonl`` one line per completed round
 - ``state.pt``      round, global weights, strategy state, best round: everything a resume needs, in one atomic file
 - ``model.pt`` / ``model_last.pt`` + ``model.json``  best and last global weights (weights only)
+- ``model_initial.pt``   the initial global model when a mechanism prepared one (trained on public users)
 - ``metrics.json``  final validation and test metrics; ``summary.md``
 """
 

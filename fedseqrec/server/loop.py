@@ -39,6 +39,9 @@ class Progress:
     on_message: Callable[[str], None] = lambda text: log(INFO, "%s", text)
 
 
+INITIAL = "model_initial.pt"  # the initial global model a mechanism prepared (trained on public users)
+
+
 @dataclass
 class Federation:
     grid: object
@@ -87,6 +90,7 @@ class Federation:
                                             self.cfg.data.seed)  # fmt: skip
         if done:
             self.arrays = ArrayRecord(self.model.state_dict())
+            self.folder.save_tensors(INITIAL, self.arrays.to_torch_state_dict())
             self.progress.on_message(done)
 
     def _restore(self, state: dict) -> None:
@@ -239,6 +243,7 @@ class Federation:
             "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "seconds": round(sum(r["seconds"] for r in rounds), 2),
         }
+        results.update(self._initial_model())
         results.update(self._against_popularity(results))
         if self.mechanism.private:
             results["privacy"] = self.mechanism.summary()
@@ -247,6 +252,16 @@ class Federation:
             write_privacy_report(self.folder.path)
         self.folder.write_text("summary.md", summary_markdown(results, rounds))
         return results
+
+    def _initial_model(self) -> dict:
+        """The prepared initial model's figures (public users only), beside what the private rounds reached."""
+        if not (self.folder.path / INITIAL).exists():
+            return {}
+        initial = ArrayRecord(torch.load(self.folder.path / INITIAL, weights_only=True))
+        figures = {which: self.evaluate(initial, which, 0) for which in ("valid", "test")}
+        self.progress.on_message(f"initial model (before the private rounds): test {SELECTION_METRIC} "
+                                 f"{figures['test'][SELECTION_METRIC]:.4f}")  # fmt: skip
+        return {"initial": figures}
 
     def _against_popularity(self, results: dict) -> dict:
         """The most-popular baseline on the same targets (when the server holds them), and a note when the model
