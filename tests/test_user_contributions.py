@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, TINY_FLAGS
+from helpers import TINY, TINY_FLAGS, independent_epsilons
 
 from fedseqrec.federated.task import build_global_model, cached_dataset, load_client_data
 from fedseqrec.models.base import SequenceLoss
@@ -155,3 +155,59 @@ def test_a_run_with_public_users_pretrains_freezes_and_says_who_is_covered(tmp_p
 def test_bad_contribution_options(cli, tmp_path, flags, message):
     result = cli("simulate", *TINY_FLAGS, *flags, "--out", tmp_path / "run")
     assert result.code == 2 and message in result.err and "Traceback" not in result.err
+
+
+def test_adaptive_clipping_charges_the_pair_of_releases_as_the_accounted_sigma():
+    from fedseqrec.errors import UserError
+    from fedseqrec.privacy.adaptive_clip import sum_noise_multiplier
+
+    for sigma, count_noise in [(1.0, 15.0), (2.65, 15.0), (0.9, 100.0), (3.0, 1.6)]:
+        sum_noise = sum_noise_multiplier(sigma, count_noise)
+        assert sum_noise > sigma
+        assert (sum_noise**-2 + (2 * count_noise) ** -2) ** -0.5 == pytest.approx(sigma, rel=1e-12)
+    with pytest.raises(UserError, match="twice the count's noise"):
+        sum_noise_multiplier(3.0, 1.5)
+
+
+def test_adaptive_clipping_moves_the_norm_towards_the_quantile():
+    from fedseqrec.privacy.adaptive_clip import QuantileClip
+
+    clip = QuantileClip(clip=1.0, quantile=0.5, lr=0.2, expected_users=100.0)
+    assert clip.update(noisy_count=50.0) == pytest.approx(1.0)  # everyone unclipped: share 1, C shrinks
+    assert clip.clip == pytest.approx(np.exp(-0.2 * 0.5))
+    before = clip.clip
+    assert clip.update(noisy_count=-50.0) == pytest.approx(0.0)  # everyone clipped: C grows back
+    assert clip.clip == pytest.approx(before * np.exp(0.2 * 0.5))
+    clip.update(noisy_count=0.0)  # half and half: C stays
+    assert clip.clip == pytest.approx(before * np.exp(0.2 * 0.5))
+
+
+def test_a_silo_counts_its_unclipped_users_centred():
+    model, windows = _model_and_windows("sasrec")
+    from fedseqrec.privacy.user_level import silo_contribution
+
+    huge = silo_contribution(model, windows, rate=1.0, rule=Contribution(1e9), noise_std=0.0)
+    tiny = silo_contribution(model, windows, rate=1.0, rule=Contribution(1e-9), noise_std=0.0)
+    assert huge.unclipped == pytest.approx(huge.sampled / 2) and tiny.unclipped == pytest.approx(-tiny.sampled / 2)
+    shares = [silo_contribution(model, windows, 0.0, Contribution(1.0), 0.0, count_noise_std=2.0).unclipped
+              for _ in range(4000)]  # fmt: skip
+    assert np.std(shares) == pytest.approx(2.0, rel=0.05) and abs(np.mean(shares)) < 5 * 2.0 / 4000**0.5
+
+
+@pytest.mark.slow
+def test_an_adaptive_run_records_each_rounds_norm_and_resumes_from_it(tmp_path, cli):
+    cfg = TINY.replace(user_dp=True, users_per_round=60, noise_multiplier=1.0, rounds=3, clip_quantile=0.5,
+                       max_grad_norm=0.05)  # fmt: skip
+    _, folder = simulate(cfg, out=tmp_path / "run")
+    history = json.loads((folder.path / "privacy.json").read_text())["history"]
+    assert history[0]["clip"] == 0.05
+    for before, after in zip(history, history[1:], strict=False):
+        assert after["clip"] == pytest.approx(before["next_clip"])
+    report = json.loads((folder.path / "privacy_report.json").read_text())
+    assert "C adaptive from 0.05" in report["mechanism"]
+    rdp, _ = independent_epsilons([(1.0, 60 / 120, 3)], report["delta"])  # the pair is charged as σ
+    assert report["max_epsilon"] == pytest.approx(rdp, rel=0.01)
+    result = cli("simulate", "--resume", folder.path, "--rounds", "4")
+    assert result.code == 0, result.err
+    resumed = json.loads((folder.path / "privacy.json").read_text())["history"]
+    assert resumed[:3] == history and resumed[3]["clip"] == pytest.approx(history[2]["next_clip"])

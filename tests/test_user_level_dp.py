@@ -90,7 +90,7 @@ def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
 
     def share() -> torch.Tensor:
         shares = silo_contribution(model, windows, rate=0.0, rule=Contribution(1.0), noise_std=sigma_c / silos**0.5)
-        return _flat(shares[0])
+        return _flat(shares.total)
 
     rounds = [[share() for _ in range(silos)] for _ in range(12)]  # 12 rounds of 4 silos, every coordinate
     totals = torch.cat([sum(shares) for shares in rounds])
@@ -105,7 +105,9 @@ def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
 
 def test_a_silo_samples_each_user_with_the_rate():
     model, windows = _model_and_windows("sasrec")
-    counts = [silo_contribution(model, windows, rate=0.1, rule=Contribution(1.0), noise_std=0.0)[1] for _ in range(40)]
+    counts = [
+        silo_contribution(model, windows, rate=0.1, rule=Contribution(1.0), noise_std=0.0).sampled for _ in range(40)
+    ]
     assert np.mean(counts) == pytest.approx(0.1 * len(windows), rel=0.25) and len(set(counts)) > 3
 
 

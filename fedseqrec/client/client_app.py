@@ -23,6 +23,8 @@ from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.messages import (
+    CLIP_KEY,
+    COUNT_NOISE_KEY,
     NOISE_STD_KEY,
     PARTITION_KEY,
     PARTITIONS_KEY,
@@ -121,10 +123,12 @@ def _user_level_round(model, data: ClientData, cfg: RunConfig, server_round: int
     started = time.perf_counter()
     own = private_part(data, cfg.privacy, cfg.data.seed)  # public users trained the initial model, not these rounds
     windows = training_windows(model, own, cfg.fit, client_seed(cfg, server_round, data.client))
-    total, sampled, loss = silo_contribution(
-        model, windows, float(sent[USER_RATE_KEY]), contribution_rule(cfg.privacy), float(sent[NOISE_STD_KEY])
+    rule = contribution_rule(cfg.privacy, float(sent[CLIP_KEY]))
+    reply = silo_contribution(
+        model, windows, float(sent[USER_RATE_KEY]), rule, float(sent[NOISE_STD_KEY]), float(sent[COUNT_NOISE_KEY])
     )
-    return TrainResult(sampled, loss, 1, time.perf_counter() - started), {"sampled-users": sampled}, total
+    metrics = {"sampled-users": reply.sampled, "unclipped-centred": reply.unclipped}
+    return TrainResult(reply.sampled, reply.loss, 1, time.perf_counter() - started), metrics, reply.total
 
 
 def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, context, sent) -> tuple:

@@ -5,6 +5,10 @@ WHICH_KEY = "which"  # evaluation: "valid" or "test"
 # A pooled simulated node (see server.directory.NodePool) learns from each message which client it acts as.
 PARTITION_KEY, PARTITIONS_KEY = "partition-id", "num-partitions"
 # Federation-wide user-level DP: every silo samples its users with this rate, and (noise shares) adds noise of this
-# standard deviation to its sum.
+# standard deviation to its sum; each user's contribution is clipped to this round's norm (adaptive clipping moves
+# it), and the silo's count of unclipped users gets its share of that count's noise.
 USER_RATE_KEY, NOISE_STD_KEY = "user-rate", "noise-share-std"
-SERVER_KEYS = (ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY)
+CLIP_KEY, COUNT_NOISE_KEY = "clip-norm", "count-noise-share-std"
+SERVER_KEYS = (
+    ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY, CLIP_KEY, COUNT_NOISE_KEY
+)  # fmt: skip

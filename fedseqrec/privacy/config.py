@@ -109,6 +109,12 @@ class PrivacyConfig:
         check=within(0, 1, high_open=True), group=USER,
     )  # fmt: skip
     public_epochs: int = option(20, "epochs of training on the public users", check=positive_int, group=USER)
+    clip_quantile: float | None = option(
+        None,
+        "adaptive clipping: steer C (from --max-grad-norm, at rate --clip-lr) so that this share of users is not "
+        "clipped; the share is itself noised and accounted (Andrew et al. 2021)",
+        check=within(0, 1, low_open=True, high_open=True), group=USER,
+    )  # fmt: skip
 
     @property
     def mechanism(self) -> str:
@@ -209,5 +215,5 @@ class PrivacyConfig:
 
 USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defaults
     "users_per_round": None, "user_steps": 1, "user_lr": 0.1, "clipping": "flat", "public_users": 0.0,
-    "public_epochs": 20,
+    "public_epochs": 20, "clip_quantile": None,
 }  # fmt: skip

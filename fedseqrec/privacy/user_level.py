@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.accounting import calibrate_noise
+from fedseqrec.privacy.adaptive_clip import QuantileClip, sum_noise_multiplier
 from fedseqrec.privacy.config import USER_LEVEL, PrivacyConfig, check_delta, default_delta
 from fedseqrec.privacy.dp_fedavg import CentralAccountant, OneReleasePerRound
 from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
@@ -51,8 +53,9 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def contribution_rule(privacy: PrivacyConfig) -> Contribution:
-    return Contribution(privacy.max_grad_norm, privacy.user_steps, privacy.user_lr, privacy.clipping)
+def contribution_rule(privacy: PrivacyConfig, clip: float) -> Contribution:
+    """How this round's contributions are made; ``clip``: the round's norm (adaptive clipping moves it)."""
+    return Contribution(clip, privacy.user_steps, privacy.user_lr, privacy.clipping)
 
 
 def private_part(data: ClientData, privacy: PrivacyConfig, seed: int) -> ClientData:
@@ -61,21 +64,37 @@ def private_part(data: ClientData, privacy: PrivacyConfig, seed: int) -> ClientD
     return replace(data, users=users)
 
 
+@dataclass
+class SiloReply:
+    total: dict[str, torch.Tensor]  # the sampled users' clipped contributions, summed, plus the noise share
+    sampled: int  # users sampled (the log only: the server never divides by it)
+    loss: float  # their mean loss (the log only)
+    unclipped: float  # Σ over them of ([norm ≤ C] − ½), plus its noise share: adaptive clipping's private count
+
+
 def silo_contribution(
-    model: SequentialRecommender, windows: TrainingWindows, rate: float, rule: Contribution, noise_std: float
-) -> tuple[dict[str, torch.Tensor], int, float]:
-    """The silo's reply: its sampled users' clipped gradient sum (plus its noise share when ``noise_std`` > 0),
-    how many users it sampled and their mean loss (both for the log only: the server never divides by them)."""
+    model: SequentialRecommender,
+    windows: TrainingWindows,
+    rate: float,
+    rule: Contribution,
+    noise_std: float,
+    count_noise_std: float = 0.0,
+) -> SiloReply:
+    """The silo's reply: its sampled users' clipped contribution sum, plus its noise share when ``noise_std`` > 0."""
     chosen = sample_users(len(windows), rate)
-    loss = float("nan")
+    loss, unclipped = float("nan"), 0.0
     if len(chosen):
-        total, _, loss = clipped_update_sum(model, windows, chosen, rule)
+        total, norms, loss = clipped_update_sum(model, windows, chosen, rule)
+        unclipped = float((norms <= rule.clip).sum()) - len(chosen) / 2  # centred: one user moves it by ½
     else:
         total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
+    rng = np.random.default_rng(secrets.randbits(64))
     if noise_std > 0:
         generator = torch.Generator().manual_seed(secrets.randbits(63))
         total = {n: t + torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}
-    return total, len(chosen), loss
+    if count_noise_std > 0:
+        unclipped += float(rng.normal(0.0, count_noise_std))
+    return SiloReply(total, len(chosen), loss, unclipped)
 
 
 # --- the server ---------------------------------------------------------------------------------------------------
@@ -86,12 +105,14 @@ class NoisySum(FedAvg):
     ``current − that`` as the aggregate: one SGD step of rate 1, on which a server optimiser (FedAdam, …) built
     over this class acts as on any aggregate."""
 
-    def __init__(self, keys: list[str] = (), expected_users: float = 1.0, noise_std: float = 0.0, **kwargs):
+    def __init__(self, keys: list[str] = (), expected_users: float = 1.0, noise_std=0.0, **kwargs):
         super().__init__(**kwargs)  # (a server optimiser's __init__ reaches here without ours: set again after)
         self.set_noisy_sum(list(keys), expected_users, noise_std)
 
-    def set_noisy_sum(self, keys: list[str], expected_users: float, noise_std: float) -> None:
-        self.keys, self.expected_users, self.noise_std = keys, expected_users, noise_std
+    def set_noisy_sum(self, keys: list[str], expected_users: float, noise_std: float | Callable[[], float]) -> None:
+        """``noise_std``: the server's noise, or what gives each round's (adaptive clipping changes it)."""
+        self.keys, self.expected_users = keys, expected_users
+        self.noise_std = noise_std if callable(noise_std) else (lambda: noise_std)
         self.sent: ArrayRecord | None = None  # the global weights of this round (not current_arrays: FedOpt's)
 
     def configure_train(self, server_round, arrays, config, grid):
@@ -106,9 +127,10 @@ class NoisySum(FedAvg):
                 for key, value in record.items():
                     total[key] += value.numpy()
         rng = np.random.default_rng(secrets.randbits(64))
+        noise_std = self.noise_std()
         for key in self.keys:
-            if self.noise_std > 0:
-                total[key] += rng.normal(0.0, self.noise_std, size=total[key].shape)
+            if noise_std > 0:
+                total[key] += rng.normal(0.0, noise_std, size=total[key].shape)
             current[key] = (current[key] - total[key] / self.expected_users).astype(current[key].dtype)
         return ArrayRecord({k: Array(v) for k, v in current.items()}), MetricRecord()
 
@@ -118,7 +140,7 @@ def with_noisy_sum(strategy_class: type) -> type:
     if strategy_class is FedAvg:
         return NoisySum
 
-    def __init__(self, keys: list[str], expected_users: float, noise_std: float, **kwargs):
+    def __init__(self, keys: list[str], expected_users: float, noise_std, **kwargs):
         strategy_class.__init__(self, **kwargs)  # Flower's optimisers take their own options only
         self.set_noisy_sum(keys, expected_users, noise_std)
 
@@ -147,6 +169,12 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         if sigma is None:
             sigma = calibrate_noise(p.epsilon, delta, rate, run.horizon, p.accountant)
         self.accountant = CentralAccountant(sigma, rate, delta, p.accountant)
+        self.adaptive = None
+        self.sum_noise = sigma
+        if p.clip_quantile is not None:
+            self.adaptive = QuantileClip(p.max_grad_norm, p.clip_quantile, p.clip_lr, rate * users)
+            self.sum_noise = sum_noise_multiplier(sigma, self.adaptive.count_noise)
+        self.round_clip = p.max_grad_norm
 
     def prepare_model(self, model, sequences, split, fit, seed: int) -> str | None:
         if not len(self.public):
@@ -158,34 +186,48 @@ class UserLevelDPFedSGD(OneReleasePerRound):
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         self.silos = list(range(n_clients))
         self.restore(saved, last_round)
+        if self.adaptive is not None and self.history:
+            self.adaptive.clip = self.history[-1]["next_clip"]
 
     @property
     def noise_std(self) -> float:
-        return self.accountant.noise * self.privacy.max_grad_norm
+        return self.sum_noise * self.round_clip
 
     def message_config(self) -> dict:
-        """What every silo needs: the sampling rate, and its noise share's standard deviation (clients mode)."""
-        shares = self.noise_std / math.sqrt(len(self.silos)) if self.privacy.noise_shares == "clients" else 0.0
-        return {"user-rate": self.accountant.rate, "noise-share-std": shares}
+        """What every silo needs: the sampling rate, this round's clipping norm, and (clients mode) the standard
+        deviations of its shares of the noise."""
+        shares = 1 / math.sqrt(len(self.silos)) if self.privacy.noise_shares == "clients" else 0.0
+        count_noise = self.adaptive.count_noise if self.adaptive is not None else 0.0
+        return {"user-rate": self.accountant.rate, "noise-share-std": self.noise_std * shares,
+                "clip-norm": self.round_clip, "count-noise-share-std": count_noise * shares}  # fmt: skip
 
     def aggregate_class(self, strategy_class: type) -> type:
         return with_noisy_sum(strategy_class)
 
     def aggregate_options(self) -> dict:
-        server_noise = self.noise_std if self.privacy.noise_shares == "server" else 0.0
         return {"keys": list(self.run.trainable), "expected_users": self.accountant.rate * self.users,
-                "noise_std": server_noise}  # fmt: skip
+                "noise_std": lambda: self.noise_std if self.privacy.noise_shares == "server" else 0.0}  # fmt: skip
 
     def to_aggregate(self, replies: list) -> list:
         return list(replies)  # a silo that sampled nobody still sends its (zero) sum and its noise share
 
     def choose(self, available: list[int], server_round: int, sample) -> list[int]:
         self.check_budget()
+        if self.adaptive is not None:
+            self.round_clip = self.adaptive.clip
         return available  # every silo, every round: the users are what is sampled
 
     def observe(self, server_round: int, replies: list) -> dict:
         sampled = sum(int(r.content["metrics"].get("sampled-users", 0)) for r in replies)
-        return {**super().observe(server_round, replies), "sampled_users": sampled}
+        seen = {**super().observe(server_round, replies), "sampled_users": sampled}
+        if self.adaptive is not None:
+            count = sum(float(r.content["metrics"].get("unclipped-centred", 0.0)) for r in replies)
+            if self.privacy.noise_shares == "server":
+                count += float(np.random.default_rng(secrets.randbits(64)).normal(0.0, self.adaptive.count_noise))
+            share = self.adaptive.update(count)
+            self.history[-1].update(clip=self.round_clip, unclipped_share=share, next_clip=self.adaptive.clip)
+            seen.update(clip=round(self.round_clip, 6), unclipped_share=round(share, 4))
+        return seen
 
     def min_updates(self, chosen: int) -> int:
         # Noise shares: every silo's share is needed, or the release is less noisy than accounted.
@@ -231,9 +273,17 @@ class UserLevelDPFedSGD(OneReleasePerRound):
             f"{p.user_lr:g} each sampled user takes alone"
         )
         clipping = "clipped to C as a whole" if p.clipping == "flat" else "clipped per layer, budgets adding up to C²"
+        norm = f"C = {p.max_grad_norm:g}"
+        if self.adaptive is not None:
+            norm = (
+                f"C adaptive from {p.max_grad_norm:g} towards the norm that leaves a share {p.clip_quantile:g} of "
+                f"users unclipped (rate {p.clip_lr:g}; that share is counted with noise σ_b = "
+                f"{self.adaptive.count_noise:.4g} users, and the sum's noise multiplier is σ_Δ = "
+                f"{self.sum_noise:.4g} so that the pair costs the accounted σ = {self.accountant.noise:.4g})"
+            )
         return (
-            f"user-level {contribution}, {clipping}, C = {p.max_grad_norm:g}); the server adds Gaussian noise of σ·C "
-            "once to the sum over all silos and divides by the expected number of sampled users"
+            f"user-level {contribution}, {clipping}, {norm}); the server adds Gaussian noise of σ·C once to the sum "
+            "over all silos and divides by the expected number of sampled users"
         )
 
     def summary(self) -> dict:
