@@ -1,0 +1,112 @@
+"""The cost of federation-wide user-level DP on Amazon Beauty's 12,101-item catalogue: the per-user clipped
+contributions of 32 users (``fedseqrec.privacy.per_user``) against one plain training step on the same 32 users.
+
+    python benchmarks/user_level_step.py [--models sasrec gru4rec bert4rec] [--repeats 5]
+                                         [--out benchmarks/results/user_level_step.json]
+
+Each configuration runs in a fresh process (so its peak RSS is its own): the real Beauty windows of 32 users
+(length 50), hidden 64, 2 blocks / layers; the plain step is forward, backward and AdamW on the batch; the DP work is
+every user's own gradient (or K local steps), clipped, summed (the silo's part of a round; the server's noise is
+one Gaussian draw per parameter and not timed). Median of --repeats after one warm-up, 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty" / "Beauty.txt"
+USERS = 32
+CONFIGS = {
+    "ce": {},
+    "ce, items frozen": {"freeze": "items"},
+    "sampled 256": {"loss": "sampled", "negatives": 256},
+    "sampled 256, items frozen": {"loss": "sampled", "negatives": 256, "freeze": "items"},
+    "sampled 256, items frozen, 5 local steps": {"loss": "sampled", "negatives": 256, "freeze": "items", "steps": 5},
+}
+
+
+def measure(model_name: str, config: str, repeats: int) -> dict:
+    import numpy as np
+    import torch
+
+    from fedseqrec.data.dataset import DataConfig, load_dataset
+    from fedseqrec.models.batching import TrainingWindows
+    from fedseqrec.models.config import ModelConfig
+    from fedseqrec.models.optim import adamw
+    from fedseqrec.models.registry import build_model, model_config_for
+    from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
+
+    torch.set_num_threads(2)
+    options = dict(CONFIGS[config])
+    steps = options.pop("steps", 1)
+    ds = load_dataset(DataConfig(data=str(BEAUTY)))
+    torch.manual_seed(0)
+    model = build_model(model_name, model_config_for(ds.sequences, ModelConfig(name=model_name, **options)))
+    windows = TrainingWindows(ds.sequences, ds.split, max_len=50)
+    chosen = np.arange(USERS)
+    batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[i] for i in range(USERS)), strict=True)])
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+
+    def plain() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+
+    def private() -> None:
+        clipped_update_sum(model, windows, chosen, Contribution(1.0, steps=steps, lr=0.1))
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    timings = {}
+    for name, step in (("plain", plain), ("dp", private)):
+        step()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        timings[name] = statistics.median(times)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "model": model_name,
+        "config": config,
+        "trained_parameters": trained,
+        "plain_ms": round(timings["plain"] * 1000, 1),
+        "dp_ms": round(timings["dp"] * 1000, 1),
+        "ratio": round(timings["dp"] / timings["plain"], 2),
+        "peak_rss_growth_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "bert4rec"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "user_level_step.json"))
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(*args.one, args.repeats)))
+        return
+    rows = []
+    for model_name in args.models:
+        for config in CONFIGS:
+            one = [sys.executable, __file__, "--one", model_name, config, "--repeats", str(args.repeats)]
+            out = subprocess.run(one, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+            print(out, flush=True)
+    report = {"command": "python benchmarks/user_level_step.py", "users": USERS, "data": "Amazon Beauty windows",
+              "threads": 2, "rows": rows}  # fmt: skip
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
