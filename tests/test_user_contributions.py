@@ -211,3 +211,22 @@ def test_an_adaptive_run_records_each_rounds_norm_and_resumes_from_it(tmp_path, 
     assert result.code == 0, result.err
     resumed = json.loads((folder.path / "privacy.json").read_text())["history"]
     assert resumed[:3] == history and resumed[3]["clip"] == pytest.approx(history[2]["next_clip"])
+
+
+def test_pretraining_keeps_the_epoch_that_ranks_the_public_users_validation_items_best():
+    from fedseqrec.evaluation.evaluator import evaluate
+    from fedseqrec.privacy.public import pretrain_on_public
+
+    cfg = TINY.replace(public_users=0.5)
+    ds = cached_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = build_global_model(ds.sequences, cfg.replace(freeze="items").model)
+    users = public_users(ds.sequences.n_users, 0.5, 0)
+    untrained = model.item_embedding.weight.detach().clone()
+    done = pretrain_on_public(model, ds.sequences, ds.split, users, cfg.fit, epochs=6, seed=0)
+    assert 1 <= done.best_epoch <= done.epochs <= 6
+    model.eval()
+    again = evaluate(model, ds.sequences, ds.split, "valid", users=users, max_len=cfg.model.max_len)["NDCG@10"]
+    assert again == pytest.approx(done.valid_ndcg, rel=1e-6)  # the weights kept are the epoch's that scored it
+    assert not torch.equal(model.item_embedding.weight, untrained)  # frozen tables are pretrained too …
+    assert not model.item_embedding.weight.requires_grad  # … and frozen again

@@ -50,7 +50,7 @@ class PrivacyMechanism:
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         """Called once the clients are known; ``saved``: what :meth:`state` returned at ``last_round`` (resume)."""
 
-    def prepare_model(self, model, sequences, split, fit, seed: int) -> str | None:
+    def prepare_model(self, model, sequences, split, fit, seed: int, protocol: str = "full") -> str | None:
         """Change the initial global model before the first round (not on resume); what was done, for the log."""
         return None
 

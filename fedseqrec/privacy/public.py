@@ -9,12 +9,16 @@ rest of the model alone.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
+from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.models.config import FitConfig
@@ -22,6 +26,8 @@ from fedseqrec.models.optim import adamw
 from fedseqrec.models.training import train_epoch
 
 PUBLIC_SEED = 0x9B1C  # mixed with the run seed: the public users are not the first silo's
+SELECTION = "NDCG@10"
+PATIENCE = 3  # epochs without a better validation score before pretraining stops
 
 
 def public_users(n_users: int, share: float, seed: int) -> np.ndarray:
@@ -38,6 +44,14 @@ def private_users(users: np.ndarray, n_users: int, share: float, seed: int) -> n
     return users[~np.isin(users, public_users(n_users, share, seed))]
 
 
+@dataclass
+class Pretraining:
+    epochs: int  # epochs run
+    best_epoch: int  # the one kept
+    valid_ndcg: float  # the public users' own validation NDCG@10 there
+    loss: float  # its mean training loss
+
+
 def pretrain_on_public(
     model: SequentialRecommender,
     data: SequenceData,
@@ -46,10 +60,12 @@ def pretrain_on_public(
     fit: FitConfig,
     epochs: int,
     seed: int,
-    on_epoch=None,
-) -> float:
-    """Trains every parameter of ``model`` (the frozen ones too) on the users' training windows; their last
-    epoch's mean loss. Frozen parameters are frozen again afterwards."""
+    protocol: str = "full",
+) -> Pretraining:
+    """Trains every parameter of ``model`` (the frozen ones too) on the users' training windows for up to
+    ``epochs`` epochs and keeps the epoch whose weights rank the same users' validation items best (their data is
+    public, so choosing by it costs no privacy; a few thousand users overfit in a few epochs). Frozen parameters
+    are frozen again afterwards."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
     for p in frozen:
         p.requires_grad_(True)
@@ -57,11 +73,20 @@ def pretrain_on_public(
     windows = TrainingWindows(data, split, users, model.cfg.max_len, fit.random_window, seed=seed)
     loader = DataLoader(windows, batch_size=fit.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     optimizer = adamw(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-    loss = float("nan")
-    for epoch in range(epochs):
+    best = Pretraining(0, 0, -1.0, float("nan"))
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, epochs + 1):
         loss, _ = train_epoch(model, loader, optimizer, windows.batch_of)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, loss)
+        model.eval()
+        score = evaluate(model, data, split, "valid", users=users, max_len=model.cfg.max_len, protocol=protocol)
+        ndcg = score.get(SELECTION, 0.0)
+        if ndcg > best.valid_ndcg:
+            best = Pretraining(epoch, epoch, ndcg, loss)
+            best_state = copy.deepcopy(model.state_dict())
+        best.epochs = epoch
+        if epoch - best.best_epoch >= PATIENCE:
+            break
+    model.load_state_dict(best_state)
     for p in frozen:
         p.requires_grad_(False)
-    return loss
+    return best

@@ -176,12 +176,14 @@ class UserLevelDPFedSGD(OneReleasePerRound):
             self.sum_noise = sum_noise_multiplier(sigma, self.adaptive.count_noise)
         self.round_clip = p.max_grad_norm
 
-    def prepare_model(self, model, sequences, split, fit, seed: int) -> str | None:
+    def prepare_model(self, model, sequences, split, fit, seed: int, protocol: str = "full") -> str | None:
         if not len(self.public):
             return None
-        loss = pretrain_on_public(model, sequences, split, self.public, fit, self.privacy.public_epochs, seed)
-        return (f"initial model trained on the {len(self.public)} public users ({self.privacy.public_epochs} epochs, "
-                f"loss {loss:.3f})")  # fmt: skip
+        done = pretrain_on_public(model, sequences, split, self.public, fit, self.privacy.public_epochs, seed, protocol)
+        return (
+            f"initial model trained on the {len(self.public)} public users: epoch {done.best_epoch} of {done.epochs} "
+            f"kept (their own validation NDCG@10 {done.valid_ndcg:.4f}, loss {done.loss:.3f})"
+        )
 
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         self.silos = list(range(n_clients))

@@ -86,8 +86,9 @@ class Federation:
         return NodePool(self.grid, clients, self.progress.on_message)
 
     def _prepare_model(self) -> None:
-        done = self.mechanism.prepare_model(self.model, self.ds.sequences, self.ds.split, self.cfg.fit,
-                                            self.cfg.data.seed)  # fmt: skip
+        cfg = self.cfg
+        done = self.mechanism.prepare_model(self.model, self.ds.sequences, self.ds.split, cfg.fit, cfg.data.seed,
+                                            cfg.evaluation.protocol)  # fmt: skip
         if done:
             self.arrays = ArrayRecord(self.model.state_dict())
             self.folder.save_tensors(INITIAL, self.arrays.to_torch_state_dict())
