@@ -5,6 +5,8 @@ baseline and the private popularity baseline at the same ε.
                                        [--out benchmarks/results/user_level_dp.json]
     python benchmarks/user_level_dp.py --collect DIR   # only read run folders DIR/TAG already written by it
 
+Rows of runs not named in --runs are kept from the existing JSON.
+
 Each run is `fedseqrec simulate` with the flags below (in a temporary folder, or DIR/TAG with --collect); the JSON
 keeps every run's flags, ε (largest, re-checked by the report), noise multiplier, sampling rate, rounds, best round,
 validation and test NDCG@10, and the popularity figures of the same data.
@@ -34,6 +36,17 @@ RUNS = {
                "--max-grad-norm", "0.3"],
     "e1r60": ["--users-per-round", "300", "--epsilon", "1", "--rounds", "60", "--server-lr", "0.01",
               "--max-grad-norm", "0.3"],
+    # fewer noised coordinates and other contributions, each against e8r150
+    "pub10f": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "150", "--server-lr", "0.01",
+               "--max-grad-norm", "0.3", "--public-users", "0.1", "--freeze", "items"],
+    "pub10": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "150", "--server-lr", "0.01",
+              "--max-grad-norm", "0.3", "--public-users", "0.1"],
+    "steps5": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "150", "--server-lr", "0.01",
+               "--max-grad-norm", "0.3", "--user-steps", "5", "--user-lr", "0.5"],
+    "perlayer": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "150", "--server-lr", "0.01",
+                 "--max-grad-norm", "0.3", "--clipping", "per-layer"],
+    "adaptive": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "150", "--server-lr", "0.01",
+                 "--max-grad-norm", "0.3", "--clip-quantile", "0.5"],
 }  # fmt: skip
 
 
@@ -55,6 +68,7 @@ def row(tag: str, folder: Path) -> dict:
         "test_HR@10": round(metrics["test"]["HR@10"], 4),
         "popularity_valid_NDCG@10": round(metrics["popularity"]["valid"]["NDCG@10"], 4),
         "popularity_test_NDCG@10": round(metrics["popularity"]["test"]["NDCG@10"], 4),
+        **({"initial_test_NDCG@10": round(metrics["initial"]["test"]["NDCG@10"], 4)} if "initial" in metrics else {}),
     }
 
 
@@ -74,8 +88,11 @@ def main() -> None:
                 subprocess.run([*command, "--out", str(folder)], check=True)
             rows.append(row(tag, folder))
             print(json.dumps(rows[-1]), flush=True)
+    out = Path(args.out)
+    kept = json.loads(out.read_text())["rows"] if out.exists() else []  # earlier rows of runs not repeated now
+    rows = [r for r in kept if r["run"] not in {row["run"] for row in rows}] + rows
     report = {"command": "python benchmarks/user_level_dp.py", "data": "ml-100k, 943 users, 10 IID silos", "rows": rows}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {args.out}")
 
 

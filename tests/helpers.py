@@ -76,3 +76,24 @@ def independent_epsilons(records, delta: float) -> tuple[float, float]:
         rdp.compose(event)
         pld.compose(event)
     return rdp.get_epsilon(delta), pld.get_epsilon(delta)
+
+
+def model_and_windows(name: str, **options):
+    """The tiny data's global model (no dropout: the same function in every pass) and every user's window."""
+    import torch
+
+    from fedseqrec.federated.task import build_global_model, cached_dataset
+    from fedseqrec.models.batching import TrainingWindows
+
+    cfg = TINY.replace(model=name, dropout=0.0, **options)
+    ds = cached_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = build_global_model(ds.sequences, cfg.model)
+    return model, TrainingWindows(ds.sequences, ds.split, max_len=cfg.model.max_len)
+
+
+def flat(total: dict):
+    """Parameters (or their sums) as one vector, in name order."""
+    import torch
+
+    return torch.cat([t.reshape(-1) for _, t in sorted(total.items())])

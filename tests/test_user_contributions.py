@@ -7,31 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, TINY_FLAGS, independent_epsilons
+from helpers import TINY, TINY_FLAGS, flat, independent_epsilons, model_and_windows
 
 from fedseqrec.federated.task import build_global_model, cached_dataset, load_client_data
 from fedseqrec.models.base import SequenceLoss
-from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
 from fedseqrec.privacy.public import private_users, public_users
 from fedseqrec.privacy.user_level import private_part, trainable
 from fedseqrec.simulation.engine import simulate
 
 
-def _model_and_windows(name: str, **model_options):
-    cfg = TINY.replace(model=name, dropout=0.0, **model_options)
-    ds = cached_dataset(cfg.data)
-    torch.manual_seed(0)
-    model = build_global_model(ds.sequences, cfg.model)
-    return model, TrainingWindows(ds.sequences, ds.split, max_len=cfg.model.max_len)
-
-
-def _flat(total: dict) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for _, t in sorted(total.items())])
-
-
 def test_local_steps_contribute_the_mean_gradient_along_the_users_own_steps():
-    model, windows = _model_and_windows("sasrec")
+    model, windows = model_and_windows("sasrec")
     steps, lr, user = 3, 0.5, 4
     total, norms, _ = clipped_update_sum(model, windows, np.array([user]), Contribution(1e6, steps, lr))
     start = {n: p.detach().clone() for n, p in trainable(model).items()}
@@ -44,9 +31,9 @@ def test_local_steps_contribute_the_mean_gradient_along_the_users_own_steps():
     expected = {n: (start[n] - p.detach()) / (steps * lr) for n, p in trainable(model).items()}
     for n in expected:
         assert torch.allclose(total[n], expected[n], atol=1e-5), n
-    assert norms[0] == pytest.approx(_flat(expected).norm().item(), rel=1e-4)
+    assert norms[0] == pytest.approx(flat(expected).norm().item(), rel=1e-4)
     one_step, _, _ = clipped_update_sum(model, windows, np.array([user]), Contribution(1e6, 1))
-    assert not torch.allclose(_flat(one_step), _flat(expected), atol=1e-4)  # the steps matter
+    assert not torch.allclose(flat(one_step), flat(expected), atol=1e-4)  # the steps matter
 
 
 @pytest.mark.parametrize(
@@ -61,7 +48,7 @@ def test_local_steps_contribute_the_mean_gradient_along_the_users_own_steps():
     ],
 )
 def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name, rule, options):
-    model, windows = _model_and_windows(name, **options)
+    model, windows = model_and_windows(name, **options)
     chosen = np.arange(6)
     everyone, norms, _ = clipped_update_sum(model, windows, chosen, rule)
     assert (norms > rule.clip).all()
@@ -70,11 +57,11 @@ def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name, rule
         # path is that each user's own term never exceeds C.
         for user in range(4):
             alone, _, _ = clipped_update_sum(model, windows, np.array([user]), rule)
-            assert _flat(alone).norm().item() <= rule.clip * 1.001
+            assert flat(alone).norm().item() <= rule.clip * 1.001
         return
     for leave_out in (0, 3):
         rest, _, _ = clipped_update_sum(model, windows, np.delete(chosen, leave_out), rule)
-        change = (_flat(everyone) - _flat(rest)).norm().item()
+        change = (flat(everyone) - flat(rest)).norm().item()
         if rule.clipping == "flat":
             assert change == pytest.approx(rule.clip, rel=1e-3)  # clipped as a whole: exactly C
         else:
@@ -82,7 +69,7 @@ def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name, rule
 
 
 def test_per_layer_budgets_add_up_to_the_clipping_norm_and_bind_each_layer():
-    model, windows = _model_and_windows("sasrec")
+    model, windows = model_and_windows("sasrec")
     rule = Contribution(0.05, clipping="per-layer")
     alone, _, _ = clipped_update_sum(model, windows, np.array([2]), rule)
     layers: dict[str, float] = {}
@@ -99,7 +86,7 @@ def test_per_layer_budgets_add_up_to_the_clipping_norm_and_bind_each_layer():
 
 
 def test_frozen_item_tables_are_left_out_of_every_contribution():
-    model, windows = _model_and_windows("sasrec", freeze="items")
+    model, windows = model_and_windows("sasrec", freeze="items")
     total, _, _ = clipped_update_sum(model, windows, np.arange(5), Contribution(1.0))
     assert not any(n.startswith(("item_embedding", "scorer")) for n in total)
     assert set(total) == set(trainable(model)) and "blocks.0.attention.query.weight" in total
@@ -183,7 +170,7 @@ def test_adaptive_clipping_moves_the_norm_towards_the_quantile():
 
 
 def test_a_silo_counts_its_unclipped_users_centred():
-    model, windows = _model_and_windows("sasrec")
+    model, windows = model_and_windows("sasrec")
     from fedseqrec.privacy.user_level import silo_contribution
 
     huge = silo_contribution(model, windows, rate=1.0, rule=Contribution(1e9), noise_std=0.0)

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import TINY, TINY_FLAGS, Nodes, independent_epsilons
+from helpers import TINY, TINY_FLAGS, Nodes, flat, independent_epsilons, model_and_windows
 
 from fedseqrec.federated.task import build_global_model, cached_dataset, training_windows
 from fedseqrec.models.base import SequenceLoss
-from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.dp_fedavg import CentralAccountant
 from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
 from fedseqrec.privacy.user_level import NoisySum, silo_contribution, trainable
@@ -20,41 +19,29 @@ from fedseqrec.simulation.engine import simulate
 USER_DP = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=2)
 
 
-def _model_and_windows(name: str):
-    cfg = TINY.replace(model=name, dropout=0.0)  # the same function in every pass
-    ds = cached_dataset(cfg.data)
-    torch.manual_seed(0)
-    model = build_global_model(ds.sequences, cfg.model)
-    return model, TrainingWindows(ds.sequences, ds.split, max_len=cfg.model.max_len)
-
-
-def _flat(total: dict) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for _, t in sorted(total.items())])
-
-
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm"])
 def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name):
-    model, windows = _model_and_windows(name)
+    model, windows = model_and_windows(name)
     chosen, clip = np.arange(8), 0.05
     everyone, norms, _ = clipped_update_sum(model, windows, chosen, Contribution(clip))
     assert (norms > clip).all()  # every user's gradient is clipped here: each moves the sum by exactly C
     for leave_out in (0, 5):
         rest, _, _ = clipped_update_sum(model, windows, np.delete(chosen, leave_out), Contribution(clip))
-        change = (_flat(everyone) - _flat(rest)).norm().item()
+        change = (flat(everyone) - flat(rest)).norm().item()
         assert change == pytest.approx(clip, rel=1e-3)
 
 
 def test_each_users_term_is_clipped_for_the_cloze_model_too():
     """bert4rec draws its masks per batch, so two passes differ in every user's masks; what holds on the code path
     is that each user's own term never exceeds C."""
-    model, windows = _model_and_windows("bert4rec")
+    model, windows = model_and_windows("bert4rec")
     for user in range(6):
         alone, norms, _ = clipped_update_sum(model, windows, np.array([user]), Contribution(0.05))
-        assert _flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
+        assert flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
 
 
 def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient():
-    model, windows = _model_and_windows("sasrec")
+    model, windows = model_and_windows("sasrec")
     chosen, clip = np.array([1, 4, 7]), 0.5
     total, norms, _ = clipped_update_sum(model, windows, chosen, Contribution(clip))
     expected = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
@@ -85,12 +72,12 @@ def test_the_server_divides_by_the_expected_number_of_users_not_the_actual():
 
 
 def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
-    model, windows = _model_and_windows("sasrec")
+    model, windows = model_and_windows("sasrec")
     sigma_c, silos = 0.3, 4
 
     def share() -> torch.Tensor:
         shares = silo_contribution(model, windows, rate=0.0, rule=Contribution(1.0), noise_std=sigma_c / silos**0.5)
-        return _flat(shares.total)
+        return flat(shares.total)
 
     rounds = [[share() for _ in range(silos)] for _ in range(12)]  # 12 rounds of 4 silos, every coordinate
     totals = torch.cat([sum(shares) for shares in rounds])
@@ -104,7 +91,7 @@ def test_noise_shares_of_k_silos_add_up_to_the_full_noise():
 
 
 def test_a_silo_samples_each_user_with_the_rate():
-    model, windows = _model_and_windows("sasrec")
+    model, windows = model_and_windows("sasrec")
     counts = [
         silo_contribution(model, windows, rate=0.1, rule=Contribution(1.0), noise_std=0.0).sampled for _ in range(40)
     ]
