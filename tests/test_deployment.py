@@ -347,3 +347,16 @@ def test_deploy_local_refuses_bad_options_before_starting_anything(tmp_path, cli
     bad = cli("deploy", "local", *TINY_FLAGS, "--rounds", "0", "--out", tmp_path / "y")
     assert bad.code == 2 and "--rounds must be a positive integer" in bad.err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_an_exported_folder_cannot_find_the_public_users(exported):
+    app = make_client_app()
+    context = Context(run_id=1, node_id=7, node_config={"data-path": str(exported / "client-002")}, state=RecordDict(),
+                      run_config={})  # fmt: skip
+    cfg = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, public_users=0.1)
+    model = build_global_model(load_client_data(TINY, 2, 3).sequences, TINY.model)
+    config = ConfigRecord({**cfg.to_run_config(), "server-round": 1, "user-rate": 0.3, "noise-share-std": 0.0,
+                           "clip-norm": 1.0, "count-noise-share-std": 0.0})  # fmt: skip
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
+    with pytest.raises(UserError, match="renumbers its users"):
+        app(Message(content, dst_node_id=7, message_type=MessageType.TRAIN), context)

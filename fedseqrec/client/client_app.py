@@ -87,6 +87,11 @@ def _client_data(cfg: RunConfig, context: Context, sent: ConfigRecord) -> Client
     torch.set_num_threads(cfg.fit.threads or torch.get_num_threads())
     folder = _exported_folder(context)
     if folder is not None:
+        if cfg.privacy.public_users > 0:
+            raise UserError(
+                f"data-path {folder}: an exported partition renumbers its users, so the public users (drawn by id "
+                "from the whole dataset) cannot be found in it: give this node the dataset, or drop --public-users"
+            )
         return load_exported_client(folder, cfg)
     if "data-path" in context.node_config:
         cfg = cfg.replace(data=str(context.node_config["data-path"]))
