@@ -33,7 +33,7 @@ SETTINGS = {
     "beauty": {
         "data": ["--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed",
                  "--loss", "sampled", "--negatives", "256", "--partition", "iid", "--clients", "10"],
-        "no_dp": ["--rounds", "30", "--eval-every", "5"],
+        "no_dp": ["--rounds", "60", "--eval-every", "5"],
         "private": ["--user-dp", "--users-per-round", "2000", "--rounds", "60", "--strategy", "fedadam",
                     "--server-lr", "0.001", "--max-grad-norm", "0.3", "--public-users", "0.1", "--freeze", "items",
                     "--eval-every", "10"],
@@ -75,6 +75,9 @@ def point(folder: Path) -> dict:
         "test_HR@10": round(metrics["test"]["HR@10"], 4),
         "valid_NDCG@10": round(metrics["valid"]["NDCG@10"], 4),
         "best_round": metrics.get("best_round"),
+        # the best round is chosen on validation items the server evaluates in the clear, outside the guarantee:
+        # the last round is the figure that needs no such choice
+        "last_test_NDCG@10": round(metrics["last"]["test"]["NDCG@10"], 4) if "last" in metrics else None,
         "seconds": metrics.get("seconds"),
         "popularity_test_NDCG@10": round(metrics.get("popularity", {}).get("test", {}).get("NDCG@10", math.nan), 4),
     }
