@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
 SETTINGS = {
     "ml-100k": {
         "data": ["--data", str(DATA / "ml-100k"), "--partition", "iid", "--clients", "10"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty" / "Beauty.txt"
+BEAUTY = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data")) / "amazon-beauty" / "Beauty.txt"
 USERS = 32
 CONFIGS = {
     "ce": {},
