@@ -109,8 +109,8 @@ class PrivacyConfig:
         check=within(0, 1, high_open=True), group=USER,
     )  # fmt: skip
     public_epochs: int = option(
-        30, "most epochs of training on the public users (the best by their own validation items is kept; it stops "
-        "after 3 epochs without a better one)", check=positive_int, group=USER,
+        40, "most epochs of training on the public users (the best by their own validation items is kept; it stops "
+        "after 10 epochs without a better one)", check=positive_int, group=USER,
     )  # fmt: skip
     clip_quantile: float | None = option(
         None,
@@ -218,5 +218,5 @@ class PrivacyConfig:
 
 USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defaults
     "users_per_round": None, "user_steps": 1, "user_lr": 0.1, "clipping": "flat", "public_users": 0.0,
-    "public_epochs": 30, "clip_quantile": None,
+    "public_epochs": 40, "clip_quantile": None,
 }  # fmt: skip
