@@ -57,7 +57,7 @@ def independent(report: dict) -> tuple[float, float]:
     from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    ledger = max(report["clients"], key=lambda c: c["epsilon"])["ledger"]
+    ledger = _ledger(report)
     rdp, pld = rdp_privacy_accountant.RdpAccountant(), pld_privacy_accountant.PLDAccountant()
     for record in ledger:
         event = dp_event.PoissonSampledDpEvent(
@@ -66,6 +66,13 @@ def independent(report: dict) -> tuple[float, float]:
         for accountant in (rdp, pld):
             accountant.compose(dp_event.SelfComposedDpEvent(event, record["steps"]))
     return rdp.get_epsilon(report["delta"]), pld.get_epsilon(report["delta"])
+
+
+def _ledger(report: dict) -> list[dict]:
+    """The records of the largest ε: a run's report lists clients, the private popularity's one release."""
+    if "clients" in report:
+        return max(report["clients"], key=lambda c: c["epsilon"])["ledger"]
+    return report["ledger"]
 
 
 def point(folder: Path) -> dict:
@@ -88,7 +95,7 @@ def point(folder: Path) -> dict:
     if report_path.exists():
         report = json.loads(report_path.read_text())
         rdp, pld = independent(report)
-        ledger = max(report["clients"], key=lambda c: c["epsilon"])["ledger"]
+        ledger = _ledger(report)
         row.update(epsilon=round(report["max_epsilon"], 4), delta=report["delta"],
                    epsilon_dp_accounting_rdp=round(rdp, 4), epsilon_dp_accounting_pld=round(pld, 4),
                    noise_multiplier=ledger[0]["noise_multiplier"], sample_rate=ledger[0]["sample_rate"])  # fmt: skip
