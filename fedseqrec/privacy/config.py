@@ -148,7 +148,7 @@ class PrivacyConfig:
         if self.central_noise is not None:
             raise UserError("--central-noise needs --central-dp fixed or adaptive")
         if self.user_dp:
-            self._validate_user_level(strategy, clients_per_round, loss)
+            self._validate_user_level(strategy, clients_per_round)
             return
         for name, default in USER_LEVEL_ONLY.items():
             if getattr(self, name) != default:
@@ -178,7 +178,7 @@ class PrivacyConfig:
         if loss == "sampled":
             raise UserError("the sampled loss is not supported with --dp: use --loss ce")
 
-    def _validate_user_level(self, strategy: str, clients_per_round: int | None, loss: str) -> None:
+    def _validate_user_level(self, strategy: str, clients_per_round: int | None) -> None:
         if self.dp:
             raise UserError("choose one mechanism: --dp (DP-SGD inside each silo) or --user-dp (across silos)")
         if (self.noise_multiplier is None) == (self.epsilon is None):

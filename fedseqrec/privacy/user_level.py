@@ -88,12 +88,11 @@ def silo_contribution(
         unclipped = float((norms <= rule.clip).sum()) - len(chosen) / 2  # centred: one user moves it by ½
     else:
         total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
-    rng = np.random.default_rng(secrets.randbits(64))
     if noise_std > 0:
         generator = torch.Generator().manual_seed(secrets.randbits(63))
         total = {n: t + torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}
     if count_noise_std > 0:
-        unclipped += float(rng.normal(0.0, count_noise_std))
+        unclipped += float(np.random.default_rng(secrets.randbits(64)).normal(0.0, count_noise_std))
     return SiloReply(total, len(chosen), loss, unclipped)
 
 
