@@ -7,7 +7,7 @@ from test_cleaning import log_of
 from fedseqrec.data.cleaning import clean
 from fedseqrec.data.sequences import build_sequences
 from fedseqrec.data.splits import leave_one_out_split
-from fedseqrec.models.batching import TrainingWindows, evaluation_batches
+from fedseqrec.models.batching import LengthBatches, TrainingWindows, evaluation_batches, training_loader
 
 
 def long_user(n=200):
@@ -53,3 +53,23 @@ def test_evaluation_inputs_end_right_before_the_target():
     assert batch.targets.tolist()[1] == b[-1]
     assert batch.batch.items[1, :2].tolist() == b[:2].tolist() and (batch.batch.items[1, 2:] == 0).all()
     assert torch.equal(batch.batch.lengths, torch.tensor([10, 2]))
+
+
+def test_length_batches_hold_every_user_once_with_similar_lengths():
+    lengths = np.random.default_rng(0).integers(2, 52, size=1003)
+    sampler = LengthBatches(lengths, batch_size=16, seed=1)
+    epochs = [list(sampler) for _ in range(2)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 63
+        assert sorted(i for batch in batches for i in batch) == list(range(1003))
+        spread = np.mean([np.ptp(lengths[batch]) for batch in batches])
+        assert spread < 5  # random batches of 16 from 2..51 spread over ~40
+    assert epochs[0] != epochs[1]  # a new order every epoch
+
+
+def test_length_loader_serves_the_training_windows():
+    seq, split = long_user()
+    windows = TrainingWindows(seq, split, max_len=10)
+    assert windows.window_lengths().tolist() == [11]
+    (items, _, _, length) = next(iter(training_loader(windows, 4, seed=0, by_length=True)))
+    assert items.shape == (1, 11) and length.tolist() == [11]

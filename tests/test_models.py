@@ -60,6 +60,46 @@ def test_loss_and_full_sort_shapes(shop, name):
     assert torch.isfinite(scores[:, 1:]).all()
 
 
+@pytest.mark.parametrize(("loss", "tied"), [("ce", False), ("sampled", False), ("ce", True)])
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_loss_is_the_same_objective(shop, name, loss, tied):
+    """Cutting the padding and scoring only target positions changes the work, not the loss or its gradient."""
+    cfg = small_config(shop, dropout=0.0, max_len=60, loss=loss, negatives=20, tie_items=tied)
+    model = build_model(name, cfg)
+    _, batch = first_batch(shop, cfg, batch_size=16)
+    assert int(batch.lengths.max()) < batch.items.shape[1]  # there is padding to cut
+    results = []
+    for packed in (False, True):
+        model.zero_grad()
+        torch.manual_seed(3)  # the same masks (bert4rec) and negatives (sampled) in both
+        value = model.packed_loss(batch) if packed else model.calculate_loss(batch)
+        value.backward()
+        results.append((value.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (plain, plain_grads), (packed, packed_grads) = results
+    assert packed == pytest.approx(plain, rel=1e-5)
+    for a, b in zip(plain_grads, packed_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tied_items_are_scored_by_the_embedding_table_alone(shop, name):
+    model = build_model(name, small_config(shop, tie_items=True)).eval()
+    assert "scorer.weight" not in model.state_dict() and "scorer.bias" in model.state_dict()
+    untied = sum(p.numel() for p in build_model(name, small_config(shop)).parameters())
+    rows = shop.sequences.n_items + 1
+    assert sum(p.numel() for p in model.parameters()) == untied - rows * 16  # one table of hidden 16 fewer
+    with torch.no_grad():
+        model.item_embedding.weight[5] += 1.0  # moves item 5's input embedding and its score together
+    hidden = torch.randn(3, 16)
+    expected = hidden @ model.item_embedding.weight[:rows].T + model.scorer.bias
+    assert torch.allclose(model.scorer(hidden), expected, atol=1e-5)
+    copy = build_model(name, small_config(shop, tie_items=True))
+    copy.load_state_dict(model.state_dict())  # strict: the same keys
+    assert torch.equal(copy.scorer.weight, model.item_embedding.weight[:rows])
+    with pytest.raises(UserError, match="--tie-items"):
+        dp_compatible(model)
+
+
 @pytest.mark.parametrize("name", ["gru4rec", "lstm", "sasrec"])
 def test_causal_models_never_look_ahead(shop, name):
     model = build_model(name, small_config(shop)).eval()

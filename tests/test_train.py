@@ -122,7 +122,8 @@ def test_train_shows_progress_per_epoch_and_why_it_stopped(cli, tmp_path):
     assert result.code == 0, result.err
     assert "stopped: --max-seconds 1 reached in epoch 1" in result.out
     metrics = json.loads((tmp_path / "limited" / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 1 and 1 <= metrics["train_seconds"] < 1.3  # checked after every step
+    # Checked after every step: well inside the epoch (1,500 steps), with slack for a loaded machine.
+    assert metrics["epochs_run"] == 1 and 1 <= metrics["train_seconds"] < 3
 
 
 def test_train_refuses_an_out_that_is_a_file(cli, tmp_path):

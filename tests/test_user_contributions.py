@@ -17,8 +17,9 @@ from fedseqrec.privacy.user_level import private_part, trainable
 from fedseqrec.simulation.engine import simulate
 
 
-def test_local_steps_contribute_the_mean_gradient_along_the_users_own_steps():
-    model, windows = model_and_windows("sasrec")
+@pytest.mark.parametrize("options", [{}, {"tie_items": True}])
+def test_local_steps_contribute_the_mean_gradient_along_the_users_own_steps(options):
+    model, windows = model_and_windows("sasrec", **options)
     steps, lr, user = 3, 0.5, 4
     total, norms, _ = clipped_update_sum(model, windows, np.array([user]), Contribution(1e6, steps, lr))
     start = {n: p.detach().clone() for n, p in trainable(model).items()}
@@ -45,6 +46,7 @@ def test_local_steps_contribute_the_mean_gradient_along_the_users_own_steps():
         ("lstm", Contribution(0.05, clipping="per-layer", steps=2), {}),
         ("sasrec", Contribution(0.05), {"loss": "sampled", "negatives": 10}),
         ("sasrec", Contribution(0.05, steps=2), {"freeze": "items"}),
+        ("gru4rec", Contribution(0.05, steps=2), {"tie_items": True}),
     ],
 )
 def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name, rule, options):

@@ -13,13 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, popularity_baseline
-from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.optim import adamw
@@ -82,7 +81,7 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
     windows = TrainingWindows(
         ds.sequences, ds.split, max_len=model_cfg.max_len, random_window=cfg.random_window, seed=seed
     )
-    loader = DataLoader(windows, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = training_loader(windows, cfg.batch_size, seed, cfg.by_length)
     optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = {"epoch": 0, "score": -1.0}
     history, train_seconds, stale, stopped = [], 0.0, 0, None
@@ -90,7 +89,9 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
             left = None if cfg.max_seconds is None else cfg.max_seconds - train_seconds
-            loss, _ = train_epoch(model, loader, optimizer, windows.batch_of, stop=_time_limit(start, left))
+            loss, _ = train_epoch(
+                model, loader, optimizer, windows.batch_of, stop=_time_limit(start, left), packed=True
+            )
             train_seconds += time.perf_counter() - start
             record = {"epoch": epoch, "loss": round(loss, 5), "train_seconds": round(train_seconds, 2)}
             out_of_time = cfg.max_seconds is not None and train_seconds >= cfg.max_seconds

@@ -140,7 +140,12 @@ class RunConfig:
         if clients is not None and algorithm.min_clients > clients:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
         self.privacy.validate(
-            algorithm.strategy, algorithm.clients_per_round, self.model.name, self._ghost_safe, self.model.loss
+            algorithm.strategy,
+            algorithm.clients_per_round,
+            self.model.name,
+            self._ghost_safe,
+            self.model.loss,
+            tied=self.model.tie_items,
         )
 
     def _ghost_safe(self) -> bool:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.data.export import load_client_export
@@ -25,7 +24,7 @@ from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.federated.config import LocalTrainingConfig, RunConfig
 from fedseqrec.models.base import ModelConfig, SequentialRecommender
-from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.optim import adamw
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.training import TrainResult, round_seed, train_epoch
@@ -119,14 +118,16 @@ def train_locally(
     windows = training_windows(model, data, fit, seed)
     if len(windows) == 0:
         return TrainResult(0, float("nan"), 0, time.perf_counter() - start)
-    loader = DataLoader(windows, batch_size=fit.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = training_loader(windows, fit.batch_size, seed, fit.by_length)
     optimizer = adamw(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
     penalty = _proximal_term(model, proximal_mu) if proximal_mu is not None else None
     losses, steps = [], 0
     epochs = fit.local_epochs if fit.local_steps is None else None
     while (epochs is not None and len(losses) < epochs) or (epochs is None and steps < fit.local_steps):
         left = None if epochs is not None else fit.local_steps - steps
-        loss, taken = train_epoch(model, loader, optimizer, windows.batch_of, max_steps=left, penalty=penalty)
+        loss, taken = train_epoch(
+            model, loader, optimizer, windows.batch_of, max_steps=left, penalty=penalty, packed=True
+        )
         losses.append((loss, taken))
         steps += taken
     mean_loss = sum(loss * n for loss, n in losses) / max(1, steps)

@@ -65,6 +65,27 @@ class SequenceLoss(nn.Module):
         return per_token.view(shape[0], shape[1]).mean(dim=1).mean()
 
 
+class TiedScorer(nn.Module):
+    """Item scores from the item embedding table itself (input and output embeddings tied) plus a bias of its own.
+
+    The table is held outside the module tree, so its weight stays the embedding's alone (once in the state dict,
+    swapped with it by ``torch.func.functional_call``). Opacus' per-sample hooks would see only the embedding's
+    own use of it: client-local DP-SGD refuses tied models (``privacy.compat``)."""
+
+    def __init__(self, embedding: nn.Embedding, n_scores: int):
+        super().__init__()
+        self._table = (embedding,)
+        self.n_scores = n_scores
+        self.bias = nn.Parameter(torch.zeros(n_scores))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._table[0].weight[: self.n_scores]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weight, self.bias)
+
+
 class SequentialRecommender(nn.Module):
     """Base class: embeddings with side information, the item scorer, loss and prediction."""
 
@@ -89,7 +110,9 @@ class SequentialRecommender(nn.Module):
             self.gap_embedding = nn.Embedding(N_GAP_BUCKETS, cfg.hidden, padding_idx=0)
         # Scores of every item id (column 0, padding, included): a plain nn.Linear, so Opacus computes its
         # per-sample gradient norms with its fast Linear samplers (a subclass would fall back to functorch).
-        self.scorer = nn.Linear(cfg.hidden, cfg.n_items + 1)
+        self.scorer = TiedScorer(self.item_embedding, cfg.n_items + 1) if cfg.tie_items else nn.Linear(
+            cfg.hidden, cfg.n_items + 1
+        )  # fmt: skip
         if cfg.freeze == "items":
             for table in (self.item_embedding, self.scorer):
                 table.requires_grad_(False)
@@ -129,18 +152,41 @@ class SequentialRecommender(nn.Module):
         criterion = criterion or SequenceLoss(self.cfg.label_smoothing)
         return criterion(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), shape=logits.shape)
 
+    def packed_loss(self, batch: SeqBatch) -> torch.Tensor:
+        """The loss of :meth:`calculate_loss` (no criterion), computed only where there is something to compute:
+        the batch cut to its longest sequence and items scored only at target positions — on Amazon Beauty
+        (8.9 events a user, windows of 50) most positions are padding. Each user's sum is still divided by the
+        full window width, so the objective is the same. Plain training only: Opacus' per-sample hooks need every
+        user's positions in the scorer's input, and the cut would change the per-user loss it clips."""
+        view = self.training_view(batch)
+        width, longest = view.items.shape[1], int(view.lengths.max())
+        view = SeqBatch(*(x[:, :longest] for x in (view.items, view.events, view.gaps)), view.lengths,
+                        view.targets[:, :longest])  # fmt: skip
+        hidden = self(view)
+        at = view.targets != 0
+        hidden, targets = hidden[at], view.targets[at]
+        if self.cfg.loss == "sampled":
+            per_token = self._sampled_token_losses(hidden, targets)
+        else:
+            per_token = F.cross_entropy(self.scorer(hidden), targets, reduction="none",
+                                        label_smoothing=self.cfg.label_smoothing)  # fmt: skip
+        return per_token.sum() / (width * view.items.shape[0])
+
     def _sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Softmax over the target and shared random negatives. It indexes the scorer's weight outside a module
-        call, which Opacus would not clip, so it is refused under DP (see privacy.compat)."""
+        call, which Opacus would not clip, so it is refused under DP-SGD (see privacy.compat)."""
+        per_token = self._sampled_token_losses(hidden, targets)
+        return (per_token * (targets != 0)).sum(1).mean() / targets.shape[1]
+
+    def _sampled_token_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         negatives = torch.randint(1, self.cfg.n_items + 1, (self.cfg.negatives,), device=targets.device)
         positive = (hidden * self.scorer.weight[targets]).sum(-1) + self.scorer.bias[targets]
         negative = hidden @ self.scorer.weight[negatives].T + self.scorer.bias[negatives]
-        negative = negative.masked_fill(negatives.view(1, 1, -1) == targets.unsqueeze(-1), -math.inf)
+        negative = negative.masked_fill(negatives == targets.unsqueeze(-1), -math.inf)
         logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)
-        per_token = F.cross_entropy(
+        return F.cross_entropy(
             logits.view(-1, logits.shape[-1]), torch.zeros_like(targets).view(-1), reduction="none"
         ).view(targets.shape)
-        return (per_token * (targets != 0)).sum(1).mean() / targets.shape[1]
 
     def last_hidden(self, batch: SeqBatch) -> torch.Tensor:
         hidden = self(batch)

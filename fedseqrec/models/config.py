@@ -44,6 +44,12 @@ class ModelConfig:
         group=MODEL,
     )  # fmt: skip
     negatives: int = option(100, "sampled loss: negatives per batch", check=positive_int, group=MODEL)
+    tie_items: bool = option(
+        False,
+        "score items with the input item embeddings (tied, as in the SASRec paper): half the item parameters, "
+        "which sparse catalogues need (Amazon Beauty); not under client-local DP-SGD",
+        group=MODEL,
+    )
     freeze: str = option(
         "none",
         "parameters never trained: items = the item embedding table and the scorer (keeps them out of DP's noise; "
@@ -85,8 +91,19 @@ class FitConfig:
         choices=("random", "recent"),
         group=FIT,
     )
+    batching: str = option(
+        "random",
+        "users per batch: drawn at random, or of similar history length (each user still once per epoch; much "
+        "faster when most histories are far shorter than --max-len, since a batch is cut to its longest user)",
+        choices=("random", "length"),
+        group=FIT,
+    )
     threads: int = option(1, "torch CPU threads (0: torch's default)", check=non_negative_int, group=FIT)
 
     @property
     def random_window(self) -> bool:
         return self.window == "random"
+
+    @property
+    def by_length(self) -> bool:
+        return self.batching == "length"

@@ -35,12 +35,15 @@ def train_epoch(
     penalty: Callable[[], torch.Tensor] | None = None,
     empty_step: Callable[[], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    packed: bool = False,
 ) -> tuple[float, int]:
     """Mean training loss over the steps taken, and the number of steps.
 
     ``penalty``: a term added to every step's loss but not to the reported loss (FedProx's proximal term).
     ``empty_step``: what an empty Poisson batch does instead (DP-SGD: a noise-only step).
-    ``stop``: asked after every step; True ends the epoch there (a time limit)."""
+    ``stop``: asked after every step; True ends the epoch there (a time limit).
+    ``packed``: the model's :meth:`packed_loss` (the same objective, without the padding's work): plain
+    training only, never under DP-SGD's per-sample gradients."""
     model.train()
     total, steps = 0.0, 0
     for tensors in loader:
@@ -50,7 +53,7 @@ def train_epoch(
             empty_step() if empty_step is not None else optimizer.step()
         else:
             optimizer.zero_grad(set_to_none=True)
-            loss = model.calculate_loss(batch, criterion)
+            loss = model.packed_loss(batch) if packed else model.calculate_loss(batch, criterion)
             (loss + penalty() if penalty is not None else loss).backward()
             optimizer.step()
             total += float(loss.detach() if hasattr(loss, "detach") else loss)

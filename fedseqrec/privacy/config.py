@@ -139,8 +139,11 @@ class PrivacyConfig:
         asked = self.epsilon is not None or self.noise_multiplier is not None
         return replace(self, dp=self.dp or (asked and not self.user_dp))
 
-    def validate(self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str) -> None:
-        """``ghost_safe``: a callable telling whether ``model`` may use ghost clipping (it imports the model)."""
+    def validate(
+        self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str, tied: bool = False
+    ) -> None:
+        """``ghost_safe``: a callable telling whether ``model`` may use ghost clipping (it imports the model);
+        ``tied``: the model scores items with its embedding table (``--tie-items``)."""
         check(self)
         if self.central_dp is not None:
             self._validate_dp_fedavg(strategy, clients_per_round)
@@ -177,6 +180,8 @@ class PrivacyConfig:
             )
         if loss == "sampled":
             raise UserError("the sampled loss is not supported with --dp: use --loss ce")
+        if tied:
+            raise UserError("--tie-items is not supported with --dp (Opacus would not clip the tied scores)")
 
     def _validate_user_level(self, strategy: str, clients_per_round: int | None) -> None:
         if self.dp:

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
 from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.models.base import SequentialRecommender
-from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.config import FitConfig
 from fedseqrec.models.optim import adamw
 from fedseqrec.models.training import train_epoch
@@ -72,12 +71,12 @@ def pretrain_on_public(
         p.requires_grad_(True)
     torch.manual_seed(seed)
     windows = TrainingWindows(data, split, users, model.cfg.max_len, fit.random_window, seed=seed)
-    loader = DataLoader(windows, batch_size=fit.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = training_loader(windows, fit.batch_size, seed, fit.by_length)
     optimizer = adamw(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
     best = Pretraining(0, 0, -1.0, float("nan"))
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
-        loss, _ = train_epoch(model, loader, optimizer, windows.batch_of)
+        loss, _ = train_epoch(model, loader, optimizer, windows.batch_of, packed=True)
         model.eval()
         score = evaluate(model, data, split, "valid", users=users, max_len=model.cfg.max_len, protocol=protocol)
         ndcg = score.get(SELECTION, 0.0)
