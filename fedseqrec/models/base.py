@@ -33,6 +33,17 @@ class SeqBatch:
     targets: torch.Tensor | None = None  # (B, T) long, 0 = no target
 
 
+def _init_embedding(table: nn.Embedding, std: float = 0.02) -> None:
+    """N(0, 0.02²) as RecBole and Hugging Face initialise every embedding (torch's default is N(0, 1)): at unit
+    scale the item vectors (norm ≈ 8 at hidden 64) drown the Transformers' position embeddings, so BERT4Rec's
+    masked positions look alike whatever their context, and a tied item table would start with scores of
+    norm ≈ 8 · ‖h‖. Padding stays zero."""
+    with torch.no_grad():
+        table.weight.normal_(0.0, std)
+        if table.padding_idx is not None:
+            table.weight[table.padding_idx].zero_()
+
+
 def gap_buckets(seconds: torch.Tensor) -> torch.Tensor:
     """Log2 buckets of the gap before each event (negative = unknown)."""
     buckets = 2 + torch.floor(torch.log2(1.0 + seconds.clamp(min=0))).long()
@@ -113,9 +124,15 @@ class SequentialRecommender(nn.Module):
         self.scorer = TiedScorer(self.item_embedding, cfg.n_items + 1) if cfg.tie_items else nn.Linear(
             cfg.hidden, cfg.n_items + 1
         )  # fmt: skip
+        for table in self._embedding_tables():
+            _init_embedding(table)
         if cfg.freeze == "items":
             for table in (self.item_embedding, self.scorer):
                 table.requires_grad_(False)
+
+    def _embedding_tables(self) -> list[nn.Embedding]:
+        return [m for m in (self.item_embedding, getattr(self, "event_embedding", None),
+                            getattr(self, "gap_embedding", None)) if m is not None]  # fmt: skip
 
     def embed(self, batch: SeqBatch) -> torch.Tensor:
         x = self.item_embedding(batch.items)
