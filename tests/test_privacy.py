@@ -264,6 +264,7 @@ def test_resuming_a_run_whose_budget_is_spent_is_refused(budget_run, cli):
         (["--epsilon", "4", "--noise-multiplier", "1"], "exactly one of"),
         (["--epsilon", "4", "--model", "gru4rec", "--grad-sample-mode", "ghost"], "not correct for gru4rec"),
         (["--budget", "3"], "--budget needs --dp"),
+        (["--epsilon", "4", "--tie-items"], "--tie-items is not supported with --dp"),
     ],
 )
 def test_bad_privacy_options(cli, tmp_path, flags, message):

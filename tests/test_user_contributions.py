@@ -133,6 +133,18 @@ def test_a_run_with_public_users_pretrains_freezes_and_says_who_is_covered(tmp_p
     assert (folder.path / "privacy_report.md").read_text().count("**users declared public: ") == 1
 
 
+def test_a_tied_model_trains_under_user_level_dp(tmp_path):
+    cfg = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=1, tie_items=True)
+    torch.manual_seed(cfg.data.seed)
+    initial = build_global_model(cached_dataset(cfg.data).sequences, cfg.model).state_dict()
+    results, folder = simulate(cfg, out=tmp_path / "run")
+    final = torch.load(folder.path / "model.pt", weights_only=True)
+    final = final.get("state_dict", final)
+    assert "scorer.weight" not in final  # one table, trained through both of its uses
+    assert not torch.equal(final["item_embedding.weight"], initial["item_embedding.weight"])
+    assert 0 <= results["test"]["NDCG@10"] <= 1
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
