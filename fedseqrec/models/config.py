@@ -93,8 +93,9 @@ class FitConfig:
     )
     batching: str = option(
         "random",
-        "users per batch: drawn at random, or of similar history length (each user still once per epoch; much "
-        "faster when most histories are far shorter than --max-len, since a batch is cut to its longest user)",
+        "users per batch in plain training: drawn at random, or of similar history length (each user still once "
+        "per epoch; much faster when most histories are far shorter than --max-len, since a batch is cut to its "
+        "longest user); DP-SGD always draws Poisson batches",
         choices=("random", "length"),
         group=FIT,
     )
