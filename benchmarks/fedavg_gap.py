@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from beauty import MODEL_PRESET, PRESET_FIT, PRESET_MODEL
+from beauty import PRESET_FIT, PRESET_MODEL
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.centralized.training import train_centralized
@@ -64,7 +64,7 @@ def central(data: str, seed: int, rounds: int, tmp: Path) -> dict:
     train = TrainConfig(evaluation=EvaluationConfig(protocol=protocol), **fit, **({"epochs": epochs} if epochs else {}))
     start = time.perf_counter()
     result = train_centralized(
-        DataConfig(data=path, seed=seed), ModelConfig(**model, **MODEL_PRESET.get("sasrec", {})), train, tmp / "c"
+        DataConfig(data=path, seed=seed), ModelConfig(**model), train, tmp / "c"
     )
     return central_row(result, seed, round(time.perf_counter() - start, 1))
 
