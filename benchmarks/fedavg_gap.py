@@ -63,9 +63,7 @@ def central(data: str, seed: int, rounds: int, tmp: Path) -> dict:
     fit = {k: v for k, v in fit.items() if k != "batch_size"}  # centralized keeps its own batch (128)
     train = TrainConfig(evaluation=EvaluationConfig(protocol=protocol), **fit, **({"epochs": epochs} if epochs else {}))
     start = time.perf_counter()
-    result = train_centralized(
-        DataConfig(data=path, seed=seed), ModelConfig(**model), train, tmp / "c"
-    )
+    result = train_centralized(DataConfig(data=path, seed=seed), ModelConfig(**model), train, tmp / "c")
     return central_row(result, seed, round(time.perf_counter() - start, 1))
 
 
