@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fedseqrec.evaluation.config import EvaluationConfig
 from fedseqrec.models.config import FitConfig
-from fedseqrec.options import option, positive, positive_int, redefault, section
+from fedseqrec.options import non_negative_int, option, positive, positive_int, redefault, section
 
 TRAINING = "training"
 PRIVATE_POP = "private popularity baseline"
@@ -24,6 +24,10 @@ class TrainConfig(FitConfig):
         group=TRAINING,
     )  # fmt: skip
     max_seconds: float | None = option(None, "stop after this much training time", check=positive, group=TRAINING)
+    warmup_steps: int = option(
+        0, "raise the learning rate linearly from 0 over this many first steps (post-LN Transformers: bert4rec)",
+        check=non_negative_int, group=TRAINING,
+    )  # fmt: skip
     pop_epsilon: float | None = option(
         None, "--model pop: release the counts with the Gaussian mechanism at this user-level ε", check=positive,
         group=PRIVATE_POP,

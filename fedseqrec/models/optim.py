@@ -81,3 +81,23 @@ class AdamW(torch.optim.Optimizer):
 
 def adamw(params, lr: float, weight_decay: float) -> AdamW:
     return AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class LinearWarmup:
+    """Raises every group's learning rate linearly from ``lr / steps`` to ``lr`` over the first ``steps`` steps;
+    called after each step (``train_epoch``'s ``on_step``). Post-LN Transformers (BERT) diverge or stall at a
+    learning rate that they train well at once the attention has settled."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int):
+        self.optimizer, self.steps, self.taken = optimizer, steps, 0
+        self.base = [group["lr"] for group in optimizer.param_groups]
+        self._set()
+
+    def _set(self) -> None:
+        share = min(1.0, (self.taken + 1) / self.steps)
+        for group, lr in zip(self.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = lr * share
+
+    def __call__(self, _loss: float) -> None:
+        self.taken += 1
+        self._set()
