@@ -6,7 +6,6 @@ lines and a final ``metrics.json`` with validation and test metrics of the best 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, popularity_baseline
+from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import ModelConfig
@@ -107,7 +107,7 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
                 else:
                     stale += 1
             history.append(record)
-            log.write(json.dumps(record) + "\n")
+            log.write(dumps(record) + "\n")
             log.flush()
             if progress is not None:
                 progress({**record, "epochs": cfg.epochs, "best": dict(best)})
@@ -144,15 +144,15 @@ def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
 def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if "privacy" in results:  # the private popularity baseline: its release, as the privacy reports record one
-        (out / "privacy_report.json").write_text(json.dumps(results["privacy"], indent=2) + "\n")
+        (out / "privacy_report.json").write_text(dumps(results["privacy"], indent=2) + "\n")
     results["protocol"] = cfg.evaluation.protocol
     config = {
         "data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)},
         "model": model_cfg.to_dict(),
         "train": asdict(cfg),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "config.json").write_text(dumps(config, indent=2) + "\n")
     tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.write_text(dumps(results, indent=2) + "\n")
     tmp.replace(out / "metrics.json")
     return results

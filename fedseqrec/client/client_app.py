@@ -172,7 +172,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             {
                 "num-examples": result.examples,
                 "partition-id": data.client,
-                "train-loss": result.loss if result.steps and result.loss == result.loss else 0.0,
+                # a diverged client's NaN goes as it is (the server rejects it); no examples: no loss
+                "train-loss": result.loss if result.examples else 0.0,
                 "steps": result.steps,
                 "train-seconds": result.seconds,
                 **privacy,

@@ -20,6 +20,7 @@ from fedseqrec.options import (
     check,
     flatten,
     non_negative,
+    non_negative_int,
     option,
     positive,
     positive_int,
@@ -30,7 +31,10 @@ from fedseqrec.options import (
 )
 from fedseqrec.privacy.config import PrivacyConfig
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+# Byzantine-robust aggregation (Flower's): a coordinate-wise median or trimmed mean, or the updates nearest the
+# others (Krum, Multi-Krum, Bulyan), instead of the weighted mean.
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", *ROBUST_STRATEGIES)
 EVALUATIONS = ("centralized", "federated", "both")
 FEDERATION = "federation"
 
@@ -64,6 +68,21 @@ class AlgorithmConfig:
     round_timeout: float | None = option(
         None, "seconds to wait for replies (default: no limit)", check=positive, group=FEDERATION
     )
+    max_update_norm: float | None = option(
+        None, "reject a client's update whose l2 norm (all arrays, against the weights sent) exceeds this",
+        check=positive, group=FEDERATION,
+    )  # fmt: skip
+    trim_beta: float = option(
+        0.2, "fedtrimmedavg: share of values cut at each end", check=within(0, 0.5, high_open=True), group=FEDERATION
+    )
+    byzantine_clients: int = option(
+        0, "krum, multikrum, bulyan: malicious clients a round to tolerate (f)", check=non_negative_int,
+        group=FEDERATION,
+    )  # fmt: skip
+    krum_select: int | None = option(
+        None, "multikrum: updates kept and averaged (default: the round's updates minus --byzantine-clients)",
+        check=positive_int, group=FEDERATION,
+    )  # fmt: skip
     proximal_mu: float = option(0.01, "fedprox: weight of the proximal term", check=non_negative, group=FEDERATION)
     server_lr: float | None = option(
         None,
@@ -75,6 +94,17 @@ class AlgorithmConfig:
     beta_1: float = option(0.9, "fedadam/fedyogi: first-moment decay", check=within(0, 1), group=FEDERATION)
     beta_2: float = option(0.99, "fedadam/fedyogi: second-moment decay", check=within(0, 1), group=FEDERATION)
     tau: float = option(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity", check=positive, group=FEDERATION)
+
+
+def robust_minimum(strategy: str, byzantine: int) -> int:
+    """Fewest updates a round the rule is defined for with ``byzantine`` malicious ones among them: Krum and
+    Multi-Krum score each update by its n − f − 2 nearest others (n ≥ 2f + 3), Bulyan needs n ≥ 4f + 3 (El Mhamdi
+    et al., 2018); a median or trimmed mean takes any number."""
+    if strategy in ("krum", "multikrum"):
+        return 2 * byzantine + 3
+    if strategy == "bulyan":
+        return 4 * byzantine + 3
+    return 1
 
 
 @dataclass
@@ -139,6 +169,7 @@ class RunConfig:
             raise UserError(f"--client-pool {pool} is fewer than --clients-per-round {per_round}")
         if clients is not None and algorithm.min_clients > clients:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
+        self._validate_robust(clients)
         self.privacy.validate(
             algorithm.strategy,
             algorithm.clients_per_round,
@@ -147,6 +178,24 @@ class RunConfig:
             self.model.loss,
             tied=self.model.tie_items,
         )
+
+    def _validate_robust(self, clients: int | None) -> None:
+        algorithm = self.algorithm
+        if algorithm.strategy not in ROBUST_STRATEGIES:
+            return
+        if self.privacy.user_dp or self.privacy.central_dp is not None:
+            raise UserError(
+                f"--strategy {algorithm.strategy} does not combine with --user-dp or --central-dp: their noise is "
+                "calibrated to a sum of clipped updates, which a median or a selection is not; robust aggregation "
+                "combines with --dp (DP-SGD at the clients) or no DP"
+            )
+        per_round = algorithm.clients_per_round or clients
+        needed = robust_minimum(algorithm.strategy, algorithm.byzantine_clients)
+        if per_round is not None and per_round < needed:
+            raise UserError(
+                f"--strategy {algorithm.strategy} with --byzantine-clients {algorithm.byzantine_clients} needs at "
+                f"least {needed} clients a round, the run has {per_round}"
+            )
 
     def _ghost_safe(self) -> bool:
         # Imported here: the model class brings torch, which the CLI should not pay to build its parsers.

@@ -70,6 +70,11 @@ class PrivacyMechanism:
         """What every train message carries for the mechanism besides the run config."""
         return {}
 
+    def reply_arrays(self, keys: list[str]) -> tuple[list[str], bool]:
+        """The arrays a training reply carries (of the global model's ``keys``), and whether they are weights (else
+        an update itself): what the server checks each reply against."""
+        return keys, True
+
     def to_aggregate(self, replies: list) -> list:
         """The replies the round aggregates: by default those with training examples."""
         return [r for r in replies if r.content["metrics"]["num-examples"] > 0]

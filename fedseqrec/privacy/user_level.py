@@ -209,6 +209,9 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         return {"keys": list(self.run.trainable), "expected_users": self.accountant.rate * self.users,
                 "noise_std": lambda: self.noise_std if self.privacy.noise_shares == "server" else 0.0}  # fmt: skip
 
+    def reply_arrays(self, keys: list[str]) -> tuple[list[str], bool]:
+        return list(self.run.trainable), False  # each silo's clipped gradient sum (and noise share)
+
     def to_aggregate(self, replies: list) -> list:
         return list(replies)  # a silo that sampled nobody still sends its (zero) sum and its noise share
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from fedseqrec import __version__
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.jsonio import dumps
 
 STATE = "state.pt"
 CONFIG = "config.json"
@@ -88,7 +89,7 @@ class RunFolder:
         self.write_json(CONFIG, {"fedseqrec": __version__, "run_config": cfg.to_run_config()})
 
     def write_json(self, name: str, value) -> None:
-        _atomic_write(self.path / name, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+        _atomic_write(self.path / name, lambda tmp: tmp.write_text(dumps(value, indent=2) + "\n"))
 
     def write_text(self, name: str, text: str) -> None:
         _atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
@@ -108,7 +109,7 @@ class RunFolder:
 
     def append_round(self, record: dict) -> None:
         with (self.path / METRICS_LOG).open("a") as log:
-            log.write(json.dumps(record) + "\n")
+            log.write(dumps(record) + "\n")
 
     def rounds(self) -> list[dict]:
         path = self.path / METRICS_LOG
@@ -119,5 +120,5 @@ class RunFolder:
     def keep_rounds_until(self, last_round: int) -> list[dict]:
         """Drop log lines of rounds after the saved state (a run stopped between the two writes)."""
         kept = [r for r in self.rounds() if r["round"] <= last_round]
-        self.write_text(METRICS_LOG, "".join(json.dumps(r) + "\n" for r in kept))
+        self.write_text(METRICS_LOG, "".join(dumps(r) + "\n" for r in kept))
         return kept

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from fedseqrec.errors import UserError
+from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING
 from fedseqrec.results.folder import RunFolder
 
@@ -214,7 +215,7 @@ def write_privacy_report(folder: Path, reference: Path | None = None) -> dict:
     """``reference``: the run folder of the same federation without DP, drawn beside this run's utility."""
     folder = Path(folder)
     report = build_privacy_report(folder)
-    (folder / "privacy_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "privacy_report.json").write_text(dumps(report, indent=2) + "\n")
     (folder / "privacy_report.md").write_text(report_markdown(report))
     plot_epsilon(report, folder / "epsilon_per_round.png")
     plot_utility(report, folder / "ndcg_per_round.png", _utility(RunFolder(reference)) if reference else None)

@@ -28,7 +28,13 @@ from fedseqrec.results.privacy_report import write_privacy_report
 from fedseqrec.results.summary import summary_markdown
 from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
 from fedseqrec.server.evaluation import GlobalEvaluation
-from fedseqrec.server.strategies import build_strategy, restore_strategy_state, strategy_state
+from fedseqrec.server.replies import ReplyRules, metrics_problem, update_problem
+from fedseqrec.server.strategies import (
+    build_strategy,
+    check_robust_round,
+    restore_strategy_state,
+    strategy_state,
+)
 
 
 @dataclass
@@ -72,6 +78,11 @@ class Federation:
         self.stopped: str | None = None
         self._saved_privacy: str | None = None
         self.arrays = ArrayRecord(self.model.state_dict())
+        keys, weights = self.mechanism.reply_arrays(list(self.arrays.keys()))
+        self.rules = ReplyRules.for_arrays(
+            self.arrays, keys, weights=weights, max_examples=self.ds.sequences.n_users or 2**31 - 1,
+            max_update_norm=cfg.algorithm.max_update_norm,
+        )  # fmt: skip
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
         else:
@@ -152,8 +163,8 @@ class Federation:
         # to clients through the message they answer.
         asked = {m.metadata.message_id: (route[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages}
         ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
-        privacy = self.mechanism.observe(server_round, ok)
-        updates = [r for r in ok if r.content.array_records]  # a client out of privacy budget sends none
+        privacy = self.mechanism.observe(server_round, [reply for reply, _ in ok])  # every release is accounted
+        updates = self._checked_updates(ok, failed, server_round)
         if len(updates) < self.mechanism.min_updates(len(chosen)):
             self.mechanism.too_few_updates(server_round, privacy.get("declined", []), len(updates))
             raise RunError(
@@ -161,6 +172,7 @@ class Federation:
                 f"--min-clients {algorithm.min_clients} (failed: {', '.join(failed) or 'none'}); {self._resumable()}"
             )
         trained = self.mechanism.to_aggregate(updates)
+        check_robust_round(algorithm, len(trained), server_round)
         arrays = self.strategy.aggregate_train(server_round, trained)[0] if trained else None
         if not trained:
             arrays = self.mechanism.release_without_updates(self.strategy, self.arrays)
@@ -170,24 +182,37 @@ class Federation:
                 **_train_figures([r.content["metrics"] for r in trained]),
                 "exchange_seconds": round(exchange_seconds, 3)}  # fmt: skip
 
-    def _sorted_replies(self, replies, asked, chosen, server_round) -> tuple[list[Message], list[str]]:
+    def _sorted_replies(self, replies, asked, chosen, server_round) -> tuple[list[tuple], list[str]]:
+        """(reply, partition) of the replies whose metrics hold, in partition order, and the clients that failed."""
         ok, failed = [], []
         answered = set()
         for reply in replies:
             partition, node = asked.get(reply.metadata.reply_to_message_id, ("?", reply.metadata.src_node_id))
             answered.add(partition)
-            if reply.has_error():
-                failed.append(f"client {partition}")
-                self.progress.on_message(
-                    f"round {server_round}: client {partition} (node {node}) failed: {reply.error.reason}"
-                )
-            else:
-                ok.append(reply)
+            problem = reply.error.reason if reply.has_error() else metrics_problem(reply, partition)
+            if problem is None:
+                ok.append((reply, partition))
+                continue
+            failed.append(f"client {partition}" + ("" if reply.has_error() else " (rejected)"))
+            verb = "failed" if reply.has_error() else "rejected"
+            self.progress.on_message(f"round {server_round}: client {partition} (node {node}) {verb}: {problem}")
         for partition in sorted(set(chosen) - answered):
             failed.append(f"client {partition} (no reply)")
             self.progress.on_message(f"round {server_round}: client {partition} did not reply in time")
-        ok.sort(key=lambda r: int(r.content["metrics"]["partition-id"]))
+        ok.sort(key=lambda pair: pair[1])
         return ok, failed
+
+    def _checked_updates(self, ok: list[tuple], failed: list[str], server_round: int) -> list[Message]:
+        """The replies whose arrays may be aggregated (a client out of privacy budget sends none)."""
+        updates = []
+        for reply, partition in ok:
+            problem = update_problem(reply, self.rules, self.arrays)
+            if problem is not None:
+                failed.append(f"client {partition} (rejected)")
+                self.progress.on_message(f"round {server_round}: client {partition}'s update rejected: {problem}")
+            elif reply.content.array_records:
+                updates.append(reply)
+        return updates
 
     def client_config(self) -> dict:
         """The run config every message carries, with the run folder resolved (simulated clients keep their

@@ -9,10 +9,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
 
-from fedseqrec.errors import UserError
-from fedseqrec.federated.config import STRATEGIES, AlgorithmConfig
+from fedseqrec.errors import RunError, UserError
+from fedseqrec.federated.config import ROBUST_STRATEGIES, STRATEGIES, AlgorithmConfig, robust_minimum
 
 # Strategy attributes that change from round to round (server optimiser moments, momentum, previous weights).
 STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "clipping_norm")
@@ -56,6 +68,9 @@ def _named(cfg: AlgorithmConfig, client_lr: float) -> tuple[type, dict]:
     if name == "fedavgm":
         lr = 1.0 if cfg.server_lr is None else cfg.server_lr
         return FedAvgM, {"server_learning_rate": lr, "server_momentum": cfg.server_momentum}
+    robust = _robust(cfg)
+    if robust is not None:
+        return robust
     optimisers = {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
     if name in optimisers:
         # eta_l is only reported by Flower's FedOpt; the clients' own learning rate is --lr.
@@ -64,6 +79,41 @@ def _named(cfg: AlgorithmConfig, client_lr: float) -> tuple[type, dict]:
             options.update(beta_1=cfg.beta_1, beta_2=cfg.beta_2)
         return optimisers[name], options
     raise UserError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+
+
+def _robust(cfg: AlgorithmConfig) -> tuple[type, dict] | None:
+    f = cfg.byzantine_clients
+    return {
+        "fedmedian": (FedMedian, {}),
+        "fedtrimmedavg": (FedTrimmedAvg, {"beta": cfg.trim_beta}),
+        "krum": (Krum, {"num_malicious_nodes": f}),
+        "multikrum": (MultiKrumNMinusF, {"num_malicious_nodes": f, "keep": cfg.krum_select}),
+        "bulyan": (Bulyan, {"num_malicious_nodes": f}),
+    }.get(cfg.strategy)
+
+
+class MultiKrumNMinusF(MultiKrum):
+    """Multi-Krum keeping ``keep`` updates, or by default as many as the round's updates minus the tolerated
+    malicious ones (Flower's default keeps one: Krum)."""
+
+    def __init__(self, keep: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.keep = keep
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        self.num_nodes_to_select = self.keep or max(1, len(replies) - self.num_malicious_nodes)
+        return super().aggregate_train(server_round, replies)
+
+
+def check_robust_round(cfg: AlgorithmConfig, updates: int, server_round: int) -> None:
+    """A robust rule given fewer updates than it is defined for would leave the model unchanged in silence."""
+    needed = robust_minimum(cfg.strategy, cfg.byzantine_clients)
+    if cfg.strategy in ROBUST_STRATEGIES and updates < needed:
+        raise RunError(
+            f"round {server_round}: {updates} valid updates, but --strategy {cfg.strategy} with "
+            f"--byzantine-clients {cfg.byzantine_clients} needs at least {needed}"
+        )
 
 
 def strategy_state(strategy: FedAvg) -> dict:

@@ -1,0 +1,100 @@
+"""What the server checks in a client's training reply before anything of it is aggregated or accounted.
+
+One broken or hostile reply must not wreck the round: a NaN element or weights ×1e30 would make the whole global
+model NaN, a (1, 16) array would be broadcast into every row of a table, a missing key or a partition id that is
+not the client's would stop the run, and ``num-examples`` = 1e9 would dominate the weighted average. Each reply is
+checked against the global model's keys, shapes and dtypes; a bad one is rejected with its reason, and the round
+goes on with the others (``--min-clients`` still applies).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+ARRAYS = "arrays"
+
+
+@dataclass(frozen=True)
+class ReplyRules:
+    """``expected``: key → (shape, dtype) of what a reply's arrays must hold; ``weights``: the reply carries model
+    weights (its update is the difference from ``current``), else an update itself (user-level DP's gradient sum);
+    ``max_examples``: most training examples a client can have; ``max_update_norm``: an optional ℓ2 bound on a
+    client's whole update."""
+
+    expected: dict[str, tuple[tuple[int, ...], np.dtype]]
+    weights: bool = True
+    max_examples: int = 2**31 - 1
+    max_update_norm: float | None = None
+
+    @classmethod
+    def for_arrays(cls, arrays: ArrayRecord, keys=None, **options) -> ReplyRules:
+        chosen = list(arrays.keys()) if keys is None else list(keys)
+        expected = {k: (tuple(arrays[k].shape), np.dtype(arrays[k].numpy().dtype)) for k in chosen}
+        return cls(expected, **options)
+
+
+def metrics_problem(reply: Message, partition: int) -> str | None:
+    """Why the reply's metrics cannot be trusted (None: they can): the partition id, ``num-examples``, the loss."""
+    if "metrics" not in reply.content.metric_records:
+        return "no metrics record"
+    metrics = reply.content["metrics"]
+    sent = metrics.get("partition-id")
+    if not _is_int(sent) or int(sent) != partition:
+        return f"partition-id {sent!r} is not the client's ({partition})"
+    examples = metrics.get("num-examples")
+    if not _is_int(examples) or int(examples) < 0:
+        return f"num-examples {examples!r} is not a non-negative whole number"
+    loss = metrics.get("train-loss", 0.0)
+    if not isinstance(loss, int | float) or not math.isfinite(loss):
+        return f"train-loss {loss!r} is not finite"
+    return None
+
+
+def update_problem(reply: Message, rules: ReplyRules, current: ArrayRecord) -> str | None:
+    """Why the reply's arrays may not be aggregated (None: they may). A reply without arrays (a client declining
+    for lack of privacy budget) has nothing to check."""
+    records = reply.content.array_records
+    if not records:
+        return None
+    examples = int(reply.content["metrics"]["num-examples"])
+    if examples > rules.max_examples:
+        return f"num-examples {examples} exceeds the {rules.max_examples} users of the federation"
+    if list(records) != [ARRAYS]:
+        return f"array records {sorted(records)}, expected only {ARRAYS!r}"
+    arrays = records[ARRAYS]
+    missing, extra = sorted(set(rules.expected) - set(arrays)), sorted(set(arrays) - set(rules.expected))
+    if missing or extra:
+        return "keys differ from the global model's: " + "; ".join(
+            part for part in (_listed("missing", missing), _listed("unexpected", extra)) if part
+        )
+    squared = 0.0
+    for key, (shape, dtype) in rules.expected.items():
+        value = arrays[key].numpy()
+        if tuple(value.shape) != shape:
+            return f"{key}: shape {tuple(value.shape)}, expected {shape}"
+        if value.dtype != dtype:
+            return f"{key}: dtype {value.dtype}, expected {dtype}"
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return f"{key}: {int((~np.isfinite(value)).sum())} non-finite values"
+        if rules.max_update_norm is not None and value.dtype.kind == "f":
+            delta = value.astype(np.float64) - (current[key].numpy() if rules.weights else 0.0)
+            squared += float(np.square(delta).sum())
+    if rules.max_update_norm is not None and math.sqrt(squared) > rules.max_update_norm:
+        return f"update norm {math.sqrt(squared):.4g} exceeds --max-update-norm {rules.max_update_norm:g}"
+    return None
+
+
+def _is_int(value) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value == int(value)
+
+
+def _listed(what: str, keys: list[str]) -> str:
+    if not keys:
+        return ""
+    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    return f"{what} {shown}"
