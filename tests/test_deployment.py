@@ -165,6 +165,24 @@ def test_credentials_command(tmp_path, cli):
     assert again.code == 2 and "refusing to overwrite" in again.err
 
 
+def test_credentials_force_over_world_readable_files_and_a_symlink(tmp_path, cli):
+    out = tmp_path / "c"
+    assert cli("deploy", "credentials", "--out", out, "--nodes", "1").code == 0
+    for name in ("ca.key", "server.key", "node-000"):
+        (out / name).chmod(0o644)  # an older release, or a careless copy
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not a key")
+    (out / "ca.key").unlink()
+    (out / "ca.key").symlink_to(outside)  # planted: --force must not write the CA key through it
+    assert cli("deploy", "credentials", "--out", out, "--nodes", "1", "--force").code == 0
+    assert outside.read_text() == "not a key"
+    for name in ("ca.key", "server.key", "node-000"):
+        path = out / name
+        assert not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600, name
+    assert b"PRIVATE KEY" in (out / "ca.key").read_bytes()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
 def test_deploy_app_writes_the_run_config_flwr_run_submits(tmp_path, cli):
     import tomli  # a dependency of flwr; tomllib is Python 3.11+
 

@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 from conftest import write
 
+from fedseqrec.data.cleaning import clean
 from fedseqrec.data.formats import detect_format, load_interactions
 from fedseqrec.data.parsing import Origin, parse_timestamps
+from fedseqrec.errors import DataError
 
 ATOMIC_INTER = (
     "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\t10\t5\t100\nu1\t11\t3\t90\nu2\t10\t4\t50\n"
@@ -140,3 +142,33 @@ def test_timestamp_units():
     assert millis.tolist() == seconds.tolist()
     assert forced.tolist() == [1_700_000.0]
     assert iso.tolist() == [1_700_000_000.0]
+
+
+MIXED = [["1700000000000", "1700000100", "1700000200000"], [1_700_000_000_000, 1_700_000_100]]
+
+
+@pytest.mark.parametrize("column", MIXED)
+def test_a_column_mixing_seconds_and_milliseconds_is_refused_with_the_rows(column):
+    with pytest.raises(DataError) as err:
+        parse_timestamps(pd.Series(column), Origin("t.csv"), "ts")
+    message = str(err.value)
+    assert message.startswith("t.csv: line 3: column 'ts': ") and "is epoch seconds, but line 2" in message
+    assert "is epoch milliseconds" in message
+    forced = parse_timestamps(pd.Series(column), Origin("t.csv"), "ts", unit="ms")  # the user's call, taken
+    assert len(forced) == len(column)
+
+
+def test_missing_value_markers_are_missing_ids_dropped_and_counted(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\na,p1,1\nNaN,p2,2\na,NULL,3\nb,p1,4\nb,nan,5\n")
+    log = load_interactions(path)
+    assert log.events["user"].isna().sum() == 1 and log.events["item"].isna().sum() == 2
+    events, report = clean(log)
+    assert report.missing_ids == 3 and sorted(events["user"].unique()) == ["a", "b"]
+    assert "NaN" not in set(events["user"]) | set(events["item"])
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("user_id,item_id,timestamp\nu1,p1,1700000000\nu1,p2,1700000100\n".encode("utf-8-sig"))
+    log = load_interactions(path)
+    assert log.events["user"].tolist() == ["u1", "u1"] and log.events["item"].tolist() == ["p1", "p2"]

@@ -58,15 +58,24 @@ class Interactions:
         return len(self.events)
 
 
+# What pandas reads as missing by default (``pandas.read_csv``'s ``na_values``). Our readers keep text as it is
+# (an id "0001" stays "0001"), so these markers would otherwise become a user or an item named "NaN".
+MISSING_MARKERS = frozenset(
+    ["#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+     "NULL", "NaN", "None", "n/a", "nan", "null"]
+)  # fmt: skip
+
+
 def id_tokens(values: pd.Series) -> pd.Series:
-    """Ids as strings with NA kept, whatever dtype the reader produced (ints, floats from NA-holding columns).
+    """Ids as strings with NA kept, whatever dtype the reader produced (ints, floats from NA-holding columns);
+    the usual missing-value markers (``NaN``, ``NULL``, ``N/A``…) are missing ids, dropped and counted by cleaning.
     Each distinct value is converted once (logs repeat ids millions of times)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     raw = pd.Series(uniques)
     if pd.api.types.is_float_dtype(raw) and len(raw) and np.all(np.mod(raw.to_numpy(), 1) == 0):
         raw = raw.astype(np.int64)
     tokens = raw.astype(str).str.strip().to_numpy(dtype=object)
-    tokens[tokens == ""] = pd.NA
+    tokens[(tokens == "") | np.isin(tokens, list(MISSING_MARKERS))] = pd.NA
     out = np.empty(len(values), dtype=object)
     present = codes >= 0
     out[present] = tokens[codes[present]]

@@ -51,11 +51,14 @@ def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "a
     if pd.api.types.is_datetime64_any_dtype(raw):
         seconds = _datetime_seconds(pd.to_datetime(raw, utc=True))
     elif pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-        seconds = _epoch_seconds(raw.to_numpy(dtype=np.float64, na_value=np.nan), unit)
+        numeric = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+        _refuse_mixed_units(numeric, raw, origin, column, unit)
+        seconds = _epoch_seconds(numeric, unit)
     else:
         text = raw.astype(object).where(raw.notna(), None)
         numeric = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         if np.all(~np.isnan(numeric) | ~present):
+            _refuse_mixed_units(numeric, raw, origin, column, unit)
             seconds = _epoch_seconds(numeric, unit)
         elif np.all(np.isnan(numeric[present])):
             parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
@@ -79,6 +82,25 @@ def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "a
             "(expected a time between 1970 and 2100)"
         )
     return seconds
+
+
+def _refuse_mixed_units(values: np.ndarray, raw: pd.Series, origin: Origin, column: str, unit: str) -> None:
+    """Auto mode reads a column as milliseconds when any value is beyond seconds' range: a column mixing the two
+    would put its seconds rows in January 1970 and reorder the events, so it is refused with a row of each."""
+    if unit != "auto":
+        return
+    millis = values > MILLISECONDS_ABOVE
+    seconds = (values <= MILLISECONDS_ABOVE) & ~np.isnan(values)
+    if not (millis.any() and seconds.any()):
+        return
+    first = int(np.flatnonzero(millis | seconds)[0])
+    odd = int(np.flatnonzero(seconds if millis[first] else millis)[0])
+    kinds = ("milliseconds", "seconds") if millis[first] else ("seconds", "milliseconds")
+    raise DataError(
+        f"{origin.where(odd)}: column '{column}': {raw.iloc[odd]!r} is epoch {kinds[1]}, but "
+        f"{origin.unit} {first + origin.first_line} ({raw.iloc[first]!r}) is epoch {kinds[0]}: one column must "
+        "use one unit (convert the file, or give --time-unit s or ms)"
+    )
 
 
 def _epoch_seconds(values: np.ndarray, unit: str) -> np.ndarray:

@@ -39,7 +39,7 @@ def check_readable_file(path: Path, encoding: str = "utf-8") -> None:
 
 def first_line(path: Path) -> str:
     check_readable_file(path)
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
         return handle.readline().rstrip("\r\n")
 
 
@@ -61,7 +61,9 @@ def read_delimited(
 ) -> pd.DataFrame:
     """All columns as strings (ids keep leading zeros; numbers are parsed later with line numbers)."""
     check_readable_file(path, encoding)
-    options: dict = {"sep": sep, "dtype": str, "keep_default_na": False, "na_values": [""], "encoding": encoding}
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    text_encoding = "utf-8-sig" if encoding == "utf-8" else encoding
+    options: dict = {"sep": sep, "dtype": str, "keep_default_na": False, "na_values": [""], "encoding": text_encoding}
     if len(sep) > 1:
         options["engine"] = "python"
     if not header:

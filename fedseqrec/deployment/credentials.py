@@ -45,11 +45,31 @@ class Certificates:
         return self.folder / "server.key"
 
 
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` by creating a new file beside it (``O_EXCL | O_NOFOLLOW``, created with ``mode``) and renaming
+    it over the old one: an existing key file keeps neither its content nor its old, perhaps world-readable mode,
+    and a symlink planted at ``path`` is replaced, never written through."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode, follow_symlinks=False)  # the umask may have narrowed a public file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Private keys are created readable by their owner only, never world-readable even for an instant."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    _write_file(path, data, 0o600)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    _write_file(path, data, 0o644)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -112,9 +132,9 @@ def make_certificates(folder: Path, hosts: list[str] | None = None, days: int = 
     pem = serialization.Encoding.PEM
     plain = serialization.NoEncryption()
     _write_private(folder / "ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, plain))
-    certs.ca.write_bytes(ca_cert.public_bytes(pem))
+    _write_public(certs.ca, ca_cert.public_bytes(pem))
     _write_private(certs.server_key, server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, plain))
-    certs.server_cert.write_bytes(server_cert.public_bytes(pem))
+    _write_public(certs.server_cert, server_cert.public_bytes(pem))
     return certs
 
 
@@ -128,7 +148,7 @@ def make_node_key(path: Path) -> Path:
     _write_private(path, private)
     public = path.with_name(path.name + ".pub")
     openssh = serialization.Encoding.OpenSSH
-    public.write_bytes(key.public_key().public_bytes(openssh, serialization.PublicFormat.OpenSSH) + b"\n")
+    _write_public(public, key.public_key().public_bytes(openssh, serialization.PublicFormat.OpenSSH) + b"\n")
     return public
 
 
