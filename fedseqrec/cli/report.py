@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fedseqrec.cli.common import add_command
@@ -13,9 +14,10 @@ from fedseqrec.results.privacy_report import compare_runs, write_privacy_report
 def cmd_report(args: argparse.Namespace) -> int:
     """privacy report of a run, or the privacy-utility curve of several
 
-    Regenerate privacy_report.json / .md and the plots (ε per round, NDCG@10 per round, with the popularity
-    baseline and, given --reference, the same federation without DP) of a private run's folder; with --compare,
-    plot test NDCG@10 against the largest client ε of several runs.
+    Recompute every ε from the ledger records (exit 1 when a stored figure disagrees: the report keeps the
+    larger and lists it under "flags"), and regenerate privacy_report.json / .md and the plots (ε per round,
+    NDCG@10 per round, with the popularity baseline and, given --reference, the same federation without DP) of a
+    private run's folder; with --compare, plot test NDCG@10 against the largest client ε of several runs.
     """
     if args.compare:
         out = Path(args.out or "privacy_utility.png")
@@ -32,7 +34,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = write_privacy_report(folder, Path(args.reference) if args.reference else None)
     print(f"largest ε {report['max_epsilon']:.4f} at δ ≤ {report['delta']:.3g} over {len(report['clients'])} clients")
     print(f"written {folder / 'privacy_report.json'}, privacy_report.md, epsilon_per_round.png, ndcg_per_round.png")
-    return 0
+    for flag in report["flags"]:  # the figures were recomputed from the records; say which stored ones disagree
+        print(f"flagged: {flag}", file=sys.stderr)
+    return 1 if report["flags"] else 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:

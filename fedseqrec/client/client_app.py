@@ -11,6 +11,7 @@ DP-SGD (Opacus) is imported by the rounds that use it.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.messages import (
     CLIP_KEY,
     COUNT_NOISE_KEY,
+    HELD_LEDGER_KEY,
     NOISE_STD_KEY,
     PARTITION_KEY,
     PARTITIONS_KEY,
@@ -107,15 +109,17 @@ def ledger_file(cfg: RunConfig, node_config, client: int) -> Path:
     return Path(cfg.out) / "ledgers" / f"client-{client}.json"
 
 
-def _private_round(model: SequentialRecommender, data: ClientData, cfg: RunConfig, server_round: int, context):
+def _private_round(model: SequentialRecommender, data: ClientData, cfg: RunConfig, server_round: int, context, sent):
     """(result or None when declined, the ledger's metrics, the reason it declined)."""
     # Imported here, not above: Opacus costs every fresh ClientApp process ≈ 1 s, and only DP rounds need it.
     from fedseqrec.privacy.client import LocalSchedule, private_round
 
     schedule = LocalSchedule(cfg.fit.local_epochs, cfg.fit.local_steps, cfg.planned_horizon())
+    held = json.loads(str(sent.get(HELD_LEDGER_KEY, "[]")))
+    new_ledger = str(context.node_config.get("new-ledger", "false")).lower() in ("1", "true", "yes")
     outcome = private_round(
         model, data, cfg.privacy, cfg.fit, schedule, client_seed(cfg, server_round, data.client), server_round,
-        context.state, ledger_file(cfg, context.node_config, data.client),
+        context.state, ledger_file(cfg, context.node_config, data.client), held, new_ledger,
     )  # fmt: skip
     return outcome.result, ledger_metrics(outcome.ledger), outcome.reason
 
@@ -140,7 +144,7 @@ def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, con
     """(the result or None when declined, privacy metrics, why it declined, what to send: the trained weights, or
     under user-level DP the silo's clipped gradient sum)."""
     if cfg.privacy.mechanism == LOCAL_DPSGD:
-        return (*_private_round(model, data, cfg, server_round, context), None)
+        return (*_private_round(model, data, cfg, server_round, context, sent), None)
     if cfg.privacy.mechanism == USER_LEVEL:
         result, metrics, total = _user_level_round(model, data, cfg, server_round, sent)
         return result, metrics, "", total

@@ -9,6 +9,9 @@ PARTITION_KEY, PARTITIONS_KEY = "partition-id", "num-partitions"
 # it), and the silo's count of unclipped users gets its share of that count's noise.
 USER_RATE_KEY, NOISE_STD_KEY = "user-rate", "noise-share-std"
 CLIP_KEY, COUNT_NOISE_KEY = "clip-norm", "count-noise-share-std"
+# DP-SGD at the clients: the records the server holds for the client addressed (JSON), its authoritative ledger.
+HELD_LEDGER_KEY = "held-ledger"
 SERVER_KEYS = (
-    ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY, CLIP_KEY, COUNT_NOISE_KEY
+    ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY, CLIP_KEY, COUNT_NOISE_KEY,
+    HELD_LEDGER_KEY,
 )  # fmt: skip

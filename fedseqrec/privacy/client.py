@@ -18,7 +18,7 @@ from fedseqrec.models.config import FitConfig
 from fedseqrec.models.training import TrainResult
 from fedseqrec.privacy.config import PrivacyConfig, check_delta, default_delta
 from fedseqrec.privacy.dpsgd import DPSettings, plan_round, train_privately
-from fedseqrec.privacy.ledger import PrivacyLedger, reconcile
+from fedseqrec.privacy.ledger import LedgerRecord, PrivacyLedger, check_against_held, reconcile
 
 STATE_PREFIX = "privacy-ledger"  # one entry per client: a pooled simulated node acts as several
 
@@ -49,15 +49,19 @@ def client_delta(privacy: PrivacyConfig, users: int) -> float:
     return delta
 
 
-def open_ledger(privacy: PrivacyConfig, state, path: Path, data: ClientData) -> PrivacyLedger:
-    """The client's ledger: the node-local file and the copy in ``state`` (Flower's ``context.state``)."""
+def open_ledger(
+    privacy: PrivacyConfig, state, path: Path, data: ClientData, held: list[dict] = (), new_ledger: bool = False
+) -> PrivacyLedger:
+    """The client's ledger: the node-local file and the copy in ``state`` (Flower's ``context.state``), checked
+    against ``held``, the records the server holds for this client."""
     in_state = None
     if _state_key(data.client) in state.config_records:
         in_state = PrivacyLedger.from_json(str(state.config_records[_state_key(data.client)]["json"]), "context.state")
-    ledger = reconcile(in_state, PrivacyLedger.load(path))
+    held_records = [LedgerRecord(**r) for r in held]
+    ledger = check_against_held(reconcile(in_state, PrivacyLedger.load(path)), held_records, str(path), new_ledger)
     if ledger is None:
         delta = client_delta(privacy, len(data.users))
-        ledger = PrivacyLedger(str(data.client), delta, privacy.accountant, privacy.budget_or_target())
+        ledger = PrivacyLedger(str(data.client), delta, privacy.accountant, privacy.budget_or_target(), held_records)
     elif ledger.client != str(data.client):
         raise UserError(f"{path}: the privacy ledger of client {ledger.client}, not of client {data.client}")
     # A budget only tightens: the run's budget applies, but never raises one the ledger already holds.
@@ -83,15 +87,20 @@ def private_round(
     server_round: int,
     state,
     ledger_path: Path,
+    held: list[dict] = (),
+    new_ledger: bool = False,
 ) -> PrivateRound:
-    ledger = open_ledger(privacy, state, ledger_path, data)
+    ledger = open_ledger(privacy, state, ledger_path, data, held, new_ledger)
     windows = TrainingWindows(data.sequences, data.split, data.users, model.cfg.max_len, fit.random_window, seed)
     if len(windows) == 0:
         return PrivateRound(ledger, TrainResult(0, float("nan"), 0, 0.0))
     settings = DPSettings.of(privacy, ledger.delta, schedule.horizon)
     plan = plan_round(len(windows), fit.batch_size, schedule.local_epochs, schedule.local_steps, settings, server_round)
-    if ledger.records and ledger.records[-1].round >= server_round:
-        raise UserError(f"client {data.client} already trained in round {server_round} (ledger {ledger_path})")
+    if ledger.records and ledger.records[-1].round > server_round:
+        raise UserError(
+            f"client {data.client}: its ledger ({ledger_path}) holds round {ledger.records[-1].round}, after this "
+            f"round {server_round}: is it the ledger of another run?"
+        )
     if ledger.would_exceed_budget(plan):
         after = ledger.epsilon(extra=plan)
         reason = f"privacy budget: ε would reach {after:.3f} > budget {ledger.budget:g} (now {ledger.epsilon():.3f})"

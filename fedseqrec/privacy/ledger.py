@@ -2,11 +2,14 @@
 
 It lives in Flower's ``context.state`` and in a node-local JSON file written atomically after every round, so a
 client whose SuperNode restarts (new node id, empty ``context.state``) continues from its real ε instead of zero.
-Of the two copies the longer one wins; two copies that disagree on the rounds they share are refused.
+Of the two copies the longer one wins; two copies that disagree on the rounds they share are refused. The file
+carries a SHA-256 of its content: a corrupted or hand-edited ledger is refused (a checksum guards against accidents
+and casual edits, not against someone who recomputes it — the server's own record of every release covers that).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,6 +20,11 @@ from fedseqrec.errors import UserError
 from fedseqrec.privacy.accounting import epsilon
 
 FORMAT = "fedseqrec-privacy-ledger"
+VERSION = 2  # 2: with its SHA-256
+
+
+def _digest(value: dict) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -46,15 +54,17 @@ class PrivacyLedger:
         return self.budget is not None and self.epsilon(extra=planned) > self.budget
 
     def add(self, record: LedgerRecord) -> None:
-        if self.records and record.round <= self.records[-1].round:
+        # The same round twice: a round trained again after the server lost it (killed before saving) — two
+        # releases, both composed.
+        if self.records and record.round < self.records[-1].round:
             raise ValueError(f"ledger of client {self.client}: round {record.round} after {self.records[-1].round}")
         self.records.append(record)
 
     # --- persistence ------------------------------------------------------------------------------------------
 
     def to_json(self) -> str:
-        value = {"format": FORMAT, "version": 1, **asdict(self)}
-        return json.dumps(value, indent=1)
+        value = {"format": FORMAT, "version": VERSION, **asdict(self)}
+        return json.dumps({**value, "sha256": _digest(value)}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, source: str) -> PrivacyLedger:
@@ -62,6 +72,10 @@ class PrivacyLedger:
             value = json.loads(text)
             if value.get("format") != FORMAT:
                 raise ValueError("not a privacy ledger")
+            stored = value.pop("sha256", None)
+            if stored != _digest(value):
+                raise ValueError("its checksum does not match its content: edited or corrupted; refusing it rather "
+                                 "than under-report ε")  # fmt: skip
             records = [LedgerRecord(**r) for r in value["records"]]
             return cls(value["client"], float(value["delta"]), value["accountant"], value["budget"], records)
         except (ValueError, KeyError, TypeError) as err:
@@ -79,6 +93,26 @@ class PrivacyLedger:
     @classmethod
     def load(cls, path: Path) -> PrivacyLedger | None:
         return cls.from_json(path.read_text(), str(path)) if path.exists() else None
+
+
+def check_against_held(ledger: PrivacyLedger | None, held: list[LedgerRecord], source: str, new_ledger: bool):
+    """The node's ledger against the records the server holds for this client (append-only: the node's copy must
+    contain every one of them). Without a ledger, a client the server holds rounds for refuses to train unless its
+    operator starts a new ledger (``new-ledger`` in the node config), which then continues from the server's
+    records — never from zero."""
+    if ledger is None:
+        if held and not new_ledger:
+            raise UserError(
+                f"{source}: no privacy ledger, but the server holds {len(held)} rounds of this client: restore the "
+                "file, or set new-ledger=true in the node config to continue from the server's record"
+            )
+        return None
+    if ledger.records[: len(held)] != held:
+        raise UserError(
+            f"{source}: the privacy ledger lacks or changed records of the {len(held)} rounds the server holds for "
+            "this client; refusing to train rather than under-report ε"
+        )
+    return ledger
 
 
 def reconcile(from_state: PrivacyLedger | None, from_file: PrivacyLedger | None) -> PrivacyLedger | None:

@@ -28,6 +28,23 @@ PRIVACY_UNIT = (
 SAMPLING = "every client in every round it is chosen for (DP-SGD is per client)"
 
 
+def ledger_regression(held: list[dict], reported: list[dict]) -> str | None:
+    """Why a client's reported ledger cannot follow the records the server holds (None: it extends them). A
+    ledger is append-only: a report that lost or changed a held record would lower the client's ε."""
+    if reported[: len(held)] == held:
+        return None
+    if len(reported) < len(held):
+        return f"has {len(reported)} records, fewer than the {len(held)} the server holds"
+    first = next(i for i, (a, b) in enumerate(zip(held, reported, strict=False)) if a != b)
+    return f"changed the record of round {held[first]['round']} that the server holds"
+
+
+def merged_records(held: list[dict], reported: list[dict]) -> list[dict]:
+    """The held records, and the reported ones of later rounds: every release either side knows of."""
+    last = max((r["round"] for r in held), default=0)
+    return list(held) + [r for r in reported if r["round"] > last]
+
+
 def records_of(entry: dict) -> list[tuple[float, float, int]]:
     return [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in entry["ledger"]]
 
@@ -47,14 +64,21 @@ class LocalDPSGD(PrivacyMechanism):
             self.history = [h for h in value["history"] if h["round"] <= last_round]
 
     def observe(self, server_round: int, replies: list) -> dict:
-        """Record the ledgers of this round's replies; returns what the round's log line keeps."""
-        declined = []
+        """Record the ledgers of this round's replies; returns what the round's log line keeps, with ``refused``:
+        the clients whose reported ledger lost or changed records the server already holds (their update is not
+        aggregated, and the server's record — never the shorter report — stays the client's ledger)."""
+        declined, refused = [], {}
         for reply in replies:
             metrics = reply.content["metrics"]
             client = str(int(metrics["partition-id"]))
             if "epsilon" not in metrics:
                 continue
             entry = ledger_from_metrics(metrics, self.privacy.accountant)
+            held = self.clients.get(client)
+            problem = ledger_regression(held["ledger"], entry["ledger"]) if held else None
+            if problem is not None:
+                refused[int(client)] = f"privacy ledger {problem}; the server keeps its own record of the client"
+                entry = {**entry, "ledger": merged_records(held["ledger"], entry["ledger"])}
             entry["epsilon_checked"] = self.recompute(entry)
             if entry["epsilon"] < entry["epsilon_checked"] * (1 - TOLERANCE):
                 self.run.warn(
@@ -73,7 +97,13 @@ class LocalDPSGD(PrivacyMechanism):
         self.history.append(
             {"round": server_round, "max_epsilon": max(epsilons.values(), default=0.0), "epsilons": epsilons}
         )
-        return {"epsilon_max": self.history[-1]["max_epsilon"], "declined": declined}
+        return {"epsilon_max": self.history[-1]["max_epsilon"], "declined": declined, "refused": refused}
+
+    def client_config(self, client: int) -> dict:
+        """The records the server holds for ``client``: the node checks its ledger against them, and a node that
+        lost its ledger file continues from them (never from zero) once its operator says so."""
+        entry = self.clients.get(str(client))
+        return {"held-ledger": json.dumps(entry["ledger"] if entry else [])}
 
     def min_updates(self, chosen: int) -> int:
         return self.run.min_clients

@@ -70,6 +70,10 @@ class PrivacyMechanism:
         """What every train message carries for the mechanism besides the run config."""
         return {}
 
+    def client_config(self, client: int) -> dict:
+        """What the train message to ``client`` carries for the mechanism besides :meth:`message_config`."""
+        return {}
+
     def reply_arrays(self, keys: list[str]) -> tuple[list[str], bool]:
         """The arrays a training reply carries (of the global model's ``keys``), and whether they are weights (else
         an update itself): what the server checks each reply against."""

@@ -6,10 +6,15 @@
 - ``model.pt`` / ``model_last.pt`` + ``model.json``  best and last global weights (weights only)
 - ``model_initial.pt``   the initial global model when a mechanism prepared one (trained on public users)
 - ``metrics.json``  final validation and test metrics; ``summary.md``
+- ``.lock``         held (``flock``) by the process using the folder: two processes never run one folder at once
+
+A folder whose run completed no round (killed before its first ``state.pt``) can be resumed — from round 0, with
+its own config — or given to ``--out`` again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -22,6 +27,7 @@ from fedseqrec.jsonio import dumps
 STATE = "state.pt"
 CONFIG = "config.json"
 METRICS_LOG = "metrics.jsonl"
+LOCK = ".lock"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -41,9 +47,42 @@ def _what_is_there(path: Path) -> str:
     return "holds a federated run that completed no round (no state.pt)"
 
 
+def _unfinished_run(path: Path) -> bool:
+    """A federated run that was stopped before its first round completed."""
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "run_config" in config and not (path / STATE).exists()
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock: int | None = None
+
+    def lock(self) -> RunFolder:
+        """Hold the folder for this process (released when it ends, or by :meth:`release`): a second process —
+        two ``--resume`` of one run — is refused instead of training the same round twice."""
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise UserError(
+                f"{self.path}: in use by another fedseqrec process{f' (pid {holder})' if holder else ''}; wait "
+                "for it to end"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor drops the flock
+            self._lock = None
 
     @staticmethod
     def check_new(path: Path) -> None:
@@ -55,7 +94,7 @@ class RunFolder:
             raise UserError(
                 f"--out {path}: already holds a run; continue it with --resume {path} or choose another --out"
             )
-        if (path / CONFIG).exists():
+        if (path / CONFIG).exists() and not _unfinished_run(path):
             raise UserError(f"--out {path}: {_what_is_there(path)}; choose another --out")
 
     @classmethod
@@ -63,7 +102,7 @@ class RunFolder:
         path = Path(path)
         cls.check_new(path)
         path.mkdir(parents=True, exist_ok=True)
-        folder = cls(path)
+        folder = cls(path).lock()
         folder.write_json(CONFIG, {"fedseqrec": __version__, "run_config": cfg.to_run_config()})
         (path / METRICS_LOG).write_text("")
         return folder
@@ -74,9 +113,9 @@ class RunFolder:
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"--resume {path}: no such folder")
-        if not (path / STATE).is_file():
+        if not (path / STATE).is_file() and not _unfinished_run(path):
             raise UserError(f"--resume {path}: {_what_is_there(path)}; nothing to resume")
-        return cls(path)
+        return cls(path).lock()
 
     def config(self) -> RunConfig:
         try:
@@ -104,8 +143,12 @@ class RunFolder:
 
         try:
             return torch.load(self.path / STATE, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise UserError(f"{self.path / STATE}: unreadable run state ({err})") from err
+        except Exception as err:  # torch raises unrelated types for truncated or foreign bytes
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            # (never pass on torch's advice to load with weights_only=False: that would run pickled code)
+            if "weights_only" in reason or not reason:
+                reason = "truncated, or not a file fedseqrec wrote"
+            raise UserError(f"{self.path / STATE}: unreadable run state ({type(err).__name__}: {reason})") from err
 
     def append_round(self, record: dict) -> None:
         with (self.path / METRICS_LOG).open("a") as log:

@@ -3,13 +3,15 @@ privacy–utility curve over several runs. Everything is recomputed from the run
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
 
 from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
-from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING
+from fedseqrec.privacy.accounting import epsilon
+from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE
 from fedseqrec.results.folder import RunFolder
 
 OVERLAP = (
@@ -17,6 +19,21 @@ OVERLAP = (
     "guarantees separately, and their total privacy loss is bounded only by composition — up to the sum of those "
     "clients' ε (and of their δ). The partitions built here put every user in exactly one client."
 )
+
+
+def _recomputer():
+    """ε of a ledger entry from its records alone (cached: one-release-per-round mechanisms give every client the
+    same records)."""
+
+    @functools.cache
+    def composed(records: tuple, delta: float, accountant: str) -> float:
+        return epsilon(list(records), delta, accountant)
+
+    def of(entry: dict) -> float:
+        records = tuple((r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in entry["ledger"])
+        return composed(records, float(entry["delta"]), entry["accountant"])
+
+    return of
 
 
 def _read_json(path: Path):
@@ -35,10 +52,16 @@ def build_privacy_report(folder: Path) -> dict:
     privacy = _read_json(privacy_path)
     config = _read_json(folder / "config.json")["run_config"]
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
-    clients = []
+    clients, flags = [], []
+    recompute = _recomputer()
     for client in sorted(privacy["clients"], key=int):
         entry = privacy["clients"][client]
-        eps = max(entry["epsilon"], entry["epsilon_checked"])
+        stored = max(entry["epsilon"], entry["epsilon_checked"])
+        recomputed = recompute(entry)
+        if not math.isclose(stored, recomputed, rel_tol=TOLERANCE, abs_tol=1e-9):
+            flags.append(f"client {client}: stored ε {stored:.4g} disagrees with its {len(entry['ledger'])} records "
+                         f"({recomputed:.4g}); the report keeps the larger")  # fmt: skip
+        eps = max(stored, recomputed)
         budget = entry["budget"]
         status = entry["status"]
         if budget is not None and eps >= budget - 1e-9:
@@ -49,6 +72,7 @@ def build_privacy_report(folder: Path) -> dict:
                 "epsilon": eps,
                 "epsilon_reported": entry["epsilon"],
                 "epsilon_rechecked": entry["epsilon_checked"],
+                "epsilon_recomputed": recomputed,
                 "delta": entry["delta"],
                 "accountant": entry["accountant"],
                 "budget": budget,
@@ -58,6 +82,9 @@ def build_privacy_report(folder: Path) -> dict:
             }
         )
     largest = max((c["epsilon"] for c in clients), default=0.0)
+    stored_history = privacy["history"][-1]["max_epsilon"] if privacy["history"] else 0.0
+    if not math.isclose(stored_history, largest, rel_tol=TOLERANCE, abs_tol=1e-9):
+        flags.append(f"the stored per-round history ends at ε {stored_history:.4g}, the records give {largest:.4g}")
     return {
         "mechanism": privacy.get("mechanism", MECHANISM),
         "privacy_unit": privacy.get("privacy_unit", PRIVACY_UNIT),
@@ -81,6 +108,7 @@ def build_privacy_report(folder: Path) -> dict:
         "utility": _utility(RunFolder(folder)),
         "popularity": (metrics.get("popularity") or {}).get("valid", {}).get("NDCG@10"),
         "notes": metrics.get("notes", []),
+        "flags": flags,
     }
 
 
@@ -130,6 +158,7 @@ def report_markdown(report: dict) -> str:
             f"| {steps} |"
         )
     lines += [""] + [f"**{note}**" for note in report.get("notes", [])]
+    lines += [f"**flagged: {flag}**" for flag in report.get("flags", [])]
     lines += ["", "Plots: `epsilon_per_round.png`, `ndcg_per_round.png`.", ""]
     return "\n".join(lines)
 
@@ -232,6 +261,8 @@ def compare_runs(folders: list[Path], out: Path) -> list[dict]:
         metrics = _read_json(metrics_path)
         privacy = metrics.get("privacy")
         eps = privacy["max_epsilon"] if privacy else math.inf
+        if privacy and (Path(folder) / "privacy.json").exists():
+            eps = build_privacy_report(Path(folder))["max_epsilon"]  # recomputed from the records, not as stored
         rows.append(
             {
                 "run": str(folder),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from logging import INFO
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from fedseqrec.errors import RunError, UserError
@@ -86,6 +86,7 @@ class Federation:
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
         else:
+            self.folder.keep_rounds_until(0)  # a run stopped before its first state: the log line of a lost round
             self._prepare_model()
         self.folder.write_json("model.json", describe(cfg.model.name, self.model.cfg, self.ds.sequences))
 
@@ -155,7 +156,7 @@ class Federation:
         route = self.directory.route(chosen)
         config = ConfigRecord(self.client_config())
         messages = self.strategy.configure_train(server_round, self.arrays, config, ChosenNodes(self.grid, route))
-        messages = self.directory.address(list(messages), route)
+        messages = self._with_client_config(self.directory.address(list(messages), route), route)
         exchange_start = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=algorithm.round_timeout)) if messages else []
         exchange_seconds = time.perf_counter() - exchange_start
@@ -164,7 +165,11 @@ class Federation:
         asked = {m.metadata.message_id: (route[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages}
         ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
         privacy = self.mechanism.observe(server_round, [reply for reply, _ in ok])  # every release is accounted
-        updates = self._checked_updates(ok, failed, server_round)
+        refused = privacy.pop("refused", {})
+        for partition, reason in refused.items():
+            failed.append(f"client {partition} (refused)")
+            self.progress.on_message(f"round {server_round}: client {partition} refused: {reason}")
+        updates = self._checked_updates([(r, p) for r, p in ok if p not in refused], failed, server_round)
         if len(updates) < self.mechanism.min_updates(len(chosen)):
             self.mechanism.too_few_updates(server_round, privacy.get("declined", []), len(updates))
             raise RunError(
@@ -181,6 +186,15 @@ class Federation:
         return {"_start": started, "round": server_round, "clients": len(updates), "failed": failed, **privacy,
                 **_train_figures([r.content["metrics"] for r in trained]),
                 "exchange_seconds": round(exchange_seconds, 3)}  # fmt: skip
+
+    def _with_client_config(self, messages: list[Message], route: dict[int, int]) -> list[Message]:
+        """Each message with what the mechanism sends its client alone (a strategy may share one content)."""
+        for message in messages:
+            extra = self.mechanism.client_config(route[message.metadata.dst_node_id])
+            if extra:
+                content = message.content
+                message.content = RecordDict({**content, "config": ConfigRecord({**content["config"], **extra})})
+        return messages
 
     def _sorted_replies(self, replies, asked, chosen, server_round) -> tuple[list[tuple], list[str]]:
         """(reply, partition) of the replies whose metrics hold, in partition order, and the clients that failed."""

@@ -12,7 +12,7 @@ from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import cached_dataset, expected_clients
 from fedseqrec.privacy.config import LOCAL_DPSGD, check_delta
 from fedseqrec.privacy.mechanism import RunFacts, make_mechanism
-from fedseqrec.results.folder import RunFolder
+from fedseqrec.results.folder import STATE, RunFolder
 
 DEFAULT_SIMULATED_CLIENTS = 5  # iid and dirichlet partitions without --clients, on one machine
 POOL_ABOVE = 256  # more simulated clients than this, a few of them a round: served by a pool of nodes
@@ -81,18 +81,28 @@ def resumed_config(folder: RunFolder, rounds: int | None) -> RunConfig:
     return cfg
 
 
+def _resumed(folder: RunFolder, rounds: int | None) -> tuple[RunConfig, RunFolder, int]:
+    if (folder.path / STATE).exists():
+        folder.load_state()  # an unreadable state is refused before anything in the folder changes
+    cfg = resumed_config(folder, rounds)
+    cfg.validate()
+    n = count_clients(cfg)
+    check_resume_budget(folder, cfg)
+    folder.write_config(cfg)
+    return cfg, folder, n
+
+
 def prepare_run(
     cfg: RunConfig, out: Path | None, resume: Path | None, rounds: int | None, prefix: str = ""
 ) -> tuple[RunConfig, RunFolder, int]:
     """The configuration and run folder of a new or resumed run, checked before anything is written."""
     if resume is not None:
         folder = RunFolder.open(resume)
-        cfg = resumed_config(folder, rounds)
-        cfg.validate()
-        n = count_clients(cfg)
-        check_resume_budget(folder, cfg)
-        folder.write_config(cfg)
-        return cfg, folder, n
+        try:
+            return _resumed(folder, rounds)
+        except BaseException:
+            folder.release()
+            raise
     cfg = with_default_clients(cfg).with_horizon()
     cfg.validate()
     path = out or (Path(cfg.out) if cfg.out else default_run_folder(cfg, prefix))

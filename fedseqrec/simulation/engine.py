@@ -53,13 +53,16 @@ def simulate(
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
     }
-    with quiet_flower(verbose):
-        run_simulation(
-            server_app=make_server_app(cfg, folder, progress),
-            client_app=client_app or default_client_app,
-            num_supernodes=cfg.algorithm.client_pool or n_clients,
-            backend_config=backend,
-            verbose_logging=verbose,
-        )
+    try:
+        with quiet_flower(verbose):
+            run_simulation(
+                server_app=make_server_app(cfg, folder, progress),
+                client_app=client_app or default_client_app,
+                num_supernodes=cfg.algorithm.client_pool or n_clients,
+                backend_config=backend,
+                verbose_logging=verbose,
+            )
+    finally:
+        folder.release()
     metrics = folder.path / "metrics.json"
     return json.loads(metrics.read_text()), folder

@@ -1,0 +1,209 @@
+"""ε never goes down: ledger files carry a checksum, the server keeps the authoritative record of every release
+and refuses a client whose ledger lost or changed it, a node without its ledger refuses to train unless told to
+continue from the server's record, `report` recomputes every stored ε, and a run folder is used by one process at
+a time; a run killed before its first state can be resumed, a broken state is refused before anything changes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from helpers import TINY as TINY_PLAIN
+from helpers import client_context, message
+
+from fedseqrec.client.client_app import make_client_app
+from fedseqrec.errors import UserError
+from fedseqrec.federated.task import build_global_model, cached_dataset
+from fedseqrec.privacy.accounting import epsilon
+from fedseqrec.privacy.ledger import LedgerRecord, PrivacyLedger, ledger_metrics
+from fedseqrec.privacy.local_dpsgd import LocalDPSGD
+from fedseqrec.privacy.mechanism import RunFacts
+from fedseqrec.results.folder import RunFolder
+from fedseqrec.server.loop import Progress
+from fedseqrec.simulation.engine import simulate
+
+TINY = TINY_PLAIN.replace(dp=True, noise_multiplier=1.0)
+
+
+def _ledger(rounds: int, steps: int = 10) -> PrivacyLedger:
+    ledger = PrivacyLedger("1", 1e-5, "rdp")
+    for r in range(1, rounds + 1):
+        ledger.add(LedgerRecord(r, 1.0, 0.1, steps))
+    return ledger
+
+
+# --- the ledger file ----------------------------------------------------------------------------------------------
+
+
+def test_an_edited_ledger_file_is_refused_by_its_checksum(tmp_path):
+    path = tmp_path / "ledger.json"
+    _ledger(3).save(path)
+    assert PrivacyLedger.load(path) == _ledger(3)
+    value = json.loads(path.read_text())
+    value["records"][1]["steps"] = 1  # the finding: `steps: 1` lowers ε from 6.70 to 5.08
+    path.write_text(json.dumps(value))
+    with pytest.raises(UserError, match="checksum does not match its content: edited or corrupted"):
+        PrivacyLedger.load(path)
+    del value["sha256"]
+    path.write_text(json.dumps(value))
+    with pytest.raises(UserError, match="checksum"):
+        PrivacyLedger.load(path)
+
+
+# --- the server's record ------------------------------------------------------------------------------------------
+
+
+def _report(ledger: PrivacyLedger, partition: int = 1) -> Message:
+    metrics = MetricRecord({"partition-id": partition, "num-examples": 10, **ledger_metrics(ledger)})
+    return Message(RecordDict({"metrics": metrics}), dst_node_id=1, message_type="train")
+
+
+def test_the_server_refuses_a_shrunk_or_edited_ledger_and_its_epsilon_never_falls():
+    server = LocalDPSGD(TINY.privacy, RunFacts(None, 1, "iid", lambda text: None))
+    assert server.observe(1, [_report(_ledger(1))])["refused"] == {}
+    assert server.observe(2, [_report(_ledger(2))])["refused"] == {}
+    two_rounds = server.max_epsilon()
+    assert json.loads(server.client_config(1)["held-ledger"]) == [
+        {"round": r, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} for r in (1, 2)
+    ]
+    shrunk = server.observe(3, [_report(_ledger(1))])["refused"]  # a lost ledger, started again
+    assert shrunk == {1: "privacy ledger has 1 records, fewer than the 2 the server holds; the server keeps its own "
+                         "record of the client"}  # fmt: skip
+    assert server.max_epsilon() == pytest.approx(two_rounds)
+    edited = _ledger(3)
+    edited.records[1] = LedgerRecord(2, 1.0, 0.1, 1)
+    refused = server.observe(3, [_report(edited)])["refused"]
+    assert refused[1].startswith("privacy ledger changed the record of round 2 that the server holds")
+    # the held rounds stay as held, and round 3 (a real release) is added: ε only grows
+    assert [r["steps"] for r in server.clients["1"]["ledger"]] == [10, 10, 10]
+    assert server.max_epsilon() == pytest.approx(_ledger(3).epsilon()) and server.max_epsilon() > two_rounds
+    assert server.observe(4, [_report(_ledger(4))])["refused"] == {}
+
+
+# --- the node -----------------------------------------------------------------------------------------------------
+
+
+def _arrays() -> ArrayRecord:
+    torch.manual_seed(0)
+    return ArrayRecord(build_global_model(cached_dataset(TINY.data).sequences, TINY.model).state_dict())
+
+
+def test_a_node_without_its_ledger_refuses_unless_told_to_continue_from_the_servers_record(tmp_path):
+    app, path, arrays = make_client_app(), tmp_path / "client-1.json", _arrays()
+    context = client_context(TINY, 1, path)
+    for server_round in (1, 2):
+        reply = app(message("train", arrays, TINY, server_round), context)
+    held = [dict(zip(("round", "noise_multiplier", "sample_rate", "steps"), r, strict=True))
+            for r in zip(*(reply.content["metrics"][f"ledger-{k}"] for k in ("round", "noise", "rate", "steps")),
+                         strict=True)]  # fmt: skip
+    spent = reply.content["metrics"]["epsilon"]
+    path.unlink()  # the node's disk was replaced
+    sent = {"held-ledger": json.dumps(held)}
+    with pytest.raises(UserError, match="no privacy ledger, but the server holds 2 rounds of this client"):
+        app(message("train", arrays, TINY, 3, **sent), client_context(TINY, 1, path))
+    resumed = app(message("train", arrays, TINY, 3, **sent), client_context(TINY, 1, path, **{"new-ledger": "true"}))
+    metrics = resumed.content["metrics"]
+    assert list(metrics["ledger-round"]) == [1, 2, 3] and metrics["epsilon"] > spent  # from the record, not zero
+    shorter = PrivacyLedger.load(path)
+    shorter.records = shorter.records[:1]
+    shorter.save(path)
+    with pytest.raises(UserError, match="lacks or changed records of the 2 rounds the server holds"):
+        app(message("train", arrays, TINY, 4, **sent), client_context(TINY, 1, path))
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+def test_report_recomputes_an_edited_epsilon_and_flags_it(tmp_path, cli):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    records = [{"round": r, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} for r in (1, 2)]
+    true = epsilon([(1.0, 0.1, 10)] * 2, 1e-5)
+    entry = {"epsilon": 0.1, "epsilon_checked": 0.1, "delta": 1e-5, "accountant": "rdp", "budget": None,
+             "status": "active", "ledger": records}  # fmt: skip
+    history = [{"round": 2, "max_epsilon": 0.1, "epsilons": {"0": 0.1}}]
+    (folder / "config.json").write_text(json.dumps({"run_config": TINY.to_run_config()}))
+    (folder / "privacy.json").write_text(json.dumps({"clients": {"0": entry}, "history": history}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"round": 2, "valid": {"NDCG@10": 0.1}}) + "\n")
+    result = cli("report", folder)
+    assert result.code == 1
+    assert "flagged: client 0: stored ε 0.1 disagrees with its 2 records" in result.err
+    report = json.loads((folder / "privacy_report.json").read_text())
+    assert report["max_epsilon"] == pytest.approx(true) and report["clients"][0]["epsilon_recomputed"] == true
+    assert len(report["flags"]) == 2 and "flagged" in (folder / "privacy_report.md").read_text()
+
+
+# --- the run folder -----------------------------------------------------------------------------------------------
+
+
+def _unfinished(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"fedseqrec": "0", "run_config": TINY_PLAIN.to_run_config()}))
+    return folder
+
+
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path, cli):
+    folder = _unfinished(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fedseqrec.results.folder import RunFolder; "
+         f"RunFolder({str(folder)!r}).lock(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("simulate", "--resume", folder)
+        assert result.code == 2 and f"in use by another fedseqrec process (pid {holder.pid})" in result.err
+    finally:
+        holder.kill()
+        holder.wait()
+    RunFolder(folder).lock().release()  # the holder is gone: the lock went with it
+
+
+def test_a_broken_state_is_refused_before_the_folder_changes(tmp_path, cli):
+    folder = _unfinished(tmp_path / "run")
+    before = (folder / "config.json").read_text()
+    for content in (b"", b"\x80\x04garbage that is not a torch file"):
+        (folder / "state.pt").write_bytes(content)
+        result = cli("simulate", "--resume", folder, "--rounds", "9")
+        assert result.code == 2 and "state.pt: unreadable run state (" in result.err
+        assert "weights_only=False" not in result.err and "Traceback" not in result.err
+        assert (folder / "config.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_state_resumes_to_the_same_weights(tmp_path):
+    cfg = TINY_PLAIN.replace(rounds=2)
+    simulate(cfg, out=tmp_path / "whole")
+    folder = tmp_path / "killed"
+    simulate(cfg.replace(rounds=1), out=folder)
+    for name in ("state.pt", "metrics.json", "model.pt", "model_last.pt"):
+        (folder / name).unlink()  # as if killed during round 1
+    simulate(cfg, resume=folder, rounds=2)
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+    whole, resumed = (torch.load(p / "model_last.pt", weights_only=True) for p in (tmp_path / "whole", folder))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+@pytest.mark.slow
+def test_deleted_and_edited_ledgers_are_refused_and_epsilon_never_falls(tmp_path):
+    out = tmp_path / "run"
+    simulate(TINY.replace(rounds=2, min_clients=1), out=out)
+    before = json.loads((out / "privacy_report.json").read_text())
+    (out / "ledgers" / "client-0.json").unlink()
+    edited = json.loads((out / "ledgers" / "client-1.json").read_text())
+    edited["records"][0]["steps"] = 1
+    (out / "ledgers" / "client-1.json").write_text(json.dumps(edited))
+    messages = []
+    simulate(TINY, resume=out, rounds=3, progress=Progress(on_message=messages.append))
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[2]["clients"] == 1 and sorted(rounds[2]["failed"]) == ["client 0", "client 1"]
+    assert any("client 0" in m and "no privacy ledger, but the server holds 2 rounds" in m for m in messages)
+    assert any("client 1" in m and "checksum does not match" in m for m in messages)
+    after = json.loads((out / "privacy_report.json").read_text())
+    eps = {c["client"]: c["epsilon"] for c in after["clients"]}
+    old = {c["client"]: c["epsilon"] for c in before["clients"]}
+    assert eps["0"] == pytest.approx(old["0"]) and eps["1"] == pytest.approx(old["1"]) and eps["2"] > old["2"]
+    assert after["max_epsilon"] >= before["max_epsilon"] and after["flags"] == []
