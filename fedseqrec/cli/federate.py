@@ -79,6 +79,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         client_cpus=args.client_cpus,
         progress=Progress(on_round=on_round, on_message=on_message),
         verbose=args.verbose,
+        stop_on_signals=True,
     )
     print_results(results, folder.path)
     return 0

@@ -7,4 +7,7 @@ FLOWER_ENVIRONMENT = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences a FutureWarning: this machine has no GPU to hide
+    # Ray's (absl's) failure-signal handler also catches SIGTERM: it would abort the process with a C stack dump
+    # instead of letting the simulation stop cleanly (simulation/stopping.py).
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }

@@ -23,6 +23,7 @@ from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Progress
 from fedseqrec.server.planning import prepare_run
 from fedseqrec.server.server_app import make_server_app
+from fedseqrec.simulation.stopping import stop_at_once_on_signals
 
 
 @contextlib.contextmanager
@@ -46,15 +47,20 @@ def simulate(
     progress: Progress | None = None,
     client_app=None,
     verbose: bool = False,
+    stop_on_signals: bool = False,
 ) -> tuple[dict, RunFolder]:
+    """``stop_on_signals``: Ctrl-C / SIGTERM end the process at once (the command line; see ``stopping.py``)."""
     os.environ.update(FLOWER_ENVIRONMENT)
     cfg, folder, n_clients = prepare_run(cfg, out, resume, rounds)
     backend = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
     }
+    def where() -> str:
+        return f"the run folder keeps its last completed round: continue with --resume {folder.path}"
+
     try:
-        with quiet_flower(verbose):
+        with quiet_flower(verbose), stop_at_once_on_signals(where) if stop_on_signals else contextlib.nullcontext():
             run_simulation(
                 server_app=make_server_app(cfg, folder, progress),
                 client_app=client_app or default_client_app,
