@@ -118,6 +118,11 @@ def test_bert4rec_masks_and_appends_mask_token(shop):
     view = model.training_view(batch)
     masked = view.items == model.mask_id
     assert masked.any() and (view.targets[masked] == batch.items[masked]).all() and (view.targets[~masked] == 0).all()
+    # every sequence is either a cloze (random masks) or the prediction task (its last item alone masked)
+    rows = torch.arange(len(batch.lengths))
+    last = masked[rows, batch.lengths - 1]
+    only_last = last & (masked.sum(1) == 1)
+    assert only_last.any() and (masked.sum(1) > 1).any()
 
 
 def test_bad_hyper_parameters_are_refused(shop):
