@@ -207,3 +207,21 @@ def test_deleted_and_edited_ledgers_are_refused_and_epsilon_never_falls(tmp_path
     old = {c["client"]: c["epsilon"] for c in before["clients"]}
     assert eps["0"] == pytest.approx(old["0"]) and eps["1"] == pytest.approx(old["1"]) and eps["2"] > old["2"]
     assert after["max_epsilon"] >= before["max_epsilon"] and after["flags"] == []
+
+
+@pytest.mark.slow
+def test_a_dp_run_killed_between_the_clients_ledgers_and_the_servers_state_resumes(tmp_path):
+    """The clients wrote round 3 to their ledgers, the server was killed before saving round 3: the resumed run
+    trains round 3 again — a second release, composed with the first, never a dead end."""
+    out = tmp_path / "run"
+    simulate(TINY.replace(rounds=2), out=out)
+    saved = {name: (out / name).read_bytes() for name in ("state.pt", "privacy.json", "metrics.jsonl")}
+    simulate(TINY, resume=out, rounds=3)
+    once = json.loads((out / "privacy_report.json").read_text())["max_epsilon"]
+    for name, content in saved.items():  # back to the state after round 2; the ledgers keep round 3
+        (out / name).write_bytes(content)
+    results, _ = simulate(TINY, resume=out, rounds=3)
+    assert results["rounds_run"] == 3
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert [r["round"] for r in report["clients"][0]["ledger"]] == [1, 2, 3, 3]
+    assert report["max_epsilon"] > once and report["flags"] == []
