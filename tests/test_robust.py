@@ -13,10 +13,12 @@ from helpers import TINY
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import robust_minimum
+from fedseqrec.federated.task import build_global_model, cached_dataset
 from fedseqrec.jsonio import dumps
 from fedseqrec.server.loop import Progress
 from fedseqrec.server.replies import ReplyRules, metrics_problem, update_problem
 from fedseqrec.server.strategies import build_strategy
+from fedseqrec.simulation.attacks import AttackConfig, attacked
 from fedseqrec.simulation.engine import simulate
 
 GLOBAL = ArrayRecord({"item.weight": torch.zeros(5, 4), "bias": torch.zeros(4), "steps": torch.zeros(1).long()})
@@ -200,15 +202,26 @@ def test_a_reply_without_its_partition_id_does_not_stop_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_the_median_survives_a_scaled_client_that_fedavg_does_not(tmp_path):
+    attack = AttackConfig(attack="scale", attack_fraction=0.34, attack_scale=100.0)
     attacked = {}
     for strategy in ("fedavg", "fedmedian"):
-        simulate(
-            TINY.replace(rounds=1, strategy=strategy),
-            out=tmp_path / strategy,
-            client_app=make_client_app(mods=[corrupt(1, "scale")]),
-        )
+        simulate(TINY.replace(rounds=1, strategy=strategy), out=tmp_path / strategy, attack=attack)
         attacked[strategy] = torch.load(tmp_path / strategy / "model_last.pt", weights_only=True)["scorer.weight"]
+    assert json.loads((tmp_path / "fedavg" / "attack.json").read_text())["malicious_clients"] == attack.malicious(3, 0)
     simulate(TINY.replace(rounds=1), out=tmp_path / "clean")
     clean = torch.load(tmp_path / "clean" / "model_last.pt", weights_only=True)["scorer.weight"]
-    assert (attacked["fedavg"] - clean).norm() > 10 * clean.norm()
-    assert (attacked["fedmedian"] - clean).norm() < clean.norm()
+    torch.manual_seed(TINY.data.seed)  # the initial global model, as the server builds it
+    start = build_global_model(cached_dataset(TINY.data).sequences, TINY.model).state_dict()["scorer.weight"]
+    assert (attacked["fedavg"] - clean).norm() > 10 * (clean - start).norm()  # dragged ×100/3 along the update
+    assert (attacked["fedmedian"] - clean).norm() < (clean - start).norm()
+
+
+def test_malicious_clients_are_drawn_by_seed_and_their_updates_changed():
+    attack = AttackConfig(attack="sign-flip", attack_fraction=0.2, attack_scale=2.0)
+    assert attack.malicious(10, 0) == attack.malicious(10, 0) and len(attack.malicious(10, 0)) == 2
+    assert attack.malicious(10, 0) != attack.malicious(10, 1) or attack.malicious(10, 2) != attack.malicious(10, 0)
+    assert np.allclose(attacked(np.array([1.0, -2.0]), "sign-flip", 2.0), [-2.0, 4.0])
+    assert np.allclose(attacked(np.array([1.0, -2.0]), "scale", 100.0), [100.0, -200.0])
+    assert np.isnan(attacked(np.array([1.0, -2.0]), "nan", 1.0)).sum() == 1
+    with pytest.raises(UserError, match="is no client"):
+        AttackConfig(attack="scale", attack_fraction=0.01).malicious(10, 0)

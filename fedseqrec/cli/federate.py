@@ -12,6 +12,7 @@ from fedseqrec.models.config import TRAINABLE_MODELS
 from fedseqrec.options import add_options, from_args
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.summary import format_round, summary_table
+from fedseqrec.simulation.attacks import AttackConfig
 
 DEPLOY_HELP = """Flower's deployment engine: a SuperLink and SuperNodes as separate processes
 
@@ -80,6 +81,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         progress=Progress(on_round=on_round, on_message=on_message),
         verbose=args.verbose,
         stop_on_signals=True,
+        attack=from_args(AttackConfig(), args),
     )
     print_results(results, folder.path)
     return 0
@@ -142,6 +144,7 @@ def cmd_deploy_credentials(args: argparse.Namespace) -> int:
 def register_simulate(commands: argparse._SubParsersAction) -> None:
     simulate = add_command(commands, "simulate", cmd_simulate)
     add_run_options(simulate)
+    add_options(simulate, AttackConfig())
     r = simulate.add_argument_group("simulation")
     r.add_argument(
         "--resume",

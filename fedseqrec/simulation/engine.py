@@ -17,12 +17,14 @@ from pathlib import Path
 from flwr.simulation import run_simulation
 
 from fedseqrec.client.client_app import app as default_client_app
+from fedseqrec.client.client_app import make_client_app, partition_of
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.environment import FLOWER_ENVIRONMENT
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Progress
 from fedseqrec.server.planning import prepare_run
 from fedseqrec.server.server_app import make_server_app
+from fedseqrec.simulation.attacks import AttackConfig, attack_mod
 from fedseqrec.simulation.stopping import stop_at_once_on_signals
 
 
@@ -48,10 +50,17 @@ def simulate(
     client_app=None,
     verbose: bool = False,
     stop_on_signals: bool = False,
+    attack: AttackConfig | None = None,
 ) -> tuple[dict, RunFolder]:
-    """``stop_on_signals``: Ctrl-C / SIGTERM end the process at once (the command line; see ``stopping.py``)."""
+    """``stop_on_signals``: Ctrl-C / SIGTERM end the process at once (the command line; see ``stopping.py``);
+    ``attack``: malicious clients (``attacks.py``)."""
+    attacked = attack is not None and attack.attack != "none"
+    if attacked and client_app is not None:
+        raise ValueError("an attack wraps the default ClientApp: give no client_app with it")
     os.environ.update(FLOWER_ENVIRONMENT)
     cfg, folder, n_clients = prepare_run(cfg, out, resume, rounds)
+    if attacked:
+        client_app = _attacked_client_app(attack, cfg, folder, n_clients, progress)
     backend = {
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
@@ -72,3 +81,12 @@ def simulate(
         folder.release()
     metrics = folder.path / "metrics.json"
     return json.loads(metrics.read_text()), folder
+
+
+def _attacked_client_app(attack: AttackConfig, cfg: RunConfig, folder: RunFolder, n_clients: int, progress):
+    malicious = attack.malicious(n_clients, cfg.data.seed)
+    record = {"attack": attack.attack, "fraction": attack.attack_fraction, "scale": attack.attack_scale,
+              "malicious_clients": malicious}  # fmt: skip
+    folder.write_json("attack.json", record)
+    (progress or Progress()).on_message(f"attack {attack.attack}: malicious clients {malicious}")
+    return make_client_app(mods=[attack_mod(attack, malicious, partition_of)])
