@@ -16,7 +16,7 @@ import torch
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, popularity_baseline
+from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, poisoning_figures, popularity_baseline
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
@@ -71,6 +71,7 @@ def train_centralized(
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(1, len(history)), 3),
+        **poisoning_figures(model, ds.sequences, ds.split, ds.options, model_cfg.max_len),
     }
     return _write_results(out, results, data_cfg, model_cfg, cfg)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 from fedseqrec.data.cleaning import CleaningOptions, CleaningReport, clean, keep_most_recent
 from fedseqrec.data.eventlog import PRESETS
 from fedseqrec.data.formats import FORMATS, load_interactions, resolve_path
@@ -12,6 +14,7 @@ from fedseqrec.data.interactions import Interactions
 from fedseqrec.data.ordered import ORDERED_FORMATS
 from fedseqrec.data.parsing import TIME_UNITS
 from fedseqrec.data.partition import SCHEMES, Partition, partition_users
+from fedseqrec.data.poisoning import add_fake_users, fake_user_ids, target_item, train_only
 from fedseqrec.data.sequences import SequenceData, build_sequences
 from fedseqrec.data.shop import ShopConfig, generate_shop
 from fedseqrec.data.splits import SPLITS, Split, make_split
@@ -20,6 +23,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.options import non_negative_int, option, positive, positive_int, section, within
 
 PARTITION = "client partition"
+POISONING = "poisoning (attack experiments)"
 
 
 @dataclass
@@ -83,6 +87,14 @@ class DataConfig:
         None, "dirichlet partition: item feature holding the category or genre (default: detected)",
         metavar="COLUMN", group=PARTITION,
     )  # fmt: skip
+    fake_users: float = option(
+        0.0, "shilling attack: add this share of fake users whose histories push --target-item (they train, are "
+        "never evaluated)", check=within(0, 1), group=POISONING,
+    )  # fmt: skip
+    target_item: str | None = option(
+        None, "the item the fake users push (default: one of the less popular half, drawn with --seed)",
+        metavar="ITEM", group=POISONING,
+    )  # fmt: skip
     shop: ShopConfig = section(ShopConfig)
 
     def to_dict(self) -> dict:
@@ -143,13 +155,23 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
     events, report = clean(log, cfg.cleaning())
     if cfg.max_len is not None:
         events = keep_most_recent(events, cfg.max_len, report)
+    if cfg.fake_users > 0:
+        target = target_item(events, cfg.target_item, cfg.seed)
+        events = add_fake_users(events, cfg.fake_users, target, cfg.seed)
+    elif cfg.target_item is not None:
+        raise UserError("--target-item needs --fake-users (the share of fake users that push it)")
     sequences = build_sequences(events, log.user_features, log.item_features)
+    split = make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
     options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, **extra}
+    if cfg.fake_users > 0:
+        fakes = fake_user_ids(sequences.vocab.users)
+        split = train_only(split, fakes, sequences.lengths.astype(np.int64))
+        options["poisoning"] = {"fake_users": int(len(fakes)), "target_item": target}
     return Dataset(
         source=log.source,
         format=log.format,
         sequences=sequences,
-        split=make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile),
+        split=split,
         partition=_partition(sequences, cfg),
         cleaning=report,
         options=options,
@@ -157,6 +179,8 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
 
 
 def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
+    if cfg.fake_users > 0:
+        raise UserError(f"{path}: fake users are added to a raw log, not to a prepared dataset")
     if cfg.cleaning() != CleaningOptions() or cfg.max_len is not None:
         raise UserError(
             f"{path}: is a prepared dataset, already cleaned and truncated; cleaning options apply when you run "

@@ -114,3 +114,39 @@ def popularity_baseline(data: SequenceData, split: Split, max_len: int, protocol
     return {
         which: evaluate(model, data, split, which, max_len=max_len, protocol=protocol) for which in ("valid", "test")
     }
+
+
+@torch.no_grad()
+def item_exposure(
+    model, data: SequenceData, split: Split, item: int, which: str = "test", max_len: int = 50, k: int = 10
+) -> dict:
+    """How often ``item`` is recommended: the share of users with a ``which`` target, who never had ``item``
+    before it, whose top ``k`` (their earlier items removed) holds it — a poisoning attack's target-item HR@k."""
+    positions = split.valid_pos if which == "valid" else split.test_pos
+    was_training = getattr(model, "training", False)
+    model.eval()
+    hits = users = 0
+    for chunk in evaluation_batches(data, split, which, None, max_len, 256):
+        scores = model.full_sort_predict(chunk.batch)
+        for row, user in enumerate(chunk.users):
+            start = data.offsets[user]
+            history = data.items[start : start + positions[user]]
+            if item in history:
+                continue
+            ranked = scores[row].clone()
+            ranked[torch.from_numpy(np.unique(history).astype(np.int64))] = -math.inf
+            users += 1
+            hits += int((ranked > ranked[item]).sum()) < k
+    if was_training:
+        model.train()
+    return {f"target_HR@{k}": hits / users if users else 0.0, "users": users}
+
+
+def poisoning_figures(model, data: SequenceData, split: Split, options: dict, max_len: int) -> dict:
+    """For data with fake users (``--fake-users``): the target item, their number, and how often the model
+    recommends the target to real users (test targets); empty for clean data."""
+    attack = options.get("poisoning")
+    if not attack:
+        return {}
+    item = int(np.flatnonzero(data.vocab.items == attack["target_item"])[0])
+    return {"poisoning": {**attack, **item_exposure(model, data, split, item, "test", max_len)}}

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from fedseqrec.errors import RunError, UserError
-from fedseqrec.evaluation.evaluator import SELECTION_METRIC, popularity_baseline
+from fedseqrec.evaluation.evaluator import SELECTION_METRIC, poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
 from fedseqrec.models.checkpoint import describe
@@ -285,6 +285,10 @@ class Federation:
         }
         results.update(self._initial_model())
         results.update(self._against_popularity(results))
+        if cfg.evaluation.mode != "federated":  # (the server holds real users' test targets)
+            self.model.load_state_dict(best.to_torch_state_dict())
+            results.update(poisoning_figures(self.model, self.ds.sequences, self.ds.split, self.ds.options,
+                                             self.model.cfg.max_len))  # fmt: skip
         if self.mechanism.private:
             results["privacy"] = self.mechanism.summary()
         self.folder.write_json("metrics.json", results)
