@@ -5,8 +5,10 @@
 
 ml-100k, 10 IID silos, SASRec with the defaults of `fedseqrec simulate`; 20 % of the silos (2, drawn with the
 seed) replace their update Δ by 100 Δ (`scale`), −100 Δ (`sign-flip`) or Δ with a NaN (`nan`, which the reply
-checks reject before any rule sees it). Every row is one `simulate` run; rows are merged into the JSON by
-(attack, defence), each with its ratio to the attack-free FedAvg run of the same length.
+checks reject before any rule sees it); `poison`: 1 % fake users (`--fake-users 0.01`) push a target item, and the
+row reports the target's HR@10 over real users (the attack-free row reports it for the same item). Every row is
+one `simulate` run; rows are merged into the JSON by (attack, defence), each with its ratio to the attack-free
+FedAvg run of the same length.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from fedseqrec.data.dataset import DataConfig, load_dataset
+from fedseqrec.evaluation.evaluator import item_exposure
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.simulation.attacks import AttackConfig
+from fedseqrec.models.checkpoint import load_checkpoint
+from fedseqrec.simulation.attacks import ATTACKS, AttackConfig
 from fedseqrec.simulation.engine import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +44,29 @@ DEFENCES = {  # f = 2: the number of malicious silos, known to the rules that ne
 }
 
 
+FAKE_USERS = 0.01
+
+
+def target_exposure(folder: Path) -> dict:
+    """The attack-free model's HR@10 for the item the fake users push (the same item: drawn by the seed)."""
+    poisoned = load_dataset(DataConfig(data=str(DATA / "ml-100k"), fake_users=FAKE_USERS))
+    token = poisoned.options["poisoning"]["target_item"]
+    clean = load_dataset(DataConfig(data=str(DATA / "ml-100k")))
+    _, model = load_checkpoint(folder, clean.sequences)
+    item = int(np.flatnonzero(clean.sequences.vocab.items == token)[0])
+    return {"target_item": token, **item_exposure(model, clean.sequences, clean.split, item, max_len=50)}
+
+
 def run(attack: str, defence: str, rounds: int, fraction: float, tmp: Path) -> dict:
+    poison = {"fake_users": FAKE_USERS} if attack == "poison" else {}
     cfg = RunConfig.of(data=str(DATA / "ml-100k"), partition="iid", clients=10, rounds=rounds, eval_every=5,
-                       batch_size=16, **DEFENCES[defence])  # fmt: skip
-    threat = AttackConfig(attack=attack, attack_fraction=fraction, attack_scale=100.0)
+                       batch_size=16, **DEFENCES[defence], **poison)  # fmt: skip
+    threat = AttackConfig(attack=attack if attack in ATTACKS else "none", attack_fraction=fraction,
+                          attack_scale=100.0)  # fmt: skip
     start = time.perf_counter()
     results, folder = simulate(cfg, out=tmp / f"{attack}-{defence}", attack=threat)
     rounds_log = folder.rounds()
+    poisoning = results.get("poisoning") or (target_exposure(folder.path) if attack == "none" else None)
     return {
         "attack": attack,
         "defence": defence,
@@ -52,14 +74,15 @@ def run(attack: str, defence: str, rounds: int, fraction: float, tmp: Path) -> d
         "valid": round(results["valid"]["NDCG@10"], 4),
         "best_round": results["best_round"],
         "rejected": sum(sum(1 for f in r.get("failed", []) if "rejected" in f) for r in rounds_log),
-        "malicious": threat.malicious(10, cfg.data.seed) if attack != "none" else [],
+        "malicious": threat.malicious(10, cfg.data.seed) if threat.attack != "none" else [],
+        "poisoning": poisoning,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attacks", nargs="+", default=["scale", "sign-flip", "nan"])
+    parser.add_argument("--attacks", nargs="+", default=["scale", "sign-flip", "nan", "poison"])
     parser.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=list(DEFENCES))
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--fraction", type=float, default=0.2)
