@@ -63,18 +63,13 @@ class BERT4Rec(SequentialRecommender):
         ]
 
     def training_view(self, batch: SeqBatch) -> SeqBatch:
-        """Half of the sequences get the cloze task: each real item masked with probability ``mask_ratio`` and
-        made a target. The other half get the prediction task itself: only the last item masked, the whole
-        history visible — as the force-last instances the BERT4Rec authors' data generation adds for every user.
-        (Masking the last item on top of the cloze masks never shows the model a full history before [MASK], the
-        one thing evaluation asks of it.)"""
-        b = batch.items.shape[0]
-        device = batch.items.device
+        """Cloze: each real item is masked with probability ``mask_ratio`` and becomes a target; in half of the
+        sequences the last item is masked too, which is what prediction asks for (as in the BERT4Rec paper)."""
         real = batch.items != 0
-        last_only = torch.rand(b, device=device) < 0.5
-        masked = (torch.rand(batch.items.shape, device=device) < self.cfg.mask_ratio) & real & ~last_only[:, None]
-        rows = torch.arange(b, device=device)
-        masked[rows[last_only], batch.lengths[last_only] - 1] = True
+        masked = (torch.rand(batch.items.shape, device=batch.items.device) < self.cfg.mask_ratio) & real
+        last = torch.rand(batch.items.shape[0], device=batch.items.device) < 0.5
+        rows = torch.arange(batch.items.shape[0], device=batch.items.device)
+        masked[rows[last], batch.lengths[last] - 1] = True
         return SeqBatch(
             items=batch.items.masked_fill(masked, self.mask_id),
             events=batch.events.masked_fill(masked, 0),  # what the masked event was is unknown at prediction
