@@ -40,6 +40,11 @@ class BERT4Rec(SequentialRecommender):
         )
         self.bert = BertModel(config, add_pooling_layer=False)
         self.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+        # BERT's masked-LM head transform (dense, GELU, LayerNorm) before the item scores, as in the BERT4Rec
+        # authors' code and RecBole: the encoder's output is a LayerNorm'd state, not an item embedding.
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(cfg.hidden, cfg.hidden), torch.nn.GELU(), torch.nn.LayerNorm(cfg.hidden, eps=1e-12)
+        )
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:
         b, t = batch.items.shape
@@ -50,7 +55,7 @@ class BERT4Rec(SequentialRecommender):
             position_ids=positions,
             token_type_ids=torch.zeros_like(batch.items),
         )
-        return output.last_hidden_state
+        return self.head(output.last_hidden_state)
 
     @staticmethod
     def _padding_mask(items: torch.Tensor) -> torch.Tensor:
