@@ -11,7 +11,7 @@ from pathlib import Path
 from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
-from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE
+from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
 from fedseqrec.results.folder import RunFolder
 
 OVERLAP = (
@@ -30,8 +30,7 @@ def _recomputer():
         return epsilon(list(records), delta, accountant)
 
     def of(entry: dict) -> float:
-        records = tuple((r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in entry["ledger"])
-        return composed(records, float(entry["delta"]), entry["accountant"])
+        return composed(tuple(records_of(entry)), float(entry["delta"]), entry["accountant"])
 
     return of
 
