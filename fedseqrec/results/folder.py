@@ -36,24 +36,28 @@ def _atomic_write(path: Path, write) -> None:
     tmp.replace(path)
 
 
-def _what_is_there(path: Path) -> str:
-    """What a folder without a resumable run holds, in words."""
+def _config_kind(path: Path) -> str | None:
+    """What ``config.json`` says the folder holds: "federated", "centralized", or None (none / unreadable)."""
     try:
         config = json.loads((path / CONFIG).read_text())
     except (OSError, ValueError):
+        return None
+    return "federated" if isinstance(config, dict) and "run_config" in config else "centralized"
+
+
+def _what_is_there(path: Path) -> str:
+    """What a folder without a resumable run holds, in words."""
+    kind = _config_kind(path)
+    if kind is None:
         return "not a fedseqrec run folder (a run folder holds config.json and state.pt after its first round)"
-    if not isinstance(config, dict) or "run_config" not in config:
+    if kind == "centralized":
         return "holds the results of `fedseqrec train` (a centralized model), not a federated run"
     return "holds a federated run that completed no round (no state.pt)"
 
 
 def _unfinished_run(path: Path) -> bool:
     """A federated run that was stopped before its first round completed."""
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "run_config" in config and not (path / STATE).exists()
+    return _config_kind(path) == "federated" and not (path / STATE).exists()
 
 
 class RunFolder:
