@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedseqrec.client.secure_aggregation import secure_aggregation_mod
 from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
@@ -162,7 +163,9 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         metrics = MetricRecord({"partition-id": partition, "num-partitions": partitions})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
-    @app.train(mods=[central_clipping_mod])  # per handler: Flower's clipping mods don't check the type
+    # Per handler: Flower's clipping mods don't check the message type. Secure aggregation masks what the clipping
+    # mod clipped, so it comes first (outermost).
+    @app.train(mods=[secure_aggregation_mod, central_clipping_mod])
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)

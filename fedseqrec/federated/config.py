@@ -107,6 +107,36 @@ def robust_minimum(strategy: str, byzantine: int) -> int:
     return 1
 
 
+SECURE = "secure aggregation"
+
+
+@dataclass
+class SecureAggregationConfig:
+    """SecAgg+ (Bell et al., 2020) as Flower implements it: the clients mask their quantised updates so that the
+    server learns only their sum (``fedseqrec.server.secure_aggregation``)."""
+
+    secure_aggregation: bool = option(
+        False, "SecAgg+: the server learns only the sum of the round's updates, never one client's", group=SECURE
+    )
+    secagg_shares: int | None = option(
+        None, "shares each client's secrets are split into, one per neighbour, itself included (default: every "
+        "client of the round; fewer make SecAgg+ sparse)", check=lambda v: None if v >= 3 else "must be at least 3",
+        group=SECURE,
+    )  # fmt: skip
+    secagg_threshold: float = option(
+        0.6, "share of a client's neighbours that must stay to the end (the secrets need that many shares): "
+        "higher resists more colluding clients, lower tolerates more dropouts", check=within(0, 1, low_open=True,
+        high_open=False), group=SECURE,
+    )  # fmt: skip
+    secagg_clipping_range: float = option(
+        8.0, "values are clipped to +-this before quantisation to 2^22 levels", check=positive, group=SECURE
+    )
+    secagg_max_weight: int | None = option(
+        None, "largest num-examples a client may weigh with (default: the largest client of the partition the server "
+        "computes, else the users of the federation)", check=positive_int, group=SECURE,
+    )  # fmt: skip
+
+
 @dataclass
 class FederatedEvaluationConfig(EvaluationConfig):
     mode: str = option(
@@ -129,6 +159,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = section(AlgorithmConfig)
     evaluation: FederatedEvaluationConfig = section(FederatedEvaluationConfig)
     privacy: PrivacyConfig = section(PrivacyConfig)
+    secure: SecureAggregationConfig = section(SecureAggregationConfig)
     out: str | None = option(None, "run folder (default: runs/STRATEGY-MODEL-TIME)", metavar="DIR", group="run")
 
     @classmethod
@@ -170,6 +201,7 @@ class RunConfig:
         if clients is not None and algorithm.min_clients > clients:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
         self._validate_robust(clients)
+        self._validate_secure(clients)
         self.privacy.validate(
             algorithm.strategy,
             algorithm.clients_per_round,
@@ -196,6 +228,30 @@ class RunConfig:
                 f"--strategy {algorithm.strategy} with --byzantine-clients {algorithm.byzantine_clients} needs at "
                 f"least {needed} clients a round, the run has {per_round}"
             )
+
+    def _validate_secure(self, clients: int | None) -> None:
+        algorithm, privacy = self.algorithm, self.privacy
+        if not self.secure.secure_aggregation:
+            return
+        clash = (
+            f"--strategy {algorithm.strategy} (it needs each update in the clear)"
+            if algorithm.strategy in ROBUST_STRATEGIES
+            else "--central-dp (use --user-dp --noise-shares clients: noise added by the silos, summed securely)"
+            if privacy.central_dp is not None
+            else "--max-update-norm (the server never sees one update)"
+            if algorithm.max_update_norm is not None
+            else "--client-pool (SecAgg+ keeps its keys per node: one node, one client)"
+            if algorithm.client_pool is not None
+            else None
+        )
+        if clash is not None:
+            raise UserError(f"--secure-aggregation does not combine with {clash}")
+        per_round = algorithm.clients_per_round or clients
+        if per_round is not None and per_round < 3:
+            raise UserError(f"--secure-aggregation needs at least 3 clients a round, the run has {per_round}")
+        shares = self.secure.secagg_shares
+        if shares is not None and per_round is not None and shares > per_round:
+            raise UserError(f"--secagg-shares {shares} is more than the {per_round} clients of a round")
 
     def _ghost_safe(self) -> bool:
         # Imported here: the model class brings torch, which the CLI should not pay to build its parsers.

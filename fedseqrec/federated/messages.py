@@ -1,5 +1,8 @@
 """Keys the server adds to the run config in a message's ConfigRecord; the ClientApp reads them back."""
 
+import numpy as np
+from flwr.app import ArrayRecord
+
 ROUND_KEY = "server-round"  # the round a train message belongs to
 WHICH_KEY = "which"  # evaluation: "valid" or "test"
 # A pooled simulated node (see server.directory.NodePool) learns from each message which client it acts as.
@@ -11,7 +14,14 @@ USER_RATE_KEY, NOISE_STD_KEY = "user-rate", "noise-share-std"
 CLIP_KEY, COUNT_NOISE_KEY = "clip-norm", "count-noise-share-std"
 # DP-SGD at the clients: the records the server holds for the client addressed (JSON), its authoritative ledger.
 HELD_LEDGER_KEY = "held-ledger"
+# Secure aggregation: the reply is a sum the server adds up as it is (weight 1), not weights averaged by examples.
+SECURE_SUM_KEY = "secagg-sum"
 SERVER_KEYS = (
     ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY, CLIP_KEY, COUNT_NOISE_KEY,
-    HELD_LEDGER_KEY,
+    HELD_LEDGER_KEY, SECURE_SUM_KEY,
 )  # fmt: skip
+
+
+def summed_keys(arrays: ArrayRecord) -> list[str]:
+    """The arrays secure aggregation adds up, in the order both sides use: the floating-point ones, by name."""
+    return sorted(k for k, a in arrays.items() if np.issubdtype(np.dtype(a.dtype), np.floating))

@@ -56,6 +56,16 @@ def sized_partition(cfg: RunConfig, num_partitions: int | None) -> DataConfig:
     return data
 
 
+def largest_client(cfg: RunConfig, num_partitions: int) -> int | None:
+    """The most users one client of the run's partition holds (None: the server cannot compute the partition, e.g.
+    a deployment whose nodes hold exported folders)."""
+    try:
+        partition = cached_dataset(sized_partition(cfg, num_partitions)).partition
+    except (UserError, OSError):
+        return None
+    return int(np.bincount(partition.client_of_user[1:]).max()) if partition is not None else None
+
+
 def expected_clients(cfg: RunConfig) -> int | None:
     """The number of clients the run asks for, where it fixes one (attribute partitions find their own)."""
     return cfg.data.clients if cfg.data.clients is not None and cfg.data.partition != "attribute" else None

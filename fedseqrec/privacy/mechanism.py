@@ -39,6 +39,7 @@ class RunFacts:
     horizon: int = 1  # rounds an --epsilon target is calibrated for
     trainable: tuple[str, ...] = ()  # the global model's trainable parameters
     seed: int = 0  # the run seed (what the public users are drawn from)
+    secure: bool = False  # the server sees only the sum of the round's replies (SecAgg+)
 
 
 class PrivacyMechanism:

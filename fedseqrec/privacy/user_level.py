@@ -240,13 +240,7 @@ class UserLevelDPFedSGD(OneReleasePerRound):
     def state(self) -> str:
         a, p = self.accountant, self.privacy
         entry = self.entry()
-        trust = (
-            "trusted aggregator: the server adds the noise and sees every silo's exact sum of clipped gradients"
-            if p.noise_shares == "server"
-            else "noise shares: each silo adds N(0, σ²C²/K) to its sum; the total is private, a single silo's sum "
-            "is not — users are protected only if the server combines the sums under secure aggregation and never "
-            "sees one alone (this deployment does not run secure aggregation)"
-        )
+        trust = _trust(p.noise_shares, self.run.secure)
         return json.dumps(
             {
                 "mechanism": self._mechanism_text(),
@@ -292,3 +286,24 @@ class UserLevelDPFedSGD(OneReleasePerRound):
 
     def summary(self) -> dict:
         return {**super().summary(), "noise_shares": self.privacy.noise_shares}
+
+
+def _trust(noise_shares: str, secure: bool) -> str:
+    """Whom the guarantee asks users to trust, in the report's words."""
+    if noise_shares == "server":
+        return (
+            "trusted aggregator: the server adds the noise and sees the exact sum of clipped gradients"
+            + (" (secure aggregation hides each silo's sum, not their total)" if secure else " of every silo")
+        )
+    if secure:
+        return (
+            "noise shares under secure aggregation (SecAgg+): each silo adds N(0, σ²C²/K) to its sum and the server "
+            "learns only the total, whose noise is the accounted σ²C²; it learns nothing of one silo's sum unless it "
+            "colludes with the reconstruction threshold of silos, and a round a silo drops out of fails before the "
+            "sum is unmasked"
+        )
+    return (
+        "noise shares: each silo adds N(0, σ²C²/K) to its sum; the total is private, a single silo's sum is not — "
+        "users are protected only if the server combines the sums under secure aggregation and never sees one "
+        "alone (this run does not use --secure-aggregation)"
+    )

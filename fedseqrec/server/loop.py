@@ -29,6 +29,7 @@ from fedseqrec.results.summary import summary_markdown
 from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
 from fedseqrec.server.evaluation import GlobalEvaluation
 from fedseqrec.server.replies import ReplyRules, metrics_problem, update_problem
+from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, secure_settings
 from fedseqrec.server.strategies import (
     build_strategy,
     check_robust_round,
@@ -69,6 +70,7 @@ class Federation:
             cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, self.progress.on_message,
             users=self.ds.sequences.n_users, horizon=cfg.planned_horizon(),
             trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad), seed=cfg.data.seed,
+            secure=cfg.secure.secure_aggregation,
         )  # fmt: skip
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism)
@@ -79,6 +81,7 @@ class Federation:
         self._saved_privacy: str | None = None
         self.arrays = ArrayRecord(self.model.state_dict())
         keys, weights = self.mechanism.reply_arrays(list(self.arrays.keys()))
+        self.secure: SecAggSettings | None = None  # set once the clients are known (run)
         self.rules = ReplyRules.for_arrays(
             self.arrays, keys, weights=weights, max_examples=self.ds.sequences.n_users or 2**31 - 1,
             max_update_norm=cfg.algorithm.max_update_norm,
@@ -121,6 +124,9 @@ class Federation:
         clients = self.directory.available(max(algorithm.min_clients, algorithm.clients_per_round or 1))
         self.progress.on_message(f"{len(clients)} clients connected in {time.perf_counter() - start:.1f} s")
         self.mechanism.start(self.directory.num_partitions or len(clients), self._saved_privacy, self.round)
+        if self.cfg.secure.secure_aggregation:
+            self.secure = secure_settings(self.cfg, self.rules.weights, self.directory.num_partitions or len(clients),
+                                          self.ds.sequences.n_users, self.progress.on_message)  # fmt: skip
         for server_round in range(self.round + 1, algorithm.rounds + 1):
             try:
                 record = self.train_round(server_round)
@@ -158,7 +164,11 @@ class Federation:
         messages = self.strategy.configure_train(server_round, self.arrays, config, ChosenNodes(self.grid, route))
         messages = self._with_client_config(self.directory.address(list(messages), route), route)
         exchange_start = time.perf_counter()
-        replies = list(self.grid.send_and_receive(messages, timeout=algorithm.round_timeout)) if messages else []
+        secure = self._secure_round()
+        if secure is not None:
+            messages, replies = secure.exchange(messages, algorithm.round_timeout)
+        else:
+            replies = list(self.grid.send_and_receive(messages, timeout=algorithm.round_timeout)) if messages else []
         exchange_seconds = time.perf_counter() - exchange_start
         # An error the SuperLink writes for a node that is gone may not carry the node as its source: map replies
         # to clients through the message they answer.
@@ -169,7 +179,7 @@ class Federation:
         for partition, reason in refused.items():
             failed.append(f"client {partition} (refused)")
             self.progress.on_message(f"round {server_round}: client {partition} refused: {reason}")
-        updates = self._checked_updates([(r, p) for r, p in ok if p not in refused], failed, server_round)
+        updates = self._checked_updates([(r, p) for r, p in ok if p not in refused], failed, server_round, secure)
         if len(updates) < self.mechanism.min_updates(len(chosen)):
             self.mechanism.too_few_updates(server_round, privacy.get("declined", []), len(updates))
             raise RunError(
@@ -177,6 +187,9 @@ class Federation:
                 f"--min-clients {algorithm.min_clients} (failed: {', '.join(failed) or 'none'}); {self._resumable()}"
             )
         trained = self.mechanism.to_aggregate(updates)
+        figures = _train_figures([r.content["metrics"] for r in trained])
+        if secure is not None and trained:
+            trained, figures["secure"] = secure.combined(trained, self.arrays, server_round, self._resumable())
         check_robust_round(algorithm, len(trained), server_round)
         arrays = self.strategy.aggregate_train(server_round, trained)[0] if trained else None
         if not trained:
@@ -184,8 +197,13 @@ class Federation:
         if arrays is not None:
             self.arrays = _as_model_dtypes(arrays, self.model)
         return {"_start": started, "round": server_round, "clients": len(updates), "failed": failed, **privacy,
-                **_train_figures([r.content["metrics"] for r in trained]),
-                "exchange_seconds": round(exchange_seconds, 3)}  # fmt: skip
+                **figures, "exchange_seconds": round(exchange_seconds, 3)}  # fmt: skip
+
+    def _secure_round(self) -> SecureRound | None:
+        if self.secure is None:
+            return None
+        expected = ArrayRecord({k: self.arrays[k] for k in self.rules.expected})
+        return SecureRound(self.grid, self.secure, expected, self.rules, self.progress.on_message)
 
     def _with_client_config(self, messages: list[Message], route: dict[int, int]) -> list[Message]:
         """Each message with what the mechanism sends its client alone (a strategy may share one content)."""
@@ -216,11 +234,12 @@ class Federation:
         ok.sort(key=lambda pair: pair[1])
         return ok, failed
 
-    def _checked_updates(self, ok: list[tuple], failed: list[str], server_round: int) -> list[Message]:
-        """The replies whose arrays may be aggregated (a client out of privacy budget sends none)."""
+    def _checked_updates(self, ok: list[tuple], failed: list[str], server_round: int, secure) -> list[Message]:
+        """The replies whose arrays may be aggregated (a client out of privacy budget sends none; under secure
+        aggregation they are masked: only their sum is checked)."""
         updates = []
         for reply, partition in ok:
-            problem = update_problem(reply, self.rules, self.arrays)
+            problem = None if secure is not None else update_problem(reply, self.rules, self.arrays)
             if problem is not None:
                 failed.append(f"client {partition} (rejected)")
                 self.progress.on_message(f"round {server_round}: client {partition}'s update rejected: {problem}")
@@ -291,6 +310,8 @@ class Federation:
                                              self.model.cfg.max_len))  # fmt: skip
         if self.mechanism.private:
             results["privacy"] = self.mechanism.summary()
+        if self.secure is not None:
+            results["secure_aggregation"] = self.secure.describe()
         self.folder.write_json("metrics.json", results)
         if self.mechanism.private:
             write_privacy_report(self.folder.path)

@@ -18,6 +18,7 @@ from flwr.simulation import run_simulation
 
 from fedseqrec.client.client_app import app as default_client_app
 from fedseqrec.client.client_app import make_client_app, partition_of
+from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.environment import FLOWER_ENVIRONMENT
 from fedseqrec.results.folder import RunFolder
@@ -57,6 +58,11 @@ def simulate(
     attacked = attack is not None and attack.attack != "none"
     if attacked and client_app is not None:
         raise ValueError("an attack wraps the default ClientApp: give no client_app with it")
+    if attacked and cfg.secure.secure_aggregation:
+        raise UserError(
+            "--attack does not combine with --secure-aggregation: the attacks measure robust aggregation, which needs "
+            "each update in the clear"
+        )
     os.environ.update(FLOWER_ENVIRONMENT)
     cfg, folder, n_clients = prepare_run(cfg, out, resume, rounds)
     if attacked:
@@ -65,6 +71,7 @@ def simulate(
         "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
     }
+
     def where() -> str:
         return f"the run folder keeps its last completed round: continue with --resume {folder.path}"
 
