@@ -269,6 +269,22 @@ def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
 
 
 @pytest.mark.slow
+def test_deploy_local_aggregates_under_secagg_plus(tmp_path, cli):
+    """SecAgg+ across real SuperNode processes: Flower's client mod keeps its keys in each node's context between
+    the four messages of a round (a fresh ClientApp process each)."""
+    out = tmp_path / "run"
+    result = cli("deploy", "local", *TINY_FLAGS, "--rounds", "2", "--secure-aggregation", "--timeout", "300",
+                 "--out", out)  # fmt: skip
+    assert result.code == 0, result.err + result.out
+    assert "secure aggregation (SecAgg+)" in result.out and "round   2/2  clients   3" in result.out
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["secure"]["secagg_clients"] for r in rounds] == [3, 3]
+    assert all(0 < r["secure"]["secagg_bound"] < 1e-3 and r["secure"]["clipped"] == 0 for r in rounds)
+    assert json.loads((out / "metrics.json").read_text())["secure_aggregation"]["threshold"] == 2
+    _no_processes_left(out / "deployment")
+
+
+@pytest.mark.slow
 def test_an_unregistered_node_is_refused(tmp_path, exported):
     with LocalDeployment(tmp_path / "deployment") as deployment:
         deployment.start()

@@ -124,6 +124,7 @@ class SecureRound:
         self.keys = summed_keys(expected)
         self.shapes = [tuple(expected[k].shape) for k in self.keys]
         self.state: _State | None = None
+        self.seconds: dict[str, float] = {}  # each stage's wall time: what SecAgg+ costs the round
         self.timeout: float | None = None
         self.group = ""
 
@@ -142,7 +143,9 @@ class SecureRound:
         forward = _forwarded(answered, state.keyed)
         train = [self._with_shares(m, *forward[m.metadata.dst_node_id])
                  for m in messages if m.metadata.dst_node_id in state.keyed]  # fmt: skip
+        started = time.perf_counter()
         replies = list(self.grid.send_and_receive(train, timeout=timeout)) if train else []
+        self.seconds["train and mask"] = round(time.perf_counter() - started, 3)
         for reply in replies:
             problem = None if reply.has_error() else self._take_vector(reply)
             if problem:
@@ -177,10 +180,12 @@ class SecureRound:
         for config in self._send("unmask", requests).values():
             for owner, share in zip(config[Key.NODE_ID_LIST], config[Key.SHARE_LIST], strict=True):
                 collected[owner].append(share)
+        started = time.perf_counter()
         weight, total = self._unmasked(active, dead, collected)
+        self.seconds["remove masks"] = round(time.perf_counter() - started, 3)
         bound = aggregate_bound(len(active), weight, self.settings.clipping_range, self.sums)
         figures = {"secagg_clients": len(active), "secagg_dropped": len(dead), "secagg_weight": weight,
-                   "secagg_bound": bound}  # fmt: skip
+                   "secagg_bound": bound, "stage_seconds": self.seconds}  # fmt: skip
         examples = sum(int(r.content["metrics"]["num-examples"]) for r in accepted)
         if weight == 0:
             return None, figures
@@ -216,8 +221,10 @@ class SecureRound:
     def _send(self, stage: str, configs: dict[int, dict]) -> dict[int, ConfigRecord]:
         """Send each node its stage config; the configs that came back, by node (failures logged)."""
         messages = [self._message(n, RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(c)})) for n, c in configs.items()]
-        answered = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout) if messages else []:
+        answered, started = {}, time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+        self.seconds[stage] = round(time.perf_counter() - started, 3)
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self.warn(f"node {node} dropped out of secure aggregation at {stage}: {reply.error.reason}")
