@@ -12,7 +12,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from helpers import TINY as TINY_PLAIN
-from helpers import client_context, message
+from helpers import TINY_FLAGS, client_context, message
 
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.errors import UserError
@@ -225,3 +225,48 @@ def test_a_dp_run_killed_between_the_clients_ledgers_and_the_servers_state_resum
     report = json.loads((out / "privacy_report.json").read_text())
     assert [r["round"] for r in report["clients"][0]["ledger"]] == [1, 2, 3, 3]
     assert report["max_epsilon"] > once and report["flags"] == []
+
+
+# A `fedseqrec simulate` process that kills itself (SIGKILL: no handler runs) halfway through writing the state of
+# the round given, as a power cut or the OOM killer would.
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+import fedseqrec.results.folder as folder
+from fedseqrec.cli import main
+
+kill_round, saves = int(sys.argv[1]), []
+atomic_write = folder._atomic_write
+
+def write_then_die(path, write):
+    if path.name == "state.pt":
+        saves.append(path)
+        if len(saves) == kill_round:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            write(tmp)
+            os.truncate(tmp, tmp.stat().st_size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    atomic_write(path, write)
+
+folder._atomic_write = write_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_saving_its_state_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    flags = [*TINY_FLAGS, "--rounds", "3"]
+    subprocess.run([sys.executable, "-m", "fedseqrec.cli", "simulate", *flags, "--out", str(tmp_path / "whole")],
+                   check=True, capture_output=True)  # fmt: skip
+    folder = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, "2", "simulate", *flags, "--out", str(folder)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert list(folder.glob(".state.pt.tmp-*")), "the kill did not land inside the save"
+    assert torch.load(folder / "state.pt", weights_only=True)["round"] == 1  # the last complete save
+    resumed = subprocess.run([sys.executable, "-m", "fedseqrec.cli", "simulate", "--resume", str(folder)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not list(folder.glob(".*.tmp-*"))
+    assert [json.loads(line)["round"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    whole, again = (torch.load(p / "model_last.pt", weights_only=True) for p in (tmp_path / "whole", folder))
+    assert all(torch.equal(whole[k], again[k]) for k in whole)

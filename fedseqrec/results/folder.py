@@ -81,6 +81,8 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock = fd
+        for stale in self.path.glob(".*.tmp-*"):  # half-written by a process killed while saving (none runs now)
+            stale.unlink(missing_ok=True)
         return self
 
     def release(self) -> None:
