@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fedseqrec.centralized.config import TrainConfig
+from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, poisoning_figures, popularity_baseline
@@ -48,6 +49,7 @@ def train_centralized(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(data_cfg.seed)
+    data_cfg = data_cfg.with_audit_seed()  # (recorded in config.json with the results)
     ds = load_dataset(data_cfg)
     if on_data is not None:
         on_data(ds)
@@ -57,6 +59,8 @@ def train_centralized(
         return _write_results(out, _popularity_results(ds, model_cfg, cfg), data_cfg, model_cfg, cfg)
     model = build_model(model_cfg.name, model_cfg)
     out.mkdir(parents=True, exist_ok=True)
+    (out / SEALED).unlink(missing_ok=True)  # a new run in an old folder: its own coins
+    seal(out, ds.audit)
     history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg.seed)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     save_checkpoint(out, model, model_cfg.name, ds.sequences)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from fedseqrec.cli.common import add_command, unset_defaults
+from fedseqrec.cli.report import run_audit
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.config import TRAINABLE_MODELS
 from fedseqrec.options import add_options, from_args
@@ -84,7 +85,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         attack=from_args(AttackConfig(), args),
     )
     print_results(results, folder.path)
-    return 0
+    return run_audit(folder.path) if folder.config().data.audited else 0
 
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:

@@ -39,7 +39,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if report["flags"] else 0
 
 
+def run_audit(folder: Path) -> int:
+    """Audit a finished run and say what was found; exit status 1 when the bound exceeds the claimed ε."""
+    from fedseqrec.results.audit import audit_folder  # torch: not for building the parsers
+
+    found = audit_folder(folder)
+    claimed = found["claimed"]["epsilon"]
+    parts = []
+    for part, words in (("canaries", "canaries"), ("real_users", "real users")):
+        if part in found:
+            f = found[part]
+            parts.append(f"{words}: {f['correct']}/{f['guesses']} guesses right, ε ≥ {f['epsilon_lower_bound']:.3f}, "
+                         f"attack AUC {f['auc']:.3f}, TPR at 1% FPR {f['tpr_at_fpr_0.01']:.3f}")  # fmt: skip
+    print(f"privacy audit ({found['confidence']:.0%} confidence): " + "; ".join(parts))
+    claim = f"{claimed:.3f}" if claimed is not None else "none (no DP)"
+    print(f"empirical ε ≥ {found['epsilon_lower_bound']:.3f}; claimed ε {claim}; written {folder / 'audit.json'}, "
+          "audit.png")  # fmt: skip
+    if found["consistent"] is False:
+        print("flagged: the empirical lower bound exceeds the claimed ε: a mechanism does not do what it is "
+              "accounted for", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """empirical privacy audit of a run trained with canaries
+
+    Score every canary (--audit-canaries) and audited real user (--audit-users) of a finished run under its model,
+    open the coins sealed when it started, and turn the guesses into an empirical lower bound on ε (Steinke, Nasr
+    and Jagielski 2023, 95 % confidence) beside the ε the run claims, plus the membership-inference attack's AUC
+    and TPR at low FPR. Writes audit.json and audit.png (and the privacy report of a private run). `train` and
+    `simulate` run it themselves when they end; exit 1 when the bound exceeds the claimed ε.
+    """
+    return run_audit(Path(args.run))
+
+
 def register(commands: argparse._SubParsersAction) -> None:
+    audit = add_command(commands, "audit", cmd_audit)
+    audit.add_argument("run", metavar="RUN_DIR", help="a run folder trained with --audit-canaries / --audit-users")
     report = add_command(commands, "report", cmd_report)
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
     report.add_argument("--compare", action="store_true", help="privacy-utility curve of several runs")

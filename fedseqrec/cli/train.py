@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.cli.common import add_command, add_data_options, data_config, model_config, unset_defaults
+from fedseqrec.cli.report import run_audit
 from fedseqrec.data.cleaning import cleaning_summary
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
@@ -84,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{results['train_seconds']:.1f} s training)"
     )
     print(f"results in {out.resolve()}")
-    return 0
+    data = json.loads((out / "config.json").read_text())["data"]
+    return run_audit(out) if data.get("audit_canaries") or data.get("audit_users") else 0
 
 
 def checkpoint_data(folder: Path, args: argparse.Namespace) -> DataConfig:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import secrets
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from fedseqrec.data.canaries import apply_plan, audit_plan, canary_ids
 from fedseqrec.data.cleaning import CleaningOptions, CleaningReport, clean, keep_most_recent
 from fedseqrec.data.eventlog import PRESETS
 from fedseqrec.data.formats import FORMATS, load_interactions, resolve_path
@@ -24,6 +26,7 @@ from fedseqrec.options import non_negative_int, option, positive, positive_int, 
 
 PARTITION = "client partition"
 POISONING = "poisoning (attack experiments)"
+AUDIT = "privacy audit"
 
 
 @dataclass
@@ -95,7 +98,29 @@ class DataConfig:
         None, "the item the fake users push (default: one of the less popular half, drawn with --seed)",
         metavar="ITEM", group=POISONING,
     )  # fmt: skip
+    audit_canaries: int = option(
+        0, "privacy audit: canary users with random histories, each trained on with probability 1/2 (a fair coin, "
+        "sealed in the run folder)", check=non_negative_int, group=AUDIT,
+    )  # fmt: skip
+    audit_users: int = option(
+        0, "privacy audit: real users put to the same coin (tails: left out of training), the membership-inference "
+        "attack's members and non-members", check=non_negative_int, group=AUDIT,
+    )  # fmt: skip
+    audit_seed: int | None = option(
+        None, "the audit's coins (default: drawn from the OS when a run starts, recorded in its config)",
+        check=non_negative_int, group=AUDIT,
+    )  # fmt: skip
     shop: ShopConfig = section(ShopConfig)
+
+    @property
+    def audited(self) -> bool:
+        return self.audit_canaries > 0 or self.audit_users > 0
+
+    def with_audit_seed(self) -> DataConfig:
+        """This config with the audit's coins fixed: a secret seed drawn now and recorded with the run."""
+        if not self.audited or self.audit_seed is not None:
+            return self
+        return replace(self, audit_seed=secrets.randbits(31))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +158,7 @@ class Dataset:
     partition: Partition | None
     cleaning: CleaningReport | None  # None for a prepared folder (cleaned when it was prepared)
     options: dict  # what produced the sequences: cleaning options, max length, shop parameters
+    audit: dict | None = None  # the privacy audit's canaries, audited users and coins (data/canaries.py)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
@@ -160,6 +186,12 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
         events = add_fake_users(events, cfg.fake_users, target, cfg.seed)
     elif cfg.target_item is not None:
         raise UserError("--target-item needs --fake-users (the share of fake users that push it)")
+    plan = None
+    if cfg.audited:
+        if cfg.audit_seed is None:
+            raise UserError("--audit-canaries / --audit-users need --audit-seed here (a run draws one itself)")
+        plan = audit_plan(events, cfg.audit_canaries, cfg.audit_users, cfg.audit_seed)
+        events = apply_plan(events, plan)
     sequences = build_sequences(events, log.user_features, log.item_features)
     split = make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
     options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, **extra}
@@ -167,6 +199,8 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
         fakes = fake_user_ids(sequences.vocab.users)
         split = train_only(split, fakes, sequences.lengths.astype(np.int64))
         options["poisoning"] = {"fake_users": int(len(fakes)), "target_item": target}
+    if plan is not None:
+        split = train_only(split, canary_ids(sequences.vocab.users), sequences.lengths.astype(np.int64))
     return Dataset(
         source=log.source,
         format=log.format,
@@ -175,12 +209,13 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
         partition=_partition(sequences, cfg),
         cleaning=report,
         options=options,
+        audit=plan,
     )
 
 
 def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
-    if cfg.fake_users > 0:
-        raise UserError(f"{path}: fake users are added to a raw log, not to a prepared dataset")
+    if cfg.fake_users > 0 or cfg.audited:
+        raise UserError(f"{path}: fake users and audit canaries are added to a raw log, not to a prepared dataset")
     if cfg.cleaning() != CleaningOptions() or cfg.max_len is not None:
         raise UserError(
             f"{path}: is a prepared dataset, already cleaned and truncated; cleaning options apply when you run "

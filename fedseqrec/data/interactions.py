@@ -116,3 +116,17 @@ def make_table(
         }
     )
     return table
+
+
+def append_users(events: pd.DataFrame, added: pd.DataFrame, event: str) -> pd.DataFrame:
+    """``events`` (a cleaned log) with ``added`` users' rows (user, item, timestamp) appended, all of event type
+    ``event`` and without rating or query, grouped by user as cleaning leaves the log."""
+    added = added.copy()
+    added[EVENT] = event
+    added[RATING] = np.nan
+    added[QUERY] = pd.NA
+    for column in events.columns.difference(added.columns):  # cleaning's bookkeeping (file order): after the rest
+        numeric = pd.api.types.is_numeric_dtype(events[column])
+        added[column] = np.arange(len(added)) + events[column].max() + 1 if numeric else pd.NA
+    combined = pd.concat([events, added[events.columns]], ignore_index=True)
+    return combined.sort_values(USER, kind="stable", ignore_index=True)

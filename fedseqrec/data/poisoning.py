@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from fedseqrec.data.interactions import EVENT, ITEM, QUERY, RATING, TIMESTAMP, USER
+from fedseqrec.data.interactions import EVENT, ITEM, TIMESTAMP, USER, append_users
 from fedseqrec.data.splits import Split
 from fedseqrec.errors import UserError
 
@@ -52,14 +52,7 @@ def add_fake_users(events: pd.DataFrame, share: float, target: str, seed: int) -
         for position, item in enumerate(sequence):
             rows.append((f"{FAKE_PREFIX}{f:05d}", item, start + position))
     fake = pd.DataFrame(rows, columns=[USER, ITEM, TIMESTAMP])
-    fake[EVENT] = events[EVENT].mode().iloc[0] if len(events) else "interaction"
-    fake[RATING] = np.nan
-    fake[QUERY] = pd.NA
-    for column in events.columns.difference(fake.columns):  # cleaning's bookkeeping (file order): after the rest
-        numeric = pd.api.types.is_numeric_dtype(events[column])
-        fake[column] = np.arange(len(fake)) + events[column].max() + 1 if numeric else pd.NA
-    combined = pd.concat([events, fake[events.columns]], ignore_index=True)
-    return combined.sort_values(USER, kind="stable", ignore_index=True)  # grouped by user, as cleaning leaves it
+    return append_users(events, fake, events[EVENT].mode().iloc[0] if len(events) else "interaction")
 
 
 def fake_user_ids(user_tokens: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ def build_privacy_report(folder: Path) -> dict:
     config = _read_json(folder / "config.json")["run_config"]
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
     clients, flags = [], []
+    audit = _audit_summary(folder)
     recompute = _recomputer()
     for client in sorted(privacy["clients"], key=int):
         entry = privacy["clients"][client]
@@ -107,8 +108,27 @@ def build_privacy_report(folder: Path) -> dict:
         "utility": _utility(RunFolder(folder)),
         "popularity": (metrics.get("popularity") or {}).get("valid", {}).get("NDCG@10"),
         "notes": metrics.get("notes", []),
-        "flags": flags,
+        "flags": flags + _audit_flags(audit),
+        "audit": audit,
     }
+
+
+def _audit_summary(folder: Path) -> dict | None:
+    """The audit's figures (``audit.json``, without the per-canary scores), if the run was audited."""
+    if not (folder / "audit.json").is_file():
+        return None
+    found = _read_json(folder / "audit.json")
+    for part in ("canaries", "real_users"):
+        if part in found:
+            found[part] = {k: v for k, v in found[part].items() if k != "scores"}
+    return found
+
+
+def _audit_flags(audit: dict | None) -> list[str]:
+    if not audit or audit.get("consistent") is not False:
+        return []
+    return [f"the audit's lower bound ε ≥ {audit['epsilon_lower_bound']:.4g} exceeds the claimed ε "
+            f"{audit['claimed']['epsilon']:.4g}: a mechanism does not do what it is accounted for"]  # fmt: skip
 
 
 def _utility(folder: RunFolder) -> list[dict]:
@@ -156,13 +176,31 @@ def report_markdown(report: dict) -> str:
             f"{c['rounds_trained']} | {', '.join(_fmt(n) for n in noises)} | {', '.join(_fmt(q) for q in rates)} "
             f"| {steps} |"
         )
+    lines += _audit_lines(report.get("audit"))
     lines += [""] + [f"**{note}**" for note in report.get("notes", [])]
     lines += [f"**flagged: {flag}**" for flag in report.get("flags", [])]
     lines += ["", "Plots: `epsilon_per_round.png`, `ndcg_per_round.png`.", ""]
     return "\n".join(lines)
 
 
-def _pyplot():
+def _audit_lines(audit: dict | None) -> list[str]:
+    if not audit:
+        return []
+    lines = ["", f"## Empirical audit ({audit['confidence']:.0%} confidence; plot: `audit.png`)", "",
+             f"- claimed ε {_fmt(audit['claimed']['epsilon'])}; empirical lower bound ε ≥ "
+             f"{_fmt(audit['epsilon_lower_bound'])}"]  # fmt: skip
+    for part, words in (("canaries", "canaries"), ("real_users", "audited real users")):
+        found = audit.get(part)
+        if found:
+            lines.append(
+                f"- {words}: {found['members']} trained on, {found['non_members']} not; {found['correct']} of "
+                f"{found['guesses']} guesses right; ε ≥ {_fmt(found['epsilon_lower_bound'])}; attack AUC "
+                f"{found['auc']:.3f}, TPR at 1 % FPR {found['tpr_at_fpr_0.01']:.3f}"
+            )
+    return lines
+
+
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +227,7 @@ def _clients_label(members: list[str], total: int) -> str:
 def plot_epsilon(report: dict, path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     history = report["history"]
     rounds = [h["round"] for h in history]
@@ -217,7 +255,7 @@ def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) 
     """Validation NDCG@10 per round from zero up, with the popularity baseline and a run without DP if given."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     utility = report["utility"]
     values = [u["NDCG@10"] for u in utility]
@@ -278,7 +316,7 @@ def compare_runs(folders: list[Path], out: Path) -> list[dict]:
             "are not comparable"
         )
     rows.sort(key=lambda r: r["epsilon"])
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     finite = [r for r in rows if math.isfinite(r["epsilon"])]
     ax.plot([r["epsilon"] for r in finite], [r["NDCG@10"] for r in finite], marker="o")

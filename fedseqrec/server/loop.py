@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
+from fedseqrec.data.canaries import seal
 from fedseqrec.errors import RunError, UserError
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
@@ -90,6 +91,7 @@ class Federation:
             self._restore(self.folder.load_state())
         else:
             self.folder.keep_rounds_until(0)  # a run stopped before its first state: the log line of a lost round
+            seal(self.folder.path, self.ds.audit)  # the privacy audit's coins, before any training
             self._prepare_model()
         self.folder.write_json("model.json", describe(cfg.model.name, self.model.cfg, self.ds.sequences))
 

@@ -104,6 +104,7 @@ def prepare_run(
             folder.release()
             raise
     cfg = with_default_clients(cfg).with_horizon()
+    cfg = replace(cfg, data=cfg.data.with_audit_seed())  # every client builds the same canaries
     cfg.validate()
     path = out or (Path(cfg.out) if cfg.out else default_run_folder(cfg, prefix))
     RunFolder.check_new(path)

@@ -1,0 +1,78 @@
+"""Membership scores of whole sequences under a trained recommender, and how well they separate members.
+
+A sequence's score is the model's mean log-likelihood of each of its items given the items before it (the next-item
+task the model was trained on, over the whole catalogue): a model that trained on the sequence tends to give it a
+higher likelihood than one that did not. The same score serves the canary audit and the membership-inference attack
+on real users (a threshold on it: AUC, and the true-positive rate at a low false-positive rate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from fedseqrec.models.base import SeqBatch, gap_buckets
+
+
+def sequence_scores(
+    model, sequences: list[np.ndarray], event: int, seconds: list[np.ndarray] | None = None, batch_size: int = 512
+) -> np.ndarray:
+    """Mean log-likelihood of each sequence's items 2..L given their prefixes (item ids of the model's vocabulary;
+    ``event``: the event-type id of every position; ``seconds``: each sequence's timestamps, else 1 s apart)."""
+    max_len = model.cfg.max_len
+    prefixes, owners, targets = [], [], []
+    for owner, items in enumerate(sequences):
+        times = seconds[owner] if seconds is not None else np.arange(len(items), dtype=np.float64)
+        for t in range(1, len(items)):
+            start = max(0, t - max_len)
+            prefixes.append((items[start:t], times[start:t]))
+            owners.append(owner)
+            targets.append(int(items[t]))
+    totals, counts = np.zeros(len(sequences)), np.zeros(len(sequences))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for begin in range(0, len(prefixes), batch_size):
+            chunk = prefixes[begin : begin + batch_size]
+            scores = model.full_sort_predict(_batch(chunk, event, model.cfg.max_len))
+            chosen = torch.tensor(targets[begin : begin + batch_size])
+            likelihood = torch.log_softmax(scores, dim=-1).gather(1, chosen.view(-1, 1)).squeeze(1).double()
+            np.add.at(totals, owners[begin : begin + batch_size], likelihood.numpy())
+            np.add.at(counts, owners[begin : begin + batch_size], 1)
+    if was_training:
+        model.train()
+    return np.where(counts > 0, totals / np.maximum(counts, 1), -np.inf)
+
+
+def _batch(prefixes: list[tuple[np.ndarray, np.ndarray]], event: int, max_len: int) -> SeqBatch:
+    length = max(len(items) for items, _ in prefixes)
+    items = torch.zeros(len(prefixes), length, dtype=torch.long)
+    gaps = torch.zeros(len(prefixes), length, dtype=torch.long)
+    for row, (sequence, times) in enumerate(prefixes):
+        items[row, : len(sequence)] = torch.from_numpy(np.asarray(sequence, dtype=np.int64))
+        delta = torch.from_numpy(np.diff(np.asarray(times, dtype=np.float64), prepend=np.inf))
+        delta[0] = -1.0  # the first event: no gap before it (unknown)
+        gaps[row, : len(sequence)] = gap_buckets(delta)
+    lengths = torch.tensor([len(sequence) for sequence, _ in prefixes])
+    events = torch.where(items > 0, event, 0)
+    return SeqBatch(items=items, events=events, gaps=gaps, lengths=lengths)
+
+
+def auc(scores: np.ndarray, members: np.ndarray) -> float:
+    """The probability that a member scores above a non-member (ties count ½): the Mann-Whitney statistic."""
+    scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
+    positives, negatives = int(members.sum()), int((~members).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # average ranks: ties count ½
+    return float((ranks[members].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def tpr_at_fpr(scores: np.ndarray, members: np.ndarray, fpr: float) -> float:
+    """The share of members above the threshold that lets at most ``fpr`` of the non-members through."""
+    scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
+    outside = np.sort(scores[~members])[::-1]
+    allowed = int(np.floor(fpr * len(outside)))
+    threshold = outside[allowed] if allowed < len(outside) else -np.inf  # members must score above it
+    return float((scores[members] > threshold).mean()) if members.any() else float("nan")
