@@ -11,6 +11,7 @@ figure to print as if nothing happened: it is flagged (stderr, ``consistent: fal
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def data_of(folder: Path) -> DataConfig:
 
 
 def audit_folder(folder: Path) -> dict:
-    folder = Path(folder)
+    folder, started = Path(folder), time.perf_counter()
     data = data_of(folder)
     if not data.audited:
         raise UserError(f"{folder}: the run has no canaries to audit (train it with --audit-canaries N)")
@@ -73,6 +74,7 @@ def audit_folder(folder: Path) -> dict:
     bound = max(result.get(k, {}).get("epsilon_lower_bound", 0.0) for k in ("canaries", "real_users"))
     result["epsilon_lower_bound"] = bound
     result["consistent"] = None if claimed["epsilon"] is None else bool(bound <= claimed["epsilon"] + 1e-9)
+    result["seconds"] = round(time.perf_counter() - started, 2)  # the audit's own cost, after training
     (folder / "audit.json").write_text(dumps(result, indent=2) + "\n")
     _plot(result, folder / "audit.png")
     if (folder / "privacy.json").exists():
