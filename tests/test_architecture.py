@@ -27,7 +27,7 @@ LAYERS = [
     {"federated", "centralized"},
     {"results"},
     {"client", "server"},
-    {"simulation", "deployment"},
+    {"simulation", "deployment", "serving"},
     {"cli"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
@@ -37,6 +37,7 @@ DEFERRED = {
     "fedseqrec/client/client_app.py": "Opacus costs a fresh ClientApp process a second; only DP rounds need it",
     "fedseqrec/cli/federate.py": "Ray and Flower's runtimes take seconds to import; --help should not pay",
     "fedseqrec/cli/report.py": "torch (the audit loads a model): the parsers of every command are built at start",
+    "fedseqrec/cli/serve.py": "torch, uvicorn and FastAPI: the parsers of every command are built at start",
     "fedseqrec/cli/train.py": "torch: the parsers of every command are built at start",
     "fedseqrec/federated/config.py": "torch (the model class): the parsers are built from the configs",
 }
@@ -141,7 +142,7 @@ SUBCOMMANDS = list(_subcommands(build_parser()))
 def test_the_command_tree_is_what_the_readme_documents():
     assert [" ".join(w) for w in SUBCOMMANDS] == [
         "", "data", "data stats", "data prepare", "data export-partitions", "train", "evaluate", "simulate",
-        "deploy", "deploy local", "deploy app", "deploy credentials", "audit", "report",
+        "deploy", "deploy local", "deploy app", "deploy credentials", "audit", "report", "recommend", "serve",
     ]  # fmt: skip
 
 

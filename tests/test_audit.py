@@ -181,3 +181,16 @@ def test_dp_sgd_keeps_its_bound_and_a_broken_mechanism_is_caught(cli, tmp_path, 
 def test_tiny_flags_still_parse_with_audit_options(cli, tmp_path):
     result = cli("simulate", *TINY_FLAGS, "--audit-canaries", "-1", "--out", tmp_path / "x")
     assert result.code == 2 and "--audit-canaries" in result.err
+
+
+@pytest.mark.slow
+def test_the_federation_wide_mechanism_is_audited_against_its_own_claim(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("simulate", *TINY_FLAGS, "--rounds", "2", "--user-dp", "--users-per-round", "40",
+                 "--noise-multiplier", "1.0", "--audit-canaries", "40", "--out", out)  # fmt: skip
+    assert result.code == 0, result.err
+    found = json.loads((out / "audit.json").read_text())
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert found["claimed"]["epsilon"] == pytest.approx(report["max_epsilon"]) and found["consistent"] is True
+    assert found["claimed"]["mechanism"] == report["mechanism"] and "user-level" in report["mechanism"]
+    assert (out / "audit_coins.json").is_file() and (out / "audit.png").stat().st_size > 0

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from fedseqrec import __version__
-from fedseqrec.cli import data, federate, report, train
+from fedseqrec.cli import data, federate, report, serve, train
 from fedseqrec.cli.common import Formatter, Handler, debug_option
 from fedseqrec.errors import RunError, UserError
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     federate.register_simulate(commands)
     federate.register_deploy(commands)
     report.register(commands)
+    serve.register(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from fedseqrec.models.base import SeqBatch, gap_buckets
+from fedseqrec.models.batching import history_batch
 
 
 def sequence_scores(
@@ -35,7 +35,8 @@ def sequence_scores(
     with torch.no_grad():
         for begin in range(0, len(prefixes), batch_size):
             chunk = prefixes[begin : begin + batch_size]
-            scores = model.full_sort_predict(_batch(chunk, event, model.cfg.max_len))
+            batch = history_batch([items for items, _ in chunk], event, [times for _, times in chunk])
+            scores = model.full_sort_predict(batch)
             chosen = torch.tensor(targets[begin : begin + batch_size])
             likelihood = torch.log_softmax(scores, dim=-1).gather(1, chosen.view(-1, 1)).squeeze(1).double()
             np.add.at(totals, owners[begin : begin + batch_size], likelihood.numpy())
@@ -43,20 +44,6 @@ def sequence_scores(
     if was_training:
         model.train()
     return np.where(counts > 0, totals / np.maximum(counts, 1), -np.inf)
-
-
-def _batch(prefixes: list[tuple[np.ndarray, np.ndarray]], event: int, max_len: int) -> SeqBatch:
-    length = max(len(items) for items, _ in prefixes)
-    items = torch.zeros(len(prefixes), length, dtype=torch.long)
-    gaps = torch.zeros(len(prefixes), length, dtype=torch.long)
-    for row, (sequence, times) in enumerate(prefixes):
-        items[row, : len(sequence)] = torch.from_numpy(np.asarray(sequence, dtype=np.int64))
-        delta = torch.from_numpy(np.diff(np.asarray(times, dtype=np.float64), prepend=np.inf))
-        delta[0] = -1.0  # the first event: no gap before it (unknown)
-        gaps[row, : len(sequence)] = gap_buckets(delta)
-    lengths = torch.tensor([len(sequence) for sequence, _ in prefixes])
-    events = torch.where(items > 0, event, 0)
-    return SeqBatch(items=items, events=events, gaps=gaps, lengths=lengths)
 
 
 def auc(scores: np.ndarray, members: np.ndarray) -> float:

@@ -144,3 +144,20 @@ def evaluation_batches(
             targets.append(int(data.items[start + p]))
         items, events, gap_rows = (torch.stack(col) for col in zip(*rows, strict=True))
         yield EvalBatch(SeqBatch(items, events, gap_rows, torch.tensor(lengths)), torch.tensor(targets), chunk)
+
+
+def history_batch(histories: list[np.ndarray], event: int, seconds: list[np.ndarray | None] | None = None) -> SeqBatch:
+    """Histories given as item ids (oldest first), right-padded into one batch: every position of event type
+    ``event``; gaps from ``seconds`` (each history's timestamps) where given, else unknown."""
+    length = max(len(items) for items in histories)
+    items = torch.zeros(len(histories), length, dtype=torch.long)
+    gaps = torch.zeros(len(histories), length, dtype=torch.long)
+    for row, sequence in enumerate(histories):
+        items[row, : len(sequence)] = torch.from_numpy(np.asarray(sequence, dtype=np.int64))
+        times = seconds[row] if seconds is not None else None
+        delta = torch.full((len(sequence),), -1.0, dtype=torch.float64)  # unknown
+        if times is not None:
+            delta[1:] = torch.from_numpy(np.diff(np.asarray(times, dtype=np.float64)))
+        gaps[row, : len(sequence)] = gap_buckets(delta)
+    lengths = torch.tensor([max(1, len(sequence)) for sequence in histories])
+    return SeqBatch(items=items, events=torch.where(items > 0, event, 0), gaps=gaps, lengths=lengths)

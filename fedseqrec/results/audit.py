@@ -127,8 +127,10 @@ def _plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.6), squeeze=False)
     for ax, part in zip(axes[0], parts, strict=True):
         found = result[part]
+        every = [v for values in found["scores"].values() for v in values if np.isfinite(v)]
+        bins = np.linspace(min(every), max(every), 31) if every else 30  # the same bins for both
         for label, values in found["scores"].items():
-            ax.hist(values, bins=30, alpha=0.6, label=f"{label.replace('_', '-')} ({len(values)})")
+            ax.hist(values, bins=bins, alpha=0.6, label=f"{label.replace('_', '-')} ({len(values)})")
         ax.set_title(f"{part.replace('_', ' ')}: AUC {found['auc']:.3f}, ε ≥ {found['epsilon_lower_bound']:.2f}")
         ax.set_xlabel("mean log-likelihood of its items")
         ax.legend()

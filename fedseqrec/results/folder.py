@@ -15,6 +15,8 @@ its own config — or given to ``--out`` again.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -143,6 +145,17 @@ class RunFolder:
         import torch  # here: the commands that only read a run folder's JSON should not pay torch's import
 
         _atomic_write(self.path / name, lambda tmp: torch.save(value, tmp))
+
+    def save_model(self, state: dict, info: dict, name: str = "model.pt") -> None:
+        """The best weights, and first ``model_info.json`` naming them by SHA-256 (their round, their score): a
+        service that loads the new weights finds their description already there."""
+        import torch  # (see save_tensors)
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        self.write_json("model_info.json", {**info, "weights": name, "sha256": hashlib.sha256(data).hexdigest()})
+        _atomic_write(self.path / name, lambda tmp: tmp.write_bytes(data))
 
     def load_state(self) -> dict:
         import torch  # (see save_tensors)

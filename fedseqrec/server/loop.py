@@ -142,10 +142,14 @@ class Federation:
                 record["eval_seconds"] = round(time.perf_counter() - evaluation_start, 3)
                 if record["valid"].get(SELECTION_METRIC, -1.0) > self.best["score"]:
                     self.best = {"round": server_round, "score": record["valid"][SELECTION_METRIC]}
-                    self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
+                    self._save_best()
             record["seconds"] = round(time.perf_counter() - record.pop("_start"), 3)
             self._complete(server_round, record)
         return self.finish()
+
+    def _save_best(self) -> None:
+        info = {"round": self.best["round"], f"valid_{SELECTION_METRIC}": self.best["score"]}
+        self.folder.save_model(self.arrays.to_torch_state_dict(), info)
 
     def train_round(self, server_round: int) -> dict:
         started = time.perf_counter()
@@ -279,7 +283,7 @@ class Federation:
         if self.best["round"] == 0 and self.round > 0:  # stopped early, before the first evaluation
             score = self.evaluate(self.arrays, "valid", self.round)[SELECTION_METRIC]
             self.best = {"round": self.round, "score": score}
-            self.folder.save_tensors("model.pt", self.arrays.to_torch_state_dict())
+            self._save_best()
         if self.best["round"] == 0:
             raise RunError(f"no round was completed; {self.stopped or self._resumable()}")
         best = ArrayRecord(torch.load(self.folder.path / "model.pt", weights_only=True))

@@ -1,0 +1,121 @@
+"""``fedseqrec recommend`` (top-K items from a trained model) and ``fedseqrec serve`` (the same over HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from fedseqrec.cli.common import add_command
+from fedseqrec.errors import UserError
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """top-K items for a user, a history or a file of histories
+
+    From the folder `fedseqrec train` or `simulate` wrote: the next items for a user of the data the model was
+    trained on (--user), for a history given as item tokens (--history, oldest first), or for every line of a JSON
+    lines file (--input; each line {"history": [...]} or {"user": "..."}; one JSON line out per line in). Items
+    are the data's own tokens, with their scores; items of the history are left out unless --keep-seen.
+    """
+    from fedseqrec.serving.recommender import load_recommender  # torch: not for building the parsers
+
+    given = [args.user is not None, args.history is not None, args.input is not None]
+    if sum(given) != 1:
+        raise UserError("give one of --user, --history or --input")
+    recommender = load_recommender(Path(args.run), args.weights)
+    options = {"k": args.k, "exclude_seen": not args.keep_seen, "explain": args.explain}
+    if args.input is None:
+        history = recommender.history_of(args.user) if args.user is not None else args.history
+        found = recommender.recommend(history, **options).to_dict()
+        print(json.dumps({**_asked(args), **found}))
+        return 0
+    requests = _read_lines(Path(args.input))
+    histories = [recommender.history_of(r["user"]) if "user" in r else r["history"] for r in requests]
+    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 (stdout is not ours to close)
+    try:
+        for start in range(0, len(histories), 256):
+            for request, found in zip(requests[start : start + 256],
+                                      recommender.recommend_batch(histories[start : start + 256], **options),
+                                      strict=True):  # fmt: skip
+                out.write(json.dumps({**request, **found.to_dict()}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def _asked(args: argparse.Namespace) -> dict:
+    return {"user": args.user} if args.user is not None else {"history": args.history}
+
+
+def _read_lines(path: Path) -> list[dict]:
+    requests = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--input {path}: unreadable ({err})") from err
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError as err:
+            raise UserError(f"{path}, line {number}: not JSON ({err})") from err
+        valid = isinstance(request, dict) and (
+            isinstance(request.get("user"), str)
+            or (isinstance(request.get("history"), list) and all(isinstance(i, str | int) for i in request["history"]))
+        )
+        if not valid:
+            raise UserError(f'{path}, line {number}: expected {{"history": [item, ...]}} or {{"user": "..."}}')
+        if "history" in request:
+            request["history"] = [str(i) for i in request["history"]]
+        requests.append(request)
+    return requests
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """an HTTP JSON service of recommendations (FastAPI + uvicorn)
+
+    POST /recommend ({"history": [...]} or {"histories": [[...], ...]}, "k", "exclude_seen", "explain"), GET /health,
+    GET /model (which weights, which round, which ε), OpenAPI page at /docs. Pointed at the run folder of a
+    federation that is still running, it picks up each new best model without dropping a request. Stops on Ctrl-C
+    or SIGTERM.
+    """
+    import uvicorn  # (its import and the model's torch: not for building the parsers)
+
+    from fedseqrec.serving.app import make_app
+
+    app = make_app(Path(args.run), args.weights, args.poll)
+    described = app.state.holder.current.describe()
+    print(f"serving {described['model']} from {described['folder']} (round {described['round']}) on "
+          f"http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)  # fmt: skip
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start:
+    # ours makes that the usual exit status 143, with nothing printed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_DIR", help="a folder `fedseqrec train` or `simulate` wrote")
+    parser.add_argument("--weights", default="model.pt", help="model.pt (the best, default) or model_last.pt")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    recommend = add_command(commands, "recommend", cmd_recommend)
+    _common(recommend)
+    recommend.add_argument("--user", default=None, help="a user of the data the model was trained on")
+    recommend.add_argument("--history", nargs="+", default=None, metavar="ITEM", help="item tokens, oldest first")
+    recommend.add_argument("--input", default=None, metavar="FILE", help="JSON lines of histories or users")
+    recommend.add_argument("--output", default=None, metavar="FILE", help="with --input: where to write (stdout)")
+    recommend.add_argument("--k", type=int, default=10, help="items to recommend (default 10)")
+    recommend.add_argument("--keep-seen", action="store_true", help="items of the history may be recommended")
+    recommend.add_argument("--explain", action="store_true", help="the history items behind each recommendation")
+    serve = add_command(commands, "serve", cmd_serve)
+    _common(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--poll", type=float, default=1.0, help="seconds between checks for new weights (default 1)")

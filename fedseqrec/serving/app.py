@@ -1,0 +1,124 @@
+"""The HTTP JSON service of `fedseqrec serve`: FastAPI on uvicorn, with its OpenAPI page at ``/docs``.
+
+- ``POST /recommend`` — ``{"history": [...]}`` or ``{"histories": [[...], ...]}``, ``k``, ``exclude_seen``, ``explain``;
+- ``GET /health`` — alive, and which round answers;
+- ``GET /model`` — which weights (their SHA-256), which round, and the privacy report's ε they carry.
+
+Pointed at the run folder of a federation that is still running, a background thread watches its weights file and
+loads each new one beside the serving model, then swaps one reference: a request uses the model it started with,
+so none is dropped and each response names the weights and the round that answered. Inputs are bounded: the body
+size (413), the batch size and ``k`` (422), histories with no known item (422); unknown items are ignored and listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from fedseqrec.errors import UserError
+from fedseqrec.serving.recommender import Recommender, load_recommender
+
+MAX_BODY = 1_000_000  # bytes
+MAX_BATCH = 1_000  # histories a request
+MAX_HISTORY = 10_000  # items a history (the model keeps its most recent max_len)
+
+
+class RecommendRequest(BaseModel):
+    history: list[str] | None = Field(None, min_length=1, max_length=MAX_HISTORY, description="items, oldest first")
+    histories: list[list[str]] | None = Field(None, min_length=1, max_length=MAX_BATCH, description="a batch")
+    k: int = Field(10, ge=1, description="items to recommend (at most the catalogue)")
+    exclude_seen: bool = Field(True, description="never recommend an item of the history")
+    explain: bool = Field(False, description="per item, the history items whose removal lowers its score most")
+
+
+class ModelHolder:
+    """The serving model, and the thread that swaps in new weights when the folder's weights file changes."""
+
+    def __init__(self, folder: Path, weights: str, poll_seconds: float, warn: Callable[[str], None] = print):
+        self.folder, self.weights, self.poll_seconds, self.warn = Path(folder), weights, poll_seconds, warn
+        self.current: Recommender = load_recommender(folder, weights)
+        self._seen = self._stamp()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fedseqrec-model-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        with contextlib.suppress(OSError):
+            found = (self.folder / self.weights).stat()
+            return found.st_mtime_ns, found.st_size
+        return None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            stamp = self._stamp()
+            if stamp is None or stamp == self._seen:
+                continue
+            try:
+                fresh = load_recommender(self.folder, self.weights)
+            except UserError as err:  # half-written or refused: keep serving the old model, try again later
+                self.warn(f"new weights not loaded yet: {err}")
+                continue
+            self._seen = stamp
+            if fresh.digest != self.current.digest:
+                self.current = fresh  # one reference: requests in flight keep the model they started with
+                self.warn(f"serving new weights {fresh.digest[:12]} (round {fresh.describe()['round']})")
+
+
+def make_app(folder: Path, weights: str = "model.pt", poll_seconds: float = 1.0, max_body: int = MAX_BODY) -> FastAPI:
+    holder = ModelHolder(folder, weights, poll_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder.start()
+        yield
+        holder.stop()
+
+    app = FastAPI(title="fedseqrec", summary="next-item recommendations from a federated model", lifespan=lifespan)
+    app.state.holder = holder
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            return JSONResponse({"detail": f"request body over {max_body} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(UserError)
+    async def refused(request: Request, err: UserError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.get("/health")
+    def health() -> dict:
+        model = holder.current.describe()
+        return {"status": "ok", "round": model["round"], "sha256": model["sha256"]}
+
+    @app.get("/model")
+    def model() -> dict:
+        return holder.current.describe()
+
+    @app.post("/recommend")
+    def recommend(body: RecommendRequest) -> dict:
+        if (body.history is None) == (body.histories is None):
+            raise UserError("give exactly one of history (one user) or histories (a batch)")
+        recommender = holder.current  # this request's model, whatever is swapped in meanwhile
+        histories = [body.history] if body.history is not None else body.histories
+        found = recommender.recommend_batch(histories, body.k, body.exclude_seen, body.explain)
+        described = recommender.describe()
+        answer = {"round": described["round"], "sha256": described["sha256"]}
+        if body.history is not None:
+            return {**answer, **found[0].to_dict()}
+        return {**answer, "results": [f.to_dict() for f in found]}
+
+    return app

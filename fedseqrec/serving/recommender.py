@@ -1,0 +1,177 @@
+"""Recommendations from a trained model: ``load_recommender(path).recommend(history, k=10)``.
+
+``path`` is a folder `fedseqrec train` or `simulate` wrote (``model.json``, ``model.pt``, ``config.json``); the item
+vocabulary comes from the data its config records, so histories and results are the data's own item tokens.
+A history is a list of item tokens, oldest first. Unknown items are ignored (and listed), a history longer than
+the model's ``max_len`` keeps its most recent items, and with ``exclude_seen`` the history's items are never
+recommended again. Positions carry the data's most common event type and an unknown time gap: the model is asked
+"what comes next after these items".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedseqrec.data.dataset import Dataset
+from fedseqrec.errors import UserError
+from fedseqrec.federated.task import cached_dataset
+from fedseqrec.models.base import SequentialRecommender
+from fedseqrec.models.batching import history_batch
+from fedseqrec.models.checkpoint import load_checkpoint
+from fedseqrec.results.audit import data_of
+
+MODEL_INFO = "model_info.json"  # which round's weights model.pt holds (a federation writes it beside them)
+
+
+@dataclass
+class Recommendation:
+    items: list[str]
+    scores: list[float]
+    unknown: list[str] = field(default_factory=list)  # history items the model does not know (ignored)
+    truncated: int = 0  # oldest history items dropped to fit the model's length
+    explanations: list[list[dict]] | None = None  # per item: the history items that contributed most
+
+    def to_dict(self) -> dict:
+        found = {"items": [{"item": i, "score": round(s, 6)} for i, s in zip(self.items, self.scores, strict=True)],
+                 "unknown_items": self.unknown, "truncated": self.truncated}  # fmt: skip
+        if self.explanations is not None:
+            for entry, why in zip(found["items"], self.explanations, strict=True):
+                entry["because"] = why
+        return found
+
+
+class Recommender:
+    """A trained model with its item vocabulary; one object per set of weights (see :func:`load_recommender`)."""
+
+    def __init__(self, folder: Path, model: SequentialRecommender, ds: Dataset, weights: str, digest: str):
+        self.folder, self.model, self.ds, self.weights, self.digest = folder, model, ds, weights, digest
+        self.model.eval()
+        vocab = ds.sequences.vocab
+        self.tokens = np.asarray([str(t) for t in vocab.items], dtype=object)
+        self.index = {t: i for i, t in enumerate(self.tokens) if i > 0}
+        events = [str(e) for e in vocab.events]
+        common = np.bincount(ds.sequences.events, minlength=len(events)) if len(ds.sequences.events) else None
+        self.event = int(np.argmax(common[1:]) + 1) if common is not None and len(common) > 1 else 1
+        self.users = {str(u): i for i, u in enumerate(vocab.users) if i > 0}
+        self.description = self._describe()  # read once: a service answers with it on every request
+
+    @property
+    def n_items(self) -> int:
+        return len(self.tokens) - 1
+
+    @property
+    def max_len(self) -> int:
+        return self.model.cfg.max_len
+
+    def history_of(self, user: str) -> list[str]:
+        """A known user's items in the data the model was trained on, oldest first."""
+        if user not in self.users:
+            raise UserError(f"user {user!r} is not in the data the model was trained on")
+        row = self.users[user]
+        data = self.ds.sequences
+        start = data.offsets[row]
+        return [str(self.tokens[i]) for i in data.items[start : start + data.lengths[row]]]
+
+    def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True, explain: bool = False):
+        return self.recommend_batch([history], k, exclude_seen, explain)[0]
+
+    def recommend_batch(
+        self, histories: list[list[str]], k: int = 10, exclude_seen: bool = True, explain: bool = False
+    ) -> list[Recommendation]:
+        if not 1 <= k <= self.n_items:
+            raise UserError(f"k must be between 1 and the {self.n_items} items of the catalogue, got {k}")
+        parsed = [self._ids(h) for h in histories]
+        empty = [i for i, (ids, _, _) in enumerate(parsed) if not len(ids)]
+        if empty:
+            raise UserError(f"history {empty[0]} holds no item the model knows")
+        with torch.no_grad():
+            scores = self.model.full_sort_predict(history_batch([ids for ids, _, _ in parsed], self.event))
+        results = []
+        for row, (ids, unknown, truncated) in enumerate(parsed):
+            ranked = scores[row].clone()
+            if exclude_seen:
+                ranked[torch.from_numpy(np.unique(ids))] = -math.inf
+            top = torch.topk(ranked, k)
+            found = Recommendation([str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown,
+                                   truncated)  # fmt: skip
+            if explain:
+                found.explanations = self._explain(ids, top.indices, ranked)
+            results.append(found)
+        return results
+
+    def _ids(self, history: list[str]) -> tuple[np.ndarray, list[str], int]:
+        ids, unknown = [], []
+        for token in history:
+            item = self.index.get(str(token))
+            (ids.append(item) if item is not None else unknown.append(str(token)))
+        dropped = max(0, len(ids) - self.max_len)
+        return np.asarray(ids[dropped:], dtype=np.int64), unknown, dropped
+
+    def _explain(self, ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor, top: int = 3) -> list[list[dict]]:
+        """Leave-one-out: how much each recommended item's score drops when one history item is left out."""
+        if len(ids) < 2:
+            return [[{"item": str(self.tokens[ids[0]]), "score_drop": None}] for _ in items] if len(ids) else []
+        without = [np.delete(ids, position) for position in range(len(ids))]
+        with torch.no_grad():
+            reduced = self.model.full_sort_predict(history_batch(without, self.event))[:, items]  # (L, k)
+        drops = (scores[items].unsqueeze(0) - reduced).numpy()
+        explained = []
+        for column in range(len(items)):
+            order = np.argsort(-drops[:, column])[:top]
+            explained.append([{"item": str(self.tokens[ids[p]]), "position": int(p),
+                               "score_drop": round(float(drops[p, column]), 6)} for p in order])  # fmt: skip
+        return explained
+
+    def describe(self) -> dict:
+        """Which weights answer, from which round, and the privacy they carry."""
+        return dict(self.description)
+
+    def _describe(self) -> dict:
+        info = _read(self.folder / MODEL_INFO) or {}
+        same = info.get("sha256") == self.digest
+        privacy = _read(self.folder / "privacy_report.json")
+        return {
+            "folder": str(self.folder.resolve()),
+            "model": self.model.name,
+            "weights": self.weights,
+            "sha256": self.digest,
+            "round": info.get("round") if same else None,
+            "valid_NDCG@10": info.get("valid_NDCG@10") if same else None,
+            "items": self.n_items,
+            "max_len": self.max_len,
+            "privacy": None if privacy is None else {
+                "max_epsilon": privacy.get("max_epsilon"), "delta": privacy.get("delta"),
+                "mechanism": privacy.get("mechanism"), "report": str((self.folder / "privacy_report.json").resolve()),
+            },
+        }  # fmt: skip
+
+
+def load_recommender(path: str | Path, weights: str = "model.pt") -> Recommender:
+    """The model a run folder holds, ready to recommend (``weights``: ``model.pt``, the best; ``model_last.pt``)."""
+    folder = Path(path)
+    if not (folder / weights).is_file() or not (folder / "model.json").is_file():
+        raise UserError(f"{folder}: holds no trained model ({weights} and model.json); give the folder that "
+                        "`fedseqrec train` or `simulate` wrote")  # fmt: skip
+    ds = cached_dataset(data_of(folder))
+    raw = (folder / weights).read_bytes()  # once: the digest names exactly the weights loaded
+    _, model = load_checkpoint(folder, ds.sequences, weights)  # (checks model.json against the vocabulary)
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
+    except (RuntimeError, ValueError, EOFError) as err:
+        raise UserError(f"{folder / weights}: unreadable weights ({err})") from err
+    return Recommender(folder, model, ds, weights, hashlib.sha256(raw).hexdigest())
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,166 @@
+"""Serving: `fedseqrec recommend`, the Python API and `fedseqrec serve` as a real process on a loopback port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_FLAGS
+
+from fedseqrec.serving.recommender import load_recommender
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serving") / "run"
+    from fedseqrec.cli import main
+
+    flags = [f for i, f in enumerate(TINY_FLAGS) if f != "--clients" and TINY_FLAGS[i - 1] != "--clients"]
+    assert main(["train", *flags, "--epochs", "3", "--out", str(out)]) == 0
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, folder: Path, *extra: str):
+        self.port = _free_port()
+        command = [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(self.port), *extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.process.kill()
+        raise AssertionError(f"the server did not start: {self.process.stderr.read()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        finally:
+            connection.close()
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return self.request("GET", path)
+
+    def post(self, payload) -> tuple[int, dict]:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return self.request("POST", "/recommend", body)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+def known_items(folder: Path, count: int = 4) -> list[str]:
+    recommender = load_recommender(folder)
+    return [str(t) for t in recommender.tokens[1 : count + 1]]
+
+
+def test_the_python_api_and_the_command_agree(trained, cli):
+    history = known_items(trained)
+    api = load_recommender(trained).recommend(history, k=5)
+    assert len(api.items) == 5 and not set(api.items) & set(history)  # seen items left out
+    assert api.scores == sorted(api.scores, reverse=True)
+    result = cli("recommend", trained, "--history", *history, "--k", "5")
+    assert result.code == 0, result.err
+    assert [entry["item"] for entry in json.loads(result.out)["items"]] == api.items
+    kept = load_recommender(trained).recommend(history, k=load_recommender(trained).n_items, exclude_seen=False)
+    assert set(history) <= set(kept.items)
+
+
+def test_a_file_of_histories_in_and_json_lines_out(trained, cli, tmp_path):
+    history = known_items(trained)
+    user = next(iter(load_recommender(trained).users))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"history": history}) + "\n" + json.dumps({"user": user}) + "\n")
+    result = cli("recommend", trained, "--input", tmp_path / "in.jsonl", "--output", tmp_path / "out.jsonl")
+    assert result.code == 0, result.err
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert lines[0]["history"] == history and len(lines[0]["items"]) == 10 and lines[1]["user"] == user
+    (tmp_path / "bad.jsonl").write_text('{"history": ["a"]}\n{"nope": 1}\n')
+    result = cli("recommend", trained, "--input", tmp_path / "bad.jsonl")
+    assert result.code == 2 and "bad.jsonl, line 2" in result.err
+
+
+def test_recommend_refuses_a_folder_without_a_model_or_for_another_catalogue(trained, cli, tmp_path):
+    result = cli("recommend", tmp_path, "--history", "x")
+    assert result.code == 2 and "holds no trained model" in result.err and len(result.err.splitlines()) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("model.json", "model.pt"):
+        (other / name).write_bytes((trained / name).read_bytes())
+    config = json.loads((trained / "config.json").read_text())
+    config["data"]["shop"]["items"] = 60  # another catalogue
+    (other / "config.json").write_text(json.dumps(config))
+    result = cli("recommend", other, "--history", "x")
+    assert result.code == 2 and "another item vocabulary" in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.slow
+def test_the_http_service(trained, tmp_path):
+    server = Server(trained)
+    try:
+        history = known_items(trained)
+        status, answer = server.post({"history": history, "k": 5})
+        assert status == 200 and [e["item"] for e in answer["items"]] == load_recommender(trained).recommend(
+            history, k=5
+        ).items
+        assert answer["sha256"] == server.get("/model")[1]["sha256"]
+        status, batch = server.post({"histories": [history, history[:2]], "k": 3, "explain": True})
+        assert status == 200 and len(batch["results"]) == 2 and "because" in batch["results"][0]["items"][0]
+        status, partly = server.post({"history": [*history, "no-such-item"], "k": 3})
+        assert status == 200 and partly["unknown_items"] == ["no-such-item"]
+        long = server.post({"history": history * 20, "k": 3})[1]
+        assert long["truncated"] == len(history) * 20 - 20  # the model's max_len is 20
+        for bad in (b"{not json", {"history": ["no-such-item"]}, {"history": []}, {"history": history, "k": 0},
+                    {"history": history, "k": 10**6}, {"k": 3}):  # fmt: skip
+            status, detail = server.post(bad)
+            assert 400 <= status < 500 and detail.get("detail"), (bad, status, detail)
+        status, _ = server.post(b"x" * 10_000_000)
+        assert status == 413
+        assert "/recommend" in server.get("/openapi.json")[1]["paths"]  # the OpenAPI page's schema
+    finally:
+        assert server.stop() == 143  # SIGTERM: graceful shutdown, the usual exit status
+
+
+@pytest.mark.slow
+def test_new_weights_are_picked_up_and_reported(trained, tmp_path):
+    folder = tmp_path / "live"
+    folder.mkdir()
+    for name in ("model.json", "model.pt", "config.json"):
+        (folder / name).write_bytes((trained / name).read_bytes())
+    server = Server(folder, "--poll", "0.2")
+    try:
+        before = server.get("/model")[1]
+        assert before["round"] is None
+        from fedseqrec.results.folder import RunFolder
+
+        state = torch.load(folder / "model.pt", weights_only=True)
+        state = {k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}
+        RunFolder(folder).save_model(state, {"round": 7, "valid_NDCG@10": 0.1})
+        deadline = time.monotonic() + 30
+        while server.get("/model")[1]["sha256"] == before["sha256"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = server.get("/model")[1]
+        assert after["sha256"] != before["sha256"] and after["round"] == 7
+        assert server.post({"history": known_items(folder), "k": 3})[1]["round"] == 7
+    finally:
+        assert server.stop() == 143  # SIGTERM: graceful shutdown, the usual exit status
