@@ -18,12 +18,11 @@ import contextlib
 import io
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from benchmark_report import machine
 
 from fedseqrec.cli import main as fedseqrec
 from fedseqrec.privacy.dpsgd import BROKEN_FOR_TESTS
@@ -94,8 +93,7 @@ def main() -> None:
         for name in args.rows:
             row = run(name, Path(tmp))
             report["rows"] = [r for r in report["rows"] if r["row"] != name] + [row]
-            report["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__,
-                                 "python": platform.python_version()}  # fmt: skip
+            report["machine"] = machine()
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=1) + "\n")
 

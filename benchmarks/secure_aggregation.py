@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from benchmark_report import write_report
 
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.simulation.engine import simulate
@@ -79,14 +78,8 @@ def main() -> None:
             pair[1]["round_time_ratio"] = round(pair[1]["round_seconds"] / pair[0]["round_seconds"], 3)
             rows += pair
             print(json.dumps(pair, indent=1), flush=True)
-    report = {
-        "benchmark": "secure_aggregation",
-        "command": f"python benchmarks/secure_aggregation.py --rounds {args.rounds}",
-        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    command = f"python benchmarks/secure_aggregation.py --rounds {args.rounds}"
+    write_report(args.out, "secure_aggregation", command, rows)
 
 
 if __name__ == "__main__":

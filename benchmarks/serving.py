@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark_report import write_report
 
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.serving.recommender import load_recommender
@@ -101,13 +101,17 @@ def measure(model: str, requests: int, batches: int, tmp: Path) -> dict:
     return {
         "model": model,
         "items": recommender.n_items,
-        "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
-                       "p99": round(float(np.percentile(latencies, 99)), 2), "max": round(max(latencies), 2)},  # fmt: skip
+        "latency_ms": {"p50": _ms(np.percentile(latencies, 50)), "p99": _ms(np.percentile(latencies, 99)),
+                       "max": _ms(max(latencies))},  # fmt: skip
         "requests": requests,
         "batched_users_per_second": round(throughput, 1),
         "swap": swap,
         "exit_code_on_sigterm": exit_code,
     }
+
+
+def _ms(value: float) -> float:
+    return round(float(value), 2)
 
 
 def swap_under_load(folder: Path, port: int, histories: list) -> dict:
@@ -148,14 +152,8 @@ def main() -> None:
         for model in args.models:
             rows.append(measure(model, args.requests, args.batches, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    report = {
-        "benchmark": "serving",
-        "command": f"python benchmarks/serving.py --requests {args.requests} --batches {args.batches}",
-        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    command = f"python benchmarks/serving.py --requests {args.requests} --batches {args.batches}"
+    write_report(args.out, "serving", command, rows)
 
 
 if __name__ == "__main__":
