@@ -164,3 +164,20 @@ def test_new_weights_are_picked_up_and_reported(trained, tmp_path):
         assert server.post({"history": known_items(folder), "k": 3})[1]["round"] == 7
     finally:
         assert server.stop() == 143  # SIGTERM: graceful shutdown, the usual exit status
+
+
+def test_explanations_are_the_score_each_history_item_holds_up(trained):
+    """Leave-one-out, by hand: the drop reported for a history item is the recommended item's score with the whole
+    history minus its score without that item."""
+    recommender = load_recommender(trained)
+    history = known_items(trained, 5)
+    found = recommender.recommend(history, k=3, explain=True)
+    everything = recommender.n_items
+    for item, score, because in zip(found.items, found.scores, found.explanations, strict=True):
+        assert len(because) == 3 and [b["score_drop"] for b in because] == sorted(
+            (b["score_drop"] for b in because), reverse=True
+        )
+        for reason in because:
+            without = history[: reason["position"]] + history[reason["position"] + 1 :]
+            again = recommender.recommend(without, k=everything, exclude_seen=False)
+            assert score - again.scores[again.items.index(item)] == pytest.approx(reason["score_drop"], abs=1e-4)
