@@ -17,7 +17,7 @@ from scipy import stats
 from fedseqrec.data.canaries import SEALED, canary_ids
 from fedseqrec.data.dataset import DataConfig, load_dataset
 from fedseqrec.data.shop import ShopConfig
-from fedseqrec.evaluation.membership import auc, tpr_at_fpr
+from fedseqrec.evaluation.binary import auc, tpr_at_fpr
 from fedseqrec.privacy.audit import audit, epsilon_lower_bound, guess_grid, p_value
 from fedseqrec.privacy.dpsgd import BROKEN_FOR_TESTS
 

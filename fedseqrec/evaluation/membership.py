@@ -3,14 +3,13 @@
 A sequence's score is the model's mean log-likelihood of each of its items given the items before it (the next-item
 task the model was trained on, over the whole catalogue): a model that trained on the sequence tends to give it a
 higher likelihood than one that did not. The same score serves the canary audit and the membership-inference attack
-on real users (a threshold on it: AUC, and the true-positive rate at a low false-positive rate).
+on real users (a threshold on it: AUC, and the true-positive rate at a low false-positive rate, in ``binary.py``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from fedseqrec.models.batching import history_batch
 
@@ -44,22 +43,3 @@ def sequence_scores(
     if was_training:
         model.train()
     return np.where(counts > 0, totals / np.maximum(counts, 1), -np.inf)
-
-
-def auc(scores: np.ndarray, members: np.ndarray) -> float:
-    """The probability that a member scores above a non-member (ties count ½): the Mann-Whitney statistic."""
-    scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
-    positives, negatives = int(members.sum()), int((~members).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = rankdata(scores)  # average ranks: ties count ½
-    return float((ranks[members].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def tpr_at_fpr(scores: np.ndarray, members: np.ndarray, fpr: float) -> float:
-    """The share of members above the threshold that lets at most ``fpr`` of the non-members through."""
-    scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
-    outside = np.sort(scores[~members])[::-1]
-    allowed = int(np.floor(fpr * len(outside)))
-    threshold = outside[allowed] if allowed < len(outside) else -np.inf  # members must score above it
-    return float((scores[members] > threshold).mean()) if members.any() else float("nan")

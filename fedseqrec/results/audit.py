@@ -20,7 +20,8 @@ import numpy as np
 from fedseqrec.data.canaries import SEALED
 from fedseqrec.data.dataset import DataConfig, Dataset
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.membership import auc, sequence_scores, tpr_at_fpr
+from fedseqrec.evaluation.binary import auc, tpr_at_fpr
+from fedseqrec.evaluation.membership import sequence_scores
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.jsonio import dumps
