@@ -61,13 +61,14 @@ def audit_folder(folder: Path) -> dict:
     result = {"claimed": claimed, "confidence": CONFIDENCE, "method": METHOD}
     canaries, users = plan["canaries"], plan["users"]
     event = _event_id(ds, plan["event"])
+    index = {str(t): i for i, t in enumerate(ds.sequences.vocab.items)}  # item token → id, built once
     if canaries:
-        ids = [_item_ids(ds, c["items"]) for c in canaries]
+        ids = [_item_ids(index, c["items"]) for c in canaries]
         scores = sequence_scores(model, ids, event)
         coins = np.array([c["included"] for c in canaries])
         result["canaries"] = _separation(scores, coins, claimed["delta"])
     if users:
-        ids = [_item_ids(ds, u["items"]) for u in users]
+        ids = [_item_ids(index, u["items"]) for u in users]
         stamps = [np.asarray(u["timestamps"], dtype=np.float64)[i >= 0] for u, i in zip(users, ids, strict=True)]
         scores = sequence_scores(model, [i[i >= 0] for i in ids], event, stamps)
         coins = np.array([u["included"] for u in users])
@@ -111,9 +112,8 @@ def _claimed(folder: Path, ds: Dataset) -> dict:
     return {"epsilon": None, "delta": default_delta(ds.sequences.n_users), "mechanism": "none (no DP)"}
 
 
-def _item_ids(ds: Dataset, tokens: list[str]) -> np.ndarray:
+def _item_ids(index: dict[str, int], tokens: list[str]) -> np.ndarray:
     """Item ids of the vocabulary (−1: an item the trained data no longer holds)."""
-    index = {str(t): i for i, t in enumerate(ds.sequences.vocab.items)}
     return np.array([index.get(str(t), -1) for t in tokens], dtype=np.int64)
 
 
