@@ -2,6 +2,7 @@
 
     python benchmarks/fedavg_sequential.py NAME [--optimizer adamw|sgd] [--eps 1e-8] [--lr 0.002]
         [--batch-size 16] [--local-epochs 1] [--rounds 8] [--server-lr 1.0] [--server-momentum 0.0]
+        [--keep-optimizer] [--lr-decay [--lr-floor 0.1]]
         [--out benchmarks/results/fedavg_sequential.json]
 
 The clients' work is the ClientApp's (``federated.task.train_locally`` on each IID silo of Beauty, the README's
@@ -15,7 +16,9 @@ Curves are merged into the JSON by NAME.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -36,16 +39,47 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
-def client_optimizer(name: str, eps: float):
-    """What ``train_locally`` builds its optimiser with (AdamW as the ClientApp, or plain SGD)."""
-    if name == "sgd":
-        return lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr)
-    return lambda params, lr, weight_decay: AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps)
+class ClientOptimizers:
+    """What ``train_locally`` builds its optimiser with (AdamW as the ClientApp, or plain SGD).
+
+    With ``keep``, each silo's optimiser state (Adam's moments and step count) survives from one round to its next
+    instead of starting afresh: a stateful cross-silo client.
+    """
+
+    def __init__(self, name: str, eps: float, keep: bool) -> None:
+        self.name, self.eps, self.keep = name, eps, keep
+        self.states: dict[int, dict] = {}
+        self.client: int | None = None
+        self.last: torch.optim.Optimizer | None = None
+
+    def __call__(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        if self.name == "sgd":
+            self.last = torch.optim.SGD(params, lr=lr)
+        else:
+            self.last = AdamW(params, lr=lr, weight_decay=weight_decay, eps=self.eps)
+        if self.keep and self.client in self.states:
+            self.last.load_state_dict(self.states[self.client])
+            for group in self.last.param_groups:
+                group["lr"] = lr  # the round's rate, not the saved one
+        return self.last
+
+    def round_done(self) -> None:
+        if self.keep and self.last is not None:
+            self.states[self.client] = self.last.state_dict()
+
+
+def round_lr(args: argparse.Namespace, server_round: int) -> float:
+    """The clients' rate in a round: constant, or cosine-decayed from --lr to --lr * --lr-floor over the rounds."""
+    if not args.lr_decay:
+        return args.lr
+    progress = (server_round - 1) / max(1, args.rounds - 1)
+    return args.lr * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
-    task.adamw = client_optimizer(args.optimizer, args.eps)
+    optimizers = ClientOptimizers(args.optimizer, args.eps, args.keep_optimizer)
+    task.adamw = optimizers
     path = str(DATA / "amazon-beauty" / "Beauty.txt")
     ds = load_dataset(DataConfig(data=path, partition="iid", clients=10, seed=0))
     torch.manual_seed(0)
@@ -58,10 +92,13 @@ def run(args: argparse.Namespace) -> list[dict]:
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in start.items()}
         examples, losses = 0, []
+        fit = dataclasses.replace(fit, lr=round_lr(args, server_round))
         for client, users in enumerate(ds.partition.clients()):
             model.load_state_dict(start)
+            optimizers.client = client
             result = task.train_locally(model, ClientData(client, ds.sequences, ds.split, users), fit,
                                         seed=server_round * 100 + client)  # fmt: skip
+            optimizers.round_done()
             for k, v in model.state_dict().items():
                 total[k] += (v.double() - start[k].double()) * result.examples
             examples += result.examples
@@ -92,6 +129,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--server-momentum", type=float, default=0.0)
+    parser.add_argument("--keep-optimizer", action="store_true", help="each silo keeps its Adam state across rounds")
+    parser.add_argument("--lr-decay", action="store_true", help="cosine decay of the clients' rate over the rounds")
+    parser.add_argument("--lr-floor", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fedavg_sequential.json")
     args = parser.parse_args()
     curve = run(args)

@@ -19,7 +19,7 @@ from fedseqrec.simulation.engine import simulate
 USER_DP = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=2)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm"])
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm", "query-sasrec"])
 def test_removing_one_user_moves_the_sum_by_at_most_the_clipping_norm(name):
     model, windows = model_and_windows(name)
     chosen, clip = np.arange(8), 0.05

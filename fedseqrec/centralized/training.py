@@ -16,14 +16,16 @@ import torch
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
+from fedseqrec.data.splits import training_items
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, poisoning_figures, popularity_baseline
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
-from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.config import BASELINES, ModelConfig
 from fedseqrec.models.optim import LinearWarmup, adamw
 from fedseqrec.models.registry import build_model, model_config_for
+from fedseqrec.models.text_match import TextMatch
 from fedseqrec.models.training import train_epoch
 from fedseqrec.options import check
 from fedseqrec.privacy.config import default_delta
@@ -54,10 +56,11 @@ def train_centralized(
     if on_data is not None:
         on_data(ds)
     model_cfg = model_config_for(ds.sequences, model_cfg)
-    if model_cfg.name == "pop":
+    if model_cfg.name in BASELINES:
         model_cfg.validate()
-        return _write_results(out, _popularity_results(ds, model_cfg, cfg), data_cfg, model_cfg, cfg)
-    model = build_model(model_cfg.name, model_cfg)
+        baseline = _popularity_results if model_cfg.name == "pop" else _text_match_results
+        return _write_results(out, baseline(ds, model_cfg, cfg), data_cfg, model_cfg, cfg)
+    model = build_model(model_cfg.name, model_cfg, ds.sequences)
     out.mkdir(parents=True, exist_ok=True)
     (out / SEALED).unlink(missing_ok=True)  # a new run in an old folder: its own coins
     seal(out, ds.audit)
@@ -144,6 +147,17 @@ def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
         results = {w: evaluate(model, seq, split, w, max_len=model_cfg.max_len, protocol=protocol) for w in SPLITS}
         results["privacy"] = record
     return {"model": "pop", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
+
+
+def _text_match_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
+    start = time.perf_counter()
+    seq, split = ds.sequences, ds.split
+    if not seq.has_queries:
+        raise UserError(f"{ds.source}: text-match ranks items by a search's words, and no event has a query")
+    model = TextMatch(seq.tokens.items, training_items(seq, split))
+    options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
+    results = {w: evaluate(model, seq, split, w, **options) for w in SPLITS}
+    return {"model": "text-match", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
 def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:

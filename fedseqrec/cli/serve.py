@@ -17,8 +17,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     From the folder `fedseqrec train` or `simulate` wrote: the next items for a user of the data the model was
     trained on (--user), for a history given as item tokens (--history, oldest first), or for every line of a JSON
-    lines file (--input; each line {"history": [...]} or {"user": "..."}; one JSON line out per line in). Items
-    are the data's own tokens, with their scores; items of the history are left out unless --keep-seen.
+    lines file (--input; each line {"history": [...]} or {"user": "..."}, optionally with "query"; one JSON line out
+    per line in). Items are the data's own tokens, with their scores; items of the history are left out unless
+    --keep-seen. A query-aware model (--task search) ranks the results of a search: --query "words".
     """
     from fedseqrec.serving.recommender import load_recommender  # torch: not for building the parsers
 
@@ -29,16 +30,20 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     options = {"k": args.k, "exclude_seen": not args.keep_seen, "explain": args.explain}
     if args.input is None:
         history = recommender.history_of(args.user) if args.user is not None else args.history
-        found = recommender.recommend(history, **options).to_dict()
+        found = recommender.recommend(history, **options, query=args.query).to_dict()
         print(json.dumps({**_asked(args), **found}))
         return 0
+    if args.query is not None:
+        raise UserError('--query is for one request; with --input give each line its own "query"')
     requests = _read_lines(Path(args.input))
     histories = [recommender.history_of(r["user"]) if "user" in r else r["history"] for r in requests]
+    queries = [r.get("query") for r in requests]
     out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 (stdout is not ours to close)
     try:
         for start in range(0, len(histories), 256):
-            for request, found in zip(requests[start : start + 256],
-                                      recommender.recommend_batch(histories[start : start + 256], **options),
+            part = slice(start, start + 256)
+            for request, found in zip(requests[part],
+                                      recommender.recommend_batch(histories[part], **options, queries=queries[part]),
                                       strict=True):  # fmt: skip
                 out.write(json.dumps({**request, **found.to_dict()}) + "\n")
     finally:
@@ -48,7 +53,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _asked(args: argparse.Namespace) -> dict:
-    return {"user": args.user} if args.user is not None else {"history": args.history}
+    asked = {"user": args.user} if args.user is not None else {"history": args.history}
+    return asked if args.query is None else {**asked, "query": args.query}
 
 
 def _read_lines(path: Path) -> list[dict]:
@@ -68,8 +74,9 @@ def _read_lines(path: Path) -> list[dict]:
             isinstance(request.get("user"), str)
             or (isinstance(request.get("history"), list) and all(isinstance(i, str | int) for i in request["history"]))
         )
-        if not valid:
-            raise UserError(f'{path}, line {number}: expected {{"history": [item, ...]}} or {{"user": "..."}}')
+        if not valid or not isinstance(request.get("query", ""), str):
+            raise UserError(f'{path}, line {number}: expected {{"history": [item, ...]}} or {{"user": "..."}}, '
+                            'optionally with {"query": "words"}')  # fmt: skip
         if "history" in request:
             request["history"] = [str(i) for i in request["history"]]
         requests.append(request)
@@ -79,7 +86,8 @@ def _read_lines(path: Path) -> list[dict]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """an HTTP JSON service of recommendations (FastAPI + uvicorn)
 
-    POST /recommend ({"history": [...]} or {"histories": [[...], ...]}, "k", "exclude_seen", "explain"), GET /health,
+    POST /recommend ({"history": [...]} or {"histories": [[...], ...]}, "k", "exclude_seen", "explain", and for a
+    query-aware model "query" or "queries"), GET /health,
     GET /model (which weights, which round, which ε), OpenAPI page at /docs. Pointed at the run folder of a
     federation that is still running, it picks up each new best model without dropping a request. Stops on Ctrl-C
     or SIGTERM.
@@ -114,6 +122,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     recommend.add_argument("--k", type=int, default=10, help="items to recommend (default 10)")
     recommend.add_argument("--keep-seen", action="store_true", help="items of the history may be recommended")
     recommend.add_argument("--explain", action="store_true", help="the history items behind each recommendation")
+    recommend.add_argument("--query", default=None, metavar="WORDS", help="a search's words (query-aware models)")
     serve = add_command(commands, "serve", cmd_serve)
     _common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

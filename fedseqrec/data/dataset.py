@@ -19,7 +19,7 @@ from fedseqrec.data.partition import SCHEMES, Partition, partition_users
 from fedseqrec.data.poisoning import add_fake_users, fake_user_ids, target_item, train_only
 from fedseqrec.data.sequences import SequenceData, build_sequences
 from fedseqrec.data.shop import ShopConfig, generate_shop
-from fedseqrec.data.splits import SPLITS, Split, make_split
+from fedseqrec.data.splits import SPLITS, Split, make_split, search_split
 from fedseqrec.data.store import is_prepared, load_prepared
 from fedseqrec.errors import UserError
 from fedseqrec.options import non_negative_int, option, positive, positive_int, section, within
@@ -27,6 +27,10 @@ from fedseqrec.options import non_negative_int, option, positive, positive_int, 
 PARTITION = "client partition"
 POISONING = "poisoning (attack experiments)"
 AUDIT = "privacy audit"
+# What a model learns to predict. next-item: the next event's item (every model); search: the item a search finds,
+# from the history and the query (targets: the events with a query; the shop log then plants history-dependent
+# searches, see data/shop.py).
+TASKS = ("next-item", "search")
 
 
 @dataclass
@@ -42,6 +46,10 @@ class DataConfig:
     )
     format: str = option("auto", f"layout of --data; presets: {', '.join(PRESETS)}", choices=FORMATS, group="data")
     seed: int = option(0, "seed for generated data and partitions", group="data")
+    task: str = option(
+        "next-item", "what is predicted: the next item, or the item a search finds (from the history and the query; "
+        "targets are the events with a query)", choices=TASKS, group="data",
+    )  # fmt: skip
     columns: str | None = option(
         None,
         "column mapping for generic logs, e.g. user=visitorid,item=itemid,timestamp=ts,event=type "
@@ -164,7 +172,7 @@ class Dataset:
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.data == "shop":
         shop = ShopConfig(**{**asdict(cfg.shop), "seed": cfg.seed})
-        return _from_log(generate_shop(shop), cfg, {"shop": asdict(shop)})
+        return _from_log(generate_shop(shop, searches=cfg.task == "search"), cfg, {"shop": asdict(shop)})
     path = resolve_path(cfg.data)
     if cfg.format in ("auto", "prepared") and is_prepared(path):
         return _from_prepared(path, cfg)
@@ -193,8 +201,9 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
         plan = audit_plan(events, cfg.audit_canaries, cfg.audit_users, cfg.audit_seed)
         events = apply_plan(events, plan)
     sequences = build_sequences(events, log.user_features, log.item_features)
-    split = make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
-    options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, **extra}
+    split = _split(sequences, cfg, log.source)
+    options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, "task": cfg.task,
+               **extra}  # fmt: skip
     if cfg.fake_users > 0:
         fakes = fake_user_ids(sequences.vocab.users)
         split = train_only(split, fakes, sequences.lengths.astype(np.int64))
@@ -222,8 +231,8 @@ def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
             "`fedseqrec data prepare`"
         )
     manifest, sequences, split, partition = load_prepared(path)
-    if split.name != cfg.split or (cfg.split == "temporal" and not _same_quantiles(split, cfg)):
-        split = make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
+    if cfg.task == "search" or split.name != cfg.split or (cfg.split == "temporal" and not _same_quantiles(split, cfg)):
+        split = _split(sequences, cfg, str(path))
     if cfg.partition is None:
         partition = None
     elif partition is None or manifest.get("partition_request") != cfg.partition_params():
@@ -237,6 +246,17 @@ def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
         cleaning=None,
         options=manifest.get("options", {}),
     )
+
+
+def _split(sequences: SequenceData, cfg: DataConfig, source: str) -> Split:
+    if cfg.task != "search":
+        return make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
+    if cfg.split != "leave-one-out":
+        raise UserError(f"--task search has its own split (leave-one-out over searches), not --split {cfg.split}")
+    if not sequences.has_queries:
+        raise UserError(f"{source}: no event carries a search query (a `query` column, see --columns): --task search "
+                        "ranks what searches found")  # fmt: skip
+    return search_split(sequences)
 
 
 def _same_quantiles(split: Split, cfg: DataConfig) -> bool:

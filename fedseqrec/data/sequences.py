@@ -9,11 +9,13 @@ padding user), the layout models batch from and the prepared format saves as-is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from fedseqrec.data.interactions import EVENT, ITEM, QUERY, TIMESTAMP, USER
+from fedseqrec.data.text import TokenTables, token_tables
 
 PAD = "[PAD]"
 
@@ -70,6 +72,15 @@ class SequenceData:
 
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    @cached_property
+    def tokens(self) -> TokenTables:
+        """The words of every query and item as token ids (query-aware models, the text-match baseline)."""
+        return token_tables(self.vocab.queries, self.item_features, self.n_items)
+
+    @property
+    def has_queries(self) -> bool:
+        return bool((self.queries > 0).any())
 
 
 def _ids(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,11 @@ Planted sequential structure, learnable from order but invisible to a popularity
 - every category has a fixed browsing chain: after viewing an item, the next view is often its successor;
 - sessions stay in one category (category persistence);
 - a purchase is often followed by the item's fixed complement from the next category (complementary buys).
+
+With ``searches=True`` (the data of ``--task search``) the item a search finds also depends on the history: the
+query names a category (drawn from the user's taste) and a price band, and most of the time the customer clicks
+the successor of the last item they saw in that category. Only the query knows the category and only the history
+knows the item: a text-match on the query or a query-agnostic sequence model each get part of it.
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ P_BUY_AFTER_CART = 0.45
 P_COMPLEMENT_AFTER_BUY = 0.7
 P_SUCCESSOR = 0.6
 P_SAME_CATEGORY = 0.25
+P_SEARCH_FROM_HISTORY = 0.8  # --task search: a search clicks the successor of the last item seen in its category
+P_SEARCH_START_PLANTED = 0.6  # ... and more sessions open with a search (with P_SEARCH_START: 72 %)
+RECENT = 10  # ... a category of one of the user's last RECENT events
 
 
 class _Catalogue:
@@ -214,7 +222,8 @@ def _queries(rng: np.random.Generator, cat: _Catalogue, items: np.ndarray) -> np
     return text
 
 
-def generate_shop(cfg: ShopConfig = ShopConfig()) -> Interactions:
+def generate_shop(cfg: ShopConfig = ShopConfig(), searches: bool = False) -> Interactions:
+    """The log; ``searches``: the variant whose searches find items that depend on the history (module doc)."""
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
     cat = _Catalogue(cfg, rng)
@@ -223,10 +232,37 @@ def generate_shop(cfg: ShopConfig = ShopConfig()) -> Interactions:
     taste = 0.7 * rng.dirichlet(np.full(cfg.categories, 0.3), size=cfg.users) + 0.3 * region_taste[region]
     taste /= taste.sum(axis=1, keepdims=True)
     session_user, (session, item, time, event) = _sessions(rng, cat, cfg, taste)
+    user = session_user[session]
+    if searches:  # its own random stream: the plain log's draws are untouched
+        planted = np.random.default_rng([cfg.seed, 1])
+        opens = np.r_[True, session[1:] != session[:-1]] & (event == 0)
+        event = np.where(opens & (planted.random(len(event)) < P_SEARCH_START_PLANTED), 1, event)
+        item = _searched_from_history(planted, cat, user, item, event == 1)
     query = np.full(len(item), None, dtype=object)
-    searches = event == 1
-    query[searches] = _queries(rng, cat, item[searches])
-    return _as_interactions(session_user[session], item, time, EVENT_NAMES[event], query, cat, region, cfg)
+    is_search = event == 1
+    query[is_search] = _queries(rng, cat, item[is_search])
+    return _as_interactions(user, item, time, EVENT_NAMES[event], query, cat, region, cfg)
+
+
+def _searched_from_history(rng, cat: _Catalogue, user: np.ndarray, item: np.ndarray, search: np.ndarray) -> np.ndarray:
+    """Each search (rows grouped by user, in time order) after at least one event, with probability
+    P_SEARCH_FROM_HISTORY: the category of one of the user's last RECENT events, and the successor of the last
+    item seen in it."""
+    rows = np.arange(len(item))
+    starts = np.r_[0, np.flatnonzero(np.diff(user)) + 1]
+    first = starts[np.searchsorted(starts, rows, side="right") - 1]  # each row's user's first row
+    chosen = rows[search & (rows > first) & (rng.random(len(item)) < P_SEARCH_FROM_HISTORY)]
+    back = np.minimum(RECENT, chosen - first[chosen])
+    category = cat.category[item]
+    wanted = category[chosen - 1 - (rng.random(len(chosen)) * back).astype(np.int64)]
+    # The last earlier row of (user, wanted category): rows keyed by (user, category, row), sorted, searched.
+    group = user.astype(np.int64) * (cat.category.max() + 1)
+    key = (group + category) * len(item) + rows
+    order = np.argsort(key, kind="stable")
+    found = order[np.searchsorted(key[order], (group[chosen] + wanted) * len(item) + chosen) - 1]
+    out = item.copy()
+    out[chosen] = cat.successor[item[found]]
+    return out
 
 
 def _as_interactions(user, item, time, event, query, cat: _Catalogue, region: np.ndarray, cfg: ShopConfig):

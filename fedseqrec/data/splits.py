@@ -50,6 +50,24 @@ def leave_one_out_split(data: SequenceData) -> Split:
     return _with_padding_user(Split("leave-one-out", train_end, valid_pos, test_pos, {}))
 
 
+def search_split(data: SequenceData) -> Split:
+    """Leave-one-out over searches (``--task search``): a user's last event that carries a query is the test
+    target, the one before it the validation target, each ranked from everything before it; training is the
+    events before the validation target (before the test target when there is one search, all events when there
+    is none). Searches that open a history (nothing before them) are no targets."""
+    n = data.lengths.astype(np.int64)
+    position = np.arange(data.n_interactions) - np.repeat(data.offsets[:-1], data.lengths)
+    user = data.user_of_event
+    searched = (data.queries > 0) & (position >= 1)
+    last = np.full(len(n), -1, dtype=np.int64)
+    np.maximum.at(last, user[searched], position[searched])
+    earlier = searched & (position < last[user])
+    before_last = np.full(len(n), -1, dtype=np.int64)
+    np.maximum.at(before_last, user[earlier], position[earlier])
+    train_end = np.where(before_last >= 0, before_last, np.where(last >= 0, last, n))
+    return _with_padding_user(Split("search", train_end, before_last, last, {}))
+
+
 def temporal_split(data: SequenceData, valid_quantile: float = 0.8, test_quantile: float = 0.9) -> Split:
     """A global cut in time: events before the ``valid_quantile`` timestamp train; a user's first event in
     [valid cut, test cut) is their validation target and their first event after the test cut their test

@@ -98,7 +98,7 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
 
 
 def build_global_model(data: SequenceData, cfg: ModelConfig, state: dict | None = None) -> SequentialRecommender:
-    model = build_model(cfg.name, model_config_for(data, cfg))
+    model = build_model(cfg.name, model_config_for(data, cfg), data)
     if state is not None:
         try:
             model.load_state_dict(state)

@@ -31,6 +31,11 @@ class SeqBatch:
     gaps: torch.Tensor  # (B, T) long time-gap buckets
     lengths: torch.Tensor  # (B,) long, >= 1
     targets: torch.Tensor | None = None  # (B, T) long, 0 = no target
+    # The words of searches (token ids, 0 = padding; data/text.py). ``queries[b, t]``: the query of event t itself
+    # (raw windows); ``target_queries[b, t]``: the query known when the item after position t is predicted (what
+    # the search that found it asked; zeros when that event was no search). Only query-aware models read them.
+    queries: torch.Tensor | None = None  # (B, T, L) long
+    target_queries: torch.Tensor | None = None  # (B, T, L) long
 
 
 def _init_embedding(table: nn.Embedding, std: float = 0.02) -> None:
@@ -76,6 +81,10 @@ class SequenceLoss(nn.Module):
         return per_token.view(shape[0], shape[1]).mean(dim=1).mean()
 
 
+def _cut(tensor: torch.Tensor | None, width: int) -> torch.Tensor | None:
+    return None if tensor is None else tensor[:, :width]
+
+
 class TiedScorer(nn.Module):
     """Item scores from the item embedding table itself (input and output embeddings tied) plus a bias of its own.
 
@@ -107,6 +116,7 @@ class SequentialRecommender(nn.Module):
     recurrent = False
     ghost_clipping_safe = True
     uses_event_types = True  # side information: the event type of each position (view, cart, purchase, ...)
+    reads_queries = False  # whether predictions read ``SeqBatch.target_queries`` (the query-aware model)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -154,6 +164,7 @@ class SequentialRecommender(nn.Module):
             gaps=batch.gaps[:, :-1].contiguous(),
             lengths=(batch.lengths - 1).clamp(min=1),
             targets=batch.items[:, 1:].contiguous(),
+            target_queries=None if batch.queries is None else batch.queries[:, 1:].contiguous(),
         )
 
     def calculate_loss(self, batch: SeqBatch, criterion=None) -> torch.Tensor:
@@ -165,7 +176,7 @@ class SequentialRecommender(nn.Module):
         hidden = self(batch)
         if self.cfg.loss == "sampled":
             return self._sampled_loss(hidden, batch.targets)
-        logits = self.scorer(hidden)
+        logits = self.item_scores(hidden, batch.target_queries)
         criterion = criterion or SequenceLoss(self.cfg.label_smoothing)
         return criterion(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), shape=logits.shape)
 
@@ -178,14 +189,15 @@ class SequentialRecommender(nn.Module):
         view = self.training_view(batch)
         width, longest = view.items.shape[1], int(view.lengths.max())
         view = SeqBatch(*(x[:, :longest] for x in (view.items, view.events, view.gaps)), view.lengths,
-                        view.targets[:, :longest])  # fmt: skip
+                        view.targets[:, :longest], target_queries=_cut(view.target_queries, longest))  # fmt: skip
         hidden = self(view)
         at = view.targets != 0
         hidden, targets = hidden[at], view.targets[at]
+        asked = None if view.target_queries is None else view.target_queries[at]
         if self.cfg.loss == "sampled":
             per_token = self._sampled_token_losses(hidden, targets)
         else:
-            per_token = F.cross_entropy(self.scorer(hidden), targets, reduction="none",
+            per_token = F.cross_entropy(self.item_scores(hidden, asked), targets, reduction="none",
                                         label_smoothing=self.cfg.label_smoothing)  # fmt: skip
         return per_token.sum() / (width * view.items.shape[0])
 
@@ -212,6 +224,14 @@ class SequentialRecommender(nn.Module):
 
     def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
         """Scores of every item for the position after each sequence; column 0 (padding) is -inf."""
-        scores = self.scorer(self.last_hidden(batch))
+        queries = batch.target_queries
+        if queries is not None:
+            queries = queries[torch.arange(len(batch.lengths)), batch.lengths - 1]
+        scores = self.item_scores(self.last_hidden(batch), queries)
         scores[:, 0] = -math.inf
         return scores
+
+    def item_scores(self, hidden: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """Every item's score from hidden states (..., H); ``queries`` (..., L): the words asked there, which the
+        query-aware model also scores the items' texts against."""
+        return self.scorer(hidden)

@@ -43,6 +43,7 @@ class TrainingWindows(Dataset):
         self.random_window = random_window
         self.rng = np.random.default_rng(seed)
         self.gaps = event_gap_buckets(data)
+        self.queries = _query_tokens(data)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -58,11 +59,13 @@ class TrainingWindows(Dataset):
             # latest behaviour is what the next item is predicted from.
             end = min(n, int(self.rng.integers(self.width, n + self.width)))
         begin = max(0, end - self.width)
-        return (*_padded(self.data, self.gaps, start + begin, start + end, self.width), torch.tensor(end - begin))
+        lo, hi = start + begin, start + end
+        window = (*_padded(self.data, self.gaps, lo, hi, self.width), torch.tensor(end - begin))
+        return window if self.queries is None else (*window, _padded_queries(self.queries, lo, hi, self.width))
 
     def batch_of(self, tensors: tuple[torch.Tensor, ...]) -> SeqBatch:
-        items, events, gaps, lengths = tensors
-        return SeqBatch(items=items, events=events, gaps=gaps, lengths=lengths)
+        items, events, gaps, lengths, *queries = tensors
+        return SeqBatch(items=items, events=events, gaps=gaps, lengths=lengths, queries=(queries or [None])[0])
 
     def window_lengths(self) -> np.ndarray:
         """Events in each user's training window (the same for random and recent windows)."""
@@ -112,6 +115,17 @@ def _padded(data: SequenceData, gaps: np.ndarray, lo: int, hi: int, width: int) 
     return tuple(out)
 
 
+def _query_tokens(data: SequenceData) -> np.ndarray | None:
+    """Each event's query as token ids (None when no event has a query: nothing to carry)."""
+    return data.tokens.queries[data.queries] if data.has_queries else None
+
+
+def _padded_queries(tokens: np.ndarray, lo: int, hi: int, width: int) -> torch.Tensor:
+    out = np.zeros((width, tokens.shape[1]), dtype=np.int64)
+    out[: hi - lo] = tokens[lo:hi]
+    return torch.from_numpy(out)
+
+
 @dataclass
 class EvalBatch:
     batch: SeqBatch
@@ -132,18 +146,32 @@ def evaluation_batches(
     users = np.arange(1, data.n_users + 1) if users is None else np.asarray(users)
     users = users[positions[users] >= 1]
     gaps = event_gap_buckets(data)
+    queries = _query_tokens(data)
     for chunk in np.array_split(users, max(1, int(np.ceil(len(users) / batch_size)))):
         if len(chunk) == 0:
             continue
-        rows, lengths, targets = [], [], []
+        rows, lengths, targets, asked = [], [], [], []
         for user in chunk:
             start, p = data.offsets[user], int(positions[user])
             begin = max(0, p - max_len)
             rows.append(_padded(data, gaps, start + begin, start + p, max_len))
             lengths.append(p - begin)
             targets.append(int(data.items[start + p]))
+            asked.append(start + p)
         items, events, gap_rows = (torch.stack(col) for col in zip(*rows, strict=True))
-        yield EvalBatch(SeqBatch(items, events, gap_rows, torch.tensor(lengths)), torch.tensor(targets), chunk)
+        batch = SeqBatch(items, events, gap_rows, torch.tensor(lengths))
+        if queries is not None:  # the target's own query, known when it is predicted
+            asking(batch, queries[asked])
+        yield EvalBatch(batch, torch.tensor(targets), chunk)
+
+
+def asking(batch: SeqBatch, words: np.ndarray) -> SeqBatch:
+    """``batch`` with each row's query (``words``: token ids, one row per sequence) as what is asked after its
+    last position: the query of the item to be predicted."""
+    b, t = batch.items.shape
+    batch.target_queries = torch.zeros(b, t, words.shape[1], dtype=torch.long)
+    batch.target_queries[torch.arange(b), batch.lengths - 1] = torch.from_numpy(np.asarray(words, dtype=np.int64))
+    return batch
 
 
 def history_batch(histories: list[np.ndarray], event: int, seconds: list[np.ndarray | None] | None = None) -> SeqBatch:

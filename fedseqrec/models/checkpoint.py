@@ -52,7 +52,7 @@ def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt")
             f"{folder}: checkpoint was built for another item vocabulary ({cfg.n_items} items, fingerprint "
             f"{info.get('vocabulary')}) than this data ({data.n_items} items, {vocabulary_fingerprint(data)})"
         )
-    model = build_model(name, cfg)
+    model = build_model(name, cfg, data)
     try:
         state = torch.load(folder / weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass, fields
 from fedseqrec.errors import UserError
 from fedseqrec.options import check, non_negative, non_negative_int, option, positive, positive_int, within
 
-MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "pop")  # pop: the most-popular baseline
-TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name != "pop")
-ATTENTION_MODELS = ("sasrec", "bert4rec")  # --heads splits --hidden
+# pop: the most-popular baseline; text-match: the query's words against the items' (--task search)
+MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "pop", "text-match")
+BASELINES = ("pop", "text-match")  # nothing to train
+TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name not in BASELINES)
+ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hidden
 FREEZE = ("none", "items")
 MODEL = "model"
 FIT = "training"
@@ -22,6 +24,7 @@ class ModelConfig:
     name: str = option("sasrec", "sequence recommender (pop: baseline)", choices=MODEL_NAMES, key="model", group=MODEL)
     n_items: int = 0
     n_events: int = 0
+    n_query_tokens: int = 0  # words of the data's search queries and item texts (0: no queries)
     hidden: int = option(64, "embedding and hidden size", check=positive_int, group=MODEL)
     layers: int = option(2, "Transformer blocks or recurrent layers", check=positive_int, group=MODEL)
     heads: int = option(2, "attention heads (sasrec, bert4rec)", check=positive_int, group=MODEL)

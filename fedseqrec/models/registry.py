@@ -8,32 +8,38 @@ import importlib
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import SequentialRecommender
-from fedseqrec.models.config import MODEL_NAMES, ModelConfig
+from fedseqrec.models.config import BASELINES, MODEL_NAMES, ModelConfig
 
 MODELS: dict[str, str] = {
     "gru4rec": "fedseqrec.models.rnn:GRU4Rec",
     "lstm": "fedseqrec.models.rnn:LSTMRec",
     "sasrec": "fedseqrec.models.sasrec:SASRec",
     "bert4rec": "fedseqrec.models.bert4rec:BERT4Rec",
+    "query-sasrec": "fedseqrec.models.query_sasrec:QuerySASRec",
 }
-BASELINES = tuple(n for n in MODEL_NAMES if n not in MODELS)
 
 
 def model_class(name: str) -> type[SequentialRecommender]:
     if name not in MODELS:
-        hint = " (pop is a baseline with nothing to train: use it in evaluation)" if name in BASELINES else ""
+        hint = f" ({name} is a baseline with nothing to train: use it in evaluation)" if name in BASELINES else ""
         raise UserError(f"unknown model {name!r}{hint}; available: {', '.join(MODEL_NAMES)}")
     module, cls = MODELS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def build_model(name: str, cfg: ModelConfig) -> SequentialRecommender:
+def build_model(name: str, cfg: ModelConfig, data: SequenceData | None = None) -> SequentialRecommender:
+    """``data``: what a model reads from the data besides its counts (the query-aware model: the items' words)."""
     model = model_class(name)
     cfg = ModelConfig.from_dict({**cfg.to_dict(), "name": name})
     cfg.validate()
-    return model(cfg)
+    built = model(cfg)
+    if data is not None and built.reads_queries:
+        built.attach_words(data.tokens.items)
+    return built
 
 
 def model_config_for(data: SequenceData, base: ModelConfig) -> ModelConfig:
-    """``base`` with the item and event counts of ``data``."""
-    return ModelConfig.from_dict({**base.to_dict(), "n_items": data.n_items, "n_events": len(data.vocab.events) - 1})
+    """``base`` with the item, event and query-word counts of ``data``."""
+    words = data.tokens.n_tokens if data.has_queries else 0
+    counts = {"n_items": data.n_items, "n_events": len(data.vocab.events) - 1, "n_query_tokens": words}
+    return ModelConfig.from_dict({**base.to_dict(), **counts})

@@ -71,8 +71,9 @@ def clipped_update_sum(
     total = {n: torch.zeros_like(p) for n, p in trained.items()}
     norms, loss_sum = [], 0.0
 
-    def user_loss(params: dict, items, events, gaps, lengths, targets) -> torch.Tensor:
-        view = SeqBatch(items[None], events[None], gaps[None], lengths[None], targets[None])
+    def user_loss(params: dict, items, events, gaps, lengths, targets, *queries) -> torch.Tensor:
+        view = SeqBatch(items[None], events[None], gaps[None], lengths[None], targets[None],
+                        target_queries=queries[0][None] if queries else None)  # fmt: skip
         return functional_call(wrapped, (params, fixed), (view,))
 
     for start in range(0, len(chosen), CHUNK):
@@ -94,17 +95,21 @@ def clipped_update_sum(
 def _local_steps(work, user_loss, trained: dict, batch: SeqBatch, rule: Contribution):
     """(each user's contribution, stacked by user; each user's loss at the global weights)."""
     users = batch.items.shape[0]
+    view = _view_tensors(work, batch)
+    per_user = (0,) * len(view)
     with warnings.catch_warnings():  # "no batching rule" for CPU flash attention: a slower loop, still exact
         warnings.filterwarnings("ignore", message=".*batching rule.*")
         if rule.steps == 1:
-            step = vmap(grad_and_value(user_loss), in_dims=(None, 0, 0, 0, 0, 0), randomness="different")
-            gradient, losses = step(trained, *_view_tensors(work, batch))
+            step = vmap(grad_and_value(user_loss), in_dims=(None, *per_user), randomness="different")
+            gradient, losses = step(trained, *view)
             return {n: g.detach() for n, g in gradient.items()}, losses.detach()
-        step = vmap(grad_and_value(user_loss), in_dims=(0, 0, 0, 0, 0, 0), randomness="different")
+        step = vmap(grad_and_value(user_loss), in_dims=(0, *per_user), randomness="different")
         own = {n: p.unsqueeze(0).expand(users, *p.shape).clone() for n, p in trained.items()}
         first = None
-        for _ in range(rule.steps):
-            gradient, losses = step(own, *_view_tensors(work, batch))  # the cloze model: new masks each step
+        for step_number in range(rule.steps):
+            if step_number:
+                view = _view_tensors(work, batch)  # the cloze model: new masks each step
+            gradient, losses = step(own, *view)
             own = {n: (own[n] - rule.lr * gradient[n]).detach() for n in own}
             first = losses.detach() if first is None else first
         scale = 1.0 / (rule.steps * rule.lr)
@@ -113,7 +118,8 @@ def _local_steps(work, user_loss, trained: dict, batch: SeqBatch, rule: Contribu
 
 def _view_tensors(work: SequentialRecommender, batch: SeqBatch) -> tuple[torch.Tensor, ...]:
     view = work.training_view(batch)
-    return view.items, view.events, view.gaps, view.lengths, view.targets
+    queries = () if view.target_queries is None else (view.target_queries,)
+    return view.items, view.events, view.gaps, view.lengths, view.targets, *queries
 
 
 def _budgets(trained: dict[str, torch.Tensor], rule: Contribution) -> tuple[dict[str, str], dict[str, float]]:

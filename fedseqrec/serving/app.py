@@ -1,6 +1,7 @@
 """The HTTP JSON service of `fedseqrec serve`: FastAPI on uvicorn, with its OpenAPI page at ``/docs``.
 
-- ``POST /recommend`` — ``{"history": [...]}`` or ``{"histories": [[...], ...]}``, ``k``, ``exclude_seen``, ``explain``;
+- ``POST /recommend`` — ``{"history": [...]}`` or ``{"histories": [[...], ...]}``, ``k``, ``exclude_seen``, ``explain``,
+  and for a query-aware model (``--task search``) the search's words: ``query`` (or ``queries``, one per history);
 - ``GET /health`` — alive, and which round answers;
 - ``GET /model`` — which weights (their SHA-256), which round, and the privacy report's ε they carry.
 
@@ -35,6 +36,8 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, description="items to recommend (at most the catalogue)")
     exclude_seen: bool = Field(True, description="never recommend an item of the history")
     explain: bool = Field(False, description="per item, the history items whose removal lowers its score most")
+    query: str | None = Field(None, max_length=1_000, description="a search's words (query-aware models)")
+    queries: list[str | None] | None = Field(None, max_length=MAX_BATCH, description="with histories: one each")
 
 
 class ModelHolder:
@@ -114,7 +117,11 @@ def make_app(folder: Path, weights: str = "model.pt", poll_seconds: float = 1.0,
             raise UserError("give exactly one of history (one user) or histories (a batch)")
         recommender = holder.current  # this request's model, whatever is swapped in meanwhile
         histories = [body.history] if body.history is not None else body.histories
-        found = recommender.recommend_batch(histories, body.k, body.exclude_seen, body.explain)
+        queries = [body.query] if body.history is not None else body.queries
+        if (body.history is not None and body.queries is not None) or (body.histories is not None and (
+                body.query is not None or (body.queries is not None and len(body.queries) != len(histories)))):
+            raise UserError("query goes with history; queries (one per history) with histories")
+        found = recommender.recommend_batch(histories, body.k, body.exclude_seen, body.explain, queries)
         described = recommender.describe()
         answer = {"round": described["round"], "sha256": described["sha256"]}
         if body.history is not None:

@@ -5,7 +5,9 @@ vocabulary comes from the data its config records, so histories and results are 
 A history is a list of item tokens, oldest first. Unknown items are ignored (and listed), a history longer than
 the model's ``max_len`` keeps its most recent items, and with ``exclude_seen`` the history's items are never
 recommended again. Positions carry the data's most common event type and an unknown time gap: the model is asked
-"what comes next after these items".
+"what comes next after these items". A query-aware model (``query-sasrec``, ``--task search``) also takes the
+search's words (``query``): it ranks the results of that search for this history; words the data never had are
+ignored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from fedseqrec.data.dataset import Dataset
 from fedseqrec.errors import UserError
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.base import SequentialRecommender
-from fedseqrec.models.batching import history_batch
+from fedseqrec.models.batching import asking, history_batch
 from fedseqrec.models.checkpoint import load_checkpoint
 from fedseqrec.results.audit import data_of
 
@@ -80,11 +82,23 @@ class Recommender:
         start = data.offsets[row]
         return [str(self.tokens[i]) for i in data.items[start : start + data.lengths[row]]]
 
-    def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True, explain: bool = False):
-        return self.recommend_batch([history], k, exclude_seen, explain)[0]
+    def recommend(
+        self,
+        history: list[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        explain: bool = False,
+        query: str | None = None,
+    ) -> Recommendation:
+        return self.recommend_batch([history], k, exclude_seen, explain, None if query is None else [query])[0]
 
     def recommend_batch(
-        self, histories: list[list[str]], k: int = 10, exclude_seen: bool = True, explain: bool = False
+        self,
+        histories: list[list[str]],
+        k: int = 10,
+        exclude_seen: bool = True,
+        explain: bool = False,
+        queries: list[str | None] | None = None,
     ) -> list[Recommendation]:
         if not 1 <= k <= self.n_items:
             raise UserError(f"k must be between 1 and the {self.n_items} items of the catalogue, got {k}")
@@ -92,8 +106,9 @@ class Recommender:
         empty = [i for i, (ids, _, _) in enumerate(parsed) if not len(ids)]
         if empty:
             raise UserError(f"history {empty[0]} holds no item the model knows")
+        words = self._words(queries, len(histories))
         with torch.no_grad():
-            scores = self.model.full_sort_predict(history_batch([ids for ids, _, _ in parsed], self.event))
+            scores = self.model.full_sort_predict(self._batch([ids for ids, _, _ in parsed], words))
         results = []
         for row, (ids, unknown, truncated) in enumerate(parsed):
             ranked = scores[row].clone()
@@ -103,9 +118,23 @@ class Recommender:
             found = Recommendation([str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown,
                                    truncated)  # fmt: skip
             if explain:
-                found.explanations = self._explain(ids, top.indices, ranked)
+                found.explanations = self._explain(ids, top.indices, ranked, None if words is None else words[row])
             results.append(found)
         return results
+
+    def _words(self, queries: list[str | None] | None, n: int) -> np.ndarray | None:
+        """Each request's query as token ids (None: no request has one)."""
+        if queries is None or all(q is None for q in queries):
+            return None
+        if not getattr(self.model, "reads_queries", False):
+            raise UserError(f"{self.model.name} does not read search queries: a query needs a query-aware model "
+                            "(query-sasrec, trained with --task search)")  # fmt: skip
+        tokens = self.ds.sequences.tokens
+        return np.stack([tokens.encode(q) if q is not None else np.zeros_like(tokens.encode("")) for q in queries])
+
+    def _batch(self, histories: list[np.ndarray], words: np.ndarray | None):
+        batch = history_batch(histories, self.event)
+        return batch if words is None else asking(batch, words)
 
     def _ids(self, history: list[str]) -> tuple[np.ndarray, list[str], int]:
         ids, unknown = [], []
@@ -115,13 +144,15 @@ class Recommender:
         dropped = max(0, len(ids) - self.max_len)
         return np.asarray(ids[dropped:], dtype=np.int64), unknown, dropped
 
-    def _explain(self, ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor, top: int = 3) -> list[list[dict]]:
+    def _explain(self, ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor, words: np.ndarray | None,
+                 top: int = 3) -> list[list[dict]]:  # fmt: skip
         """Leave-one-out: how much each recommended item's score drops when one history item is left out."""
         if len(ids) < 2:
             return [[{"item": str(self.tokens[ids[0]]), "score_drop": None}] for _ in items] if len(ids) else []
         without = [np.delete(ids, position) for position in range(len(ids))]
+        asked = None if words is None else np.repeat(words[None], len(without), axis=0)
         with torch.no_grad():
-            reduced = self.model.full_sort_predict(history_batch(without, self.event))[:, items]  # (L, k)
+            reduced = self.model.full_sort_predict(self._batch(without, asked))[:, items]  # (L, k)
         drops = (scores[items].unsqueeze(0) - reduced).numpy()
         explained = []
         for column in range(len(items)):
