@@ -18,7 +18,8 @@ from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.data.splits import training_items
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.evaluator import SELECTION_METRIC, evaluate, poisoning_figures, popularity_baseline
+from fedseqrec.evaluation.config import selection_metric
+from fedseqrec.evaluation.evaluator import evaluate, poisoning_figures, popularity_baseline
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
@@ -64,7 +65,7 @@ def train_centralized(
     out.mkdir(parents=True, exist_ok=True)
     (out / SEALED).unlink(missing_ok=True)  # a new run in an old folder: its own coins
     seal(out, ds.audit)
-    history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg.seed)
+    history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     save_checkpoint(out, model, model_cfg.name, ds.sequences)
     options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
@@ -83,9 +84,10 @@ def train_centralized(
     return _write_results(out, results, data_cfg, model_cfg, cfg)
 
 
-def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, seed: int):
+def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, data_cfg: DataConfig):
     """Epochs until ``--epochs``, ``--patience`` or ``--max-seconds`` (checked after every step, so training
     ends within one step of the limit): (history, training seconds, best, why it stopped early or None)."""
+    seed, chosen = data_cfg.seed, selection_metric(data_cfg.task)
     windows = TrainingWindows(
         ds.sequences, ds.split, max_len=model_cfg.max_len, random_window=cfg.random_window, seed=seed
     )
@@ -108,7 +110,7 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
                 record["valid"] = evaluate(
                     model, ds.sequences, ds.split, "valid", max_len=model_cfg.max_len, protocol=cfg.evaluation.protocol
                 )
-                score = record["valid"][SELECTION_METRIC]
+                score = record["valid"][chosen]
                 if score > best["score"]:
                     best, stale = {"epoch": epoch, "score": score}, 0
                     save_weights(out / "model.pt", model)
@@ -124,7 +126,7 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
                     f"--max-seconds {cfg.max_seconds:g} reached in epoch {epoch} ({train_seconds:.1f} s of training)"
                 )
             elif stale >= cfg.patience:
-                stopped = f"no better validation {SELECTION_METRIC} in {cfg.patience} evaluations (--patience)"
+                stopped = f"no better validation {chosen} in {cfg.patience} evaluations (--patience)"
             if stopped:
                 break
     return history, train_seconds, best, stopped

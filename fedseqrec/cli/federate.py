@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedseqrec.cli.common import add_command, unset_defaults
 from fedseqrec.cli.report import run_audit
+from fedseqrec.evaluation.config import headline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.config import TRAINABLE_MODELS
 from fedseqrec.options import add_options, from_args
@@ -41,7 +42,7 @@ def print_results(results: dict, folder: Path) -> None:
         print(f"stopped: {results['stopped']}")
     print(
         f"{results['model']} / {results['strategy']}: best round {results['best_round']} of {results['rounds_run']}: "
-        f"test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
+        f"test {headline(test)}"
     )
     for line in results.get("notes", []):
         print(line)

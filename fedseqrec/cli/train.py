@@ -13,7 +13,7 @@ from fedseqrec.cli.report import run_audit
 from fedseqrec.data.cleaning import cleaning_summary
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.config import EvaluationConfig
+from fedseqrec.evaluation.config import EvaluationConfig, headline, selection_metric
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, from_args
 
@@ -32,19 +32,20 @@ class EpochPrinter:
             self.bar = tqdm(desc=f"train {model}", unit="epoch", file=stream)
 
     def __call__(self, record: dict) -> None:
-        valid = record.get("valid", {}).get("NDCG@10")
+        chosen = "AUC" if "AUC" in record.get("valid", {}) else "NDCG@10"
+        valid = record.get("valid", {}).get(chosen)
         best = record["best"]
         if self.bar is not None:
             self.bar.total = record["epochs"]
             self.bar.update(1)
             shown = {"loss": f"{record['loss']:.3f}", "best": f"{best['score']:.4f}"}
             if valid is not None:
-                shown["ndcg10"] = f"{valid:.4f}"
+                shown[chosen] = f"{valid:.4f}"
             self.bar.set_postfix(shown)
             return
         line = f"epoch {record['epoch']:>3}/{record['epochs']}  loss {record['loss']:.4f}"
         if valid is not None:
-            line += f"  valid NDCG@10 {valid:.4f} (best {best['score']:.4f}, epoch {best['epoch']})"
+            line += f"  valid {chosen} {valid:.4f} (best {best['score']:.4f}, epoch {best['epoch']})"
         print(f"{line}  {record['train_seconds']:.1f} s", file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -61,7 +62,8 @@ def say_cleaning(ds: Dataset) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """centralized training (the baseline for federated runs)
 
-    Train a sequence recommender on all users at once: AdamW, early stopping on validation NDCG@10, best weights
+    Train a sequence recommender on all users at once: AdamW, early stopping on validation NDCG@10 (click AUC
+    for --task ctr), best weights
     in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation and test metrics in
     --out/metrics.json. Progress: a bar on a terminal, a line per epoch otherwise.
     """
@@ -77,11 +79,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     test, valid = results["test"], results["valid"]
+    task = json.loads((out / "config.json").read_text())["data"].get("task", "next-item")
     if results.get("stopped"):
         print(f"stopped: {results['stopped']}")
+    chosen = selection_metric(task)
     print(
-        f"{model.name}: test NDCG@10 {test['NDCG@10']:.4f}  HR@10 {test['HR@10']:.4f}  MRR@10 {test['MRR@10']:.4f}"
-        f"  (valid NDCG@10 {valid['NDCG@10']:.4f}; {results['params']:,} parameters, "
+        f"{model.name}: test {headline(test)}  (valid {chosen} {valid[chosen]:.4f}; {results['params']:,} parameters, "
         f"{results['train_seconds']:.1f} s training)"
     )
     print(f"results in {out.resolve()}")

@@ -17,9 +17,9 @@ from fedseqrec.data.ordered import ORDERED_FORMATS
 from fedseqrec.data.parsing import TIME_UNITS
 from fedseqrec.data.partition import SCHEMES, Partition, partition_users
 from fedseqrec.data.poisoning import add_fake_users, fake_user_ids, target_item, train_only
-from fedseqrec.data.sequences import SequenceData, build_sequences
+from fedseqrec.data.sequences import SequenceData, ad_event_ids, build_sequences
 from fedseqrec.data.shop import ShopConfig, generate_shop
-from fedseqrec.data.splits import SPLITS, Split, make_split, search_split
+from fedseqrec.data.splits import SPLITS, Split, impression_split, make_split, search_split
 from fedseqrec.data.store import is_prepared, load_prepared
 from fedseqrec.errors import UserError
 from fedseqrec.options import non_negative_int, option, positive, positive_int, section, within
@@ -29,8 +29,9 @@ POISONING = "poisoning (attack experiments)"
 AUDIT = "privacy audit"
 # What a model learns to predict. next-item: the next event's item (every model); search: the item a search finds,
 # from the history and the query (targets: the events with a query; the shop log then plants history-dependent
-# searches, see data/shop.py).
-TASKS = ("next-item", "search")
+# searches, see data/shop.py); ctr: whether a shown ad is clicked and then bought (targets: impression events; the
+# shop log then shows ads, see data/shop_ads.py).
+TASKS = ("next-item", "search", "ctr")
 
 
 @dataclass
@@ -47,8 +48,9 @@ class DataConfig:
     format: str = option("auto", f"layout of --data; presets: {', '.join(PRESETS)}", choices=FORMATS, group="data")
     seed: int = option(0, "seed for generated data and partitions", group="data")
     task: str = option(
-        "next-item", "what is predicted: the next item, or the item a search finds (from the history and the query; "
-        "targets are the events with a query)", choices=TASKS, group="data",
+        "next-item", "what is predicted: the next item; the item a search finds (from the history and the query; "
+        "targets are the events with a query); or ad clicks and purchases (ctr: targets are impression events)",
+        choices=TASKS, group="data",
     )  # fmt: skip
     columns: str | None = option(
         None,
@@ -172,7 +174,8 @@ class Dataset:
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.data == "shop":
         shop = ShopConfig(**{**asdict(cfg.shop), "seed": cfg.seed})
-        return _from_log(generate_shop(shop, searches=cfg.task == "search"), cfg, {"shop": asdict(shop)})
+        log = generate_shop(shop, searches=cfg.task == "search", ads=cfg.task == "ctr")
+        return _from_log(log, cfg, {"shop": asdict(shop)})
     path = resolve_path(cfg.data)
     if cfg.format in ("auto", "prepared") and is_prepared(path):
         return _from_prepared(path, cfg)
@@ -249,14 +252,21 @@ def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
 
 
 def _split(sequences: SequenceData, cfg: DataConfig, source: str) -> Split:
-    if cfg.task != "search":
+    if cfg.task == "next-item":
         return make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
     if cfg.split != "leave-one-out":
-        raise UserError(f"--task search has its own split (leave-one-out over searches), not --split {cfg.split}")
-    if not sequences.has_queries:
-        raise UserError(f"{source}: no event carries a search query (a `query` column, see --columns): --task search "
-                        "ranks what searches found")  # fmt: skip
-    return search_split(sequences)
+        raise UserError(f"--task {cfg.task} has its own split (leave-one-out over its targets), not --split "
+                        f"{cfg.split}")  # fmt: skip
+    if cfg.task == "search":
+        if not sequences.has_queries:
+            raise UserError(f"{source}: no event carries a search query (a `query` column, see --columns): --task "
+                            "search ranks what searches found")  # fmt: skip
+        return search_split(sequences)
+    ads = ad_event_ids(sequences)
+    if not np.isin(sequences.events, ads).any():
+        raise UserError(f"{source}: no ad impression (rows with `click` / `purchase` labels, see --columns): "
+                        "--task ctr predicts clicks and purchases of shown ads")  # fmt: skip
+    return impression_split(sequences, ads)
 
 
 def _same_quantiles(split: Split, cfg: DataConfig) -> bool:

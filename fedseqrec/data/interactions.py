@@ -19,6 +19,9 @@ COLUMNS = (USER, ITEM, TIMESTAMP, EVENT, RATING, QUERY)
 
 # Event names differ between logs; these are the ones fedseqrec understands across sources.
 VIEW, CART, PURCHASE, FAV, SEARCH, INTERACTION = "view", "cart", "purchase", "fav", "search", "interaction"
+# An ad shown and not clicked; clicked and not bought; clicked and bought (the labels of --task ctr).
+IMPRESSION, AD_CLICK, AD_CONVERSION = "impression", "ad-click", "ad-conversion"
+AD_EVENTS = (IMPRESSION, AD_CLICK, AD_CONVERSION)
 EVENT_ALIASES = {
     "view": VIEW,
     "pv": VIEW,

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from fedseqrec.data.interactions import EVENT, ITEM, QUERY, TIMESTAMP, USER
+from fedseqrec.data.interactions import AD_CLICK, AD_CONVERSION, AD_EVENTS, EVENT, ITEM, QUERY, TIMESTAMP, USER
 from fedseqrec.data.text import TokenTables, token_tables
 
 PAD = "[PAD]"
@@ -81,6 +81,18 @@ class SequenceData:
     @property
     def has_queries(self) -> bool:
         return bool((self.queries > 0).any())
+
+
+def ad_event_ids(data: SequenceData) -> np.ndarray:
+    """Event ids of the impression events (shown; clicked; clicked and bought), those the data has."""
+    names = [str(e) for e in data.vocab.events]
+    return np.array([names.index(e) for e in AD_EVENTS if e in names], dtype=np.int64)
+
+
+def ad_labels(data: SequenceData) -> tuple[np.ndarray, np.ndarray]:
+    """By event id: (clicked, bought) — an ad click, or an ad click that turned into a purchase."""
+    names = np.array([str(e) for e in data.vocab.events], dtype=object)
+    return np.isin(names, (AD_CLICK, AD_CONVERSION)), names == AD_CONVERSION
 
 
 def _ids(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fedseqrec.data.interactions import CART, PURCHASE, SEARCH, VIEW, Interactions, make_table
+from fedseqrec.data.shop_ads import AdSlates, ad_slates
 from fedseqrec.errors import UserError
 from fedseqrec.options import option
 
@@ -222,8 +223,14 @@ def _queries(rng: np.random.Generator, cat: _Catalogue, items: np.ndarray) -> np
     return text
 
 
-def generate_shop(cfg: ShopConfig = ShopConfig(), searches: bool = False) -> Interactions:
-    """The log; ``searches``: the variant whose searches find items that depend on the history (module doc)."""
+def generate_shop(cfg: ShopConfig = ShopConfig(), searches: bool = False, ads: bool = False) -> Interactions:
+    """The log; ``searches``: the variant whose searches find items that depend on the history (module doc);
+    ``ads``: with ad impressions and their click and purchase labels (``data/shop_ads.py``)."""
+    return shop_with_truth(cfg, searches, ads)[0]
+
+
+def shop_with_truth(cfg: ShopConfig, searches: bool = False, ads: bool = False) -> tuple[Interactions, AdSlates | None]:
+    """:func:`generate_shop`, and the ad slates with the probabilities their labels were drawn with."""
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
     cat = _Catalogue(cfg, rng)
@@ -241,7 +248,16 @@ def generate_shop(cfg: ShopConfig = ShopConfig(), searches: bool = False) -> Int
     query = np.full(len(item), None, dtype=object)
     is_search = event == 1
     query[is_search] = _queries(rng, cat, item[is_search])
-    return _as_interactions(user, item, time, EVENT_NAMES[event], query, cat, region, cfg)
+    names = EVENT_NAMES[event]
+    slates = None
+    if ads:  # its own random stream too; impressions one second before the session they open
+        slates = ad_slates(np.random.default_rng([cfg.seed, 2]), cat, user, item, event, session)
+        shown = time[slates.row] - 1.0 + 0.01 * slates.slot
+        user, item, time = (np.concatenate(pair) for pair in ((user, user[slates.row]), (item, slates.item),
+                                                              (time, shown)))  # fmt: skip
+        names = np.concatenate([names, slates.event])
+        query = np.concatenate([query, np.full(len(slates.item), None, dtype=object)])
+    return _as_interactions(user, item, time, names, query, cat, region, cfg), slates
 
 
 def _searched_from_history(rng, cat: _Catalogue, user: np.ndarray, item: np.ndarray, search: np.ndarray) -> np.ndarray:

@@ -55,17 +55,40 @@ def search_split(data: SequenceData) -> Split:
     target, the one before it the validation target, each ranked from everything before it; training is the
     events before the validation target (before the test target when there is one search, all events when there
     is none). Searches that open a history (nothing before them) are no targets."""
+    return _last_two(data, data.queries > 0, "search")
+
+
+def impression_split(data: SequenceData, ad_events: np.ndarray) -> Split:
+    """Leave-one-out over ad slates (``--task ctr``): a slate is a run of consecutive impression events (event ids in
+    ``ad_events``); a user's last slate is the test slate, the one before it the validation slate, every impression
+    of a slate predicted from everything before the slate. ``valid_pos`` / ``test_pos`` are the slates' first
+    positions; training is as in :func:`search_split`."""
+    shown = np.isin(data.events, ad_events)
+    return _last_two(data, shown & ~np.r_[False, shown[:-1]], "slates")
+
+
+def _last_two(data: SequenceData, marked: np.ndarray, name: str) -> Split:
+    """Test: each user's last marked event after their first; validation: the marked one before it."""
     n = data.lengths.astype(np.int64)
     position = np.arange(data.n_interactions) - np.repeat(data.offsets[:-1], data.lengths)
     user = data.user_of_event
-    searched = (data.queries > 0) & (position >= 1)
+    marked = marked & (position >= 1)
     last = np.full(len(n), -1, dtype=np.int64)
-    np.maximum.at(last, user[searched], position[searched])
-    earlier = searched & (position < last[user])
+    np.maximum.at(last, user[marked], position[marked])
+    earlier = marked & (position < last[user])
     before_last = np.full(len(n), -1, dtype=np.int64)
     np.maximum.at(before_last, user[earlier], position[earlier])
     train_end = np.where(before_last >= 0, before_last, np.where(last >= 0, last, n))
-    return _with_padding_user(Split("search", train_end, before_last, last, {}))
+    return _with_padding_user(Split(name, train_end, before_last, last, {}))
+
+
+def slate_end(data: SequenceData, user: int, start: int, ad_events: np.ndarray) -> int:
+    """The position after the slate that starts at ``start`` in ``user``'s sequence."""
+    events = data.events[data.offsets[user] : data.offsets[user + 1]]
+    end = start
+    while end < len(events) and events[end] in ad_events:
+        end += 1
+    return end
 
 
 def temporal_split(data: SequenceData, valid_quantile: float = 0.8, test_quantile: float = 0.9) -> Split:

@@ -16,12 +16,12 @@ import torch
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split, training_items
 from fedseqrec.errors import UserError
+from fedseqrec.evaluation.ads import ad_sums
+from fedseqrec.evaluation.config import SELECTION_METRIC  # noqa: F401  (re-exported)
 from fedseqrec.evaluation.metrics import KS, MetricSums
 from fedseqrec.evaluation.protocols import PROTOCOLS
-from fedseqrec.models.batching import evaluation_batches
+from fedseqrec.models.batching import evaluation_batches, slate_batches
 from fedseqrec.models.pop import Popularity
-
-SELECTION_METRIC = "NDCG@10"  # what picks the best epoch or round
 
 
 @torch.no_grad()
@@ -46,6 +46,11 @@ def evaluate_sums(
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
+    if split.name == "slates":  # --task ctr: every impression of the slate, scored as click and purchase
+        sums = _ad_sums(model, data, split, which, users, max_len, batch_size)
+        if was_training:
+            model.train()
+        return sums
     sums = MetricSums()
     rng = np.random.default_rng(seed)
     weights = _popularity(data, split) if protocol == "sampled-pop" else None
@@ -59,6 +64,17 @@ def evaluate_sums(
     if was_training:
         model.train()
     return sums
+
+
+def _ad_sums(model, data: SequenceData, split: Split, which: str, users, max_len: int, batch_size: int) -> MetricSums:
+    total = MetricSums()
+    for chunk in slate_batches(data, split, which, users, max_len, batch_size):
+        p_click, p_purchase = (p.numpy() for p in model.predict_ads(chunk.batch, chunk.ads))
+        at = chunk.ads.numpy() > 0
+        slates = np.repeat(chunk.users[:, None], at.shape[1], axis=1)
+        sums = ad_sums(p_click[at], p_purchase[at], chunk.clicked[at], chunk.bought[at], slates[at])
+        total = total.merge(MetricSums(sums, int(at.sum())))
+    return total
 
 
 def evaluate(model, data: SequenceData, split: Split, which: str = "valid", **options) -> dict[str, float]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fedseqrec.data.sequences import SequenceData
+from fedseqrec.data.sequences import SequenceData, ad_event_ids, ad_labels
 from fedseqrec.data.splits import Split
 from fedseqrec.models.base import SeqBatch, gap_buckets
 
@@ -163,6 +163,48 @@ def evaluation_batches(
         if queries is not None:  # the target's own query, known when it is predicted
             asking(batch, queries[asked])
         yield EvalBatch(batch, torch.tensor(targets), chunk)
+
+
+@dataclass
+class SlateBatch:
+    """Ad slates to score (``--task ctr``): each user's history before the slate, and the slate's ads."""
+
+    batch: SeqBatch
+    ads: torch.Tensor  # (B, K) item ids, 0 = no ad (slates of fewer than K)
+    clicked: np.ndarray  # (B, K) bool
+    bought: np.ndarray  # (B, K) bool
+    users: np.ndarray  # (B,)
+
+
+def slate_batches(
+    data: SequenceData,
+    split: Split,
+    which: str,
+    users: np.ndarray | None = None,
+    max_len: int = 50,
+    batch_size: int = 256,
+) -> Iterator[SlateBatch]:
+    """For each user with a ``which`` slate (``split.valid_pos`` / ``test_pos``: its first impression): the
+    ``max_len`` events before it and the slate's impressions with their labels."""
+    clicked_event, bought_event = ad_labels(data)
+    shown = np.isin(np.arange(len(clicked_event)), ad_event_ids(data))
+    for chunk in evaluation_batches(data, split, which, users, max_len, batch_size):
+        ads = []
+        for user in chunk.users:
+            start = data.offsets[user]
+            p = int((split.valid_pos if which == "valid" else split.test_pos)[user])
+            end = p
+            while start + end < data.offsets[user + 1] and shown[data.events[start + end]]:
+                end += 1
+            ads.append(np.arange(start + p, start + end))
+        width = max(len(a) for a in ads)
+        index = np.zeros((len(ads), width), dtype=np.int64)
+        present = np.zeros((len(ads), width), dtype=bool)
+        for row, slate in enumerate(ads):
+            index[row, : len(slate)], present[row, : len(slate)] = slate, True
+        events = data.events[index]
+        yield SlateBatch(chunk.batch, torch.from_numpy(np.where(present, data.items[index], 0).astype(np.int64)),
+                         present & clicked_event[events], present & bought_event[events], chunk.users)  # fmt: skip
 
 
 def asking(batch: SeqBatch, words: np.ndarray) -> SeqBatch:

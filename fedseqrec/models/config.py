@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, fields
 from fedseqrec.errors import UserError
 from fedseqrec.options import check, non_negative, non_negative_int, option, positive, positive_int, within
 
-# pop: the most-popular baseline; text-match: the query's words against the items' (--task search)
-MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "pop", "text-match")
+# pop: the most-popular baseline; text-match: the query's words against the items' (--task search); din-esmm and lr:
+# ad click and conversion (--task ctr)
+MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "din-esmm", "pop", "text-match", "lr")
 BASELINES = ("pop", "text-match")  # nothing to train
 TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name not in BASELINES)
 ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hidden
@@ -24,7 +25,8 @@ class ModelConfig:
     name: str = option("sasrec", "sequence recommender (pop: baseline)", choices=MODEL_NAMES, key="model", group=MODEL)
     n_items: int = 0
     n_events: int = 0
-    n_query_tokens: int = 0  # words of the data's search queries and item texts (0: no queries)
+    n_query_tokens: int = 0  # words of the data's search queries and item texts (data/text.py)
+    ad_events: tuple = ()  # event ids of (impression, ad click, ad conversion) in data with ads, -1 where absent
     hidden: int = option(64, "embedding and hidden size", check=positive_int, group=MODEL)
     layers: int = option(2, "Transformer blocks or recurrent layers", check=positive_int, group=MODEL)
     heads: int = option(2, "attention heads (sasrec, bert4rec)", check=positive_int, group=MODEL)
@@ -77,7 +79,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: (tuple(v) if k == "ad_events" else v) for k, v in values.items() if k in known}
+        return cls(**values)
 
 
 @dataclass

@@ -24,13 +24,25 @@ def esmm_loss(
     pos_weight: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """Mean over impressions of the CTR and CTCVR cross-entropies (``purchased`` counts only where clicked)."""
+    return esmm_terms(ctr_logits, cvr_logits, clicked, purchased, pos_weight).mean()
+
+
+def esmm_terms(
+    ctr_logits: torch.Tensor,
+    cvr_logits: torch.Tensor,
+    clicked: torch.Tensor,
+    purchased: torch.Tensor,
+    pos_weight: tuple[float, float] = (1.0, 1.0),
+) -> torch.Tensor:
+    """Each impression's CTR plus CTCVR cross-entropy (the shape of the logits)."""
     click = clicked.float()
     conversion = (clicked.bool() & purchased.bool()).float()
-    ctr = F.binary_cross_entropy_with_logits(ctr_logits, click, pos_weight=torch.tensor(pos_weight[0]))
+    ctr = F.binary_cross_entropy_with_logits(
+        ctr_logits, click, pos_weight=torch.tensor(pos_weight[0]), reduction="none"
+    )
     log_p = F.logsigmoid(ctr_logits) + F.logsigmoid(cvr_logits)  # log pCTCVR
     log_not = _log1mexp(log_p)  # log(1 − pCTCVR)
-    ctcvr = -(pos_weight[1] * conversion * log_p + (1 - conversion) * log_not).mean()
-    return ctr + ctcvr
+    return ctr - (pos_weight[1] * conversion * log_p + (1 - conversion) * log_not)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:

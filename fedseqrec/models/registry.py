@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from fedseqrec.data.interactions import AD_EVENTS
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import SequentialRecommender
@@ -16,6 +17,8 @@ MODELS: dict[str, str] = {
     "sasrec": "fedseqrec.models.sasrec:SASRec",
     "bert4rec": "fedseqrec.models.bert4rec:BERT4Rec",
     "query-sasrec": "fedseqrec.models.query_sasrec:QuerySASRec",
+    "din-esmm": "fedseqrec.models.din:DINESMM",
+    "lr": "fedseqrec.models.logistic:AdLogistic",
 }
 
 
@@ -33,13 +36,18 @@ def build_model(name: str, cfg: ModelConfig, data: SequenceData | None = None) -
     cfg = ModelConfig.from_dict({**cfg.to_dict(), "name": name})
     cfg.validate()
     built = model(cfg)
-    if data is not None and built.reads_queries:
+    if data is not None and built.reads_queries and not data.has_queries:
+        raise UserError("query-sasrec reads search queries, and no event of this data has one (--task search with a "
+                        "log whose searches carry a `query` column)")  # fmt: skip
+    if data is not None and hasattr(built, "attach_words"):
         built.attach_words(data.tokens.items)
     return built
 
 
 def model_config_for(data: SequenceData, base: ModelConfig) -> ModelConfig:
-    """``base`` with the item, event and query-word counts of ``data``."""
-    words = data.tokens.n_tokens if data.has_queries else 0
-    counts = {"n_items": data.n_items, "n_events": len(data.vocab.events) - 1, "n_query_tokens": words}
+    """``base`` with the item, event and query-word counts of ``data``, and its ad events."""
+    words = data.tokens.n_tokens
+    names = [str(e) for e in data.vocab.events]
+    ads = tuple(names.index(e) if e in names else -1 for e in AD_EVENTS) if set(AD_EVENTS) & set(names) else ()
+    counts = {"n_items": data.n_items, "n_events": len(names) - 1, "n_query_tokens": words, "ad_events": ads}
     return ModelConfig.from_dict({**base.to_dict(), **counts})

@@ -134,7 +134,9 @@ def _audit_flags(audit: dict | None) -> list[str]:
 def _utility(folder: RunFolder) -> list[dict]:
     if not (folder.path / "config.json").is_file():
         raise UserError(f"{folder.path}: not a fedseqrec run folder (no config.json)")
-    return [{"round": r["round"], "NDCG@10": r["valid"]["NDCG@10"]} for r in folder.rounds() if "valid" in r]
+    rounds = [r for r in folder.rounds() if "valid" in r]
+    metric = "AUC" if any("AUC" in r["valid"] for r in rounds) else "NDCG@10"  # --task ctr: the click AUC
+    return [{"round": r["round"], metric: r["valid"][metric]} for r in rounds]
 
 
 def _fmt(value) -> str:
@@ -258,18 +260,19 @@ def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     utility = report["utility"]
-    values = [u["NDCG@10"] for u in utility]
+    metric = "AUC" if any("AUC" in u for u in utility) else "NDCG@10"
+    values = [u[metric] for u in utility]
     ax.plot([u["round"] for u in utility], values, marker="o", ms=3, label="this run (private)")
     if reference:
-        ax.plot([u["round"] for u in reference], [u["NDCG@10"] for u in reference], color="grey", label="without DP")
-        values += [u["NDCG@10"] for u in reference]
+        ax.plot([u["round"] for u in reference], [u[metric] for u in reference], color="grey", label="without DP")
+        values += [u[metric] for u in reference]
     if report.get("popularity") is not None:
         ax.axhline(report["popularity"], color="orange", ls="--", lw=1, label="most popular items")
         values.append(report["popularity"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(values, default=0.0) * 1.15 or 1.0)  # from zero: noise must not look like a trend
     ax.set_xlabel("round")
-    ax.set_ylabel("validation NDCG@10")
+    ax.set_ylabel(f"validation {metric}")
     ax.set_title("utility per round")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 
+def _shown(rounds: list[dict]) -> tuple[str, str]:
+    """The two validation figures of the rounds table: ranking (NDCG@10, HR@10) or ads (click AUC, GAUC)."""
+    ads = any("AUC" in (r.get("valid") or {}) for r in rounds)
+    return ("CTR-AUC", "CTR-GAUC") if ads else ("NDCG@10", "HR@10")
+
+
 def format_round(record: dict, rounds: int) -> str:
-    """One progress line: round, clients, loss, validation NDCG@10 and HR@10, seconds."""
+    """One progress line: round, clients, loss, two validation figures (NDCG@10 and HR@10, or click AUC and
+    GAUC), seconds."""
     valid = record.get("valid") or {}
     parts = [f"round {record['round']:>3}/{rounds}", f"clients {record['clients']:>3}"]
     parts.append("loss      -" if record.get("loss") is None else f"loss {record['loss']:6.3f}")
-    if "NDCG@10" in valid:
-        parts += [f"NDCG@10 {valid['NDCG@10']:.4f}", f"HR@10 {valid['HR@10']:.4f}"]
+    first, second = _shown([record])
+    if first in valid:
+        parts += [f"{first} {valid[first]:.4f}", f"{second} {valid[second]:.4f}"]
     if "epsilon_max" in record:
         parts.append(f"ε {record['epsilon_max']:.3f}")
     parts.append(f"{record['seconds']:6.1f} s")
@@ -20,12 +28,13 @@ def format_round(record: dict, rounds: int) -> str:
 
 def summary_table(rounds: list[dict]) -> str:
     private = any("epsilon_max" in r for r in rounds)
-    header = "| round | clients | loss | valid NDCG@10 | valid HR@10 |" + (" largest ε |" if private else "")
+    first, second = _shown(rounds)
+    header = f"| round | clients | loss | valid {first} | valid {second} |" + (" largest ε |" if private else "")
     lines = [header + " seconds |", "|---:" * (7 if private else 6) + "|"]
     for r in rounds:
         valid = r.get("valid") or {}
-        ndcg = f"{valid['NDCG@10']:.4f}" if "NDCG@10" in valid else ""
-        hr = f"{valid['HR@10']:.4f}" if "HR@10" in valid else ""
+        ndcg = f"{valid[first]:.4f}" if first in valid else ""
+        hr = f"{valid[second]:.4f}" if second in valid else ""
         loss = "" if r.get("loss") is None else f"{r['loss']:.4f}"
         eps = f" {r['epsilon_max']:.3f} |" if private else ""
         lines.append(f"| {r['round']} | {r['clients']} | {loss} | {ndcg} | {hr} |{eps} {r['seconds']:.1f} |")
@@ -34,6 +43,14 @@ def summary_table(rounds: list[dict]) -> str:
 
 def summary_markdown(results: dict, rounds: list[dict]) -> str:
     test, valid = results["test"], results["valid"]
+    if "AUC" in test:  # --task ctr
+        return (
+            f"# Federated run: {results['model']} with {results['strategy']} ({results['partition']} partition)\n\n"
+            f"- rounds: {results['rounds_run']}; best round (validation click AUC): {results['best_round']}\n"
+            f"- test at the best round: {_listed(test)}\n- validation at the best round: {_listed(valid)}\n"
+            + (f"- largest client ε: {results['privacy']['max_epsilon']:.3f}\n" if results.get("privacy") else "")
+            + f"\n{summary_table(rounds)}\n"
+        )
     return (
         f"# Federated run: {results['model']} with {results['strategy']} ({results['partition']} partition)\n\n"
         f"- rounds: {results['rounds_run']}; best round (validation NDCG@10): {results['best_round']}\n"
@@ -57,3 +74,8 @@ def summary_markdown(results: dict, rounds: list[dict]) -> str:
         + "\n"
         f"{summary_table(rounds)}\n"
     )
+
+
+def _listed(metrics: dict) -> str:
+    names = ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CVR-AUC", "CVR-LogLoss", "CVR-calibration")
+    return ", ".join(f"{n} {metrics[n]:.4f}" for n in names if n in metrics)

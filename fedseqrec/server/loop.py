@@ -19,6 +19,7 @@ from flwr.common.logger import log
 
 from fedseqrec.data.canaries import seal
 from fedseqrec.errors import RunError, UserError
+from fedseqrec.evaluation.config import selection_metric
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
@@ -78,6 +79,7 @@ class Federation:
         self.directory = self._directory()
         self.evaluate = GlobalEvaluation(self, self.directory, self.progress.on_message)
         self.round, self.best = 0, {"round": 0, "score": -1.0}
+        self.chosen = selection_metric(cfg.data.task)  # what picks the best round
         self.stopped: str | None = None
         self._saved_privacy: str | None = None
         self.arrays = ArrayRecord(self.model.state_dict())
@@ -140,15 +142,15 @@ class Federation:
                 evaluation_start = time.perf_counter()
                 record["valid"] = self.evaluate(self.arrays, "valid", server_round)
                 record["eval_seconds"] = round(time.perf_counter() - evaluation_start, 3)
-                if record["valid"].get(SELECTION_METRIC, -1.0) > self.best["score"]:
-                    self.best = {"round": server_round, "score": record["valid"][SELECTION_METRIC]}
+                if record["valid"].get(self.chosen, -1.0) > self.best["score"]:
+                    self.best = {"round": server_round, "score": record["valid"][self.chosen]}
                     self._save_best()
             record["seconds"] = round(time.perf_counter() - record.pop("_start"), 3)
             self._complete(server_round, record)
         return self.finish()
 
     def _save_best(self) -> None:
-        info = {"round": self.best["round"], f"valid_{SELECTION_METRIC}": self.best["score"]}
+        info = {"round": self.best["round"], f"valid_{self.chosen}": self.best["score"]}
         self.folder.save_model(self.arrays.to_torch_state_dict(), info)
 
     def train_round(self, server_round: int) -> dict:
@@ -281,7 +283,7 @@ class Federation:
 
     def finish(self) -> dict:
         if self.best["round"] == 0 and self.round > 0:  # stopped early, before the first evaluation
-            score = self.evaluate(self.arrays, "valid", self.round)[SELECTION_METRIC]
+            score = self.evaluate(self.arrays, "valid", self.round)[self.chosen]
             self.best = {"round": self.round, "score": score}
             self._save_best()
         if self.best["round"] == 0:
@@ -330,14 +332,14 @@ class Federation:
             return {}
         initial = ArrayRecord(torch.load(self.folder.path / INITIAL, weights_only=True))
         figures = {which: self.evaluate(initial, which, 0) for which in ("valid", "test")}
-        self.progress.on_message(f"initial model (before the private rounds): test {SELECTION_METRIC} "
-                                 f"{figures['test'][SELECTION_METRIC]:.4f}")  # fmt: skip
+        self.progress.on_message(f"initial model (before the private rounds): test {self.chosen} "
+                                 f"{figures['test'][self.chosen]:.4f}")  # fmt: skip
         return {"initial": figures}
 
     def _against_popularity(self, results: dict) -> dict:
         """The most-popular baseline on the same targets (when the server holds them), and a note when the model
         does not beat it: a private model below popularity is not worth its privacy cost."""
-        if self.cfg.evaluation.mode == "federated":
+        if self.cfg.evaluation.mode == "federated" or self.cfg.data.task == "ctr":  # (ads: lr is the baseline)
             return {}
         pop = popularity_baseline(
             self.ds.sequences, self.ds.split, self.model.cfg.max_len, self.cfg.evaluation.protocol

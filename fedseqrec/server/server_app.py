@@ -13,6 +13,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fedseqrec.evaluation.config import headline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.summary import format_round
@@ -37,7 +38,7 @@ def make_server_app(
         results = Federation(grid, run_cfg, run_folder, reporter).run()
         test = results["test"]
         reporter.on_message(
-            f"best round {results['best_round']}: test NDCG@10 {test['NDCG@10']:.4f} HR@10 {test['HR@10']:.4f}; "
+            f"best round {results['best_round']}: test {headline(test)}; "
             f"run folder {run_folder.path.resolve()}"
         )
 
