@@ -55,7 +55,7 @@ class DataConfig:
     columns: str | None = option(
         None,
         "column mapping for generic logs, e.g. user=visitorid,item=itemid,timestamp=ts,event=type "
-        "(roles: user, item, timestamp, event, rating, query)",
+        "(roles: user, item, timestamp, event, rating, query; click, purchase: ad labels 0/1, --task ctr)",
         metavar="ROLE=COL,...",
         group="data",
     )

@@ -5,14 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from fedseqrec.data.interactions import EVENT, ITEM, QUERY, RATING, TIMESTAMP, USER, Interactions, id_tokens, make_table
+from fedseqrec.data.interactions import (
+    AD_CLICK,
+    AD_CONVERSION,
+    EVENT,
+    IMPRESSION,
+    ITEM,
+    QUERY,
+    RATING,
+    TIMESTAMP,
+    USER,
+    Interactions,
+    id_tokens,
+    make_table,
+)
 from fedseqrec.data.parsing import Origin, parse_numbers, parse_timestamps
 from fedseqrec.data.readers import read_delimited, read_parquet, require_columns, sniff_separator
 from fedseqrec.errors import DataError
 
-ROLES = (USER, ITEM, TIMESTAMP, EVENT, RATING, QUERY)
+CLICK, BOUGHT = "click", "purchase"  # ad labels (--task ctr): rows that carry them are ad impressions
+ROLES = (USER, ITEM, TIMESTAMP, EVENT, RATING, QUERY, CLICK, BOUGHT)
 REQUIRED_ROLES = (USER, ITEM, TIMESTAMP)
 
 # Column names seen in public logs, tried in order when no mapping is given.
@@ -23,6 +38,8 @@ COLUMN_ALIASES = {
     EVENT: ("event", "event_type", "behavior", "behaviour", "behavior_type", "action"),
     RATING: ("rating", "score"),
     QUERY: ("query", "search_query", "search"),
+    CLICK: ("click", "clicked", "is_click"),
+    BOUGHT: ("purchase", "purchased", "is_purchase", "conversion"),
 }
 
 
@@ -99,11 +116,14 @@ def load_event_log(path: Path, layout: LogLayout) -> Interactions:
     needed = {role: mapping.get(role, COLUMN_ALIASES[role][0]) for role in REQUIRED_ROLES}
     needed.update({role: col for role, col in mapping.items() if role not in REQUIRED_ROLES})
     require_columns(frame, path, needed)
+    event = frame[needed[EVENT]] if EVENT in needed else None
+    if CLICK in needed or BOUGHT in needed:
+        event = ad_events(frame, needed, origin, event)
     events = make_table(
         user=frame[needed[USER]],
         item=frame[needed[ITEM]],
         timestamp=parse_timestamps(frame[needed[TIMESTAMP]], origin, needed[TIMESTAMP], layout.time_unit),
-        event=frame[needed[EVENT]] if EVENT in needed else None,
+        event=event,
         rating=parse_numbers(frame[needed[RATING]], origin, needed[RATING]) if RATING in needed else None,
         query=frame[needed[QUERY]] if QUERY in needed else None,
     )
@@ -113,6 +133,36 @@ def load_event_log(path: Path, layout: LogLayout) -> Interactions:
         source=str(path),
         format=layout.name,
     )
+
+
+def ad_events(frame: pd.DataFrame, needed: dict[str, str], origin: Origin, event: pd.Series | None) -> pd.Series:
+    """Rows with ad labels become impressions: ``impression`` (click 0), ``ad-click`` (click 1, purchase 0) or
+    ``ad-conversion`` (click 1, purchase 1); rows with neither label keep their event. Labels must be 0 or 1, and a
+    purchase needs a click (a conversion is a clicked ad that was bought)."""
+    if CLICK not in needed:
+        raise DataError(f"{origin.path}: a `{needed[BOUGHT]}` column of ad purchases needs the `click` column too "
+                        "(--columns click=COL)")  # fmt: skip
+    labels = {}
+    for role in (CLICK, BOUGHT):
+        if role not in needed:
+            labels[role] = np.zeros(len(frame))
+            continue
+        values = parse_numbers(frame[needed[role]], origin, needed[role])
+        bad = np.flatnonzero(~np.isnan(values) & ~np.isin(values, (0.0, 1.0)))
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(f"{origin.where(row)}: column '{needed[role]}': an ad label must be 0 or 1, got "
+                            f"{frame[needed[role]].iloc[row]!r}")  # fmt: skip
+        labels[role] = values
+    click, bought = labels[CLICK], labels[BOUGHT]
+    wrong = np.flatnonzero((bought == 1) & (click != 1))
+    if len(wrong):
+        raise DataError(f"{origin.where(int(wrong[0]))}: a purchase of an ad that was not clicked (purchase 1, click "
+                        f"{frame[needed[CLICK]].iloc[int(wrong[0])]!r}): a conversion follows a click")  # fmt: skip
+    shown = ~np.isnan(click)
+    named = np.where(bought == 1, AD_CONVERSION, np.where(click == 1, AD_CLICK, IMPRESSION)).astype(object)
+    base = event.astype(object).to_numpy() if event is not None else np.full(len(frame), None, dtype=object)
+    return pd.Series(np.where(shown, named, base), index=frame.index, dtype=object)
 
 
 def _item_features(frame: pd.DataFrame, item_column: str, feature_columns: tuple[str, ...]) -> pd.DataFrame | None:
