@@ -179,3 +179,49 @@ def test_ctr_task_trains_federated_plain_and_under_both_dp_mechanisms(tmp_path, 
     if options:
         report = json.loads((folder.path / "privacy_report.json").read_text())
         assert report["max_epsilon"] > 0 and len(report["history"]) == 2
+
+
+def test_an_ad_model_scores_ads_for_a_user_from_the_command_line(tmp_path, cli):
+    from fedseqrec.centralized.config import TrainConfig
+    from fedseqrec.centralized.training import train_centralized
+    from fedseqrec.models.config import ModelConfig
+
+    data = DataConfig(task="ctr", shop=ShopConfig(users=150, items=60, categories=4))
+    train_centralized(data, ModelConfig(name="din-esmm", hidden=16), TrainConfig(epochs=1), tmp_path / "din")
+    result = cli("recommend", tmp_path / "din", "--user", "u000003", "--ads", "i000001", "i000002", "nope")
+    assert result.code == 0, result.err
+    answer = json.loads(result.out)
+    assert [a["item"] for a in answer["ads"]] == ["i000001", "i000002"] and answer["unknown_ads"] == ["nope"]
+    assert all(0 < a["p_purchase"] < a["p_click"] < 1 for a in answer["ads"])  # pCTCVR = pCTR · pCVR
+    result = cli("recommend", tmp_path / "din", "--user", "u000003")
+    assert result.code == 2 and "not the next item of a ranking" in result.err
+
+
+def test_the_http_service_scores_ads_and_ranks_a_searchs_results(tmp_path):
+    """``POST /ads`` for an ad model; ``POST /recommend`` with a query for the query-aware model."""
+    from test_serving import Server
+
+    from fedseqrec.centralized.config import TrainConfig
+    from fedseqrec.centralized.training import train_centralized
+    from fedseqrec.models.config import ModelConfig
+
+    shop = ShopConfig(users=150, items=60, categories=4)
+    train_centralized(DataConfig(task="ctr", shop=shop), ModelConfig(name="lr"), TrainConfig(epochs=1), tmp_path / "lr")
+    small = ModelConfig(name="query-sasrec", hidden=16, layers=1, heads=1, inner=32)
+    train_centralized(DataConfig(task="search", shop=shop), small, TrainConfig(epochs=1), tmp_path / "search")
+    server = Server(tmp_path / "lr")
+    try:
+        body = json.dumps({"history": ["i000001", "i000002"], "ads": ["i000003", "i000004"]}).encode()
+        status, answer = server.request("POST", "/ads", body)
+        assert status == 200 and [a["item"] for a in answer["ads"]] == ["i000003", "i000004"]
+        assert server.post({"history": ["i000001"], "k": 3})[0] == 422  # an ad model ranks nothing
+    finally:
+        assert server.stop() == 143
+    server = Server(tmp_path / "search")
+    try:
+        status, answer = server.post({"history": ["i000001", "i000002"], "query": "audio cheap", "k": 3})
+        assert status == 200 and len(answer["items"]) == 3
+        status, answer = server.post({"histories": [["i000001"], ["i000002"]], "queries": ["audio", None], "k": 2})
+        assert status == 200 and len(answer["results"]) == 2
+    finally:
+        assert server.stop() == 143

@@ -19,7 +19,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     trained on (--user), for a history given as item tokens (--history, oldest first), or for every line of a JSON
     lines file (--input; each line {"history": [...]} or {"user": "..."}, optionally with "query"; one JSON line out
     per line in). Items are the data's own tokens, with their scores; items of the history are left out unless
-    --keep-seen. A query-aware model (--task search) ranks the results of a search: --query "words".
+    --keep-seen. A query-aware model (--task search) ranks the results of a search: --query "words"; an ad model
+    (--task ctr) gives the click and purchase probabilities of ads shown next: --ads ITEM ....
     """
     from fedseqrec.serving.recommender import load_recommender  # torch: not for building the parsers
 
@@ -27,6 +28,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if sum(given) != 1:
         raise UserError("give one of --user, --history or --input")
     recommender = load_recommender(Path(args.run), args.weights)
+    if args.ads is not None:
+        if args.input is not None:
+            raise UserError("--ads scores one history's ads: give --user or --history")
+        history = recommender.history_of(args.user) if args.user is not None else args.history
+        print(json.dumps({**_asked(args), **recommender.score_ads(history, args.ads)}))
+        return 0
     options = {"k": args.k, "exclude_seen": not args.keep_seen, "explain": args.explain}
     if args.input is None:
         history = recommender.history_of(args.user) if args.user is not None else args.history
@@ -123,6 +130,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     recommend.add_argument("--keep-seen", action="store_true", help="items of the history may be recommended")
     recommend.add_argument("--explain", action="store_true", help="the history items behind each recommendation")
     recommend.add_argument("--query", default=None, metavar="WORDS", help="a search's words (query-aware models)")
+    recommend.add_argument("--ads", nargs="+", default=None, metavar="ITEM",
+                           help="ads to score: click and purchase probabilities (ad models, --task ctr)")  # fmt: skip
     serve = add_command(commands, "serve", cmd_serve)
     _common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

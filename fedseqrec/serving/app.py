@@ -2,6 +2,8 @@
 
 - ``POST /recommend`` — ``{"history": [...]}`` or ``{"histories": [[...], ...]}``, ``k``, ``exclude_seen``, ``explain``,
   and for a query-aware model (``--task search``) the search's words: ``query`` (or ``queries``, one per history);
+- ``POST /ads`` — ``{"history": [...], "ads": [...]}``: an ad model's (``--task ctr``) click and purchase
+  probabilities for each ad;
 - ``GET /health`` — alive, and which round answers;
 - ``GET /model`` — which weights (their SHA-256), which round, and the privacy report's ε they carry.
 
@@ -38,6 +40,11 @@ class RecommendRequest(BaseModel):
     explain: bool = Field(False, description="per item, the history items whose removal lowers its score most")
     query: str | None = Field(None, max_length=1_000, description="a search's words (query-aware models)")
     queries: list[str | None] | None = Field(None, max_length=MAX_BATCH, description="with histories: one each")
+
+
+class AdsRequest(BaseModel):
+    history: list[str] = Field(..., min_length=1, max_length=MAX_HISTORY, description="items, oldest first")
+    ads: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="ads to score (--task ctr models)")
 
 
 class ModelHolder:
@@ -110,6 +117,13 @@ def make_app(folder: Path, weights: str = "model.pt", poll_seconds: float = 1.0,
     @app.get("/model")
     def model() -> dict:
         return holder.current.describe()
+
+    @app.post("/ads")
+    def ads(body: AdsRequest) -> dict:
+        recommender = holder.current
+        described = recommender.describe()
+        return {"round": described["round"], "sha256": described["sha256"],
+                **recommender.score_ads(body.history, body.ads)}  # fmt: skip
 
     @app.post("/recommend")
     def recommend(body: RecommendRequest) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fedseqrec.data.dataset import Dataset
+from fedseqrec.data.sequences import ad_event_ids
 from fedseqrec.errors import UserError
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.base import SequentialRecommender
@@ -74,13 +75,15 @@ class Recommender:
         return self.model.cfg.max_len
 
     def history_of(self, user: str) -> list[str]:
-        """A known user's items in the data the model was trained on, oldest first."""
+        """A known user's items in the data the model was trained on, oldest first (behaviour only: the ads the
+        user was shown are not part of what they did)."""
         if user not in self.users:
             raise UserError(f"user {user!r} is not in the data the model was trained on")
         row = self.users[user]
         data = self.ds.sequences
-        start = data.offsets[row]
-        return [str(self.tokens[i]) for i in data.items[start : start + data.lengths[row]]]
+        own = slice(data.offsets[row], data.offsets[row + 1])
+        shown = np.isin(data.events[own], ad_event_ids(data))
+        return [str(self.tokens[i]) for i in data.items[own][~shown]]
 
     def recommend(
         self,
@@ -121,6 +124,24 @@ class Recommender:
                 found.explanations = self._explain(ids, top.indices, ranked, None if words is None else words[row])
             results.append(found)
         return results
+
+    def score_ads(self, history: list[str], ads: list[str]) -> dict:
+        """An ad model's (``--task ctr``) click and purchase probabilities for ``ads`` shown after ``history``."""
+        if not hasattr(self.model, "predict_ads"):
+            raise UserError(f"{self.model.name} ranks items; --ads needs an ad model (din-esmm or lr, --task ctr)")
+        ids, unknown, truncated = self._ids(history)
+        if not len(ids):
+            raise UserError("the history holds no item the model knows")
+        known = [a for a in ads if str(a) in self.index]
+        if not known:
+            raise UserError(f"none of the ads {ads} is an item the model knows")
+        with torch.no_grad():
+            batch = history_batch([ids], self.event)
+            p_click, p_purchase = self.model.predict_ads(batch, torch.tensor([[self.index[str(a)] for a in known]]))
+        scored = [{"item": str(a), "p_click": round(float(c), 6), "p_purchase": round(float(b), 6)}
+                  for a, c, b in zip(known, p_click[0], p_purchase[0], strict=True)]  # fmt: skip
+        return {"ads": scored, "unknown_ads": [str(a) for a in ads if str(a) not in self.index],
+                "unknown_items": unknown, "truncated": truncated}  # fmt: skip
 
     def _words(self, queries: list[str | None] | None, n: int) -> np.ndarray | None:
         """Each request's query as token ids (None: no request has one)."""
