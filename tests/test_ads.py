@@ -225,3 +225,10 @@ def test_the_http_service_scores_ads_and_ranks_a_searchs_results(tmp_path):
         assert status == 200 and len(answer["results"]) == 2
     finally:
         assert server.stop() == 143
+
+
+def test_the_audit_is_refused_for_ctr():
+    from fedseqrec.errors import UserError
+
+    with pytest.raises(UserError, match="--task ctr has none"):
+        load_dataset(DataConfig(task="ctr", audit_canaries=10, audit_seed=1))

@@ -18,6 +18,7 @@ from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, from_args
 
 METRICS = ("NDCG@10", "HR@10", "MRR@10", "NDCG@20", "HR@20")
+AD_METRICS = ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CVR-AUC", "CVR-LogLoss", "CVR-calibration")  # --task ctr
 
 
 class EpochPrinter:
@@ -108,9 +109,10 @@ def checkpoint_data(folder: Path, args: argparse.Namespace) -> DataConfig:
 
 
 def results_table(results: dict) -> str:
-    lines = ["| split | " + " | ".join(METRICS) + " |", "|---" + "|---:" * len(METRICS) + "|"]
+    names = AD_METRICS if "AUC" in results["test"] else METRICS
+    lines = ["| split | " + " | ".join(names) + " |", "|---" + "|---:" * len(names) + "|"]
     for which in ("valid", "test"):
-        lines.append(f"| {which} | " + " | ".join(f"{results[which][m]:.4f}" for m in METRICS) + " |")
+        lines.append(f"| {which} | " + " | ".join(f"{results[which][m]:.4f}" for m in names) + " |")
     return "\n".join(lines)
 
 
@@ -139,7 +141,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{name} from {folder.resolve()} on {data.data} ({protocol} ranking, {ds.split.n_test} test targets)")
+    n = ds.split.n_test
+    what = f"{n} test slates" if data.task == "ctr" else f"{protocol} ranking, {n} test targets"
+    print(f"{name} from {folder.resolve()} on {data.data} ({what})")
     print(results_table(results))
     return 0
 

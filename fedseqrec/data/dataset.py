@@ -198,6 +198,9 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
     elif cfg.target_item is not None:
         raise UserError("--target-item needs --fake-users (the share of fake users that push it)")
     plan = None
+    if cfg.audited and cfg.task == "ctr":
+        raise UserError("the privacy audit scores next-item likelihoods; --task ctr has none (audit a next-item or "
+                        "search run)")  # fmt: skip
     if cfg.audited:
         if cfg.audit_seed is None:
             raise UserError("--audit-canaries / --audit-users need --audit-seed here (a run draws one itself)")
