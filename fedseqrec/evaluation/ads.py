@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from fedseqrec.evaluation.binary import auc
-from fedseqrec.evaluation.metrics import ADS as PREFIX
 
 BINS = 10_000
+PREFIX = "ads:"  # the names of these sums start with it (ranking sums never do)
 HEADS = (("CTR", "click"), ("CVR", "purchase"))  # (metric prefix, label)
 
 

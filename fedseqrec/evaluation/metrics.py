@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedseqrec.evaluation.ads import PREFIX as ADS
+from fedseqrec.evaluation.ads import ad_result
+
 KS = (5, 10, 20)
-ADS = "ads:"  # the names of click and conversion sums start with it (evaluation/ads.py)
 METRICS = ("HR", "NDCG", "MRR", "Recall", "Precision", "F1")
 
 
@@ -71,8 +73,6 @@ class MetricSums:
         if self.count == 0:
             return {}
         if any(name.startswith(ADS) for name in self.sums):  # click and conversion sums (--task ctr)
-            from fedseqrec.evaluation.ads import ad_result
-
             return ad_result(self.sums, self.count)
         ordered = sorted(self.sums, key=lambda n: (int(n.split("@")[1]), METRICS.index(n.split("@")[0])))
         return {name: self.sums[name] / self.count for name in ordered}
