@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +24,12 @@ from benchmark_report import machine
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.centralized.training import train_centralized
-from fedseqrec.data.dataset import DataConfig
+from fedseqrec.data.dataset import DataConfig, load_dataset
 from fedseqrec.data.shop import ShopConfig
+from fedseqrec.evaluation.ads import HEADS, PREFIX, calibration_groups, histogram
+from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.models.checkpoint import load_checkpoint
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.simulation.engine import simulate
 
@@ -44,7 +48,27 @@ def central(model: str, users: int, tmp: Path) -> dict:
     data = DataConfig(task="ctr", shop=ShopConfig(users=users))
     result = train_centralized(data, ModelConfig(name=model), TrainConfig(threads=1, **FIT[model]), tmp / model)
     return {"row": f"central-{model}", "model": model, **figures(result), "train_seconds": result["train_seconds"],
-            "epochs": result["epochs_run"], "best_epoch": result["best_epoch"]}  # fmt: skip
+            "epochs": result["epochs_run"], "best_epoch": result["best_epoch"],
+            "test_calibration": calibration_table(tmp / model, data)}  # fmt: skip
+
+
+def calibration_table(folder: Path, data: DataConfig) -> dict:
+    """The best model's test impressions in ten groups by prediction, for clicks and purchases: mean prediction,
+    observed rate, and the relative gap a perfectly calibrated model would show by chance (one binomial standard
+    deviation of the observed rate)."""
+    ds = load_dataset(data)
+    _, model = load_checkpoint(folder, ds.sequences)
+    sums = evaluate_sums(model, ds.sequences, ds.split, "test").sums
+    table = {}
+    for name, _ in HEADS:
+        pos, neg, predicted = (histogram(sums, f"{PREFIX}{name}:{kind}:") for kind in ("pos", "neg", "p"))
+        groups = calibration_groups(pos, neg, predicted)
+        for g in groups:
+            expected = g["predicted"] * g["impressions"]
+            g["chance_gap"] = round(math.sqrt(expected * (1 - g["predicted"])) / expected, 4) if expected else None
+            g["predicted"], g["observed"] = round(g["predicted"], 5), round(g["observed"], 5)
+        table[name] = groups
+    return table
 
 
 def federated(row: str, users: int, rounds: int, tmp: Path) -> dict:

@@ -157,6 +157,8 @@ def test_din_esmm_beats_the_logistic_baseline_on_click_auc(tmp_path):
     for name, fit in (("lr", {"lr": 0.01, "weight_decay": 0.0, "epochs": 8}), ("din-esmm", {"epochs": 4})):
         result = train_centralized(data, ModelConfig(name=name), TrainConfig(patience=8, **fit), tmp_path / name)
         found[name] = result["test"]["CTR-AUC"]
+        fitted = result["calibration"]  # Platt scaling on the validation slates, scales positive
+        assert fitted["click"][0] > 0 and fitted["conversion"][0] > 0 and fitted["impressions"] > 1000
     assert found["din-esmm"] > found["lr"] + 0.02, found
 
 

@@ -21,7 +21,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import selection_metric
 from fedseqrec.evaluation.evaluator import evaluate, poisoning_figures, popularity_baseline
 from fedseqrec.jsonio import dumps
-from fedseqrec.models.batching import TrainingWindows, training_loader
+from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import BASELINES, ModelConfig
 from fedseqrec.models.optim import LinearWarmup, adamw
@@ -67,6 +67,9 @@ def train_centralized(
     seal(out, ds.audit)
     history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    calibration = None
+    if hasattr(model, "fit_calibration"):  # ad models: Platt scaling on the validation slates
+        calibration = model.fit_calibration(slate_batches(ds.sequences, ds.split, "valid", max_len=model_cfg.max_len))
     save_checkpoint(out, model, model_cfg.name, ds.sequences)
     options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
     results = {
@@ -79,6 +82,7 @@ def train_centralized(
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(1, len(history)), 3),
+        **({"calibration": calibration} if calibration is not None else {}),
         **poisoning_figures(model, ds.sequences, ds.split, ds.options, model_cfg.max_len),
     }
     return _write_results(out, results, data_cfg, model_cfg, cfg)

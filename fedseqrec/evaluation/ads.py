@@ -58,7 +58,7 @@ def ad_result(sums: dict[str, float], impressions: int) -> dict[str, float]:
     """The figures of :func:`ad_sums`' merged sums."""
     out: dict[str, float] = {}
     for name, _ in HEADS:
-        pos, neg, predicted = (_histogram(sums, f"{PREFIX}{name}:{kind}:") for kind in ("pos", "neg", "p"))
+        pos, neg, predicted = (histogram(sums, f"{PREFIX}{name}:{kind}:") for kind in ("pos", "neg", "p"))
         out[f"{name}-AUC"] = _histogram_auc(pos, neg)
         weight = sums.get(f"{PREFIX}{name}:gauc_weight", 0.0)
         out[f"{name}-GAUC"] = sums.get(f"{PREFIX}{name}:gauc", 0.0) / weight if weight else float("nan")
@@ -72,7 +72,7 @@ def ad_result(sums: dict[str, float], impressions: int) -> dict[str, float]:
     return out
 
 
-def _histogram(sums: dict[str, float], prefix: str) -> np.ndarray:
+def histogram(sums: dict[str, float], prefix: str) -> np.ndarray:
     counts = np.zeros(BINS)
     for key, value in sums.items():
         if key.startswith(prefix):

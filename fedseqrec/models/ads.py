@@ -29,6 +29,9 @@ class AdModel(SequentialRecommender):
         self.register_buffer("ad_events", torch.tensor(cfg.ad_events), persistent=False)
         # the items' words (token ids by item id, 0-padded): catalogue text from the data (attach_words)
         self.register_buffer("item_tokens", torch.zeros(cfg.n_items + 1, 1, dtype=torch.long), persistent=False)
+        # Platt scaling of each head's logit (rows: click, conversion; columns: scale, shift), fitted after training
+        # on validation slates (fit_calibration) and saved with the weights; never trained by gradient steps.
+        self.register_buffer("calibration", torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
 
     def attach_words(self, item_tokens) -> None:
         """The items' words (``SequenceData.tokens.items``)."""
@@ -71,9 +74,42 @@ class AdModel(SequentialRecommender):
         """(pCTR, pCTCVR) of each ad (B, K) shown after the whole ``history``."""
         at = history.lengths.unsqueeze(1).expand_as(ads)
         padded = SeqBatch(*(F.pad(x, (0, 1)) for x in (history.items, history.events, history.gaps)), history.lengths)
-        logits = self._logits(padded, ads, at)
+        logits = self._logits(padded, ads, at) * self.calibration[:, 0] + self.calibration[:, 1]
         p_click = torch.sigmoid(logits[..., 0])
         return p_click, p_click * torch.sigmoid(logits[..., 1])
+
+    def fit_calibration(self, slates) -> dict:
+        """Platt scaling on held-out slates (``SlateBatch`` es): the scale and shift of each head's logit that
+        minimise the ESMM loss there, the network fixed. Predictions deep models make after early stopping are
+        often too spread out; each head's ranking is kept (a positive scale)."""
+        self.eval()
+        logits, clicked, bought = [], [], []
+        with torch.no_grad():
+            for chunk in slates:
+                at = chunk.batch.lengths.unsqueeze(1).expand_as(chunk.ads)
+                padded = SeqBatch(*(F.pad(x, (0, 1)) for x in (chunk.batch.items, chunk.batch.events,
+                                                                chunk.batch.gaps)), chunk.batch.lengths)  # fmt: skip
+                shown = chunk.ads > 0
+                logits.append(self._logits(padded, chunk.ads, at)[shown])
+                clicked.append(torch.from_numpy(chunk.clicked)[shown])
+                bought.append(torch.from_numpy(chunk.bought)[shown])
+        raw, clicked, bought = torch.cat(logits), torch.cat(clicked), torch.cat(bought)
+        log_scale = torch.zeros(2, requires_grad=True)  # scales stay positive: the heads' rankings are kept
+        shift = torch.zeros(2, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_scale, shift], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            scaled = raw * log_scale.exp() + shift
+            loss = esmm_terms(scaled[:, 0], scaled[:, 1], clicked, bought).mean()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        fitted = torch.stack([log_scale.exp(), shift], dim=1).detach()
+        if torch.isfinite(fitted).all():
+            self.calibration.copy_(fitted)
+        return {"click": fitted[0].tolist(), "conversion": fitted[1].tolist(), "impressions": len(raw)}
 
     def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
         raise UserError(f"{self.name} scores shown ads (--task ctr), not the next item of a ranking")
