@@ -50,8 +50,10 @@ class QuerySASRec(SASRec):
         for module in (self.word_embedding, self.ask, self.key, self.recency, self.fuse, self.fuse_norm):
             module.apply(_init_weights)
         # The score of a query word found in an item's text: LEXICAL_PRIOR · (1 + w), w learned from 0, so that
-        # weight decay pulls it towards the prior, not towards ignoring the words.
-        self.lexical = nn.Linear(1, 1, bias=False)
+        # weight decay pulls it towards the prior, not towards ignoring the words. w is a one-entry embedding looked
+        # up once per sequence: Opacus sees a per-sample input of size 1 (a linear layer over every item score
+        # would make ghost clipping build a (positions · items)² matrix per user).
+        self.lexical = nn.Embedding(1, 1)
         nn.init.zeros_(self.lexical.weight)
         # item_words[i, w] = 1 when word w is in item i's text: from the data (attach_words), never trained or sent
         self.register_buffer("item_words", torch.zeros(cfg.n_items + 1, cfg.n_query_tokens + 1), persistent=False)
@@ -71,8 +73,8 @@ class QuerySASRec(SASRec):
         asked = torch.zeros(*queries.shape[:-1], self.item_words.shape[1], device=queries.device)
         asked = asked.scatter(-1, queries, 1.0)  # each distinct word once; column 0 (padding) is no word
         found = asked @ self.item_words.T  # (..., items): query words in each item's text
-        flat = found.reshape(found.shape[0], -1, 1)  # (B, ..., 1): a 3-d input, as Opacus' hooks expect
-        return scores + LEXICAL_PRIOR * (found + self.lexical(flat).reshape(found.shape))
+        w = self.lexical(torch.zeros(found.shape[0], 1, dtype=torch.long, device=found.device))  # (B, 1, 1)
+        return scores + LEXICAL_PRIOR * found * (1 + w.view(found.shape[0], *([1] * (found.dim() - 1))))
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:  # (B, T, H)
         hidden = super().forward(batch)
