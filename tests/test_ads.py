@@ -234,3 +234,43 @@ def test_the_audit_is_refused_for_ctr():
 
     with pytest.raises(UserError, match="--task ctr has none"):
         load_dataset(DataConfig(task="ctr", audit_canaries=10, audit_seed=1))
+
+
+@pytest.mark.parametrize("name", ["din-esmm", "lr"])
+def test_ad_models_train_under_opacus_with_a_per_user_gradient_for_every_parameter(name):
+    """DP-SGD's per-sample hooks (the ad models' mode) give every trainable parameter a gradient per user window,
+    and three noisy steps move every parameter."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from fedseqrec.models.batching import TrainingWindows
+    from fedseqrec.models.config import ModelConfig
+    from fedseqrec.models.registry import build_model, model_config_for
+    from fedseqrec.privacy.dpsgd import grad_sample_mode_for, make_private
+
+    torch.manual_seed(0)
+    ds = load_dataset(DataConfig(task="ctr", shop=ShopConfig(users=120, items=60, categories=4)))
+    cfg = model_config_for(ds.sequences, ModelConfig(name=name, hidden=16, max_len=12, dropout=0.0))
+    model = build_model(name, cfg, ds.sequences).train()
+    assert grad_sample_mode_for(model, "auto") == "hooks"
+    windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.max_len)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    made = make_private(model, optimizer, DataLoader(windows, batch_size=16), noise_multiplier=0.5,
+                        max_grad_norm=1.0, mode="hooks", label_smoothing=0.0)  # fmt: skip
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    before = {n: p.detach().clone() for n, p in trainable}
+    steps = 0
+    for tensors in made.loader:
+        batch = windows.batch_of(tensors)
+        if batch.items.shape[0] == 0:
+            continue
+        made.optimizer.zero_grad()
+        model.calculate_loss(batch, made.criterion).backward()
+        for n, p in trainable:
+            assert p.grad_sample is not None and p.grad_sample.shape[0] == batch.items.shape[0], n
+        made.optimizer.step()
+        steps += 1
+        if steps == 3:
+            break
+    made.hooks.cleanup()
+    assert steps == 3 and all(not torch.equal(before[n], p.detach()) for n, p in trainable)

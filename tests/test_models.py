@@ -1,4 +1,5 @@
-"""Every model: shapes, causality, training under Opacus (hooks and ghost), and beating popularity on shop."""
+"""Every ranking model: shapes, causality, training under Opacus (hooks and ghost), and beating popularity on shop
+(the ad models of --task ctr: tests/test_ads.py)."""
 
 import math
 
@@ -12,12 +13,12 @@ from fedseqrec.data import DataConfig, ShopConfig, load_dataset
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import SeqBatch
 from fedseqrec.models.batching import TrainingWindows, evaluation_batches
-from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.config import AD_MODELS, ModelConfig
 from fedseqrec.models.registry import MODELS, build_model
 from fedseqrec.privacy.compat import dp_compatible
 from fedseqrec.privacy.dpsgd import make_private
 
-NAMES = sorted(MODELS)
+NAMES = sorted(set(MODELS) - set(AD_MODELS))
 
 
 @pytest.fixture(scope="module")

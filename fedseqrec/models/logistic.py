@@ -24,6 +24,9 @@ class AdLogistic(AdModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
+        for unused in ("item_embedding", "event_embedding", "gap_embedding"):  # no embeddings: weights on features
+            if hasattr(self, unused):
+                delattr(self, unused)
         words = max(1, cfg.n_query_tokens) + 1
         self.item_weight = nn.Embedding(cfg.n_items + 1, 2, padding_idx=0)
         self.word_weight = nn.Linear(words, 2)
@@ -32,6 +35,9 @@ class AdLogistic(AdModel):
             nn.init.zeros_(module.weight)
         with torch.no_grad():
             self.word_weight.bias.copy_(torch.tensor([0.0, CONVERSION_PRIOR]))
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:
+        return self._bags(batch.items)
 
     def _bags(self, items: torch.Tensor) -> torch.Tensor:
         """Each item's words as a 0/1 vector over the vocabulary (column 0: no word)."""
