@@ -72,11 +72,16 @@ class AdModel(SequentialRecommender):
 
     def predict_ads(self, history: SeqBatch, ads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pCTR, pCTCVR) of each ad (B, K) shown after the whole ``history``."""
-        at = history.lengths.unsqueeze(1).expand_as(ads)
-        padded = SeqBatch(*(F.pad(x, (0, 1)) for x in (history.items, history.events, history.gaps)), history.lengths)
-        logits = self._logits(padded, ads, at) * self.calibration[:, 0] + self.calibration[:, 1]
+        logits = self._shown_after(history, ads) * self.calibration[:, 0] + self.calibration[:, 1]
         p_click = torch.sigmoid(logits[..., 0])
         return p_click, p_click * torch.sigmoid(logits[..., 1])
+
+    def _shown_after(self, history: SeqBatch, ads: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated (click, conversion) logits of ads (B, K) shown after the whole history: one empty position
+        appended, where every ad sits."""
+        at = history.lengths.unsqueeze(1).expand_as(ads)
+        padded = SeqBatch(*(F.pad(x, (0, 1)) for x in (history.items, history.events, history.gaps)), history.lengths)
+        return self._logits(padded, ads, at)
 
     def fit_calibration(self, slates) -> dict:
         """Platt scaling on held-out slates (``SlateBatch`` es): the scale and shift of each head's logit that
@@ -86,11 +91,8 @@ class AdModel(SequentialRecommender):
         logits, clicked, bought = [], [], []
         with torch.no_grad():
             for chunk in slates:
-                at = chunk.batch.lengths.unsqueeze(1).expand_as(chunk.ads)
-                padded = SeqBatch(*(F.pad(x, (0, 1)) for x in (chunk.batch.items, chunk.batch.events,
-                                                                chunk.batch.gaps)), chunk.batch.lengths)  # fmt: skip
                 shown = chunk.ads > 0
-                logits.append(self._logits(padded, chunk.ads, at)[shown])
+                logits.append(self._shown_after(chunk.batch, chunk.ads)[shown])
                 clicked.append(torch.from_numpy(chunk.clicked)[shown])
                 bought.append(torch.from_numpy(chunk.bought)[shown])
         raw, clicked, bought = torch.cat(logits), torch.cat(clicked), torch.cat(bought)

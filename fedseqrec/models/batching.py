@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fedseqrec.data.sequences import SequenceData, ad_event_ids, ad_labels
-from fedseqrec.data.splits import Split
+from fedseqrec.data.splits import Split, slate_end
 from fedseqrec.models.base import SeqBatch, gap_buckets
 
 
@@ -187,16 +187,13 @@ def slate_batches(
     """For each user with a ``which`` slate (``split.valid_pos`` / ``test_pos``: its first impression): the
     ``max_len`` events before it and the slate's impressions with their labels."""
     clicked_event, bought_event = ad_labels(data)
-    shown = np.isin(np.arange(len(clicked_event)), ad_event_ids(data))
+    ad_events = ad_event_ids(data)
+    positions = split.valid_pos if which == "valid" else split.test_pos
     for chunk in evaluation_batches(data, split, which, users, max_len, batch_size):
         ads = []
         for user in chunk.users:
-            start = data.offsets[user]
-            p = int((split.valid_pos if which == "valid" else split.test_pos)[user])
-            end = p
-            while start + end < data.offsets[user + 1] and shown[data.events[start + end]]:
-                end += 1
-            ads.append(np.arange(start + p, start + end))
+            start, p = data.offsets[user], int(positions[user])
+            ads.append(np.arange(start + p, start + slate_end(data, user, p, ad_events)))
         width = max(len(a) for a in ads)
         index = np.zeros((len(ads), width), dtype=np.int64)
         present = np.zeros((len(ads), width), dtype=bool)
