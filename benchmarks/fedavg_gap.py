@@ -46,6 +46,14 @@ VARIANTS = {  # federated options changed against base, one at a time
     "local-epochs-2": {"local_epochs": 2, "rounds_factor": 0.5},  # the same passes over the data
     # The same 140 local steps a round as batch-16, at 4× the batch: 4 passes over the silo's users a round.
     "batch-64-epochs-4": {"batch_size": 64, "local_epochs": 4, "rounds_factor": 0.25},
+    # The same, each silo keeping its AdamW moments from one round to its next instead of restarting them.
+    "batch-64-epochs-4-keep-optimizer": {
+        "batch_size": 64,
+        "local_epochs": 4,
+        "rounds_factor": 0.25,
+        "keep_optimizer": True,
+    },
+    "keep-optimizer": {"keep_optimizer": True},
     "fedavgm": {"strategy": "fedavgm", "server_momentum": 0.5},
     "eval-every-1": {"eval_every": 1},
 }

@@ -17,6 +17,7 @@ from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.pyproject import synced
 from fedseqrec.federated.task import build_global_model, cached_dataset, load_client_data
+from fedseqrec.models.optim import AdamW, optimizer_moments, restore_moments
 from fedseqrec.server.directory import choose_clients
 from fedseqrec.server.evaluation import combine_evaluations
 from fedseqrec.server.loop import Progress
@@ -124,6 +125,62 @@ def test_client_train_reply_in_process():
     assert not torch.equal(after["scorer.weight"], model.state_dict()["scorer.weight"])
 
 
+def test_kept_optimizer_state_continues_adamw_exactly():
+    """Two steps of one AdamW = one step, the state kept by name, and a step of a fresh AdamW given that state."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(8, 4)
+
+    def step(net, optimizer):
+        optimizer.zero_grad()
+        net(x).pow(2).mean().backward()
+        optimizer.step()
+
+    one = AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    step(model, one)
+    step(model, one)
+    first = AdamW(twin.parameters(), lr=0.1, weight_decay=0.5)
+    step(twin, first)
+    kept = optimizer_moments(twin, first)
+    assert set(kept) == {f"{n}:{k}" for n, _ in twin.named_parameters() for k in ("exp_avg", "exp_avg_sq", "step")}
+    assert float(kept["0.weight:step"]) == 1
+    second = AdamW(twin.parameters(), lr=0.1, weight_decay=0.5)
+    restore_moments(twin, second, kept)
+    step(twin, second)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    fresh = AdamW(twin.parameters(), lr=0.1, weight_decay=0.5)
+    restore_moments(twin, fresh, {})  # nothing kept: starts afresh
+    assert not fresh.state
+
+
+def test_a_client_keeps_its_optimizer_state_between_rounds_by_partition():
+    """--keep-optimizer: the node's context.state holds each client's AdamW state (a pooled node serves several
+    clients, so it is kept per partition); the second round continues the moments instead of restarting them."""
+    app = make_client_app()
+    cfg = TINY.replace(keep_optimizer=True)
+    ds = cached_dataset(TINY.data)
+    torch.manual_seed(0)
+    before = ArrayRecord(build_global_model(ds.sequences, TINY.model).state_dict())
+    context = client_context(cfg, 0)
+    pooled = {"partition-id": 1, "num-partitions": 3}
+    first = app(message("train", before, cfg), context)
+    app(message("train", before, cfg, **pooled), context)
+    assert set(context.state) == {"optimizer-state:0", "optimizer-state:1"}
+    steps = first.content["metrics"]["steps"]
+    kept = context.state["optimizer-state:0"].to_torch_state_dict()
+    assert float(kept["scorer.weight:step"][0]) == steps
+    again = app(message("train", before, cfg, server_round=2), context)
+    kept = context.state["optimizer-state:0"].to_torch_state_dict()
+    assert float(kept["scorer.weight:step"][0]) == 2 * steps
+    stateless = client_context(TINY, 0)
+    fresh = app(message("train", before, TINY, server_round=2), stateless)
+    assert not stateless.state  # without the option nothing is kept
+    ours, theirs = (m.content["arrays"].to_torch_state_dict()["scorer.weight"] for m in (again, fresh))
+    assert not torch.equal(ours, theirs)
+
+
 def test_federated_evaluation_adds_sums_and_counts_not_averages():
     cfg = TINY.replace(partition="dirichlet", alpha=0.1)  # clients of very different sizes
     app = make_client_app()
@@ -218,6 +275,17 @@ def test_resumed_run_reaches_the_same_weights(full_run, tmp_path, cli):
     assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_kept_optimizer_state_survives_rounds_in_the_simulation(full_run, tmp_path):
+    """Through Flower's simulation engine: round 1 is the plain run's (nothing kept yet); from round 2 the clients
+    that trained before continue their moments, so the round's loss differs."""
+    out = tmp_path / "kept"
+    simulate(TINY.replace(clients_per_round=2, rounds=2, keep_optimizer=True), out=out)
+    kept, plain = ([json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()] for f in (out, full_run))
+    assert kept[0]["loss"] == plain[0]["loss"]
+    assert kept[1]["loss"] != plain[1]["loss"]
+
+
 def _scorers(a: Path, b: Path):
     return (torch.load(p / "model_last.pt", weights_only=True)["scorer.weight"] for p in (a, b))
 
@@ -267,6 +335,8 @@ def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
         (["--proximal-mu", "-1"], "--proximal-mu must be >= 0"),
         (["--partition", "per-user", "--clients-per-round", "500"], "more than the 120 clients"),
         (["--model", "pop"], "invalid choice: 'pop'"),  # not offered: pop is not trained
+        (["--keep-optimizer", "--dp", "--noise-multiplier", "1"], "--keep-optimizer keeps the AdamW state"),
+        (["--keep-optimizer", "--partition", "per-user"], "--keep-optimizer with --partition per-user"),
     ],
 )
 def test_bad_federation_options(cli, tmp_path, flags, message):

@@ -150,7 +150,22 @@ def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, con
         result, metrics, total = _user_level_round(model, data, cfg, server_round, sent)
         return result, metrics, "", total
     mu = cfg.algorithm.proximal_mu if cfg.algorithm.strategy == "fedprox" else None
-    return train_locally(model, data, cfg.fit, client_seed(cfg, server_round, data.client), mu), {}, "", None
+    kept = _kept_optimizer(context, data.client) if cfg.fit.keep_optimizer else None
+    result = train_locally(model, data, cfg.fit, client_seed(cfg, server_round, data.client), mu, kept)
+    if kept:
+        context.state[_optimizer_key(data.client)] = ArrayRecord(kept)
+    return result, {}, "", None
+
+
+def _optimizer_key(client: int) -> str:
+    # By partition, not by node: a pooled simulated node serves several clients.
+    return f"optimizer-state:{client}"
+
+
+def _kept_optimizer(context: Context, client: int) -> dict[str, torch.Tensor]:
+    """The client's AdamW state from its last round (``--keep-optimizer``), empty before its first."""
+    key = _optimizer_key(client)
+    return dict(context.state[key].to_torch_state_dict()) if key in context.state else {}
 
 
 def make_client_app(mods: list | None = None) -> ClientApp:

@@ -29,7 +29,7 @@ from fedseqrec.options import (
     with_values,
     within,
 )
-from fedseqrec.privacy.config import PrivacyConfig
+from fedseqrec.privacy.config import LOCAL_DPSGD, USER_LEVEL, PrivacyConfig
 
 # Byzantine-robust aggregation (Flower's): a coordinate-wise median or trimmed mean, or the updates nearest the
 # others (Krum, Multi-Krum, Bulyan), instead of the weighted mean.
@@ -45,6 +45,12 @@ class LocalTrainingConfig(FitConfig):
 
     local_epochs: int = option(1, "passes over the client's users per round", check=positive_int, group=FIT)
     local_steps: int | None = option(None, "steps per round instead of --local-epochs", check=positive_int, group=FIT)
+    # A fresh AdamW each round restarts its moments: its first steps are full-size steps in the direction of a few
+    # batches' noise, which averaging over the silos cancels — progress lost every round (README, FedAvg on Beauty).
+    keep_optimizer: bool = option(
+        False, "each client keeps its AdamW moments from one round to its next (on the client, twice the model's "
+        "size per client; a restarted client starts afresh); plain local training only", group=FIT,
+    )  # fmt: skip
 
 
 @dataclass
@@ -202,6 +208,7 @@ class RunConfig:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
         self._validate_robust(clients)
         self._validate_secure(clients)
+        self._validate_keep_optimizer()
         self.privacy.validate(
             algorithm.strategy,
             algorithm.clients_per_round,
@@ -252,6 +259,20 @@ class RunConfig:
         shares = self.secure.secagg_shares
         if shares is not None and per_round is not None and shares > per_round:
             raise UserError(f"--secagg-shares {shares} is more than the {per_round} clients of a round")
+
+    def _validate_keep_optimizer(self) -> None:
+        if not self.fit.keep_optimizer:
+            return
+        if self.privacy.mechanism in (LOCAL_DPSGD, USER_LEVEL):
+            raise UserError(
+                "--keep-optimizer keeps the AdamW state of plain local training; --dp trains through DP-SGD's "
+                "optimiser and --user-dp sends clipped gradients, not locally trained weights"
+            )
+        if self.data.partition == "per-user":
+            raise UserError(
+                "--keep-optimizer with --partition per-user: a client is one user, sampled a few times in a run, "
+                "and every client would hold twice the model in optimiser state; use it with silos"
+            )
 
     def _ghost_safe(self) -> bool:
         # Imported here: the model class brings torch, which the CLI should not pay to build its parsers.

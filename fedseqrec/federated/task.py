@@ -25,7 +25,7 @@ from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.federated.config import LocalTrainingConfig, RunConfig
 from fedseqrec.models.base import ModelConfig, SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows, training_loader
-from fedseqrec.models.optim import adamw
+from fedseqrec.models.optim import adamw, optimizer_moments, restore_moments
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.training import TrainResult, round_seed, train_epoch
 
@@ -121,8 +121,11 @@ def train_locally(
     fit: LocalTrainingConfig,
     seed: int,
     proximal_mu: float | None = None,
+    kept: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Plain local training for one round; ``proximal_mu``: FedProx's proximal term."""
+    """Plain local training for one round; ``proximal_mu``: FedProx's proximal term. ``kept``: the client's
+    optimiser state from its previous round (``--keep-optimizer``; empty the first time), replaced in place by the
+    state this round ends with."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     windows = training_windows(model, data, fit, seed)
@@ -130,6 +133,8 @@ def train_locally(
         return TrainResult(0, float("nan"), 0, time.perf_counter() - start)
     loader = training_loader(windows, fit.batch_size, seed, fit.by_length)
     optimizer = adamw(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+    if kept is not None:
+        restore_moments(model, optimizer, kept)
     penalty = _proximal_term(model, proximal_mu) if proximal_mu is not None else None
     losses, steps = [], 0
     epochs = fit.local_epochs if fit.local_steps is None else None
@@ -141,6 +146,9 @@ def train_locally(
         losses.append((loss, taken))
         steps += taken
     mean_loss = sum(loss * n for loss, n in losses) / max(1, steps)
+    if kept is not None:
+        kept.clear()
+        kept.update(optimizer_moments(model, optimizer))
     return TrainResult(len(windows), mean_loss, steps, time.perf_counter() - start)
 
 

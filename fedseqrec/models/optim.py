@@ -83,6 +83,37 @@ def adamw(params, lr: float, weight_decay: float) -> AdamW:
     return AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+MOMENTS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def optimizer_moments(model: torch.nn.Module, optimizer: AdamW) -> dict[str, torch.Tensor]:
+    """AdamW's state by parameter name (``NAME:exp_avg``, ``NAME:exp_avg_sq``, ``NAME:step``): what a stateful
+    client keeps from one round to its next. Named, not numbered, so it outlives the optimiser object."""
+    saved = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param)
+        if state:
+            saved[f"{name}:exp_avg"] = state["exp_avg"].detach().clone()
+            saved[f"{name}:exp_avg_sq"] = state["exp_avg_sq"].detach().clone()
+            saved[f"{name}:step"] = torch.tensor([float(state["step"])], dtype=torch.float64)
+    return saved
+
+
+def restore_moments(model: torch.nn.Module, optimizer: AdamW, saved: dict[str, torch.Tensor]) -> None:
+    """Give ``optimizer`` the moments :func:`optimizer_moments` kept; a parameter without them (or whose shape
+    changed) starts afresh."""
+    for name, param in model.named_parameters():
+        kept = [saved.get(f"{name}:{key}") for key in MOMENTS]
+        if any(value is None for value in kept) or kept[0].shape != param.shape:
+            continue
+        exp_avg, exp_avg_sq, step = kept
+        optimizer.state[param] = {
+            "step": int(step.reshape(-1)[0]),
+            "exp_avg": exp_avg.to(param.dtype).clone(),
+            "exp_avg_sq": exp_avg_sq.to(param.dtype).clone(),
+        }
+
+
 class LinearWarmup:
     """Raises every group's learning rate linearly from ``lr / steps`` to ``lr`` over the first ``steps`` steps;
     called after each step (``train_epoch``'s ``on_step``). Post-LN Transformers (BERT) diverge or stall at a
