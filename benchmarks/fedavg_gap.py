@@ -53,7 +53,15 @@ VARIANTS = {  # federated options changed against base, one at a time
         "rounds_factor": 0.25,
         "keep_optimizer": True,
     },
+    "batch-64-epochs-4-keep-item-weighted": {
+        "batch_size": 64,
+        "local_epochs": 4,
+        "rounds_factor": 0.25,
+        "keep_optimizer": True,
+        "item_weighted": True,
+    },
     "keep-optimizer": {"keep_optimizer": True},
+    "item-weighted": {"item_weighted": True},
     "fedavgm": {"strategy": "fedavgm", "server_momentum": 0.5},
     "eval-every-1": {"eval_every": 1},
 }

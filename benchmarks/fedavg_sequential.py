@@ -76,6 +76,22 @@ def round_lr(args: argparse.Namespace, server_round: int) -> float:
     return args.lr * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def item_counts(ds, users: np.ndarray) -> np.ndarray:
+    """How often each item occurs in a silo's training events (index = item id)."""
+    items = [ds.sequences.sequence(int(u))[: int(ds.split.train_end[u])] for u in users]
+    return np.bincount(np.concatenate(items), minlength=ds.sequences.n_items + 1).astype(np.float64)
+
+
+def row_weights(key: str, value: torch.Tensor, counts: np.ndarray, examples: int, item_rows: bool) -> torch.Tensor:
+    """A silo's weight in the average: its examples, or per item row the silo's occurrences of that item
+    (--item-weighted: a rare item's row moves as far as the silos that hold it move it, not a tenth of it)."""
+    if not item_rows or value.shape[0] < len(counts) or "position" in key:
+        return torch.tensor(float(examples), dtype=torch.float64)
+    weights = np.full(value.shape[0], 1e-3)  # a row no silo holds: the plain mean of its (negatives-only) moves
+    weights[: len(counts)] += counts
+    return torch.from_numpy(weights).reshape(-1, *([1] * (value.dim() - 1)))
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
     optimizers = ClientOptimizers(args.optimizer, args.eps, args.keep_optimizer)
@@ -86,11 +102,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = task.build_global_model(ds.sequences, ModelConfig(**PRESET_MODEL))
     fit = LocalTrainingConfig(lr=args.lr, batch_size=args.batch_size, weight_decay=0.0, batching="length",
                               local_epochs=args.local_epochs)  # fmt: skip
+    counts = [item_counts(ds, users) for users in ds.partition.clients()]
     sample = np.random.default_rng(1).choice(np.arange(1, ds.sequences.n_users + 1), 4000, replace=False)
     velocity, curve, started = None, [], time.perf_counter()
     for server_round in range(1, args.rounds + 1):
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in start.items()}
+        weight = {k: torch.zeros((), dtype=torch.float64) for k in start}
         examples, losses = 0, []
         fit = dataclasses.replace(fit, lr=round_lr(args, server_round))
         for client, users in enumerate(ds.partition.clients()):
@@ -100,10 +118,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                                         seed=server_round * 100 + client)  # fmt: skip
             optimizers.round_done()
             for k, v in model.state_dict().items():
-                total[k] += (v.double() - start[k].double()) * result.examples
+                w = row_weights(k, v, counts[client], result.examples, args.item_weighted)
+                total[k] += (v.double() - start[k].double()) * w
+                weight[k] = weight[k] + w
             examples += result.examples
             losses.append(result.loss)
-        delta = {k: total[k] / examples for k in start}
+        delta = {k: total[k] / weight[k] for k in start}
         velocity = delta if velocity is None else {k: args.server_momentum * velocity[k] + delta[k] for k in start}
         model.load_state_dict({k: (start[k].double() + args.server_lr * velocity[k]).to(start[k].dtype)
                                for k in start})  # fmt: skip
@@ -132,6 +152,7 @@ def main() -> None:
     parser.add_argument("--keep-optimizer", action="store_true", help="each silo keeps its Adam state across rounds")
     parser.add_argument("--lr-decay", action="store_true", help="cosine decay of the clients' rate over the rounds")
     parser.add_argument("--lr-floor", type=float, default=0.1)
+    parser.add_argument("--item-weighted", action="store_true", help="average item rows by the silos' occurrences")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fedavg_sequential.json")
     args = parser.parse_args()
     curve = run(args)

@@ -98,6 +98,56 @@ def test_fedavg_weights_by_number_of_examples():
     assert np.allclose(arrays["b"].numpy(), [5.0])
 
 
+def test_item_weighted_averages_item_rows_by_the_clients_item_counts():
+    """--item-weighted: row i of an item table over the clients weighted by their counts of item i (a row no client
+    holds: the plain mean), every other array by num-examples; bad counts weigh nothing."""
+    cfg = TINY.replace(item_weighted=True)
+    strategy = build_strategy(cfg.algorithm, cfg.fit.lr, item_keys=["emb"])
+    a = _reply({"emb": np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]), "b": np.array([2.0])}, examples=1, partition=0)
+    b = _reply({"emb": np.array([[5.0, 5.0], [6.0, 6.0], [7.0, 7.0]]), "b": np.array([6.0])}, examples=3, partition=1)
+    a.content["metrics"]["item-counts"] = [0, 3, 0]
+    b.content["metrics"]["item-counts"] = [0, 1, 4]
+    arrays, _ = strategy.aggregate_train(1, [a, b])
+    emb = arrays["emb"].numpy()
+    assert np.allclose(emb[0], [3.0, 3.0])  # nobody holds it: (1 + 5) / 2
+    assert np.allclose(emb[1], [3.0, 3.0], atol=1e-3)  # (3 * 2 + 1 * 6) / 4
+    assert np.allclose(emb[2], [7.0, 7.0], atol=1e-3)  # only b holds it
+    assert np.allclose(arrays["b"].numpy(), [5.0])  # by examples, as FedAvg
+    b.content["metrics"]["item-counts"] = [0, -1, 4]  # hostile: ignored, b weighs as a client without the items
+    arrays, _ = strategy.aggregate_train(1, [a, b])
+    assert np.allclose(arrays["emb"].numpy()[2], [5.0, 5.0])  # the plain mean
+    assert np.allclose(arrays["emb"].numpy()[1], [2.0, 2.0], atol=3e-3)  # a's row (and the 1e-3 floor of b)
+
+
+def test_item_weighting_sits_beneath_a_server_optimiser():
+    cfg = TINY.replace(item_weighted=True, strategy="fedavgm", server_lr=1.0, server_momentum=0.0)
+    strategy = build_strategy(cfg.algorithm, cfg.fit.lr, item_keys=["emb"])
+    current = ArrayRecord({"emb": torch.zeros(2, 1)})
+    strategy.configure_train(1, current, ConfigRecord({}), Nodes([]))
+    a = _reply({"emb": np.array([[2.0], [0.0]])}, examples=1, partition=0)
+    b = _reply({"emb": np.array([[0.0], [4.0]])}, examples=1, partition=1)
+    a.content["metrics"]["item-counts"] = [5, 0]
+    b.content["metrics"]["item-counts"] = [0, 5]
+    arrays, _ = strategy.aggregate_train(1, [a, b])
+    assert np.allclose(arrays["emb"].numpy().ravel(), [2.0, 4.0], atol=1e-3)
+
+
+def test_a_client_reports_its_item_counts_with_item_weighting():
+    app = make_client_app()
+    cfg = TINY.replace(item_weighted=True)
+    ds = cached_dataset(TINY.data)
+    torch.manual_seed(0)
+    model = build_global_model(ds.sequences, TINY.model)
+    reply = app(message("train", ArrayRecord(model.state_dict()), cfg), client_context(cfg, 2))
+    data = load_client_data(TINY, 2, 3)
+    expected = np.zeros(ds.sequences.n_items + 1, dtype=int)
+    for user in data.users:
+        for item in ds.sequences.sequence(int(user))[: ds.split.train_end[user]]:
+            expected[item] += 1
+    assert reply.content["metrics"]["item-counts"] == expected.tolist() and expected.sum() > 0
+    assert model.item_table_keys() == ["item_embedding.weight", "scorer.weight", "scorer.bias"]
+
+
 def test_fedadam_moves_from_the_current_weights_by_the_server_learning_rate():
     cfg = TINY.replace(strategy="fedadam", server_lr=0.1, tau=1e-9, beta_1=0.0, beta_2=0.0)
     strategy = build_strategy(cfg.algorithm, cfg.fit.lr)
@@ -286,6 +336,17 @@ def test_kept_optimizer_state_survives_rounds_in_the_simulation(full_run, tmp_pa
     assert kept[1]["loss"] != plain[1]["loss"]
 
 
+@pytest.mark.slow
+def test_item_weighting_changes_the_average_in_the_simulation(full_run, tmp_path):
+    """Through Flower's simulation engine: the clients' counts reach the server, whose average then differs from
+    FedAvg's (round 1 trains from the same weights, so its loss is the plain run's)."""
+    out = tmp_path / "weighted"
+    simulate(TINY.replace(clients_per_round=2, rounds=2, item_weighted=True), out=out)
+    weighted, plain = ([json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()] for f in (out, full_run))
+    assert weighted[0]["loss"] == plain[0]["loss"] and weighted[0]["failed"] == []
+    assert weighted[1]["loss"] != plain[1]["loss"]
+
+
 def _scorers(a: Path, b: Path):
     return (torch.load(p / "model_last.pt", weights_only=True)["scorer.weight"] for p in (a, b))
 
@@ -337,6 +398,8 @@ def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
         (["--model", "pop"], "invalid choice: 'pop'"),  # not offered: pop is not trained
         (["--keep-optimizer", "--dp", "--noise-multiplier", "1"], "--keep-optimizer keeps the AdamW state"),
         (["--keep-optimizer", "--partition", "per-user"], "--keep-optimizer with --partition per-user"),
+        (["--item-weighted", "--dp", "--noise-multiplier", "1"], "--item-weighted does not combine with --dp"),
+        (["--item-weighted", "--strategy", "fedmedian"], "--item-weighted does not combine with --strategy fedmedian"),
     ],
 )
 def test_bad_federation_options(cli, tmp_path, flags, message):

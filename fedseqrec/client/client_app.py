@@ -40,6 +40,7 @@ from fedseqrec.federated.task import (
     build_global_model,
     client_seed,
     evaluate_locally,
+    item_counts,
     load_client_data,
     load_exported_client,
     train_locally,
@@ -201,6 +202,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
                 **privacy,
             }
         )
+        if cfg.algorithm.item_weighted:
+            metrics["item-counts"] = item_counts(data)
         arrays = ArrayRecord(model.state_dict() if update is None else update)
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -89,6 +89,13 @@ class AlgorithmConfig:
         None, "multikrum: updates kept and averaged (default: the round's updates minus --byzantine-clients)",
         check=positive_int, group=FEDERATION,
     )  # fmt: skip
+    # FedAvg weights a client by its users; an item's rows are moved mostly by the few clients whose users hold it
+    # and only slightly (negative samples) by the rest, so averaging over all of them shrinks its update.
+    item_weighted: bool = option(
+        False, "average each item's rows (embedding, scorer) over the clients by how often their training events "
+        "hold that item, the rest by their users; clients report their item counts (no DP, no secure aggregation)",
+        group=FEDERATION,
+    )  # fmt: skip
     proximal_mu: float = option(0.01, "fedprox: weight of the proximal term", check=non_negative, group=FEDERATION)
     server_lr: float | None = option(
         None,
@@ -209,6 +216,7 @@ class RunConfig:
         self._validate_robust(clients)
         self._validate_secure(clients)
         self._validate_keep_optimizer()
+        self._validate_item_weighted()
         self.privacy.validate(
             algorithm.strategy,
             algorithm.clients_per_round,
@@ -273,6 +281,21 @@ class RunConfig:
                 "--keep-optimizer with --partition per-user: a client is one user, sampled a few times in a run, "
                 "and every client would hold twice the model in optimiser state; use it with silos"
             )
+
+    def _validate_item_weighted(self) -> None:
+        if not self.algorithm.item_weighted:
+            return
+        clash = (
+            "--dp, --user-dp and --central-dp (each client's item counts are not covered by the privacy accounting)"
+            if self.privacy.private
+            else "--secure-aggregation (the server needs each client's item counts)"
+            if self.secure.secure_aggregation
+            else f"--strategy {self.algorithm.strategy} (a robust rule does not average)"
+            if self.algorithm.strategy in ROBUST_STRATEGIES
+            else None
+        )
+        if clash is not None:
+            raise UserError(f"--item-weighted does not combine with {clash}")
 
     def _ghost_safe(self) -> bool:
         # Imported here: the model class brings torch, which the CLI should not pay to build its parsers.

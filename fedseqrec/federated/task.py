@@ -152,6 +152,14 @@ def train_locally(
     return TrainResult(len(windows), mean_loss, steps, time.perf_counter() - start)
 
 
+def item_counts(data: ClientData) -> list[int]:
+    """How often each item id (0: none) occurs in the training events of the client's users (``--item-weighted``)."""
+    ends = data.split.train_end[data.users]
+    starts = data.sequences.offsets[data.users]
+    index = np.repeat(starts - np.cumsum(ends) + ends, ends) + np.arange(int(ends.sum()))
+    return np.bincount(data.sequences.items[index], minlength=data.sequences.n_items + 1).tolist()
+
+
 def _proximal_term(model: SequentialRecommender, mu: float):
     """FedProx: (mu / 2) * ||w - w_global||^2, w_global being the weights the round started from."""
     anchors = [p.detach().clone() for p in model.parameters() if p.requires_grad]

@@ -222,6 +222,15 @@ class SequentialRecommender(nn.Module):
         index = (batch.lengths - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         return hidden.gather(1, index).squeeze(1)
 
+    def item_table_keys(self) -> list[str]:
+        """State-dict keys of the item embedding and the scorer, whose row i belongs to item i."""
+        rows = self.cfg.n_items + 1
+        return [
+            key
+            for key, value in self.state_dict().items()
+            if key.split(".")[0] in ("item_embedding", "scorer") and value.dim() >= 1 and value.shape[0] >= rows
+        ]
+
     def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
         """Scores of every item for the position after each sequence; column 0 (padding) is -inf."""
         queries = batch.target_queries

@@ -75,7 +75,7 @@ class Federation:
             secure=cfg.secure.secure_aggregation,
         )  # fmt: skip
         self.mechanism = make_mechanism(cfg.privacy, facts)
-        self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism)
+        self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism, self.model.item_table_keys())
         self.directory = self._directory()
         self.evaluate = GlobalEvaluation(self, self.directory, self.progress.on_message)
         self.round, self.best = 0, {"round": 0, "score": -1.0}

@@ -47,16 +47,75 @@ COMMON = {
 }
 
 
-def build_strategy(cfg: AlgorithmConfig, client_lr: float, mechanism=None) -> FedAvg:
+def build_strategy(cfg: AlgorithmConfig, client_lr: float, mechanism=None, item_keys=()) -> FedAvg:
     """The run's strategy by name; a privacy mechanism may bring its own (DP-FedAvg) or put its aggregate beneath
-    the strategy's server optimiser (user-level DP: the noisy sum)."""
+    the strategy's server optimiser (user-level DP: the noisy sum); ``--item-weighted`` puts :class:`ItemWeighted`
+    there, averaging the tables named by ``item_keys`` row by row."""
     own = mechanism.strategy(COMMON) if mechanism is not None else None
     if own is not None:
         return own
     cls, options = _named(cfg, client_lr)
     if mechanism is not None:
         cls, options = mechanism.aggregate_class(cls), {**options, **mechanism.aggregate_options()}
+    if cfg.item_weighted:
+        cls, options = with_item_weighting(cls), {**options, "item_keys": tuple(item_keys)}
     return cls(**options, **COMMON)
+
+
+ITEM_COUNTS = "item-counts"
+ABSENT_WEIGHT = 1e-3  # a row no client holds: the plain mean of the clients' (negatives-only) moves
+
+
+class ItemWeighted(FedAvg):
+    """FedAvg with the item tables averaged row by row: item i's row over the clients weighted by how often their
+    users' training events hold item i (their ``item-counts``), every other array by ``num-examples``.
+
+    Under plain FedAvg a rare item's row, moved by the one or two silos that hold it, comes back a tenth as far
+    over ten silos (the others move it only as a negative); here it moves as far as its holders moved it. Counts
+    that are missing, of the wrong length, negative or not finite count as zero for that client."""
+
+    def __init__(self, item_keys=(), **kwargs):
+        super().__init__(**kwargs)  # (a server optimiser's __init__ reaches here without ours: set again after)
+        self.item_keys = tuple(item_keys)
+
+    def aggregate_train(self, server_round, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        examples = np.array([float(r.content["metrics"]["num-examples"]) for r in valid])
+        arrays = [r.content["arrays"] for r in valid]
+        averaged = {}
+        for key in arrays[0]:
+            stacked = np.stack([a[key].numpy().astype(np.float64) for a in arrays])  # (clients, *shape)
+            if key in self.item_keys:
+                weights = np.stack([_row_weights(r, stacked.shape[1]) for r in valid])  # (clients, rows)
+            else:
+                weights = examples
+            weights = weights.reshape(weights.shape + (1,) * (stacked.ndim - weights.ndim))
+            mean = (stacked * weights).sum(axis=0) / weights.sum(axis=0)
+            averaged[key] = Array(mean.astype(arrays[0][key].numpy().dtype, copy=False))
+        return ArrayRecord(averaged), self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
+
+
+def _row_weights(reply, rows: int) -> np.ndarray:
+    counts = reply.content["metrics"].get(ITEM_COUNTS)
+    weights = np.full(rows, ABSENT_WEIGHT)
+    values = np.asarray(counts if isinstance(counts, list) else [], dtype=np.float64)
+    if 0 < len(values) <= rows and np.isfinite(values).all() and (values >= 0).all():
+        weights[: len(values)] += values
+    return weights
+
+
+def with_item_weighting(strategy_class: type) -> type:
+    """The run's strategy with :class:`ItemWeighted` as the average its server optimiser (if any) starts from."""
+    if strategy_class is FedAvg:
+        return ItemWeighted
+
+    def __init__(self, item_keys=(), **kwargs):
+        strategy_class.__init__(self, **kwargs)  # Flower's optimisers take their own options only
+        self.item_keys = tuple(item_keys)
+
+    return type(f"ItemWeighted{strategy_class.__name__}", (strategy_class, ItemWeighted), {"__init__": __init__})
 
 
 def _named(cfg: AlgorithmConfig, client_lr: float) -> tuple[type, dict]:
