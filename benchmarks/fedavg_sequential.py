@@ -2,14 +2,16 @@
 
     python benchmarks/fedavg_sequential.py NAME [--optimizer adamw|sgd] [--eps 1e-8] [--lr 0.002]
         [--batch-size 16] [--local-epochs 1] [--rounds 8] [--server-lr 1.0] [--server-momentum 0.0]
-        [--keep-optimizer] [--lr-decay [--lr-floor 0.1]]
+        [--keep-optimizer] [--item-weighted] [--lr-decay [--lr-floor 0.1]]
         [--out benchmarks/results/fedavg_sequential.json]
 
 The clients' work is the ClientApp's (``federated.task.train_locally`` on each IID silo of Beauty, the README's
 preset model), the aggregate FedAvg's (the silos' weights averaged by their number of users), optionally through a
-server learning rate and momentum (FedAvgM). Every round trains the 10 silos one after the other on one thread, so
-a variant costs minutes, not the Flower simulation's start-up and Ray workers; validation NDCG@10 (history removed)
-is measured every other round on a fixed sample of 4,000 users (not the benchmark's figure: for comparing variants).
+server learning rate and momentum (FedAvgM), with item rows averaged by the silos' item counts
+(``--item-weighted``, as ``simulate --item-weighted``). Every round trains the 10 silos one after the other on one
+thread, so a variant costs minutes, not the Flower simulation's start-up and Ray workers; validation NDCG@10
+(history removed) is measured every other round on a fixed sample of 4,000 users (not the benchmark's figure: for
+comparing variants).
 Curves are merged into the JSON by NAME.
 """
 
@@ -76,12 +78,6 @@ def round_lr(args: argparse.Namespace, server_round: int) -> float:
     return args.lr * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def item_counts(ds, users: np.ndarray) -> np.ndarray:
-    """How often each item occurs in a silo's training events (index = item id)."""
-    items = [ds.sequences.sequence(int(u))[: int(ds.split.train_end[u])] for u in users]
-    return np.bincount(np.concatenate(items), minlength=ds.sequences.n_items + 1).astype(np.float64)
-
-
 def row_weights(key: str, value: torch.Tensor, counts: np.ndarray, examples: int, item_rows: bool) -> torch.Tensor:
     """A silo's weight in the average: its examples, or per item row the silo's occurrences of that item
     (--item-weighted: a rare item's row moves as far as the silos that hold it move it, not a tenth of it)."""
@@ -102,7 +98,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = task.build_global_model(ds.sequences, ModelConfig(**PRESET_MODEL))
     fit = LocalTrainingConfig(lr=args.lr, batch_size=args.batch_size, weight_decay=0.0, batching="length",
                               local_epochs=args.local_epochs)  # fmt: skip
-    counts = [item_counts(ds, users) for users in ds.partition.clients()]
+    silos = [ClientData(client, ds.sequences, ds.split, users) for client, users in enumerate(ds.partition.clients())]
+    counts = [np.asarray(task.item_counts(silo), dtype=np.float64) for silo in silos]
     sample = np.random.default_rng(1).choice(np.arange(1, ds.sequences.n_users + 1), 4000, replace=False)
     velocity, curve, started = None, [], time.perf_counter()
     for server_round in range(1, args.rounds + 1):
@@ -111,11 +108,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         weight = {k: torch.zeros((), dtype=torch.float64) for k in start}
         examples, losses = 0, []
         fit = dataclasses.replace(fit, lr=round_lr(args, server_round))
-        for client, users in enumerate(ds.partition.clients()):
+        for client, silo in enumerate(silos):
             model.load_state_dict(start)
             optimizers.client = client
-            result = task.train_locally(model, ClientData(client, ds.sequences, ds.split, users), fit,
-                                        seed=server_round * 100 + client)  # fmt: skip
+            result = task.train_locally(model, silo, fit, seed=server_round * 100 + client)
             optimizers.round_done()
             for k, v in model.state_dict().items():
                 w = row_weights(k, v, counts[client], result.examples, args.item_weighted)
