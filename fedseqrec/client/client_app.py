@@ -28,6 +28,7 @@ from fedseqrec.federated.messages import (
     CLIP_KEY,
     COUNT_NOISE_KEY,
     HELD_LEDGER_KEY,
+    ITEM_COUNTS_KEY,
     NOISE_STD_KEY,
     PARTITION_KEY,
     PARTITIONS_KEY,
@@ -203,7 +204,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             }
         )
         if cfg.algorithm.item_weighted:
-            metrics["item-counts"] = item_counts(data)
+            metrics[ITEM_COUNTS_KEY] = item_counts(data)
         arrays = ArrayRecord(model.state_dict() if update is None else update)
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -7,6 +7,8 @@ ROUND_KEY = "server-round"  # the round a train message belongs to
 WHICH_KEY = "which"  # evaluation: "valid" or "test"
 # A pooled simulated node (see server.directory.NodePool) learns from each message which client it acts as.
 PARTITION_KEY, PARTITIONS_KEY = "partition-id", "num-partitions"
+# --item-weighted: a client's reply metric, how often each item id occurs in its users' training events.
+ITEM_COUNTS_KEY = "item-counts"
 # Federation-wide user-level DP: every silo samples its users with this rate, and (noise shares) adds noise of this
 # standard deviation to its sum; each user's contribution is clipped to this round's norm (adaptive clipping moves
 # it), and the silo's count of unclipped users gets its share of that count's noise.
