@@ -40,9 +40,12 @@ PRESET_MODEL = {"loss": "ce", "label_smoothing": 0.0, "tie_items": True}
 PRESET_FIT = {"weight_decay": 0.0, "lr": 0.002, "batch_size": 128, "batching": "length"}
 PRESET = {**PRESET_MODEL, **PRESET_FIT}
 # BERT4Rec's own paper: ρ = 0.6 on Beauty, dropout 0.1; a post-LN BERT without warm-up stalls at lr 0.002; weight
-# decay 0.1 lifted its plateau (the README's table row).
+# decay 0.1 lifted its plateau (the README's table row). SASRec: its learning rate falling linearly to 0 over 36
+# epochs (≈ 16 minutes here) instead of constant until it overfits. Only these two models' presets have these
+# flags: the fedavg_gap benchmark's Beauty settings are PRESET alone.
 MODEL_PRESET = {"bert4rec": {"mask_ratio": 0.6, "dropout": 0.1}}
-FIT_PRESET = {"bert4rec": {"lr": 0.0005, "weight_decay": 0.1}}
+FIT_PRESET = {"sasrec": {"lr_schedule": "linear", "epochs": 36}, "bert4rec": {"lr": 0.0005, "weight_decay": 0.1}}
+RECORDED = ("mask_ratio", "dropout", "hidden", "max_len", "threads", "max_seconds", "lr_schedule", "epochs")
 PUBLISHED = {  # ../shared/anchors/README.md: test NDCG@10 / HR@10 on this file and protocol
     "S3-Rec repository: GRU4Rec": (0.0137, 0.0283),
     "S3-Rec repository: BERT4Rec": (0.0170, 0.0347),
@@ -70,7 +73,7 @@ def row_of(result: dict, config: dict) -> dict:
         "settings": {
             key: value
             for key, value in {**model, **train}.items()
-            if key in {*PRESET, "mask_ratio", "dropout", "hidden", "max_len", "threads", "max_seconds"}
+            if key in {*PRESET, *RECORDED}
         },
     }
 

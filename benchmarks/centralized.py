@@ -6,7 +6,8 @@
 
 For each dataset and model it runs `fedseqrec train` with its defaults until early stopping (the converged
 figure) and, for sasrec on ml-100k, once more capped at --budget seconds of training (the time-to-quality
-target: a fifth of RecBole's 1,370 s). Run folders go to a temporary directory; the JSON keeps the metrics.
+target: a fifth of RecBole's 1,370 s). Run folders go to a temporary directory; the JSON keeps the metrics, and
+rows measured again replace their earlier versions in place (others are kept).
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merged(out: Path, rows: list[dict]) -> list[dict]:
+    """The rows just measured in place of the same (data, model, run) rows of an earlier JSON, the others kept:
+    one model can be re-measured without running them all."""
+    if not out.exists():
+        return rows
+    fresh = {(r["data"], r["model"], r["run"]): r for r in rows}
+    kept = [fresh.pop((r["data"], r["model"], r["run"]), r) for r in json.loads(out.read_text())["rows"]]
+    return kept + list(fresh.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -96,6 +107,8 @@ def main() -> None:
                 if name == "ml-100k" and model == "sasrec":
                     rows.append(run(data, model, Path(tmp), max_seconds=args.budget))
                 rows.append(run(data, model, Path(tmp)))
+    out = Path(args.out)
+    rows = merged(out, rows)
     results = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -103,7 +116,6 @@ def main() -> None:
         "rows": rows,
         "table": table(rows),
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(results["table"])

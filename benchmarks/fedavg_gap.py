@@ -68,6 +68,15 @@ VARIANTS = {  # federated options changed against base, one at a time
         "keep_optimizer": True,
         "item_weighted": True,
     },
+    # The same with each round's local learning rate falling linearly over the run (round r of R: lr·(R−r+1)/R).
+    "batch-32-epochs-2-keep-item-weighted-linear": {
+        "batch_size": 32,
+        "local_epochs": 2,
+        "rounds_factor": 0.5,
+        "keep_optimizer": True,
+        "item_weighted": True,
+        "lr_schedule": "linear",
+    },
     "keep-optimizer": {"keep_optimizer": True},
     "item-weighted": {"item_weighted": True},
     "fedavgm": {"strategy": "fedavgm", "server_momentum": 0.5},
@@ -148,10 +157,17 @@ def summary(rows: list[dict]) -> dict:
         }
         for name, v in groups.items()
     }
-    reference = out.get("centralized/base", {}).get("mean")
+    best = max((e["mean"] for name, e in out.items() if name.startswith("centralized/")), default=None)
     for name, entry in out.items():
-        if reference and name.startswith("federated/"):
+        if not name.startswith("federated/"):
+            continue
+        # against centralized training with the same schedule, and against the best centralized figure
+        linear = VARIANTS.get(name.split("/", 1)[1], {}).get("lr_schedule") == "linear"
+        reference = out.get("centralized/lr-schedule-linear" if linear else "centralized/base", {}).get("mean")
+        if reference:
             entry["ratio_to_centralized"] = round(entry["mean"] / reference, 3)
+        if best:
+            entry["ratio_to_best_centralized"] = round(entry["mean"] / best, 3)
     return out
 
 

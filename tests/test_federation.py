@@ -347,6 +347,25 @@ def test_item_weighting_changes_the_average_in_the_simulation(full_run, tmp_path
     assert weighted[1]["loss"] != plain[1]["loss"]
 
 
+def test_linear_lr_schedule_scales_each_rounds_local_learning_rate():
+    cfg = TINY.replace(rounds=4, lr=0.01, lr_schedule="linear")
+    assert [cfg.for_round(r).fit.lr for r in (1, 2, 3, 4)] == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
+    assert cfg.for_round(2).fit.batch_size == cfg.fit.batch_size and cfg.fit.lr == 0.01  # a copy, nothing else
+    assert TINY.for_round(3) is TINY  # constant: the run's own configuration
+    with pytest.raises(UserError, match="--lr-schedule linear sets the clients' local learning rate"):
+        TINY.replace(lr_schedule="linear", user_dp=True, epsilon=8.0).validate()
+
+
+@pytest.mark.slow
+def test_linear_lr_schedule_reaches_the_clients_in_the_simulation(full_run, tmp_path):
+    """Round 1 of 2 trains at the full rate (the plain run's loss), round 2 at half of it."""
+    out = tmp_path / "linear"
+    simulate(TINY.replace(clients_per_round=2, rounds=2, lr_schedule="linear"), out=out)
+    linear, plain = ([json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()] for f in (out, full_run))
+    assert linear[0]["loss"] == plain[0]["loss"]
+    assert linear[1]["loss"] != plain[1]["loss"]
+
+
 def _scorers(a: Path, b: Path):
     return (torch.load(p / "model_last.pt", weights_only=True)["scorer.weight"] for p in (a, b))
 

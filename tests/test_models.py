@@ -132,6 +132,24 @@ def test_bert4rec_masks_and_appends_mask_token(shop):
     assert 0.4 < last.float().mean() < 0.95  # ½ forced, plus the cloze's own share of the rest
 
 
+def test_bert4rec_counts_positions_from_the_end(shop):
+    """Each sequence's last item is position 0, in training and for the [MASK] appended at prediction, however
+    long the sequence and however much padding follows it."""
+    model = build_model("bert4rec", small_config(shop)).eval()
+    seen = []
+    model.bert.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True)
+    items = torch.tensor([[5, 6, 7, 0, 0], [8, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    batch = SeqBatch(items, torch.zeros_like(items), torch.ones_like(items), torch.tensor([3, 1, 5]))
+    model(batch)
+    assert seen[-1][:, :3].tolist() == [[2, 1, 0], [0, 0, 0], [4, 3, 2]] and seen[-1][2].tolist() == [4, 3, 2, 1, 0]
+    model.full_sort_predict(batch)
+    appended = seen[-1][torch.arange(3), batch.lengths]  # the [MASK] slot
+    assert appended.tolist() == [0, 0, 0] and seen[-1][0, :4].tolist() == [3, 2, 1, 0]
+    # a sequence's scores do not depend on the padding after it
+    alone = SeqBatch(items[:1, :3], torch.zeros_like(items[:1, :3]), torch.ones_like(items[:1, :3]), batch.lengths[:1])
+    assert torch.allclose(model.full_sort_predict(alone), model.full_sort_predict(batch)[:1], atol=1e-5)
+
+
 def test_bad_hyper_parameters_are_refused(shop):
     for bad in ({"hidden": 0}, {"dropout": 1.0}, {"max_len": -1}, {"loss": "bpr"}):
         with pytest.raises(UserError):

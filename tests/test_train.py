@@ -141,3 +141,44 @@ def test_a_train_folder_is_not_taken_for_a_federated_run(cli, trained):
     resume = cli("simulate", "--resume", trained)
     for result in (out, resume):
         assert result.code == 2 and "holds the results of `fedseqrec train`" in result.err
+
+
+def test_checkpoint_of_an_earlier_model_revision_is_refused(cli, trained, tmp_path):
+    """A model whose weights came to mean something else (bert4rec's positions, revision 2) refuses checkpoints
+    of the earlier revision, which carry no revision field, instead of serving wrong scores with them."""
+    import shutil
+
+    assert json.loads((trained / "model.json").read_text())["revision"] == 1
+    older = tmp_path / "older"
+    shutil.copytree(trained, older)
+    info = json.loads((older / "model.json").read_text())
+    info.pop("revision")
+    info["model"] = "bert4rec"  # bert4rec is at revision 2: a checkpoint without the field is revision 1
+    (older / "model.json").write_text(json.dumps(info))
+    result = cli("evaluate", *TINY, "--checkpoint", older)
+    assert result.code == 2 and "revision 1" in result.err and "train it again" in result.err
+
+
+def test_linear_schedule_rises_then_falls_to_zero_at_the_last_step():
+    from fedseqrec.models.optim import LinearSchedule, adamw
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = adamw([weight], lr=0.1, weight_decay=0.0)
+    schedule = LinearSchedule(optimizer, warmup=2, total=8)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(8):
+        schedule(0.0)
+        rates.append(optimizer.param_groups[0]["lr"])
+    # step t's rate: min(1, (t+1)/2) · (8 - t)/8, so t = 0..7 and then 0 after the last step
+    expected = [0.1 * min(1, (t + 1) / 2) * (8 - t) / 8 for t in range(8)] + [0.0]
+    assert rates == pytest.approx(expected) and rates[1] == pytest.approx(0.1 * 7 / 8)
+    constant = LinearSchedule(adamw([weight], lr=0.1, weight_decay=0.0), warmup=4)
+    assert [constant.share(t) for t in (0, 3, 4, 1000)] == pytest.approx([0.25, 1.0, 1.0, 1.0])
+
+
+def test_train_with_a_linear_schedule_records_it(tmp_path):
+    from fedseqrec.cli import main
+
+    out = tmp_path / "linear"
+    assert main(["train", *TINY, *FAST, "--model", "gru4rec", "--lr-schedule", "linear", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["lr_schedule"] == "linear"

@@ -24,7 +24,7 @@ from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import BASELINES, ModelConfig
-from fedseqrec.models.optim import LinearWarmup, adamw
+from fedseqrec.models.optim import LinearSchedule, adamw
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.text_match import TextMatch
 from fedseqrec.models.training import train_epoch
@@ -97,7 +97,8 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
     )
     loader = training_loader(windows, cfg.batch_size, seed, cfg.by_length)
     optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = LinearWarmup(optimizer, cfg.warmup_steps) if cfg.warmup_steps else None
+    total = cfg.epochs * len(loader) if cfg.lr_schedule == "linear" else None
+    schedule = LinearSchedule(optimizer, cfg.warmup_steps, total) if cfg.warmup_steps or total else None
     best = {"epoch": 0, "score": -1.0}
     history, train_seconds, stale, stopped = [], 0.0, 0, None
     with (out / "metrics.jsonl").open("w") as log:
@@ -105,7 +106,7 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
             start = time.perf_counter()
             left = None if cfg.max_seconds is None else cfg.max_seconds - train_seconds
             loss, _ = train_epoch(
-                model, loader, optimizer, windows.batch_of, on_step=warmup, stop=_time_limit(start, left), packed=True
+                model, loader, optimizer, windows.batch_of, on_step=schedule, stop=_time_limit(start, left), packed=True
             )
             train_seconds += time.perf_counter() - start
             record = {"epoch": epoch, "loss": round(loss, 5), "train_seconds": round(train_seconds, 2)}

@@ -146,6 +146,7 @@ def _user_level_round(model, data: ClientData, cfg: RunConfig, server_round: int
 def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, context, sent) -> tuple:
     """(the result or None when declined, privacy metrics, why it declined, what to send: the trained weights, or
     under user-level DP the silo's clipped gradient sum)."""
+    cfg = cfg.for_round(server_round)  # --lr-schedule: this round's learning rate
     if cfg.privacy.mechanism == LOCAL_DPSGD:
         return (*_private_round(model, data, cfg, server_round, context, sent), None)
     if cfg.privacy.mechanism == USER_LEVEL:

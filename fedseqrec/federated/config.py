@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from fedseqrec.data.dataset import DataConfig
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EVALUATION, EvaluationConfig
-from fedseqrec.models.config import FIT, TRAINABLE_MODELS, FitConfig, ModelConfig
+from fedseqrec.models.config import FIT, TRAINABLE_MODELS, FitConfig, ModelConfig, linear_decay
 from fedseqrec.options import (
     check,
     flatten,
@@ -217,6 +217,7 @@ class RunConfig:
         self._validate_secure(clients)
         self._validate_keep_optimizer()
         self._validate_item_weighted()
+        self._validate_lr_schedule()
         self.privacy.validate(
             algorithm.strategy,
             algorithm.clients_per_round,
@@ -281,6 +282,21 @@ class RunConfig:
                 "--keep-optimizer with --partition per-user: a client is one user, sampled a few times in a run, "
                 "and every client would hold twice the model in optimiser state; use it with silos"
             )
+
+    def _validate_lr_schedule(self) -> None:
+        if self.fit.lr_schedule != "constant" and self.privacy.mechanism == USER_LEVEL:
+            raise UserError(
+                f"--lr-schedule {self.fit.lr_schedule} sets the clients' local learning rate; under --user-dp the "
+                "clients send clipped gradients and the server takes the step (--server-lr)"
+            )
+
+    def for_round(self, server_round: int) -> RunConfig:
+        """The configuration a client trains round ``server_round`` (1-based) with: ``--lr-schedule linear``
+        scales its learning rate by (R − r + 1) / R over the run's R rounds."""
+        if self.fit.lr_schedule == "constant":
+            return self
+        share = linear_decay(server_round - 1, self.algorithm.rounds)
+        return replace(self, fit=replace(self.fit, lr=self.fit.lr * share))
 
     def _validate_item_weighted(self) -> None:
         if not self.algorithm.item_weighted:

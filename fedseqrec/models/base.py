@@ -117,6 +117,9 @@ class SequentialRecommender(nn.Module):
     ghost_clipping_safe = True
     uses_event_types = True  # side information: the event type of each position (view, cart, purchase, ...)
     reads_queries = False  # whether predictions read ``SeqBatch.target_queries`` (the query-aware model)
+    # Raised when the same weights start to mean something else (checkpoints record it and refuse another).
+    revision = 1
+    revision_note = ""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

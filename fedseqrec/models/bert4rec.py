@@ -23,6 +23,8 @@ class BERT4Rec(SequentialRecommender):
     # names the masked item (the same item, carted or bought), so the cloze task is solved by copying a
     # neighbour — which the appended [MASK] of prediction never has. Without event types it must learn order.
     uses_event_types = False
+    revision = 2
+    revision_note = "positions are counted from the last item since revision 2 (from the first before)"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -47,8 +49,7 @@ class BERT4Rec(SequentialRecommender):
         )
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:
-        b, t = batch.items.shape
-        positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
+        positions = self._positions_from_end(batch)
         output = self.bert(
             inputs_embeds=self.embed(batch),
             attention_mask=self._padding_mask(batch.items),
@@ -56,6 +57,18 @@ class BERT4Rec(SequentialRecommender):
             token_type_ids=torch.zeros_like(batch.items),
         )
         return self.head(output.last_hidden_state)
+
+    @staticmethod
+    def _positions_from_end(batch: SeqBatch) -> torch.Tensor:
+        """Position ids counted back from each sequence's last item (0), as the BERT4Rec authors' left-padded
+        sequences have them. Counted from the first item, the slot to fill at prediction (the appended [MASK])
+        sits at a different position in every sequence, and a bidirectional encoder can only tell that it is the
+        last one by comparing its position with everyone else's; counted from the end it is always position 0,
+        and every item's position is how recent it is. Padding gets 0 too: it is never attended to and never a
+        target."""
+        t = batch.items.shape[1]
+        steps = torch.arange(t, device=batch.items.device)
+        return (batch.lengths[:, None] - 1 - steps).clamp(min=0)
 
     @staticmethod
     def _padding_mask(items: torch.Tensor) -> torch.Tensor:

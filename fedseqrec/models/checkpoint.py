@@ -21,8 +21,13 @@ def vocabulary_fingerprint(data: SequenceData) -> str:
     return digest.hexdigest()[:16]
 
 
-def describe(name: str, cfg: ModelConfig, data: SequenceData) -> dict:
-    return {"model": name, "config": cfg.to_dict(), "vocabulary": vocabulary_fingerprint(data)}
+def describe(name: str, model: SequentialRecommender, data: SequenceData) -> dict:
+    return {
+        "model": name,
+        "revision": model.revision,
+        "config": model.cfg.to_dict(),
+        "vocabulary": vocabulary_fingerprint(data),
+    }
 
 
 def save_weights(path: Path, model: SequentialRecommender) -> None:
@@ -36,7 +41,7 @@ def save_checkpoint(
     folder: Path, model: SequentialRecommender, name: str, data: SequenceData, weights: str = "model.pt"
 ) -> None:
     save_weights(folder / weights, model)
-    (folder / "model.json").write_text(json.dumps(describe(name, model.cfg, data), indent=2) + "\n")
+    (folder / "model.json").write_text(json.dumps(describe(name, model, data), indent=2) + "\n")
 
 
 def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt") -> tuple[str, SequentialRecommender]:
@@ -53,6 +58,12 @@ def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt")
             f"{info.get('vocabulary')}) than this data ({data.n_items} items, {vocabulary_fingerprint(data)})"
         )
     model = build_model(name, cfg, data)
+    saved = info.get("revision", 1)  # written since revision 2; every earlier checkpoint is revision 1
+    if saved != model.revision:
+        raise UserError(
+            f"{folder}: a {name} checkpoint of revision {saved}, and this release's {name} is revision "
+            f"{model.revision}: {model.revision_note} — its weights would give wrong scores here; train it again"
+        )
     try:
         state = torch.load(folder / weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

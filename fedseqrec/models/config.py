@@ -84,6 +84,12 @@ class ModelConfig:
         return cls(**values)
 
 
+def linear_decay(step: int, total: int) -> float:
+    """Share of the base learning rate at ``step`` (0-based) of ``total``: 1, falling linearly to ``1 / total`` at
+    the last step and 0 after it."""
+    return max(0.0, (total - step) / total)
+
+
 @dataclass
 class FitConfig:
     """How a model is fitted on a set of users: batches of users, AdamW, one training window per user."""
@@ -92,6 +98,11 @@ class FitConfig:
     lr: float = option(2e-3, "AdamW learning rate", check=positive, group=FIT)
     # Decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting.
     weight_decay: float = option(1.0, "AdamW weight decay", check=non_negative, group=FIT)
+    lr_schedule: str = option(
+        "constant", "learning rate: constant (after any --warmup-steps), or falling linearly to 0 over the run: "
+        "by step to the end of --epochs (train; the BERT4Rec authors' schedule), by round in a federation (round r "
+        "of --rounds R trains at lr·(R−r+1)/R)", choices=("constant", "linear"), group=FIT,
+    )  # fmt: skip
     window: str = option(
         "random",
         "training window per user: a random stretch of a long history each time, or the most recent",

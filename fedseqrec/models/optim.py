@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from fedseqrec.models.config import linear_decay
+
 _DISABLE_CACHE = "__dynamo_disable"
 
 
@@ -114,18 +116,25 @@ def restore_moments(model: torch.nn.Module, optimizer: AdamW, saved: dict[str, t
         }
 
 
-class LinearWarmup:
-    """Raises every group's learning rate linearly from ``lr / steps`` to ``lr`` over the first ``steps`` steps;
-    called after each step (``train_epoch``'s ``on_step``). Post-LN Transformers (BERT) diverge or stall at a
-    learning rate that they train well at once the attention has settled."""
+class LinearSchedule:
+    """Learning rate of every group as a share of its own, set after each step (``train_epoch``'s ``on_step``):
+    a linear rise from ``lr / warmup`` to ``lr`` over the first ``warmup`` steps, times — given ``total`` steps —
+    a linear fall from 1 to ``1 / total`` at the last step. Post-LN Transformers (BERT) diverge or stall at a
+    learning rate that they train well at once the attention has settled; the decay lets the last epochs settle
+    where a constant rate keeps the weights (and validation) moving."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int):
-        self.optimizer, self.steps, self.taken = optimizer, steps, 0
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int = 0, total: int | None = None):
+        self.optimizer, self.warmup, self.total, self.taken = optimizer, warmup, total, 0
         self.base = [group["lr"] for group in optimizer.param_groups]
         self._set()
 
+    def share(self, step: int) -> float:
+        """The share of the base rate that step ``step`` (0-based) takes."""
+        rise = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        return rise * (1.0 if self.total is None else linear_decay(step, self.total))
+
     def _set(self) -> None:
-        share = min(1.0, (self.taken + 1) / self.steps)
+        share = self.share(self.taken)
         for group, lr in zip(self.optimizer.param_groups, self.base, strict=True):
             group["lr"] = lr * share
 

@@ -95,7 +95,7 @@ class Federation:
             self.folder.keep_rounds_until(0)  # a run stopped before its first state: the log line of a lost round
             seal(self.folder.path, self.ds.audit)  # the privacy audit's coins, before any training
             self._prepare_model()
-        self.folder.write_json("model.json", describe(cfg.model.name, self.model.cfg, self.ds.sequences))
+        self.folder.write_json("model.json", describe(cfg.model.name, self.model, self.ds.sequences))
 
     def _directory(self) -> ClientDirectory | NodePool:
         pool = self.cfg.algorithm.client_pool
