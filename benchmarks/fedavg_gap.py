@@ -77,6 +77,15 @@ VARIANTS = {  # federated options changed against base, one at a time
         "item_weighted": True,
         "lr_schedule": "linear",
     },
+    # The same decay over 36 rounds (72 passes) instead of 24.
+    "batch-32-epochs-2-keep-item-weighted-linear-36": {
+        "batch_size": 32,
+        "local_epochs": 2,
+        "rounds_factor": 0.75,
+        "keep_optimizer": True,
+        "item_weighted": True,
+        "lr_schedule": "linear",
+    },
     "keep-optimizer": {"keep_optimizer": True},
     "item-weighted": {"item_weighted": True},
     "fedavgm": {"strategy": "fedavgm", "server_momentum": 0.5},

@@ -99,7 +99,7 @@ class FitConfig:
     # Decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting.
     weight_decay: float = option(1.0, "AdamW weight decay", check=non_negative, group=FIT)
     lr_schedule: str = option(
-        "constant", "learning rate: constant (after any --warmup-steps), or falling linearly to 0 over the run: "
+        "constant", "learning rate: constant, or falling linearly to 0 over the run: "
         "by step to the end of --epochs (train; the BERT4Rec authors' schedule), by round in a federation (round r "
         "of --rounds R trains at lr·(R−r+1)/R)", choices=("constant", "linear"), group=FIT,
     )  # fmt: skip
