@@ -6,7 +6,7 @@ regression baseline, centralized, federated over 10 IID silos, and under federat
 
 central: `fedseqrec train --task ctr` with lr (its preset: learning rate 0.01, no weight decay, 10 epochs) and
 din-esmm (defaults, early stopping on validation click AUC); each user's last slate is the test slate. federated:
-din-esmm, FedAvg over 10 IID silos, --rounds rounds. user-dp: the same under `--user-dp` at ε = 8 (δ from the
+din-esmm, FedAvg over 10 IID silos, --rounds rounds. user-dp: the same under `--privacy user-level` at ε = 8 (δ from the
 number of users). Figures: click AUC, GAUC, log-loss; conversion (purchase per impression) AUC, log-loss and the
 calibration table by deciles of the prediction. Rows are merged into the JSON by row.
 """
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CTR-observed", "CTR-predicted", "CVR-AUC", "CVR-LogLoss",
         "CVR-observed", "CVR-predicted", "CVR-calibration")  # fmt: skip
 FIT = {"lr": {"lr": 0.01, "weight_decay": 0.0, "epochs": 10}, "din-esmm": {}}
-PRIVATE = {"user-dp": {"user_dp": True, "epsilon": 8.0, "users_per_round": 1000}}
+PRIVATE = {"user-dp": {"mechanism": "user-level", "epsilon": 8.0, "users_per_round": 1000}}
 
 
 def figures(result: dict) -> dict:

@@ -6,9 +6,9 @@ Every row is one `fedseqrec train` or `simulate` run with canaries (`--audit-can
 trained on by a fair coin) and, where named, audited real users (`--audit-users`, the membership attack); the
 audit runs at its end (95 % confidence, one-run method of Steinke, Nasr and Jagielski 2023). ml-100k runs use the
 defaults of the commands unless the row says otherwise; `shop` is the generator with 2,000 users. `broken-dpsgd`
-switches DP-SGD's noise off behind the test-only switch while its ledgers still record σ: the audit must exceed the
-claimed ε there and nowhere else. The audit's cost is its training run (the canaries are m more users) plus the
-scoring, both recorded per row.
+runs the same federation with a ClientApp whose DP-SGD gets no noise while its ledgers still record σ (the fault of
+tests/faults.py, injected from outside the package): the audit must exceed the claimed ε there and nowhere else.
+The audit's cost is its training run (the canaries are m more users) plus the scoring, both recorded per row.
 """
 
 from __future__ import annotations
@@ -18,16 +18,21 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmark_report import machine
 
+from fedseqrec.cli import build_parser
 from fedseqrec.cli import main as fedseqrec
-from fedseqrec.privacy.dpsgd import BROKEN_FOR_TESTS
+from fedseqrec.cli.federate import run_config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the broken mechanism lives with the tests, never in the package
+from faults import broken_client_app  # noqa: E402
+
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
 ML = ["--data", str(DATA / "ml-100k")]
 SHOP = ["--data", "shop", "--shop-users", "2000", "--shop-items", "500"]
@@ -36,29 +41,30 @@ ROWS = {
     "ml-100k-train": ["train", *ML, "--audit-canaries", "300", "--audit-users", "200"],
     "shop-train": ["train", *SHOP, "--audit-canaries", "500", "--audit-users", "300"],
     "ml-100k-fedavg": [*SILOS, "--audit-canaries", "300", "--audit-users", "200"],
-    "ml-100k-dpsgd-eps8": [*SILOS, "--dp", "--epsilon", "8", "--audit-canaries", "300"],
-    "ml-100k-user-dp-eps8": [*SILOS[:-4], "--rounds", "60", "--eval-every", "20", "--user-dp", "--users-per-round",
-                             "300", "--epsilon", "8", "--strategy", "fedadam", "--server-lr", "0.01",
-                             "--max-grad-norm", "0.3", "--audit-canaries", "300"],  # fmt: skip
+    "ml-100k-dpsgd-eps8": [*SILOS, "--privacy", "dp-sgd", "--epsilon", "8", "--audit-canaries", "300"],
+    "ml-100k-user-dp-eps8": [*SILOS[:-4], "--rounds", "60", "--eval-every", "20", "--privacy", "user-level",
+                             "--users-per-round", "300", "--epsilon", "8", "--strategy", "fedadam",
+                             "--server-lr", "0.01", "--max-grad-norm", "0.3", "--audit-canaries", "300"],  # fmt: skip
     "ml-100k-dp-fedavg": ["simulate", *ML, "--partition", "per-user", "--clients-per-round", "100", "--rounds", "20",
-                          "--eval-every", "10", "--central-dp", "fixed", "--central-noise", "1.0",
+                          "--eval-every", "10", "--privacy", "dp-fedavg", "--central-noise", "1.0",
                           "--audit-canaries", "300"],  # fmt: skip
-    "broken-dpsgd": [*SILOS, "--dp", "--noise-multiplier", "10", "--local-epochs", "3", "--audit-canaries", "300"],
+    "broken-dpsgd": [*SILOS, "--privacy", "dp-sgd", "--noise-multiplier", "10", "--local-epochs", "3",
+                     "--audit-canaries", "300"],  # fmt: skip
 }
 
 
 def run(name: str, tmp: Path) -> dict:
     out = tmp / name
-    environment = {BROKEN_FOR_TESTS: "noise-off"} if name.startswith("broken") else {}
-    os.environ.update(environment)
     start = time.perf_counter()
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(io.StringIO()):
+        if name.startswith("broken"):
+            from fedseqrec.simulation.engine import simulate
+
+            args = build_parser().parse_args([*ROWS[name], "--out", str(out)])
+            simulate(run_config(args), out=out, client_app=broken_client_app())
+            code = fedseqrec(["audit", str(out)])
+        else:
             code = fedseqrec([*ROWS[name], "--out", str(out)])
-    finally:
-        for key in environment:
-            del os.environ[key]
     seconds = time.perf_counter() - start
     found = json.loads((out / "audit.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())

@@ -27,7 +27,7 @@ SETTINGS = {
     "ml-100k": {
         "data": ["--data", str(DATA / "ml-100k"), "--partition", "iid", "--clients", "10"],
         "no_dp": ["--rounds", "100", "--eval-every", "10"],
-        "private": ["--user-dp", "--users-per-round", "300", "--rounds", "150", "--strategy", "fedadam",
+        "private": ["--privacy", "user-level", "--users-per-round", "300", "--rounds", "150", "--strategy", "fedadam",
                     "--server-lr", "0.01", "--max-grad-norm", "0.3", "--eval-every", "10"],
         "pop": ["--data", str(DATA / "ml-100k")],
     },
@@ -35,7 +35,7 @@ SETTINGS = {
         "data": ["--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed",
                  "--loss", "sampled", "--negatives", "256", "--partition", "iid", "--clients", "10"],
         "no_dp": ["--rounds", "60", "--eval-every", "5"],
-        "private": ["--user-dp", "--users-per-round", "2000", "--rounds", "60", "--strategy", "fedadam",
+        "private": ["--privacy", "user-level", "--users-per-round", "2000", "--rounds", "60", "--strategy", "fedadam",
                     "--server-lr", "0.001", "--max-grad-norm", "0.3", "--public-users", "0.1", "--freeze", "items",
                     "--eval-every", "10"],
         "pop": ["--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed"],

@@ -37,7 +37,8 @@ def main() -> None:
         data=args.ml100k, partition="iid", clients=10, rounds=args.rounds, eval_every=5, batch_size=args.batch_size
     )
     runs = [("no-dp", base)] + [
-        (f"eps{e:g}", base.replace(dp=True, epsilon=e, delta=1e-5)) for e in sorted(args.epsilons, reverse=True)
+        (f"eps{e:g}", base.replace(mechanism="dp-sgd", epsilon=e, delta=1e-5))
+        for e in sorted(args.epsilons, reverse=True)
     ]
     rows, folders = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,14 +52,14 @@ def main() -> None:
             row = {
                 "run": tag,
                 "target_epsilon": cfg.privacy.epsilon,
-                "largest_epsilon": results["privacy"]["max_epsilon"] if cfg.privacy.dp else None,
+                "largest_epsilon": results["privacy"]["max_epsilon"] if cfg.privacy.private else None,
                 "test": {k: round(results["test"][k], 4) for k in ("NDCG@10", "HR@10", "MRR@10")},
                 "valid_NDCG@10": round(results["valid"]["NDCG@10"], 4),
                 "best_round": results["best_round"],
                 "seconds": round(time.perf_counter() - start, 1),
                 "seconds_per_round": round(results["seconds"] / max(1, results["rounds_run"]), 2),
             }
-            if cfg.privacy.dp:
+            if cfg.privacy.private:
                 report = json.loads((folder.path / "privacy_report.json").read_text())
                 row["noise_multipliers"] = sorted(
                     {r["noise_multiplier"] for c in report["clients"] for r in c["ledger"]}

@@ -7,8 +7,8 @@ the text-match baseline; centralized, federated and under DP.
 central: `fedseqrec train --task search` with pop, text-match (the query alone), sasrec (the history alone) and
 query-sasrec (both), at most --max-seconds of training each, early stopping on validation NDCG@10, full ranking of
 each user's last search's item (validation: the search before it). federated: query-sasrec over 10 IID silos,
-FedAvg, --rounds rounds. dp: the same federation under federation-wide user-level DP (`--user-dp`, ε = 8) and with
-client-local DP-SGD (`--dp`, ε = 8). Rows are merged into the JSON by (row, model).
+FedAvg, --rounds rounds. dp: the same federation under federation-wide user-level DP (`--privacy user-level`,
+ε = 8) and with client-local DP-SGD (`--privacy dp-sgd`, ε = 8). Rows are merged into the JSON by (row, model).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("NDCG@10", "HR@10", "MRR@10")
 CENTRAL = ("pop", "text-match", "sasrec", "query-sasrec")
 PRIVATE = {  # federation-wide user-level DP and client-local DP-SGD, both at ε = 8
-    "user-dp": {"user_dp": True, "epsilon": 8.0, "users_per_round": 600},
-    "dp-sgd": {"dp": True, "epsilon": 8.0},
+    "user-dp": {"mechanism": "user-level", "epsilon": 8.0, "users_per_round": 600},
+    "dp-sgd": {"mechanism": "dp-sgd", "epsilon": 8.0},
 }
 
 

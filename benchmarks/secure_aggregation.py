@@ -5,11 +5,11 @@
 ml-100k, 10 IID silos, SASRec with the defaults of `fedseqrec simulate` (2 simulated clients at a time on this
 machine), evaluated only after the last round. Rows: FedAvg (and FedAvg with
 four times the local work a round: batch 16, 2 local epochs), and the federation-wide user-level mechanism with the
-noise added by the silos (`--user-dp --noise-shares clients`, the mode SecAgg+ makes private against the server),
-each without and with SecAgg+ (every silo a neighbour of every other, threshold 0.6: 6 of 10 shares). A round's time
-is the loop's `seconds` without evaluation, averaged over rounds 2.. (round 1 pays for starting the workers); the
-JSON also keeps the exchange (stages 1-3: keys, shares, training and masking) and unmask times, the quantisation
-bound and the test NDCG@10 each run reached.
+noise added by the silos (`--privacy user-level --noise-shares clients`, the mode SecAgg+ makes private against
+the server), each without and with SecAgg+ (every silo a neighbour of every other, threshold 0.6: 6 of 10 shares).
+A round's time is the loop's `seconds` without evaluation, averaged over rounds 2.. (round 1 pays for starting the
+workers); the JSON also keeps the exchange (stages 1-3: keys, shares, training and masking) and unmask times, the
+quantisation bound and the test NDCG@10 each run reached.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ MECHANISMS = {
     "fedavg": {},
     # More work a round (the local training that closed most of the FedAvg gap on Beauty): the same fixed cost.
     "fedavg-batch-16-epochs-2": {"batch_size": 16, "local_epochs": 2},
-    "user-dp-noise-shares": {"user_dp": True, "users_per_round": 100, "noise_multiplier": 1.0,
+    "user-dp-noise-shares": {"mechanism": "user-level", "users_per_round": 100, "noise_multiplier": 1.0,
                              "noise_shares": "clients"},  # fmt: skip
 }
 

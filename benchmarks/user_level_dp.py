@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["--partition", "iid", "--clients", "10", "--user-dp", "--strategy", "fedadam", "--eval-every", "10"]
+BASE = [
+    "--partition", "iid", "--clients", "10", "--privacy", "user-level", "--strategy", "fedadam", "--eval-every", "10"
+]  # fmt: skip
 RUNS = {
     "u300-r60": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "60", "--server-lr", "0.01"],
     "r150": ["--users-per-round", "300", "--epsilon", "8", "--rounds", "150", "--server-lr", "0.01"],

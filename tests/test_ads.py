@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from reference_metrics import log_loss
 
 from fedseqrec.data import DataConfig, ShopConfig, load_dataset
 from fedseqrec.data.shop import generate_shop, shop_with_truth
 from fedseqrec.evaluation.ads import BINS, ad_result, ad_sums, calibration_groups
-from fedseqrec.evaluation.binary import auc, log_loss
+from fedseqrec.evaluation.binary import auc
 from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.models.batching import slate_batches
 
@@ -165,7 +166,11 @@ def test_din_esmm_beats_the_logistic_baseline_on_click_auc(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
-    [{}, {"dp": True, "noise_multiplier": 1.0}, {"user_dp": True, "users_per_round": 40, "noise_multiplier": 1.0}],
+    [
+        {},
+        {"mechanism": "dp-sgd", "noise_multiplier": 1.0},
+        {"mechanism": "user-level", "users_per_round": 40, "noise_multiplier": 1.0},
+    ],
     ids=["fedavg", "dp-sgd", "user-dp"],
 )
 def test_ctr_task_trains_federated_plain_and_under_both_dp_mechanisms(tmp_path, options):

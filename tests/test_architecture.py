@@ -34,7 +34,7 @@ LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 
 # Imports inside a function, and why: none may dodge an import cycle.
 DEFERRED = {
-    "fedseqrec/client/client_app.py": "Opacus costs a fresh ClientApp process a second; only DP rounds need it",
+    "fedseqrec/federated/client_rounds.py": "Opacus costs a fresh ClientApp process a second; only DP rounds need it",
     "fedseqrec/cli/federate.py": "Ray and Flower's runtimes take seconds to import; --help should not pay",
     "fedseqrec/cli/report.py": "torch (the audit loads a model): the parsers of every command are built at start",
     "fedseqrec/cli/serve.py": "torch, uvicorn and FastAPI: the parsers of every command are built at start",
@@ -160,3 +160,22 @@ def test_run_commands_offer_every_run_option(cli):
                 flag = f"--no-{d.key}" if d.default is True else d.flag
                 assert flag in text, (words, flag)
     assert "pop" not in cli("simulate", "--help").out.split("--model")[1].split("]")[0]
+
+
+def test_each_mechanism_is_one_object_with_both_halves_and_the_client_app_has_no_branch():
+    from fedseqrec.federated.mechanisms import MECHANISMS
+    from fedseqrec.privacy.config import MECHANISMS as NAMES
+    from fedseqrec.privacy.config import PrivacyConfig
+    from fedseqrec.privacy.mechanism import PrivacyMechanism, RunFacts
+
+    assert tuple(MECHANISMS) == NAMES  # --privacy's choices are the registry's entries
+    facts = RunFacts(None, 1, "iid", print, users=100)
+    for name, mechanism in MECHANISMS.items():
+        privacy = PrivacyConfig(mechanism=name, noise_multiplier=1.0, users_per_round=10, central_noise=1.0)
+        server = mechanism.server_half(privacy, facts)
+        assert isinstance(server, PrivacyMechanism) and server.name == name
+        assert callable(mechanism.client_half())
+    client_app = (PACKAGE / "client" / "client_app.py").read_text()
+    for name in NAMES:
+        assert f'"{name}"' not in client_app
+    assert "privacy.mechanism ==" not in client_app and "LOCAL_DPSGD" not in client_app

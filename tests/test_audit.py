@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import broken_client_app
 from helpers import TINY_FLAGS
 from scipy import stats
 
@@ -18,8 +19,8 @@ from fedseqrec.data.canaries import SEALED, canary_ids
 from fedseqrec.data.dataset import DataConfig, load_dataset
 from fedseqrec.data.shop import ShopConfig
 from fedseqrec.evaluation.binary import auc, tpr_at_fpr
+from fedseqrec.federated.config import RunConfig
 from fedseqrec.privacy.audit import audit, epsilon_lower_bound, guess_grid, p_value
-from fedseqrec.privacy.dpsgd import BROKEN_FOR_TESTS
 
 # --- the statistics -----------------------------------------------------------------------------------------------
 
@@ -157,14 +158,17 @@ def test_without_dp_the_audit_finds_a_positive_bound(cli, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", [False, True])
-def test_dp_sgd_keeps_its_bound_and_a_broken_mechanism_is_caught(cli, tmp_path, monkeypatch, broken):
-    """σ = 10 claims ε ≈ 0.8 over 10 rounds. Honest: the bound stays below it. With the noise switched off (the
-    ledgers still record σ = 10) the canaries are learnt and the bound exceeds the claim: flagged, exit 1."""
-    if broken:
-        monkeypatch.setitem(os.environ, BROKEN_FOR_TESTS, "noise-off")
+def test_dp_sgd_keeps_its_bound_and_a_broken_mechanism_is_caught(cli, tmp_path, broken):
+    """σ = 10 claims ε ≈ 0.8 over 10 rounds. Honest: the bound stays below it. With the noise switched off by a mod
+    the test adds to the ClientApp (the ledgers still record σ = 10) the canaries are learnt and the bound exceeds
+    the claim: flagged, exit 1. Nothing in the package can switch the noise off."""
+    from fedseqrec.simulation.engine import simulate
+
     out = tmp_path / "run"
-    result = cli("simulate", *RUN, "--clients", "3", "--rounds", "10", "--local-epochs", "3", "--dp",
-                 "--noise-multiplier", "10", "--audit-canaries", "300", "--out", out)  # fmt: skip
+    cfg = RunConfig.of(data="shop", shop_users=600, shop_items=200, hidden=32, clients=3, rounds=10, local_epochs=3,
+                       privacy="dp-sgd", noise_multiplier=10.0, audit_canaries=300, out=str(out))  # fmt: skip
+    simulate(cfg, client_app=broken_client_app() if broken else None)
+    result = cli("audit", out)
     found = json.loads((out / "audit.json").read_text())
     claimed = found["claimed"]["epsilon"]
     report = json.loads((out / "privacy_report.json").read_text())
@@ -178,6 +182,14 @@ def test_dp_sgd_keeps_its_bound_and_a_broken_mechanism_is_caught(cli, tmp_path, 
     assert "Empirical audit" in (out / "privacy_report.md").read_text()
 
 
+def test_no_switch_in_the_package_turns_the_noise_off():
+    """The only way to break DP-SGD is from outside the package (as the test above does)."""
+    package = Path(__file__).resolve().parents[1] / "fedseqrec"
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "TEST_ONLY" not in text and "os.environ.get(\"FEDSEQREC_TEST" not in text, path
+
+
 def test_tiny_flags_still_parse_with_audit_options(cli, tmp_path):
     result = cli("simulate", *TINY_FLAGS, "--audit-canaries", "-1", "--out", tmp_path / "x")
     assert result.code == 2 and "--audit-canaries" in result.err
@@ -186,7 +198,7 @@ def test_tiny_flags_still_parse_with_audit_options(cli, tmp_path):
 @pytest.mark.slow
 def test_the_federation_wide_mechanism_is_audited_against_its_own_claim(cli, tmp_path):
     out = tmp_path / "run"
-    result = cli("simulate", *TINY_FLAGS, "--rounds", "2", "--user-dp", "--users-per-round", "40",
+    result = cli("simulate", *TINY_FLAGS, "--rounds", "2", "--privacy", "user-level", "--users-per-round", "40",
                  "--noise-multiplier", "1.0", "--audit-canaries", "40", "--out", out)  # fmt: skip
     assert result.code == 0, result.err
     found = json.loads((out / "audit.json").read_text())

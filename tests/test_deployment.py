@@ -29,7 +29,7 @@ from fedseqrec.privacy.ledger import PrivacyLedger
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Federation
 
-DP_TINY = TINY.replace(dp=True, noise_multiplier=1.0)
+DP_TINY = TINY.replace(mechanism="dp-sgd", noise_multiplier=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +190,14 @@ def test_deploy_app_writes_the_run_config_flwr_run_submits(tmp_path, cli):
     from fedseqrec.federated.config import RunConfig
 
     result = cli("deploy", "app", tmp_path / "app", "--data", tmp_path / "server", "--evaluation", "federated",
-                 "--clients", "3", "--rounds", "7", "--dp", "--epsilon", "4", "--out", tmp_path / "run")  # fmt: skip
+                 "--clients", "3", "--rounds", "7", "--privacy", "dp-sgd", "--epsilon", "4",
+                 "--out", tmp_path / "run")  # fmt: skip
     assert result.code == 0, result.err
     app = tomli.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"]["serverapp"] == "fedseqrec.server.server_app:app"
     cfg = RunConfig.from_run_config(app["config"])
-    assert (cfg.data.data, cfg.data.clients, cfg.algorithm.rounds, cfg.privacy.epsilon, cfg.privacy.dp) == (
-        str(tmp_path / "server"), 3, 7, 4.0, True,
+    assert (cfg.data.data, cfg.data.clients, cfg.algorithm.rounds, cfg.privacy.epsilon, cfg.privacy.mechanism) == (
+        str(tmp_path / "server"), 3, 7, 4.0, "dp-sgd",
     )  # fmt: skip
     assert cfg.out == str(tmp_path / "run") and cfg.evaluation.mode == "federated"
     assert cfg.privacy.horizon == 7  # the rounds the ε target is calibrated for, recorded
@@ -248,7 +249,8 @@ def _no_processes_left(deployment_folder: Path) -> None:
 @pytest.mark.slow
 def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
     out = tmp_path / "run"
-    result = cli("deploy", "local", *TINY_FLAGS, "--clients", "2", "--rounds", "2", "--dp", "--noise-multiplier",
+    result = cli("deploy", "local", *TINY_FLAGS, "--clients", "2", "--rounds", "2", "--privacy", "dp-sgd",
+                 "--noise-multiplier",
                  "1.0", "--timeout", "240", "--out", out)  # fmt: skip
     assert result.code == 0, result.err + result.out
     assert "TLS and SuperNode authentication" in result.out and "round   2/2  clients   2" in result.out
@@ -391,7 +393,7 @@ def test_an_exported_folder_cannot_find_the_public_users(exported):
     app = make_client_app()
     context = Context(run_id=1, node_id=7, node_config={"data-path": str(exported / "client-002")}, state=RecordDict(),
                       run_config={})  # fmt: skip
-    cfg = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, public_users=0.1)
+    cfg = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, public_users=0.1)
     model = build_global_model(load_client_data(TINY, 2, 3).sequences, TINY.model)
     config = ConfigRecord({**cfg.to_run_config(), "server-round": 1, "user-rate": 0.3, "noise-share-std": 0.0,
                            "clip-norm": 1.0, "count-noise-share-std": 0.0})  # fmt: skip

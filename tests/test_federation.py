@@ -2,6 +2,7 @@
 simulated runs through Flower's simulation engine (end to end, resume, client failure)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -353,7 +354,7 @@ def test_linear_lr_schedule_scales_each_rounds_local_learning_rate():
     assert cfg.for_round(2).fit.batch_size == cfg.fit.batch_size and cfg.fit.lr == 0.01  # a copy, nothing else
     assert TINY.for_round(3) is TINY  # constant: the run's own configuration
     with pytest.raises(UserError, match="--lr-schedule linear sets the clients' local learning rate"):
-        TINY.replace(lr_schedule="linear", user_dp=True, epsilon=8.0).validate()
+        TINY.replace(lr_schedule="linear", mechanism="user-level", epsilon=8.0).validate()
 
 
 @pytest.mark.slow
@@ -415,9 +416,11 @@ def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
         (["--proximal-mu", "-1"], "--proximal-mu must be >= 0"),
         (["--partition", "per-user", "--clients-per-round", "500"], "more than the 120 clients"),
         (["--model", "pop"], "invalid choice: 'pop'"),  # not offered: pop is not trained
-        (["--keep-optimizer", "--dp", "--noise-multiplier", "1"], "--keep-optimizer keeps the AdamW state"),
+        (["--keep-optimizer", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
+         "--keep-optimizer keeps the AdamW state"),
         (["--keep-optimizer", "--partition", "per-user"], "--keep-optimizer with --partition per-user"),
-        (["--item-weighted", "--dp", "--noise-multiplier", "1"], "--item-weighted does not combine with --dp"),
+        (["--item-weighted", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
+         "--item-weighted does not combine with --privacy dp-sgd"),
         (["--item-weighted", "--strategy", "fedmedian"], "--item-weighted does not combine with --strategy fedmedian"),
     ],
 )
@@ -481,3 +484,58 @@ def test_a_pool_of_nodes_serves_many_clients_with_the_same_results(tmp_path):
     assert json.loads((folder.path / "config.json").read_text())["run_config"]["client-pool"] == 12
     assert pooled["test"] == one_each["test"]
     assert torch.equal(*_scorers(tmp_path / "nodes", tmp_path / "pool"))
+
+
+PLANNED = {
+    "DP implied by --epsilon": {"epsilon": 3.0},
+    "user-level with public users": {
+        "mechanism": "user-level", "users_per_round": 40, "noise_multiplier": 1.0, "public_users": 0.1,
+        "partition": "dirichlet",
+    },
+    "audit seed given": {"audit_canaries": 20, "audit_seed": 11},
+    "dp-fedavg per user": {
+        "mechanism": "dp-fedavg", "partition": "per-user", "clients": None, "clients_per_round": 10,
+        "central_noise": 1.0,
+    },
+}  # fmt: skip
+
+
+def _three_plans(cfg: RunConfig, tmp_path: Path) -> list[RunConfig]:
+    """The plan of the same options through simulate, deploy local and flwr run, with what each engine adds by
+    design undone: deploy's absolute paths, the simulation's node pool."""
+    from fedseqrec.deployment.runner import prepare_deployment
+    from fedseqrec.server.planning import prepare_run
+    from fedseqrec.server.server_app import flower_run_plan
+
+    simulated, folder, _ = prepare_run(cfg, tmp_path / "simulate", None, None)
+    folder.release()
+    deployed, _ = prepare_deployment(cfg, tmp_path / "deploy")
+    flower = flower_run_plan(cfg.to_run_config()).config
+    plans = [replace(simulated, algorithm=replace(simulated.algorithm, client_pool=None)), deployed, flower]
+    return [plan.replace(out=None, data=cfg.data.data) for plan in plans]
+
+
+@pytest.mark.parametrize("options", PLANNED.values(), ids=PLANNED.keys())
+def test_simulate_deploy_and_flwr_run_plan_a_run_alike(options, tmp_path):
+    simulated, deployed, flower = _three_plans(TINY.replace(**options), tmp_path)
+    assert simulated == deployed == flower
+    assert simulated == simulated.planned()  # planning twice changes nothing
+    if "epsilon" in options:
+        assert simulated.privacy.mechanism == "dp-sgd" and simulated.privacy.horizon == TINY.algorithm.rounds
+    if "audit_seed" in options:
+        assert simulated.data.audit_seed == 11
+
+
+def test_every_engine_draws_an_audit_seed_itself(tmp_path):
+    plans = _three_plans(TINY.replace(audit_canaries=20), tmp_path)
+    assert all(plan.data.audit_seed is not None for plan in plans)
+
+
+def test_flowers_run_config_alone_carries_the_implications():
+    """What `flwr run --run-config epsilon=3` gives: the same run as `simulate --epsilon 3`."""
+    from fedseqrec.server.server_app import flower_run_plan
+
+    plan = RunConfig.from_run_config({"epsilon": 3.0}).planned()
+    plan.validate()
+    assert plan.privacy.mechanism == "dp-sgd" and plan.privacy.horizon == RunConfig().algorithm.rounds
+    assert flower_run_plan({"epsilon": 3.0, "out": "unused"}).config.privacy == plan.privacy

@@ -25,7 +25,7 @@ from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Progress
 from fedseqrec.simulation.engine import simulate
 
-TINY = TINY_PLAIN.replace(dp=True, noise_multiplier=1.0)
+TINY = TINY_PLAIN.replace(mechanism="dp-sgd", noise_multiplier=1.0)
 
 
 def _ledger(rounds: int, steps: int = 10) -> PrivacyLedger:

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data_dir, write
+from conftest import real_dataset, write
 
 from fedseqrec.data.dataset import DataConfig, load_dataset
 from fedseqrec.data.formats import detect_format, load_interactions
@@ -133,10 +133,7 @@ def test_runs_of_different_protocols_are_not_compared(tmp_path):
 
 @pytest.fixture(scope="session")
 def beauty():
-    path = shared_data_dir() / "amazon-beauty" / "Beauty.txt"
-    if not path.is_file():
-        pytest.fail(f"Amazon Beauty not found at {path}; set FEDSEQREC_DATA_DIR to the folder holding amazon-beauty/")
-    return path
+    return real_dataset("amazon-beauty/Beauty.txt", "Amazon Beauty")
 
 
 def test_amazon_beauty_loads_with_the_published_counts(cli, beauty):

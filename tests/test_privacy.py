@@ -23,7 +23,7 @@ from fedseqrec.privacy.compat import dp_compatible
 from fedseqrec.privacy.ledger import LedgerRecord, PrivacyLedger, reconcile
 from fedseqrec.simulation.engine import simulate
 
-TINY = TINY_PLAIN.replace(dp=True, noise_multiplier=1.0)
+TINY = TINY_PLAIN.replace(mechanism="dp-sgd", noise_multiplier=1.0)
 
 
 # --- accounting against Google's dp-accounting --------------------------------------------------------------------
@@ -260,11 +260,11 @@ def test_resuming_a_run_whose_budget_is_spent_is_refused(budget_run, cli):
         (["--epsilon", "-2"], "--epsilon must be a positive number"),
         (["--epsilon", "4", "--delta", "1"], "--delta must be in (0, 1)"),
         (["--epsilon", "4", "--budget", "2"], "--budget 2.0 is below the target --epsilon 4.0"),
-        (["--dp"], "exactly one of --noise-multiplier and --epsilon"),
+        (["--privacy", "dp-sgd"], "exactly one of --noise-multiplier and --epsilon"),
         (["--epsilon", "4", "--noise-multiplier", "1"], "exactly one of"),
         (["--epsilon", "4", "--model", "gru4rec", "--grad-sample-mode", "ghost"], "not correct for gru4rec"),
-        (["--budget", "3"], "--budget needs --dp"),
-        (["--epsilon", "4", "--tie-items"], "--tie-items is not supported with --dp"),
+        (["--budget", "3"], "--budget needs --privacy dp-sgd"),
+        (["--epsilon", "4", "--tie-items"], "--tie-items is not supported with --privacy dp-sgd"),
     ],
 )
 def test_bad_privacy_options(cli, tmp_path, flags, message):

@@ -137,7 +137,7 @@ def test_robust_minimums():
     "flags, message",
     [
         ({"strategy": "bulyan", "byzantine_clients": 1}, "needs at least 7 clients a round, the run has 3"),
-        ({"strategy": "fedmedian", "user_dp": True}, "does not combine with --user-dp or --central-dp"),
+        ({"strategy": "fedmedian", "mechanism": "user-level"}, "does not combine with --privacy user-level"),
         ({"strategy": "fedtrimmedavg", "trim_beta": 0.5}, "trim-beta"),
     ],
 )

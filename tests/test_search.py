@@ -195,7 +195,11 @@ def search_run(**options):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
-    [{}, {"dp": True, "noise_multiplier": 1.0}, {"user_dp": True, "users_per_round": 40, "noise_multiplier": 1.0}],
+    [
+        {},
+        {"mechanism": "dp-sgd", "noise_multiplier": 1.0},
+        {"mechanism": "user-level", "users_per_round": 40, "noise_multiplier": 1.0},
+    ],
     ids=["fedavg", "dp-sgd", "user-dp"],
 )
 def test_search_task_trains_federated_plain_and_under_both_dp_mechanisms(tmp_path, options):

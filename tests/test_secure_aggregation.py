@@ -220,7 +220,9 @@ def test_user_level_noise_shares_under_secagg(tmp_path):
     ε is accounted as without it, and the report names the trust model."""
     from fedseqrec.simulation.engine import simulate
 
-    cfg = TINY.replace(rounds=2, user_dp=True, users_per_round=30, noise_multiplier=1.0, noise_shares="clients")
+    cfg = TINY.replace(
+        rounds=2, mechanism="user-level", users_per_round=30, noise_multiplier=1.0, noise_shares="clients"
+    )
     results, _ = simulate(cfg.replace(secure_aggregation=True), out=tmp_path / "secure")
     plain, _ = simulate(cfg, out=tmp_path / "plain")
     assert 0 < results["privacy"]["max_epsilon"] == pytest.approx(plain["privacy"]["max_epsilon"])
@@ -235,7 +237,7 @@ def test_user_level_noise_shares_under_secagg(tmp_path):
     "options, message",
     [
         ({"strategy": "fedmedian"}, "--strategy fedmedian"),
-        ({"central_dp": "fixed", "central_noise": 1.0, "clients_per_round": 3}, "--central-dp"),
+        ({"mechanism": "dp-fedavg", "central_noise": 1.0, "clients_per_round": 3}, "--privacy dp-fedavg"),
         ({"max_update_norm": 5.0}, "--max-update-norm"),
         ({"client_pool": 3}, "--client-pool"),
         ({"clients_per_round": 2}, "at least 3 clients a round"),

@@ -100,7 +100,7 @@ def test_public_users_are_drawn_by_the_seed_and_left_out_of_every_silo():
     assert first.min() >= 1 and first.max() <= 500
     users = np.arange(1, 501)
     assert len(private_users(users, 500, 0.1, 0)) == 450 and private_users(users, 500, 0.0, 0) is users
-    cfg = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, public_users=0.25)
+    cfg = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, public_users=0.25)
     n_users = cached_dataset(cfg.data).sequences.n_users
     public = set(public_users(n_users, 0.25, cfg.data.seed).tolist())
     kept = [private_part(load_client_data(cfg, c, 3), cfg.privacy, cfg.data.seed).users for c in range(3)]
@@ -110,7 +110,7 @@ def test_public_users_are_drawn_by_the_seed_and_left_out_of_every_silo():
 
 @pytest.mark.slow
 def test_a_run_with_public_users_pretrains_freezes_and_says_who_is_covered(tmp_path):
-    cfg = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=2, public_users=0.25,
+    cfg = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, rounds=2, public_users=0.25,
                        public_epochs=2, freeze="items", user_steps=2, clipping="per-layer")  # fmt: skip
     ds = cached_dataset(cfg.data)
     torch.manual_seed(cfg.data.seed)
@@ -134,7 +134,7 @@ def test_a_run_with_public_users_pretrains_freezes_and_says_who_is_covered(tmp_p
 
 
 def test_a_tied_model_trains_under_user_level_dp(tmp_path):
-    cfg = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=1, tie_items=True)
+    cfg = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, rounds=1, tie_items=True)
     torch.manual_seed(cfg.data.seed)
     initial = build_global_model(cached_dataset(cfg.data).sequences, cfg.model).state_dict()
     results, folder = simulate(cfg, out=tmp_path / "run")
@@ -148,9 +148,10 @@ def test_a_tied_model_trains_under_user_level_dp(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--public-users", "0.1"], "--public-users needs --user-dp"),
-        (["--user-steps", "3"], "--user-steps needs --user-dp"),
-        (["--user-dp", "--epsilon", "2", "--users-per-round", "10", "--public-users", "1"], "must be in [0, 1)"),
+        (["--public-users", "0.1"], "--public-users needs --privacy user-level"),
+        (["--user-steps", "3"], "--user-steps needs --privacy user-level"),
+        (["--privacy", "user-level", "--epsilon", "2", "--users-per-round", "10", "--public-users", "1"],
+         "must be in [0, 1)"),
     ],
 )
 def test_bad_contribution_options(cli, tmp_path, flags, message):
@@ -197,7 +198,7 @@ def test_a_silo_counts_its_unclipped_users_centred():
 
 @pytest.mark.slow
 def test_an_adaptive_run_records_each_rounds_norm_and_resumes_from_it(tmp_path, cli):
-    cfg = TINY.replace(user_dp=True, users_per_round=60, noise_multiplier=1.0, rounds=3, clip_quantile=0.5,
+    cfg = TINY.replace(mechanism="user-level", users_per_round=60, noise_multiplier=1.0, rounds=3, clip_quantile=0.5,
                        max_grad_norm=0.05)  # fmt: skip
     _, folder = simulate(cfg, out=tmp_path / "run")
     history = json.loads((folder.path / "privacy.json").read_text())["history"]

@@ -16,7 +16,7 @@ from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
 from fedseqrec.privacy.user_level import NoisySum, silo_contribution, trainable
 from fedseqrec.simulation.engine import simulate
 
-USER_DP = TINY.replace(user_dp=True, users_per_round=40, noise_multiplier=1.0, rounds=2)
+USER_DP = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, rounds=2)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm", "query-sasrec"])
@@ -124,11 +124,13 @@ def test_a_user_level_run_accounts_every_round_and_names_its_trust_mode(tmp_path
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--user-dp", "--noise-multiplier", "1"], "needs --users-per-round"),
-        (["--user-dp", "--users-per-round", "10"], "exactly one of --noise-multiplier and --epsilon"),
-        (["--users-per-round", "10"], "--users-per-round needs --user-dp"),
-        (["--user-dp", "--epsilon", "2", "--users-per-round", "10", "--clients-per-round", "2"], "every silo"),
-        (["--user-dp", "--dp", "--epsilon", "2", "--users-per-round", "10"], "choose one mechanism"),
+        (["--privacy", "user-level", "--noise-multiplier", "1"], "needs --users-per-round"),
+        (["--privacy", "user-level", "--users-per-round", "10"], "exactly one of --noise-multiplier and --epsilon"),
+        (["--users-per-round", "10"], "--users-per-round needs --privacy user-level"),
+        (["--privacy", "user-level", "--epsilon", "2", "--users-per-round", "10", "--clients-per-round", "2"],
+         "every silo"),
+        (["--privacy", "dp-sgd", "--epsilon", "2", "--users-per-round", "10"],
+         "--users-per-round needs --privacy user-level"),
     ],
 )
 def test_bad_user_level_options(cli, tmp_path, flags, message):

@@ -16,6 +16,7 @@ import torch
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
+from fedseqrec.data.record import run_folder_config
 from fedseqrec.data.splits import training_items
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import selection_metric
@@ -172,11 +173,11 @@ def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: Mo
     if "privacy" in results:  # the private popularity baseline: its release, as the privacy reports record one
         (out / "privacy_report.json").write_text(dumps(results["privacy"], indent=2) + "\n")
     results["protocol"] = cfg.evaluation.protocol
-    config = {
-        "data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)},
-        "model": model_cfg.to_dict(),
-        "train": asdict(cfg),
-    }
+    config = run_folder_config(
+        data=data_cfg.data,
+        config={"data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)}, "model": model_cfg.to_dict(),
+                "train": asdict(cfg)},
+    )  # fmt: skip
     (out / "config.json").write_text(dumps(config, indent=2) + "\n")
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(dumps(results, indent=2) + "\n")

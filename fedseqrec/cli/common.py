@@ -49,6 +49,15 @@ def add_command(commands: argparse._SubParsersAction, name: str, handler: Handle
     return parser
 
 
+def add_data_location(parser: argparse.ArgumentParser) -> None:
+    """``--data`` for a command that reads a run folder: where the run's data is now."""
+    parser.add_argument(
+        "--data", default=None, metavar="PATH",
+        help="where the run's data is now (default: the path the run recorded); refused unless it holds the same "
+        "files (the run records their fingerprint)",
+    )  # fmt: skip
+
+
 def add_data_options(parser: argparse.ArgumentParser, *, truncate: bool, partition: bool | str) -> None:
     """``--data`` and friends: which log to read, how to clean it, how to split it (and partition it).
 

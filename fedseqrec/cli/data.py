@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedseqrec.cli.common import add_command, add_data_options, data_config
 from fedseqrec.data.dataset import load_dataset
+from fedseqrec.data.download import DATASETS, download
 from fedseqrec.data.export import export_partitions
 from fedseqrec.data.prepare import prepare
 from fedseqrec.data.stats import dataset_stats, format_stats
@@ -56,6 +57,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """download a public dataset, checked against its published checksum
+
+    Fetch ml-100k (MovieLens-100K in RecBole's atomic files) or amazon-beauty (the papers' Beauty.txt) into
+    --out/NAME, verify each file's SHA-256, and say how to point the project at it. Nothing is written under a
+    file's name unless its checksum holds. Needs a network; --mirror takes the files from MIRROR/NAME/FILE instead.
+    """
+    folder = download(args.dataset, Path(args.out), args.mirror)
+    print(f"done: --data {folder}  (tests and benchmarks: FEDSEQREC_DATA_DIR={folder.parent.resolve()})")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     data = add_command(commands, "data", "inspect and prepare datasets")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
@@ -67,3 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         command = add_command(data_commands, name, handler)
         add_data_options(command, truncate=True, partition=partition)
         command.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced atomically)")
+    fetch = add_command(data_commands, "download", cmd_download)
+    fetch.add_argument("dataset", choices=tuple(DATASETS), help="the dataset to download")
+    fetch.add_argument("--out", default="data", metavar="DIR", help="where its folder goes (default: ./data)")
+    fetch.add_argument("--mirror", default=None, metavar="URL", help="take the files from URL/DATASET/FILE")

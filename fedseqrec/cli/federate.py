@@ -29,8 +29,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    cfg = from_args(RunConfig(), args, exclude=NOT_A_FLAG)
-    return cfg.replace(dp=cfg.privacy.implied().dp)
+    return from_args(RunConfig(), args, exclude=NOT_A_FLAG)
 
 
 def print_results(results: dict, folder: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedseqrec.cli.common import add_command
+from fedseqrec.cli.common import add_command, add_data_location
 from fedseqrec.errors import UserError
 from fedseqrec.results.privacy_report import compare_runs, write_privacy_report
 
@@ -39,11 +39,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if report["flags"] else 0
 
 
-def run_audit(folder: Path) -> int:
+def run_audit(folder: Path, data: str | None = None) -> int:
     """Audit a finished run and say what was found; exit status 1 when the bound exceeds the claimed ε."""
     from fedseqrec.results.audit import audit_folder  # torch: not for building the parsers
 
-    found = audit_folder(folder)
+    found = audit_folder(folder, data)
     claimed = found["claimed"]["epsilon"]
     parts = []
     for part, words in (("canaries", "canaries"), ("real_users", "real users")):
@@ -71,12 +71,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     and TPR at low FPR. Writes audit.json and audit.png (and the privacy report of a private run). `train` and
     `simulate` run it themselves when they end; exit 1 when the bound exceeds the claimed ε.
     """
-    return run_audit(Path(args.run))
+    return run_audit(Path(args.run), args.data)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     audit = add_command(commands, "audit", cmd_audit)
     audit.add_argument("run", metavar="RUN_DIR", help="a run folder trained with --audit-canaries / --audit-users")
+    add_data_location(audit)
     report = add_command(commands, "report", cmd_report)
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
     report.add_argument("--compare", action="store_true", help="privacy-utility curve of several runs")

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fedseqrec.cli.common import add_command
+from fedseqrec.cli.common import add_command, add_data_location
 from fedseqrec.errors import UserError
 
 
@@ -27,7 +27,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     given = [args.user is not None, args.history is not None, args.input is not None]
     if sum(given) != 1:
         raise UserError("give one of --user, --history or --input")
-    recommender = load_recommender(Path(args.run), args.weights)
+    recommender = load_recommender(Path(args.run), args.weights, args.data)
     if args.ads is not None:
         if args.input is not None:
             raise UserError("--ads scores one history's ads: give --user or --history")
@@ -103,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from fedseqrec.serving.app import make_app
 
-    app = make_app(Path(args.run), args.weights, args.poll)
+    app = make_app(Path(args.run), args.weights, args.poll, data=args.data)
     described = app.state.holder.current.describe()
     print(f"serving {described['model']} from {described['folder']} (round {described['round']}) on "
           f"http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)  # fmt: skip
@@ -117,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN_DIR", help="a folder `fedseqrec train` or `simulate` wrote")
     parser.add_argument("--weights", default="model.pt", help="model.pt (the best, default) or model_last.pt")
+    add_data_location(parser)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

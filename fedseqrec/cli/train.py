@@ -16,6 +16,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EvaluationConfig, headline, selection_metric
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, from_args
+from fedseqrec.results.folder import recorded_data
 
 METRICS = ("NDCG@10", "HR@10", "MRR@10", "NDCG@20", "HR@20")
 AD_METRICS = ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CVR-AUC", "CVR-LogLoss", "CVR-calibration")  # --task ctr
@@ -97,15 +98,9 @@ def checkpoint_data(folder: Path, args: argparse.Namespace) -> DataConfig:
     """The data a checkpoint was trained on (its ``config.json``), with the flags given on the command line."""
     if not folder.is_dir():
         raise UserError(f"--checkpoint {folder}: no such folder (give the folder `fedseqrec train --out` wrote)")
-    recorded = DataConfig()
-    config = folder / "config.json"
-    if config.is_file():
-        try:
-            values = json.loads(config.read_text())
-            recorded = DataConfig.from_dict(values.get("data") or values.get("run_config") or {})
-        except (ValueError, TypeError, AttributeError) as err:
-            raise UserError(f"{config}: unreadable ({err})") from err
-    return from_args(recorded, args, exclude=("max_len",))
+    given = getattr(args, "data", None)  # --data: where the run's data is now
+    recorded = recorded_data(folder, given)
+    return from_args(recorded, args, exclude=("max_len", "data"))
 
 
 def results_table(results: dict) -> str:

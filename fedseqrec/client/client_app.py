@@ -6,12 +6,12 @@ node config (``partition-id`` / ``num-partitions``, set by Flower's simulation e
 deployed node may say where its data is (``data-path``) and where its privacy ledger lives (``ledger-path``).
 
 A deployed node starts a fresh process for every message, so this module imports only what every message needs;
-DP-SGD (Opacus) is imported by the rounds that use it.
+DP-SGD (Opacus) is imported by the rounds that use it. What a client does in a training round is its privacy
+mechanism's client half (``fedseqrec.federated.mechanisms``): this module has no branch on the mechanism.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,34 +24,22 @@ from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.mechanisms import client_mods, mechanism_of
 from fedseqrec.federated.messages import (
-    CLIP_KEY,
-    COUNT_NOISE_KEY,
-    HELD_LEDGER_KEY,
     ITEM_COUNTS_KEY,
-    NOISE_STD_KEY,
     PARTITION_KEY,
     PARTITIONS_KEY,
     ROUND_KEY,
     SERVER_KEYS,
-    USER_RATE_KEY,
     WHICH_KEY,
 )
 from fedseqrec.federated.task import (
     build_global_model,
-    client_seed,
     evaluate_locally,
     item_counts,
     load_client_data,
     load_exported_client,
-    train_locally,
-    training_windows,
 )
-from fedseqrec.models.base import SequentialRecommender
-from fedseqrec.models.training import TrainResult
-from fedseqrec.privacy.clipping_mod import central_clipping_mod
-from fedseqrec.privacy.config import LOCAL_DPSGD, USER_LEVEL
-from fedseqrec.privacy.ledger import ledger_metrics
 
 # Keys the server adds to the run config in a message's ConfigRecord: ours, and those of Flower's strategies
 # (FedProx's proximal term, the clipping norm of the client-side DP wrappers).
@@ -103,74 +91,6 @@ def _client_data(cfg: RunConfig, context: Context, sent: ConfigRecord) -> Client
     return load_client_data(cfg, *partition_of(context, sent))
 
 
-def ledger_file(cfg: RunConfig, node_config, client: int) -> Path:
-    """The node's own file (``ledger-path`` in the node config), else one per client in the run folder."""
-    if "ledger-path" in node_config:
-        return Path(str(node_config["ledger-path"]))
-    if not cfg.out:
-        raise UserError("DP-SGD needs a place for the privacy ledger: set out (the run folder) or ledger-path")
-    return Path(cfg.out) / "ledgers" / f"client-{client}.json"
-
-
-def _private_round(model: SequentialRecommender, data: ClientData, cfg: RunConfig, server_round: int, context, sent):
-    """(result or None when declined, the ledger's metrics, the reason it declined)."""
-    # Imported here, not above: Opacus costs every fresh ClientApp process ≈ 1 s, and only DP rounds need it.
-    from fedseqrec.privacy.client import LocalSchedule, private_round
-
-    schedule = LocalSchedule(cfg.fit.local_epochs, cfg.fit.local_steps, cfg.planned_horizon())
-    held = json.loads(str(sent.get(HELD_LEDGER_KEY, "[]")))
-    new_ledger = str(context.node_config.get("new-ledger", "false")).lower() in ("1", "true", "yes")
-    outcome = private_round(
-        model, data, cfg.privacy, cfg.fit, schedule, client_seed(cfg, server_round, data.client), server_round,
-        context.state, ledger_file(cfg, context.node_config, data.client), held, new_ledger,
-    )  # fmt: skip
-    return outcome.result, ledger_metrics(outcome.ledger), outcome.reason
-
-
-def _user_level_round(model, data: ClientData, cfg: RunConfig, server_round: int, sent: ConfigRecord):
-    """Federation-wide user-level DP: this silo's sampled users' clipped gradient sum (and its noise share)."""
-    # Imported here, not above: Opacus costs a fresh ClientApp process a second; only DP rounds need it.
-    from fedseqrec.privacy.user_level import contribution_rule, private_part, silo_contribution
-
-    started = time.perf_counter()
-    own = private_part(data, cfg.privacy, cfg.data.seed)  # public users trained the initial model, not these rounds
-    windows = training_windows(model, own, cfg.fit, client_seed(cfg, server_round, data.client))
-    rule = contribution_rule(cfg.privacy, float(sent[CLIP_KEY]))
-    reply = silo_contribution(
-        model, windows, float(sent[USER_RATE_KEY]), rule, float(sent[NOISE_STD_KEY]), float(sent[COUNT_NOISE_KEY])
-    )
-    metrics = {"sampled-users": reply.sampled, "unclipped-centred": reply.unclipped}
-    return TrainResult(reply.sampled, reply.loss, 1, time.perf_counter() - started), metrics, reply.total
-
-
-def _train_round(model, data: ClientData, cfg: RunConfig, server_round: int, context, sent) -> tuple:
-    """(the result or None when declined, privacy metrics, why it declined, what to send: the trained weights, or
-    under user-level DP the silo's clipped gradient sum)."""
-    cfg = cfg.for_round(server_round)  # --lr-schedule: this round's learning rate
-    if cfg.privacy.mechanism == LOCAL_DPSGD:
-        return (*_private_round(model, data, cfg, server_round, context, sent), None)
-    if cfg.privacy.mechanism == USER_LEVEL:
-        result, metrics, total = _user_level_round(model, data, cfg, server_round, sent)
-        return result, metrics, "", total
-    mu = cfg.algorithm.proximal_mu if cfg.algorithm.strategy == "fedprox" else None
-    kept = _kept_optimizer(context, data.client) if cfg.fit.keep_optimizer else None
-    result = train_locally(model, data, cfg.fit, client_seed(cfg, server_round, data.client), mu, kept)
-    if kept:
-        context.state[_optimizer_key(data.client)] = ArrayRecord(kept)
-    return result, {}, "", None
-
-
-def _optimizer_key(client: int) -> str:
-    # By partition, not by node: a pooled simulated node serves several clients.
-    return f"optimizer-state:{client}"
-
-
-def _kept_optimizer(context: Context, client: int) -> dict[str, torch.Tensor]:
-    """The client's AdamW state from its last round (``--keep-optimizer``), empty before its first."""
-    key = _optimizer_key(client)
-    return dict(context.state[key].to_torch_state_dict()) if key in context.state else {}
-
-
 def make_client_app(mods: list | None = None) -> ClientApp:
     app = ClientApp(mods=mods or [])
 
@@ -181,18 +101,23 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         metrics = MetricRecord({"partition-id": partition, "num-partitions": partitions})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
-    # Per handler: Flower's clipping mods don't check the message type. Secure aggregation masks what the clipping
-    # mod clipped, so it comes first (outermost).
-    @app.train(mods=[secure_aggregation_mod, central_clipping_mod])
+    # Per handler: Flower's clipping mods don't check the message type. Secure aggregation masks what a
+    # mechanism's mod clipped, so it comes first (outermost).
+    @app.train(mods=[secure_aggregation_mod, *client_mods()])
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context, sent)
         model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
-        result, privacy, reason, update = _train_round(model, data, cfg, int(sent[ROUND_KEY]), context, sent)
+        server_round = int(sent[ROUND_KEY])
+        client_round = mechanism_of(cfg.privacy).client_half()
+        # --lr-schedule: this round's learning rate
+        outcome = client_round(model, data, cfg.for_round(server_round), server_round, context, sent)
+        result, privacy = outcome.result, outcome.metrics
         if result is None:  # declined (privacy budget): no update, and why
             metrics = MetricRecord({"num-examples": 0, "partition-id": data.client, "declined": 1, **privacy})
-            return Message(RecordDict({"metrics": metrics, "status": ConfigRecord({"reason": reason})}), reply_to=msg)
+            status = ConfigRecord({"reason": outcome.reason})
+            return Message(RecordDict({"metrics": metrics, "status": status}), reply_to=msg)
         metrics = MetricRecord(
             {
                 "num-examples": result.examples,
@@ -206,7 +131,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         )
         if cfg.algorithm.item_weighted:
             metrics[ITEM_COUNTS_KEY] = item_counts(data)
-        arrays = ArrayRecord(model.state_dict() if update is None else update)
+        arrays = ArrayRecord(model.state_dict() if outcome.update is None else outcome.update)
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

@@ -95,7 +95,7 @@ def write_deployed_app(app: Path, cfg: RunConfig) -> Path:
         raise UserError(
             f"--data {cfg.data.data}: give an absolute path: the ServerApp reads it on the SuperLink's host"
         )
-    cfg = cfg.with_horizon()
+    cfg = cfg.planned()
     cfg.validate()
     if app.exists() and any(p.name != "pyproject.toml" for p in app.iterdir()):
         raise UserError(f"{app}: exists and holds more than an app's pyproject.toml; choose an empty folder")

@@ -19,8 +19,7 @@ from fedseqrec.data.export import export_partitions
 from fedseqrec.deployment.local import LocalDeployment, write_app
 from fedseqrec.errors import RunError, UserError
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.results.folder import RunFolder
-from fedseqrec.server.planning import count_clients, default_run_folder, with_default_clients
+from fedseqrec.server.planning import default_run_folder, plan_run
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The ServerApp logs each message twice (Flower's handler, and a timestamped copy); Flower adds its own chatter.
@@ -69,14 +68,12 @@ def deployment_folder(cfg: RunConfig, out: Path | None) -> Path:
 def prepare_deployment(cfg: RunConfig, out: Path) -> tuple[RunConfig, int]:
     """The run's configuration as the deployed ServerApp sees it (absolute paths), checked before anything
     starts; and the number of clients (SuperNodes)."""
-    cfg = with_default_clients(cfg).with_horizon()
-    cfg.validate()
-    RunFolder.check_new(out)
     if (out / "deployment").exists():  # its nodes' ledgers would carry over into this run
         raise UserError(f"{out}: holds the deployment of an earlier attempt; choose another --out or delete it")
-    n = count_clients(cfg)
-    data = cfg.data.data if cfg.data.data == "shop" else str(Path(cfg.data.data).resolve())
-    return cfg.replace(data=data, out=str(out.resolve())), n
+    plan = plan_run(cfg, out)
+    data = plan.config.data.data
+    data = data if data == "shop" else str(Path(data).resolve())
+    return plan.config.replace(data=data, out=str(out.resolve())), plan.clients
 
 
 def deploy_local(

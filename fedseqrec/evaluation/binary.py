@@ -1,8 +1,6 @@
-"""Metrics of binary predictions: who scores above whom (AUC, per-user GAUC, TPR at a low FPR), how good the
-probabilities are (log-loss), and whether they mean what they say (calibration by decile).
-
-They serve the membership-inference attack of the privacy audit (members vs non-members) and click / conversion
-prediction (clicked vs not). Ties count ½ everywhere a ranking is compared.
+"""Metrics of binary predictions: who scores above whom (AUC, TPR at a low FPR), for the membership-inference
+attack of the privacy audit (members vs non-members). Ties count ½ everywhere a ranking is compared. Click and
+conversion figures are computed from mergeable sums (:mod:`fedseqrec.evaluation.ads`).
 """
 
 from __future__ import annotations
@@ -22,22 +20,6 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """Group (user) AUC as in DIN (Zhou et al., 2018): each group's AUC weighted by its number of examples, over
-    the groups that hold both classes (a group with one class ranks nothing)."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()  # any group ids: strings, ints
-    total = weight = 0.0
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    for members in np.split(order, bounds):
-        value = auc(scores[members], labels[members])
-        if not np.isnan(value):
-            total += value * len(members)
-            weight += len(members)
-    return total / weight if weight else float("nan")
-
-
 def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
     """The share of positives above the threshold that lets at most ``fpr`` of the negatives through."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
@@ -45,29 +27,3 @@ def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float) -> float:
     allowed = int(np.floor(fpr * len(negatives)))
     threshold = negatives[allowed] if allowed < len(negatives) else -np.inf  # positives must score above it
     return float((scores[labels] > threshold).mean()) if labels.any() else float("nan")
-
-
-def log_loss(probabilities: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy, probabilities kept within [eps, 1 − eps]."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
-
-
-def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
-    """Predicted against observed rate: overall, and per decile of the predictions (equal-count bins, in order)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    deciles = [
-        {"predicted": float(p[part].mean()), "observed": float(y[part].mean()), "count": int(len(part))}
-        for part in np.array_split(order, bins)
-        if len(part)
-    ]
-    observed = float(y.mean()) if len(y) else float("nan")
-    return {
-        "predicted": float(p.mean()) if len(p) else float("nan"),
-        "observed": observed,
-        "ratio": float(p.mean() / observed) if len(p) and observed > 0 else float("nan"),
-        "deciles": deciles,
-    }

@@ -29,7 +29,7 @@ from fedseqrec.options import (
     with_values,
     within,
 )
-from fedseqrec.privacy.config import LOCAL_DPSGD, USER_LEVEL, PrivacyConfig
+from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, NO_DP, USER_LEVEL, PrivacyConfig
 
 # Byzantine-robust aggregation (Flower's): a coordinate-wise median or trimmed mean, or the updates nearest the
 # others (Krum, Multi-Krum, Bulyan), instead of the weighted mean.
@@ -186,8 +186,9 @@ class RunConfig:
 
     @classmethod
     def from_run_config(cls, values: Mapping) -> RunConfig:
-        """From Flower's run config (hyphenated keys, ``""`` for unset); unknown keys are refused."""
-        return unflatten(cls, values)
+        """From Flower's run config (hyphenated keys, ``""`` for unset); unknown keys are refused. Run configs
+        written before ``--privacy`` (run folders of fedseqrec 0.1) are read too."""
+        return unflatten(cls, _privacy_switches_to_mechanism(values))
 
     def to_run_config(self) -> dict:
         return flatten(self)
@@ -209,7 +210,7 @@ class RunConfig:
                 f"--min-clients {algorithm.min_clients} is more than --clients-per-round {algorithm.clients_per_round}"
             )
         pool, per_round = algorithm.client_pool, algorithm.clients_per_round
-        if pool is not None and per_round is not None and pool < per_round and self.privacy.central_dp is None:
+        if pool is not None and per_round is not None and pool < per_round and self.privacy.mechanism != DP_FEDAVG:
             raise UserError(f"--client-pool {pool} is fewer than --clients-per-round {per_round}")
         if clients is not None and algorithm.min_clients > clients:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
@@ -231,11 +232,11 @@ class RunConfig:
         algorithm = self.algorithm
         if algorithm.strategy not in ROBUST_STRATEGIES:
             return
-        if self.privacy.user_dp or self.privacy.central_dp is not None:
+        if self.privacy.mechanism in (USER_LEVEL, DP_FEDAVG):
             raise UserError(
-                f"--strategy {algorithm.strategy} does not combine with --user-dp or --central-dp: their noise is "
-                "calibrated to a sum of clipped updates, which a median or a selection is not; robust aggregation "
-                "combines with --dp (DP-SGD at the clients) or no DP"
+                f"--strategy {algorithm.strategy} does not combine with --privacy {self.privacy.mechanism}: its noise "
+                "is calibrated to a sum of clipped updates, which a median or a selection is not; robust aggregation "
+                "combines with --privacy dp-sgd (DP-SGD at the clients) or none"
             )
         per_round = algorithm.clients_per_round or clients
         needed = robust_minimum(algorithm.strategy, algorithm.byzantine_clients)
@@ -252,8 +253,9 @@ class RunConfig:
         clash = (
             f"--strategy {algorithm.strategy} (it needs each update in the clear)"
             if algorithm.strategy in ROBUST_STRATEGIES
-            else "--central-dp (use --user-dp --noise-shares clients: noise added by the silos, summed securely)"
-            if privacy.central_dp is not None
+            else "--privacy dp-fedavg (use --privacy user-level --noise-shares clients: noise added by the silos, "
+            "summed securely)"
+            if privacy.mechanism == DP_FEDAVG
             else "--max-update-norm (the server never sees one update)"
             if algorithm.max_update_norm is not None
             else "--client-pool (SecAgg+ keeps its keys per node: one node, one client)"
@@ -274,8 +276,8 @@ class RunConfig:
             return
         if self.privacy.mechanism in (LOCAL_DPSGD, USER_LEVEL):
             raise UserError(
-                "--keep-optimizer keeps the AdamW state of plain local training; --dp trains through DP-SGD's "
-                "optimiser and --user-dp sends clipped gradients, not locally trained weights"
+                "--keep-optimizer keeps the AdamW state of plain local training; --privacy dp-sgd trains through "
+                "DP-SGD's optimiser and --privacy user-level sends clipped gradients, not locally trained weights"
             )
         if self.data.partition == "per-user":
             raise UserError(
@@ -286,8 +288,8 @@ class RunConfig:
     def _validate_lr_schedule(self) -> None:
         if self.fit.lr_schedule != "constant" and self.privacy.mechanism == USER_LEVEL:
             raise UserError(
-                f"--lr-schedule {self.fit.lr_schedule} sets the clients' local learning rate; under --user-dp the "
-                "clients send clipped gradients and the server takes the step (--server-lr)"
+                f"--lr-schedule {self.fit.lr_schedule} sets the clients' local learning rate; under --privacy "
+                "user-level the clients send clipped gradients and the server takes the step (--server-lr)"
             )
 
     def for_round(self, server_round: int) -> RunConfig:
@@ -302,7 +304,7 @@ class RunConfig:
         if not self.algorithm.item_weighted:
             return
         clash = (
-            "--dp, --user-dp and --central-dp (each client's item counts are not covered by the privacy accounting)"
+            f"--privacy {self.privacy.mechanism} (each client's item counts are not covered by the privacy accounting)"
             if self.privacy.private
             else "--secure-aggregation (the server needs each client's item counts)"
             if self.secure.secure_aggregation
@@ -323,8 +325,33 @@ class RunConfig:
         """The rounds an ``--epsilon`` target is calibrated for: recorded when the run starts, kept on resume."""
         return self.privacy.horizon if self.privacy.horizon is not None else self.algorithm.rounds
 
-    def with_horizon(self) -> RunConfig:
-        """This config with the DP horizon fixed (an --epsilon run records it in its run folder)."""
-        if self.privacy.epsilon is None or self.privacy.horizon is not None:
-            return self
-        return replace(self, privacy=replace(self.privacy, horizon=self.algorithm.rounds))
+    def planned(self) -> RunConfig:
+        """The run as every engine starts it (``simulate``, ``deploy``, ``flwr run``): each implication among the
+        options applied here, once — ``--epsilon`` or ``--noise-multiplier`` without ``--privacy`` ask for DP-SGD;
+        an ``--epsilon`` target is calibrated for ``--horizon`` rounds (default ``--rounds``; recorded, kept on
+        resume); an audited run's coins are drawn (recorded, so that every client builds the same canaries).
+        Planning a planned config changes nothing."""
+        cfg = replace(self, privacy=self.privacy.implied(), data=self.data.with_audit_seed())
+        if cfg.privacy.epsilon is None or cfg.privacy.horizon is not None:
+            return cfg
+        return replace(cfg, privacy=replace(cfg.privacy, horizon=cfg.algorithm.rounds))
+
+
+def _privacy_switches_to_mechanism(values: Mapping) -> Mapping:
+    """fedseqrec 0.1 named the mechanism by three switches (``dp``, ``user-dp``, ``central-dp fixed|adaptive``):
+    the one ``privacy`` key that replaced them, so that older run folders are still read."""
+    old = {k: values[k] for k in ("dp", "user-dp", "central-dp") if k in values}
+    if not old:
+        return values
+    if "privacy" in values:
+        raise UserError(f"the run config has both privacy and the switches it replaced ({', '.join(old)})")
+
+    def on(key: str) -> bool:
+        return str(old.get(key, "")).lower() in ("true", "1")
+
+    central = str(old.get("central-dp", ""))
+    new = {k: v for k, v in values.items() if k not in old}
+    new["privacy"] = LOCAL_DPSGD if on("dp") else USER_LEVEL if on("user-dp") else DP_FEDAVG if central else NO_DP
+    if central:
+        new["central-norm"] = central
+    return new

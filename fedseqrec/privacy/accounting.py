@@ -12,19 +12,20 @@ import warnings
 from collections.abc import Iterable
 
 from fedseqrec.errors import UserError
+from fedseqrec.privacy.config import ACCOUNTANTS
 
-ACCOUNTANTS = ("rdp", "prv")
 Record = tuple[float, float, int]
 
 
-def _accountant(name: str):
-    from opacus.accountants import PRVAccountant, RDPAccountant
+def _accountant(name: str, history: list[Record]):
+    """Opacus' accountant ``name`` holding ``history``, through its public API (its registry and state dict)."""
+    from opacus.accountants import create_accountant
 
-    if name == "rdp":
-        return RDPAccountant()
-    if name == "prv":
-        return PRVAccountant()
-    raise UserError(f"unknown accountant {name!r}; expected one of {', '.join(ACCOUNTANTS)}")
+    if name not in ACCOUNTANTS:
+        raise UserError(f"unknown accountant {name!r}; expected one of {', '.join(ACCOUNTANTS)}")
+    accountant = create_accountant(name)
+    accountant.load_state_dict({"history": history, "mechanism": accountant.mechanism()})
+    return accountant
 
 
 def epsilon(records: Iterable[Record], delta: float, accountant: str = "rdp") -> float:
@@ -41,8 +42,7 @@ def epsilon(records: Iterable[Record], delta: float, accountant: str = "rdp") ->
         return 0.0
     if accountant == "rdp":
         return _rdp_epsilon(tuple(history), delta)
-    acc = _accountant(accountant)
-    acc.history = history
+    acc = _accountant(accountant, history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -19,8 +19,8 @@ def dp_compatible(model: nn.Module) -> nn.Module:
     if getattr(getattr(model, "cfg", None), "tie_items", False):
         raise UserError(
             "--tie-items scores items with the embedding table outside the embedding's module call, which DP-SGD "
-            "would not clip: leave it off with client-local DP-SGD (the user-level mechanisms, --user-dp and "
-            "--central-dp, take it)"
+            "would not clip: leave it off with client-local DP-SGD (the user-level mechanisms, --privacy user-level "
+            "and dp-fedavg, take it)"
         )
     return replace_unsupported_layers(model)
 

@@ -9,7 +9,7 @@ from fedseqrec.options import check, option, positive, positive_int, within
 
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
-CENTRAL_DP = ("fixed", "adaptive")
+CENTRAL_NORMS = ("fixed", "adaptive")
 CLIPPING_SIDES = ("server", "client")
 DPSGD = "differential privacy (DP-SGD at each client; the privacy unit is one user)"
 CENTRAL = "central differential privacy (DP-FedAvg; one user per client: --partition per-user)"
@@ -19,8 +19,11 @@ USER = (
 NOISE_SHARES = ("server", "clients")
 CLIPPING = ("flat", "per-layer")
 
-# The mechanisms a run can use, by the name the server-side registry knows them by.
-NO_DP, LOCAL_DPSGD, DP_FEDAVG, USER_LEVEL = "none", "local-dp-sgd", "dp-fedavg", "user-level-dp-fedsgd"
+# The mechanisms a run can use (``--privacy``), by the name their registry (fedseqrec.federated.mechanisms) knows
+# them by.
+NO_DP, LOCAL_DPSGD, DP_FEDAVG, USER_LEVEL = "none", "dp-sgd", "dp-fedavg", "user-level"
+MECHANISMS = (NO_DP, LOCAL_DPSGD, DP_FEDAVG, USER_LEVEL)
+PRIVACY = "privacy"
 
 
 def default_delta(users: int) -> float:
@@ -38,9 +41,12 @@ def check_delta(delta: float, users: int, who: str) -> None:
 
 @dataclass
 class PrivacyConfig:
-    dp: bool = option(
-        False, "train every client with DP-SGD (implied by --epsilon and --noise-multiplier)", group=DPSGD
-    )
+    mechanism: str = option(
+        NO_DP, "the privacy mechanism: none; dp-sgd (DP-SGD inside each client, the default when --epsilon or "
+        "--noise-multiplier is given); dp-fedavg (clipped client updates, a noisy sum; one user per client); "
+        "user-level (one user of the whole federation is the unit, across silos)",
+        choices=MECHANISMS, key="privacy", group=PRIVACY,
+    )  # fmt: skip
     noise_multiplier: float | None = option(None, "noise multiplier σ instead of --epsilon", group=DPSGD)
     epsilon: float | None = option(
         None, "target ε per client for the whole run: the noise is calibrated", check=positive, group=DPSGD
@@ -65,20 +71,16 @@ class PrivacyConfig:
         choices=GRAD_SAMPLE_MODES,
         group=DPSGD,
     )
-    central_dp: str | None = option(None, "clip client updates, noise the sum", choices=CENTRAL_DP, group=CENTRAL)
+    central_norm: str = option(
+        "fixed", "the clipping norm is fixed (--clipping-norm), or adapted towards --target-quantile",
+        choices=CENTRAL_NORMS, group=CENTRAL,
+    )  # fmt: skip
     central_noise: float | None = option(None, "noise multiplier z of the aggregate", group=CENTRAL)
     clipping_norm: float = option(1.0, "update norm (adaptive: initial)", check=positive, group=CENTRAL)
     central_clipping: str = option("server", "where updates are clipped", choices=CLIPPING_SIDES, group=CENTRAL)
     target_quantile: float = option(0.5, "adaptive: unclipped share", check=within(0, 1, low_open=True), group=CENTRAL)
     clip_lr: float = option(0.2, "adaptive: clipping norm learning rate", check=positive, group=CENTRAL)
 
-    user_dp: bool = option(
-        False,
-        "every user of the federation sampled with rate --users-per-round / users each round; each silo sums its "
-        "sampled users' clipped gradients (--max-grad-norm) at the global model; Gaussian noise once on the total "
-        "(--noise-multiplier or --epsilon)",
-        group=USER,
-    )
     users_per_round: int | None = option(
         None, "expected users a round (Poisson sampling rate q = this / users)", check=positive_int, group=USER
     )
@@ -120,14 +122,6 @@ class PrivacyConfig:
     )  # fmt: skip
 
     @property
-    def mechanism(self) -> str:
-        if self.dp:
-            return LOCAL_DPSGD
-        if self.user_dp:
-            return USER_LEVEL
-        return DP_FEDAVG if self.central_dp is not None else NO_DP
-
-    @property
     def private(self) -> bool:
         return self.mechanism != NO_DP
 
@@ -135,9 +129,9 @@ class PrivacyConfig:
         return self.budget if self.budget is not None else self.epsilon
 
     def implied(self) -> PrivacyConfig:
-        """``--epsilon`` or ``--noise-multiplier`` alone ask for DP-SGD at the clients (unless ``--user-dp``)."""
+        """``--epsilon`` or ``--noise-multiplier`` without a mechanism ask for DP-SGD at the clients."""
         asked = self.epsilon is not None or self.noise_multiplier is not None
-        return replace(self, dp=self.dp or (asked and not self.user_dp))
+        return replace(self, mechanism=LOCAL_DPSGD) if asked and self.mechanism == NO_DP else self
 
     def validate(
         self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str, tied: bool = False
@@ -145,26 +139,22 @@ class PrivacyConfig:
         """``ghost_safe``: a callable telling whether ``model`` may use ghost clipping (it imports the model);
         ``tied``: the model scores items with its embedding table (``--tie-items``)."""
         check(self)
-        if self.central_dp is not None:
+        self._refuse_others_options()
+        if self.mechanism == DP_FEDAVG:
             self._validate_dp_fedavg(strategy, clients_per_round)
             return
-        if self.central_noise is not None:
-            raise UserError("--central-noise needs --central-dp fixed or adaptive")
-        if self.user_dp:
+        if self.mechanism == USER_LEVEL:
             self._validate_user_level(strategy, clients_per_round)
             return
-        for name, default in USER_LEVEL_ONLY.items():
-            if getattr(self, name) != default:
-                raise UserError(f"--{name.replace('_', '-')} needs --user-dp")
-        given = [
-            n for n in ("noise_multiplier", "epsilon", "delta", "budget", "horizon") if getattr(self, n) is not None
-        ]
-        if not self.dp:
+        given = [n for n in DPSGD_NOISE_OPTIONS if getattr(self, n) is not None]
+        if self.mechanism == NO_DP:
             if given:
-                raise UserError(f"--{given[0].replace('_', '-')} needs --dp (differentially private training)")
+                raise UserError(f"--{given[0].replace('_', '-')} needs --privacy dp-sgd or user-level")
             return
         if (self.noise_multiplier is None) == (self.epsilon is None):
-            raise UserError("--dp needs exactly one of --noise-multiplier and --epsilon (a target for the whole run)")
+            raise UserError(
+                "--privacy dp-sgd needs exactly one of --noise-multiplier and --epsilon (a target for the whole run)"
+            )
         if self.noise_multiplier is not None and positive(self.noise_multiplier):
             raise UserError(f"--noise-multiplier must be a positive number, got {self.noise_multiplier}")
         if self.horizon is not None and self.epsilon is None:
@@ -172,56 +162,76 @@ class PrivacyConfig:
         if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
             raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
         if strategy == "fedprox":
-            raise UserError("fedprox's proximal term is not supported with --dp yet: use fedavg, fedadam or fedavgm")
+            raise UserError(
+                "fedprox's proximal term is not supported with --privacy dp-sgd yet: use fedavg, fedadam or fedavgm"
+            )
         if self.grad_sample_mode == "ghost" and not ghost_safe():
             raise UserError(
                 f"--grad-sample-mode ghost is not correct for {model}: its recurrent cell is called once per time "
                 "step and Opacus' ghost clipping would see only one call; use hooks (or auto)"
             )
         if loss == "sampled":
-            raise UserError("the sampled loss is not supported with --dp: use --loss ce")
+            raise UserError("the sampled loss is not supported with --privacy dp-sgd: use --loss ce")
         if tied:
-            raise UserError("--tie-items is not supported with --dp (Opacus would not clip the tied scores)")
+            raise UserError(
+                "--tie-items is not supported with --privacy dp-sgd (Opacus would not clip the tied scores)"
+            )
+
+    def _refuse_others_options(self) -> None:
+        """An option of one mechanism given to another is a mistake the user should hear about."""
+        owned = ((USER_LEVEL, USER_LEVEL_ONLY), (DP_FEDAVG, DP_FEDAVG_ONLY))
+        for mechanism, options in owned:
+            if self.mechanism == mechanism:
+                continue
+            for name, default in options.items():
+                if getattr(self, name) != default:
+                    raise UserError(f"--{name.replace('_', '-')} needs --privacy {mechanism}")
 
     def _validate_user_level(self, strategy: str, clients_per_round: int | None) -> None:
-        if self.dp:
-            raise UserError("choose one mechanism: --dp (DP-SGD inside each silo) or --user-dp (across silos)")
         if (self.noise_multiplier is None) == (self.epsilon is None):
-            raise UserError("--user-dp needs exactly one of --noise-multiplier and --epsilon")
+            raise UserError("--privacy user-level needs exactly one of --noise-multiplier and --epsilon")
         if self.noise_multiplier is not None and positive(self.noise_multiplier):
             raise UserError(f"--noise-multiplier must be a positive number, got {self.noise_multiplier}")
         if self.users_per_round is None:
-            raise UserError("--user-dp needs --users-per-round (the expected number of users a round)")
+            raise UserError("--privacy user-level needs --users-per-round (the expected number of users a round)")
         if clients_per_round is not None:
-            raise UserError("--user-dp samples users, not silos: every silo takes part in every round (drop "
-                            "--clients-per-round)")  # fmt: skip
+            raise UserError("--privacy user-level samples users, not silos: every silo takes part in every round "
+                            "(drop --clients-per-round)")  # fmt: skip
         if strategy == "fedprox":
-            raise UserError("--user-dp applies the noisy gradient with fedavg (SGD), fedadam, fedyogi, fedadagrad or "
-                            "fedavgm, not fedprox")  # fmt: skip
+            raise UserError("--privacy user-level applies the noisy gradient with fedavg (SGD), fedadam, fedyogi, "
+                            "fedadagrad or fedavgm, not fedprox")  # fmt: skip
         if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
             raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
 
     def _validate_dp_fedavg(self, strategy: str, clients_per_round: int | None) -> None:
-        if self.dp or self.user_dp:
-            raise UserError("choose one mechanism: --dp (DP-SGD at the clients) or --central-dp (DP-FedAvg)")
+        given = [n for n in ("noise_multiplier", "epsilon", "horizon") if getattr(self, n) is not None]
+        if given:
+            raise UserError(
+                f"--{given[0].replace('_', '-')} is not an option of --privacy dp-fedavg (its noise is --central-noise)"
+            )
         if self.central_noise is None or positive(self.central_noise):
             raise UserError(
-                f"--central-dp needs --central-noise, a positive noise multiplier (got {self.central_noise})"
+                f"--privacy dp-fedavg needs --central-noise, a positive noise multiplier (got {self.central_noise})"
             )
         if clients_per_round is None:
-            raise UserError("--central-dp needs --clients-per-round (the expected number of clients a round)")
+            raise UserError("--privacy dp-fedavg needs --clients-per-round (the expected number of clients a round)")
         if strategy != "fedavg":
-            raise UserError("--central-dp works with --strategy fedavg (DP-FedAvg)")
-        if self.central_dp == "adaptive" and self.central_noise >= 2 * (clients_per_round / 20):
+            raise UserError("--privacy dp-fedavg works with --strategy fedavg (DP-FedAvg)")
+        if self.central_norm == "adaptive" and self.central_noise >= 2 * (clients_per_round / 20):
             raise UserError(
                 f"--central-noise {self.central_noise} is too large for adaptive clipping with "
                 f"{clients_per_round} clients a round: the clipped-count noise "
                 f"(clients-per-round / 20 = {clients_per_round / 20:g}) "
-                f"must exceed half of it; sample more clients a round or use --central-dp fixed"
+                f"must exceed half of it; sample more clients a round or use --central-norm fixed"
             )
 
 
+DPSGD_NOISE_OPTIONS = ("noise_multiplier", "epsilon", "delta", "budget", "horizon")  # unset unless a noisy sum
 USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defaults
     "users_per_round": None, "user_steps": 1, "user_lr": 0.1, "clipping": "flat", "public_users": 0.0,
     "public_epochs": 40, "clip_quantile": None,
+}  # fmt: skip
+DP_FEDAVG_ONLY = {  # options of DP-FedAvg, with their defaults
+    "central_noise": None, "central_norm": "fixed", "clipping_norm": 1.0, "central_clipping": "server",
+    "target_quantile": 0.5,
 }  # fmt: skip

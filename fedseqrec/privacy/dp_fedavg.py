@@ -206,7 +206,7 @@ class DPFedAvg(OneReleasePerRound):
         p = self.privacy
         inner = FixedDenominatorFedAvg(expected_clients=self.run.clients_per_round, **common)
         return central_dp_strategy(
-            p.central_dp, p.central_clipping, inner, noise=p.central_noise, clipping_norm=p.clipping_norm,
+            p.central_norm, p.central_clipping, inner, noise=p.central_noise, clipping_norm=p.clipping_norm,
             expected=self.run.clients_per_round, target_quantile=p.target_quantile, clip_lr=p.clip_lr,
         )  # fmt: skip
 

@@ -14,7 +14,6 @@ whose cell layers are called once per time step — Opacus' ghost norms would co
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -75,12 +74,6 @@ class Private:
     loader: DataLoader
 
 
-# Test-only: set to "noise-off" and DP-SGD adds no noise while every ledger still records the configured noise
-# multiplier — a deliberately broken mechanism the privacy audit must catch (tests/test_audit.py). Never set it
-# for a real run.
-BROKEN_FOR_TESTS = "FEDSEQREC_TEST_ONLY_BREAK_DP"
-
-
 def make_private(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -95,8 +88,6 @@ def make_private(
     batches drawn by Poisson sampling, as the accounting assumes (off only to time fixed batches)."""
     from opacus import PrivacyEngine
 
-    if os.environ.get(BROKEN_FOR_TESTS) == "noise-off":  # the audit's tests: a mechanism that lies about its noise
-        noise_multiplier = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure-RNG and accountant notices
         made = PrivacyEngine(accountant="rdp").make_private(

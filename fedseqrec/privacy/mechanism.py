@@ -10,17 +10,15 @@ A mechanism
 - post-processes the aggregate when nobody sent an update (:meth:`PrivacyMechanism.release_without_updates`);
 - contributes to the run folder and the report (:meth:`PrivacyMechanism.state`, :meth:`PrivacyMechanism.summary`).
 
-``MECHANISMS`` maps the names of :mod:`fedseqrec.privacy.config` to their classes: a new mechanism is one class
-and one entry.
+This is the server half of a mechanism; :mod:`fedseqrec.federated.mechanisms` pairs each with its client half.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, NO_DP, USER_LEVEL, PrivacyConfig
+from fedseqrec.privacy.config import NO_DP, PrivacyConfig
 
 
 class BudgetExhausted(Exception):
@@ -117,16 +115,3 @@ class PrivacyMechanism:
     @property
     def private(self) -> bool:
         return self.name != NO_DP
-
-
-MECHANISMS = {
-    NO_DP: "fedseqrec.privacy.mechanism:PrivacyMechanism",
-    LOCAL_DPSGD: "fedseqrec.privacy.local_dpsgd:LocalDPSGD",
-    DP_FEDAVG: "fedseqrec.privacy.dp_fedavg:DPFedAvg",
-    USER_LEVEL: "fedseqrec.privacy.user_level:UserLevelDPFedSGD",
-}
-
-
-def make_mechanism(privacy: PrivacyConfig, run: RunFacts) -> PrivacyMechanism:
-    module, cls = MECHANISMS[privacy.mechanism].split(":")
-    return getattr(importlib.import_module(module), cls)(privacy, run)

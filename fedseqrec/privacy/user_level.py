@@ -155,8 +155,8 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         p, users = privacy, run.users
         if not users:
             raise UserError(
-                "--user-dp needs the number of users of the federation, and the server's data holds none: give the "
-                "server the dataset (not an export's server folder)"
+                "--privacy user-level needs the number of users of the federation, and the server's data holds none: "
+                "give the server the dataset (not an export's server folder)"
             )
         self.public = public_users(users, p.public_users, run.seed)
         users -= len(self.public)  # the claim covers the private users only

@@ -12,42 +12,31 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fedseqrec.data.canaries import SEALED
-from fedseqrec.data.dataset import DataConfig, Dataset
+from fedseqrec.data.dataset import Dataset
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.binary import auc, tpr_at_fpr
 from fedseqrec.evaluation.membership import sequence_scores
-from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.checkpoint import load_checkpoint
 from fedseqrec.privacy.audit import audit
 from fedseqrec.privacy.config import default_delta
+from fedseqrec.results.folder import recorded_data
 from fedseqrec.results.privacy_report import pyplot, write_privacy_report
 
 CONFIDENCE = 0.95
 FPRS = (0.01, 0.001)
 
 
-def data_of(folder: Path) -> DataConfig:
-    """The data a run folder's model was trained on (the whole dataset: a federation's clients hold parts)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{folder}: not a fedseqrec run folder (config.json unreadable: {err})") from err
-    if "run_config" in config:
-        return replace(RunConfig.from_run_config(config["run_config"]).data, partition=None, clients=None)
-    return DataConfig.from_dict(config.get("data") or {})
-
-
-def audit_folder(folder: Path) -> dict:
+def audit_folder(folder: Path, data: str | None = None) -> dict:
+    """``data``: ``--data``, where the run's data is now (checked against what the run recorded)."""
     folder, started = Path(folder), time.perf_counter()
-    data = data_of(folder)
+    data = recorded_data(folder, data)
     if not data.audited:
         raise UserError(f"{folder}: the run has no canaries to audit (train it with --audit-canaries N)")
     if not (folder / SEALED).is_file():

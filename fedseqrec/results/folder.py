@@ -19,9 +19,11 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from fedseqrec import __version__
+from fedseqrec.data.dataset import DataConfig
+from fedseqrec.data.record import locate, run_folder_config
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.jsonio import dumps
@@ -36,6 +38,23 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
     tmp.replace(path)
+
+
+def recorded_data(folder: Path, given: str | None = None) -> DataConfig:
+    """The data a run folder's model was trained on, for ``evaluate``, ``recommend``, ``serve``, ``audit``: the
+    one reader of both kinds of run folder (a federation's flat run config, a centralized run's sections), the
+    whole dataset (a federation's clients held parts of it). ``given``: ``--data``, refused unless it holds what
+    the run recorded (see :mod:`fedseqrec.data.record`)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        if "run_config" in config:
+            data = replace(RunConfig.from_run_config(config["run_config"]).data, partition=None, clients=None)
+        else:
+            data = DataConfig.from_dict(config.get("data") or {})
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise UserError(f"{folder}: not a fedseqrec run folder ({CONFIG} unreadable: {err})") from err
+    return replace(data, data=locate(data.data, config.get("data_record"), given, str(folder)))
 
 
 def _config_kind(path: Path) -> str | None:
@@ -111,7 +130,7 @@ class RunFolder:
         cls.check_new(path)
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path).lock()
-        folder.write_json(CONFIG, {"fedseqrec": __version__, "run_config": cfg.to_run_config()})
+        folder.write_config(cfg)
         (path / METRICS_LOG).write_text("")
         return folder
 
@@ -125,15 +144,24 @@ class RunFolder:
             raise UserError(f"--resume {path}: {_what_is_there(path)}; nothing to resume")
         return cls(path).lock()
 
-    def config(self) -> RunConfig:
+    def _recorded(self) -> dict:
         try:
-            values = json.loads((self.path / CONFIG).read_text())["run_config"]
+            recorded = json.loads((self.path / CONFIG).read_text())
+            recorded["run_config"]  # noqa: B018 (a federated run's config.json holds it)
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(f"{self.path / CONFIG}: unreadable run config ({err})") from err
-        return RunConfig.from_run_config(values)
+        return recorded
+
+    def config(self) -> RunConfig:
+        """The run's configuration, its data found from this working folder (see :func:`recorded_data`)."""
+        recorded = self._recorded()
+        cfg = RunConfig.from_run_config(recorded["run_config"])
+        return cfg.replace(data=locate(cfg.data.data, recorded.get("data_record"), None, str(self.path)))
 
     def write_config(self, cfg: RunConfig) -> None:
-        self.write_json(CONFIG, {"fedseqrec": __version__, "run_config": cfg.to_run_config()})
+        """The run's configuration; a resumed run keeps the data record it started with."""
+        record = self._recorded().get("data_record") if (self.path / CONFIG).is_file() else None
+        self.write_json(CONFIG, run_folder_config(cfg.data.data, cfg.to_run_config(), record=record))
 
     def write_json(self, name: str, value) -> None:
         _atomic_write(self.path / name, lambda tmp: tmp.write_text(dumps(value, indent=2) + "\n"))

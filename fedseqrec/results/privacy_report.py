@@ -47,7 +47,7 @@ def build_privacy_report(folder: Path) -> dict:
         raise UserError(f"{folder}: not a fedseqrec run folder (no config.json)")
     privacy_path = folder / "privacy.json"
     if not privacy_path.exists():
-        raise UserError(f"{folder}: this run has no privacy ledger (it was not run with --dp)")
+        raise UserError(f"{folder}: this run has no privacy ledger (it was not run with --privacy)")
     privacy = _read_json(privacy_path)
     config = _read_json(folder / "config.json")["run_config"]
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}

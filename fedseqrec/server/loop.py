@@ -22,9 +22,10 @@ from fedseqrec.errors import RunError, UserError
 from fedseqrec.evaluation.config import selection_metric
 from fedseqrec.evaluation.evaluator import SELECTION_METRIC, poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
 from fedseqrec.models.checkpoint import describe
-from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts, make_mechanism
+from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
 from fedseqrec.results.privacy_report import write_privacy_report
 from fedseqrec.results.summary import summary_markdown

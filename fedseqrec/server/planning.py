@@ -4,14 +4,15 @@ resume) — everything that can be refused is refused here, before anything is w
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import cached_dataset, expected_clients
 from fedseqrec.privacy.config import LOCAL_DPSGD, check_delta
-from fedseqrec.privacy.mechanism import RunFacts, make_mechanism
+from fedseqrec.privacy.mechanism import RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
 
 DEFAULT_SIMULATED_CLIENTS = 5  # iid and dirichlet partitions without --clients, on one machine
@@ -92,10 +93,36 @@ def _resumed(folder: RunFolder, rounds: int | None) -> tuple[RunConfig, RunFolde
     return cfg, folder, n
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A new run as every engine starts it: its configuration, its run folder, and its number of clients (None
+    under ``flwr run``, where the federation's nodes are counted when the run starts)."""
+
+    config: RunConfig
+    folder: Path
+    clients: int | None
+
+
+def plan_run(cfg: RunConfig, out: Path | None = None, prefix: str = "", starts_clients: bool = True) -> RunPlan:
+    """The one place a new run is planned, whatever engine runs it (``simulate``, ``deploy``, ``flwr run``): the
+    options' implications (:meth:`RunConfig.planned`), every check that needs no engine, the folder checked free,
+    the clients counted. ``starts_clients``: the engine starts the clients here (simulate, deploy local), so a
+    partition without ``--clients`` gets the default number and the data is read to count them; under ``flwr run``
+    the federation's nodes decide, and the server may hold no user's data (federated evaluation)."""
+    if starts_clients:
+        cfg = with_default_clients(cfg)
+    cfg = cfg.planned()
+    cfg.validate()
+    path = out or (Path(cfg.out) if cfg.out else default_run_folder(cfg, prefix))
+    RunFolder.check_new(path)
+    n = count_clients(cfg) if starts_clients else None
+    return RunPlan(replace(cfg, out=str(path)), path, n)
+
+
 def prepare_run(
     cfg: RunConfig, out: Path | None, resume: Path | None, rounds: int | None, prefix: str = ""
 ) -> tuple[RunConfig, RunFolder, int]:
-    """The configuration and run folder of a new or resumed run, checked before anything is written."""
+    """The configuration and run folder of a simulated run, new or resumed, checked before anything is written."""
     if resume is not None:
         folder = RunFolder.open(resume)
         try:
@@ -103,11 +130,6 @@ def prepare_run(
         except BaseException:
             folder.release()
             raise
-    cfg = with_default_clients(cfg).with_horizon()
-    cfg = replace(cfg, data=cfg.data.with_audit_seed())  # every client builds the same canaries
-    cfg.validate()
-    path = out or (Path(cfg.out) if cfg.out else default_run_folder(cfg, prefix))
-    RunFolder.check_new(path)
-    n = count_clients(cfg)
-    cfg = with_client_pool(replace(cfg, out=str(path)), n)
-    return cfg, RunFolder.create(path, cfg), n
+    plan = plan_run(cfg, out, prefix)
+    cfg = with_client_pool(plan.config, plan.clients)
+    return cfg, RunFolder.create(plan.folder, cfg), plan.clients

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from logging import INFO
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.common.logger import log
@@ -18,7 +18,12 @@ from fedseqrec.federated.config import RunConfig
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.summary import format_round
 from fedseqrec.server.loop import Federation, Progress
-from fedseqrec.server.planning import default_run_folder
+from fedseqrec.server.planning import RunPlan, plan_run
+
+
+def flower_run_plan(run_config: Mapping) -> RunPlan:
+    """``flwr run``'s plan: Flower's run config through the same planning as ``simulate`` and ``deploy``."""
+    return plan_run(RunConfig.from_run_config(run_config), starts_clients=False)
 
 
 def make_server_app(
@@ -28,11 +33,11 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_cfg = cfg or RunConfig.from_run_config(context.run_config).with_horizon()
-        run_cfg.validate()
-        run_folder = folder or RunFolder.create(
-            Path(run_cfg.out) if run_cfg.out else default_run_folder(run_cfg), run_cfg
-        )
+        if cfg is None:  # `flwr run`: planned here, as simulate and deploy plan theirs
+            plan = flower_run_plan(context.run_config)
+            run_cfg, run_folder = plan.config, RunFolder.create(plan.folder, plan.config)
+        else:
+            run_cfg, run_folder = cfg, folder
         rounds = run_cfg.algorithm.rounds
         reporter = progress or Progress(on_round=lambda r: log(INFO, "%s", format_round(r, rounds)))
         results = Federation(grid, run_cfg, run_folder, reporter).run()

@@ -50,9 +50,13 @@ class AdsRequest(BaseModel):
 class ModelHolder:
     """The serving model, and the thread that swaps in new weights when the folder's weights file changes."""
 
-    def __init__(self, folder: Path, weights: str, poll_seconds: float, warn: Callable[[str], None] = print):
+    def __init__(
+        self, folder: Path, weights: str, poll_seconds: float, warn: Callable[[str], None] = print,
+        data: str | None = None,
+    ):  # fmt: skip
         self.folder, self.weights, self.poll_seconds, self.warn = Path(folder), weights, poll_seconds, warn
-        self.current: Recommender = load_recommender(folder, weights)
+        self.data = data  # --data: where the run's data is now
+        self.current: Recommender = load_recommender(folder, weights, data)
         self._seen = self._stamp()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fedseqrec-model-watch", daemon=True)
@@ -76,7 +80,7 @@ class ModelHolder:
             if stamp is None or stamp == self._seen:
                 continue
             try:
-                fresh = load_recommender(self.folder, self.weights)
+                fresh = load_recommender(self.folder, self.weights, self.data)
             except UserError as err:  # half-written or refused: keep serving the old model, try again later
                 self.warn(f"new weights not loaded yet: {err}")
                 continue
@@ -86,8 +90,11 @@ class ModelHolder:
                 self.warn(f"serving new weights {fresh.digest[:12]} (round {fresh.describe()['round']})")
 
 
-def make_app(folder: Path, weights: str = "model.pt", poll_seconds: float = 1.0, max_body: int = MAX_BODY) -> FastAPI:
-    holder = ModelHolder(folder, weights, poll_seconds)
+def make_app(
+    folder: Path, weights: str = "model.pt", poll_seconds: float = 1.0, max_body: int = MAX_BODY,
+    data: str | None = None,
+) -> FastAPI:  # fmt: skip
+    holder = ModelHolder(folder, weights, poll_seconds, data=data)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -29,7 +29,7 @@ from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import asking, history_batch
 from fedseqrec.models.checkpoint import load_checkpoint
-from fedseqrec.results.audit import data_of
+from fedseqrec.results.folder import recorded_data
 
 MODEL_INFO = "model_info.json"  # which round's weights model.pt holds (a federation writes it beside them)
 
@@ -206,13 +206,14 @@ class Recommender:
         }  # fmt: skip
 
 
-def load_recommender(path: str | Path, weights: str = "model.pt") -> Recommender:
-    """The model a run folder holds, ready to recommend (``weights``: ``model.pt``, the best; ``model_last.pt``)."""
+def load_recommender(path: str | Path, weights: str = "model.pt", data: str | None = None) -> Recommender:
+    """The model a run folder holds, ready to recommend (``weights``: ``model.pt``, the best; ``model_last.pt``;
+    ``data``: where the run's data is now, ``--data``)."""
     folder = Path(path)
     if not (folder / weights).is_file() or not (folder / "model.json").is_file():
         raise UserError(f"{folder}: holds no trained model ({weights} and model.json); give the folder that "
                         "`fedseqrec train` or `simulate` wrote")  # fmt: skip
-    ds = cached_dataset(data_of(folder))
+    ds = cached_dataset(recorded_data(folder, data))
     raw = (folder / weights).read_bytes()  # once: the digest names exactly the weights loaded
     _, model = load_checkpoint(folder, ds.sequences, weights)  # (checks model.json against the vocabulary)
     try:
