@@ -3,6 +3,7 @@ every subcommand has its help."""
 
 import argparse
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,8 @@ SUBCOMMANDS = list(_subcommands(build_parser()))
 
 def test_the_command_tree_is_what_the_readme_documents():
     assert [" ".join(w) for w in SUBCOMMANDS] == [
-        "", "data", "data stats", "data prepare", "data export-partitions", "train", "evaluate", "simulate",
+        "", "data", "data stats", "data prepare", "data export-partitions", "data download", "train", "evaluate",
+        "simulate",
         "deploy", "deploy local", "deploy app", "deploy credentials", "audit", "report", "recommend", "serve",
     ]  # fmt: skip
 
@@ -150,6 +152,48 @@ def test_the_command_tree_is_what_the_readme_documents():
 def test_help_on_every_subcommand(cli, words):
     result = cli(*words, "--help")
     assert result.code == 0 and "usage: fedseqrec" in result.out
+    examples = result.out.split("\nexamples:\n")[1].splitlines()
+    assert examples and all(line.startswith("  ") for line in examples)
+    for line in result.out.split("\noptions:\n")[1].split("\nexamples:\n")[0].splitlines():
+        flag = re.match(r"  (--[a-z-]+)", line)
+        if flag and flag.group(1) not in ("--help", "--debug", "--version") and not flag.group(1).startswith("--no-"):
+            option = next((a for a in _parser_of(words)._actions if flag.group(1) in a.option_strings), None)
+            if option is not None and not isinstance(option, argparse._StoreTrueAction | argparse._StoreFalseAction):
+                assert "default" in option.help or "default" in _help_of(result.out, flag.group(1)), flag.group(1)
+
+
+def _parser_of(words):
+    parser = build_parser()
+    for word in words:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    return parser
+
+
+def _help_of(text: str, flag: str) -> str:
+    """The help of ``flag`` in ``--help``'s text: its line and the indented lines below it."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"  {flag}\b", line))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("                "):
+            break
+        block.append(line)
+    return " ".join(block)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["simulate", "--strategy", "fedavgg"], "did you mean fedavg?"),
+        (["simulate", "--epsilion", "3"], "did you mean --epsilon?"),
+        (["train", "--modle", "gru4rec"], "did you mean --model?"),
+        (["simulate", "--privacy", "dp_sgd"], "did you mean dp-sgd?"),
+    ],
+)
+def test_a_mistake_on_the_command_line_is_one_line(cli, args, expected):
+    result = cli(*args)
+    assert result.code == 2 and expected in result.err
+    assert len(result.err.strip().splitlines()) == 1 and "usage:" not in result.err
 
 
 def test_run_commands_offer_every_run_option(cli):

@@ -112,8 +112,8 @@ BAD_INPUT = {
         ["nothing left", "k-core"],
     ),
     "unknown dataset": ({}, ["--data", "amazon"], ["unknown dataset 'amazon'", "shop"]),
-    "unknown format": ({}, ["--format", "excel"], ["--format", "invalid choice", "'excel'"]),
-    "unknown partition": ({}, ["--partition", "random"], ["--partition", "invalid choice"]),
+    "unknown format": ({}, ["--format", "excel"], ["--format", "is not one of", "'excel'"]),
+    "unknown partition": ({}, ["--partition", "random"], ["--partition", "is not one of"]),
     "unknown column role": (
         {"log.csv": HEADER + "a,b,1\n"},
         ["--data", "{tmp}/log.csv", "--columns", "person=user"],

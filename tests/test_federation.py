@@ -409,13 +409,13 @@ def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--strategy", "fedsgd"], "invalid choice: 'fedsgd'"),
+        (["--strategy", "fedsgd"], "'fedsgd' is not one of"),
         (["--rounds", "0"], "--rounds must be a positive integer"),
         (["--clients-per-round", "4"], "--clients-per-round 4 is more than --clients 3"),
         (["--server-momentum", "1.5"], "--server-momentum must be in [0, 1)"),
         (["--proximal-mu", "-1"], "--proximal-mu must be >= 0"),
         (["--partition", "per-user", "--clients-per-round", "500"], "more than the 120 clients"),
-        (["--model", "pop"], "invalid choice: 'pop'"),  # not offered: pop is not trained
+        (["--model", "pop"], "'pop' is not one of"),  # not offered: pop is not trained
         (["--keep-optimizer", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
          "--keep-optimizer keeps the AdamW state"),
         (["--keep-optimizer", "--partition", "per-user"], "--keep-optimizer with --partition per-user"),

@@ -122,6 +122,7 @@ def test_runs_of_different_protocols_are_not_compared(tmp_path):
 
     for name, protocol in (("a", "full"), ("b", "full-history-removed")):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"run_config": {}}))
         metrics = {"protocol": protocol, "test": {"NDCG@10": 0.1, "HR@10": 0.2}, "privacy": {"max_epsilon": 1.0}}
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(UserError, match="different protocols"):
@@ -146,3 +147,18 @@ def test_amazon_beauty_loads_with_the_published_counts(cli, beauty):
     assert stats["format"] == "sequences" and stats["time_span"] is None
     assert (stats["sequence_length"]["p0"], stats["sequence_length"]["p100"]) == (5, 204)
     assert (stats["split"]["valid_targets"], stats["split"]["test_targets"]) == (22_363, 22_363)
+
+
+def test_runs_on_different_data_are_compared_only_when_told(tmp_path, cli):
+    import json
+
+    for name, users in (("a", 300), ("b", 400)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"run_config": {"shop-users": users}}))
+        metrics = {"protocol": "full", "test": {"NDCG@10": 0.1, "HR@10": 0.2}, "privacy": None}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    result = cli("report", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "plot.png")
+    assert result.code == 2 and "different data" in result.err and not (tmp_path / "plot.png").exists()
+    result = cli("report", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "plot.png",
+                 "--allow-different-data")  # fmt: skip
+    assert result.code == 0 and (tmp_path / "plot.png").is_file()

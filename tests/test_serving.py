@@ -181,3 +181,12 @@ def test_explanations_are_the_score_each_history_item_holds_up(trained):
             without = history[: reason["position"]] + history[reason["position"] + 1 :]
             again = recommender.recommend(without, k=everything, exclude_seen=False)
             assert score - again.scores[again.items.index(item)] == pytest.approx(reason["score_drop"], abs=1e-4)
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_2(cli, trained):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = cli("serve", trained, "--port", busy.getsockname()[1])
+    assert result.code == 2 and "is in use" in result.err and "serving" not in result.out
+    assert len(result.err.strip().splitlines()) == 1

@@ -92,7 +92,7 @@ def test_train_help_lists_hyper_parameters_with_defaults(cli):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--model", "transformer"], ["--model", "invalid choice", "sasrec"]),
+        (["--model", "transformer"], ["--model", "is not one of", "sasrec"]),
         (["--hidden", "0"], ["--hidden must be a positive integer"]),
         (["--lr", "0"], ["--lr must be a positive number"]),
         (["--dropout", "1.5"], ["--dropout must be in [0, 1)"]),

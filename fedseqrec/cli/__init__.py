@@ -15,15 +15,18 @@ from collections.abc import Sequence
 
 from fedseqrec import __version__
 from fedseqrec.cli import data, federate, report, serve, train
-from fedseqrec.cli.common import Formatter, Handler, debug_option
+from fedseqrec.cli.common import Handler, debug_option
+from fedseqrec.cli.examples import examples_of
+from fedseqrec.cli.parser import Formatter, Parser
 from fedseqrec.errors import RunError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedseqrec",
         description="Federated, differentially private training of sequence recommenders.",
         formatter_class=Formatter,
+        epilog=examples_of(None, "fedseqrec"),
     )
     parser.add_argument("--version", action="version", version=f"fedseqrec {__version__}")
     debug_option(parser, top=True)

@@ -7,22 +7,13 @@ import argparse
 import inspect
 from collections.abc import Callable, Sequence
 
+from fedseqrec.cli.examples import examples_of
+from fedseqrec.cli.parser import Formatter
 from fedseqrec.data.dataset import PARTITION, DataConfig
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, declared, from_args
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default, except where the help text already explains it or there is none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if "default" in text or hidden or not action.option_strings or action.default is True:
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def debug_option(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -41,8 +32,9 @@ def add_command(commands: argparse._SubParsersAction, name: str, handler: Handle
     text = handler if isinstance(handler, str) else inspect.getdoc(handler)
     summary, _, description = text.partition("\n\n")
     parser = commands.add_parser(
-        name, help=summary, description=" ".join(description.split()) or summary, formatter_class=Formatter
-    )
+        name, help=summary, description=" ".join(description.split()) or summary, formatter_class=Formatter,
+        epilog=examples_of(commands, name),
+    )  # fmt: skip
     debug_option(parser, top=False)
     if not isinstance(handler, str):
         parser.set_defaults(handler=handler)
@@ -84,5 +76,8 @@ def unset_defaults(parser: argparse.ArgumentParser, config, names: Sequence[str]
     for action in parser._actions:
         if action.dest in defaults:
             action.default = absent
-            if defaults[action.dest] not in (None, False, True):
-                action.help = f"{action.help} (default: {defaults[action.dest]})"
+            if absent == argparse.SUPPRESS:  # left out: the command takes the value its input recorded
+                action.help = f"{action.help} (default: the run's own)"
+            elif defaults[action.dest] not in (False, True):
+                shown = "none" if defaults[action.dest] is None else defaults[action.dest]
+                action.help = f"{action.help} (default: {shown})"

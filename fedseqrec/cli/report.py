@@ -21,7 +21,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """
     if args.compare:
         out = Path(args.out or "privacy_utility.png")
-        rows = compare_runs([Path(r) for r in args.runs], out)
+        rows = compare_runs([Path(r) for r in args.runs], out, args.allow_different_data)
         print("| run | largest ε | test NDCG@10 | test HR@10 |")
         print("|---|---:|---:|---:|")
         for r in rows:
@@ -81,6 +81,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     report = add_command(commands, "report", cmd_report)
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
     report.add_argument("--compare", action="store_true", help="privacy-utility curve of several runs")
+    report.add_argument(
+        "--allow-different-data", action="store_true",
+        help="with --compare: draw runs trained on different data or protocols together",
+    )  # fmt: skip
     report.add_argument("--out", default=None, help="with --compare: the PNG to write (default privacy_utility.png)")
     report.add_argument(
         "--reference", default=None, metavar="RUN_DIR", help="the same federation without DP, drawn beside the run"

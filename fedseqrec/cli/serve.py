@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from fedseqrec.serving.app import make_app
 
+    _check_port_free(args.host, args.port)
     app = make_app(Path(args.run), args.weights, args.poll, data=args.data)
     described = app.state.holder.current.describe()
     print(f"serving {described['model']} from {described['folder']} (round {described['round']}) on "
@@ -112,6 +114,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port is the user's to change: one line, before the model is loaded or anything is printed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: not an address to listen on ({err.strerror})") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise UserError(f"--port {port}: {host}:{port} is in use or not allowed ({err.strerror}); choose another "
+                            "--port") from err  # fmt: skip
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -87,7 +87,10 @@ class DataConfig:
     )
     test_quantile: float = option(0.9, "temporal split: test cut", check=within(0, 1, low_open=True), group="split")
     partition: str | None = option(None, "split users into federated clients", choices=SCHEMES, group=PARTITION)
-    clients: int | None = option(None, "number of clients (silos)", check=positive_int, metavar="K", group=PARTITION)
+    clients: int | None = option(
+        None, "number of clients (silos); simulate and deploy default to 5 for iid and dirichlet", check=positive_int,
+        metavar="K", group=PARTITION,
+    )  # fmt: skip
     alpha: float = option(0.5, "dirichlet concentration (smaller = more skewed)", check=positive, group=PARTITION)
     attribute: str | None = option(
         None,

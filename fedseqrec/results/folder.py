@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedseqrec.data.dataset import DataConfig
-from fedseqrec.data.record import locate, run_folder_config
+from fedseqrec.data.record import is_builtin, locate, run_folder_config
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.jsonio import dumps
@@ -40,11 +40,11 @@ def _atomic_write(path: Path, write) -> None:
     tmp.replace(path)
 
 
-def recorded_data(folder: Path, given: str | None = None) -> DataConfig:
+def recorded_data(folder: Path, given: str | None = None, find: bool = True) -> DataConfig:
     """The data a run folder's model was trained on, for ``evaluate``, ``recommend``, ``serve``, ``audit``: the
     one reader of both kinds of run folder (a federation's flat run config, a centralized run's sections), the
     whole dataset (a federation's clients held parts of it). ``given``: ``--data``, refused unless it holds what
-    the run recorded (see :mod:`fedseqrec.data.record`)."""
+    the run recorded (see :mod:`fedseqrec.data.record`); ``find=False``: the data as recorded, not looked for."""
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text())
@@ -54,7 +54,26 @@ def recorded_data(folder: Path, given: str | None = None) -> DataConfig:
             data = DataConfig.from_dict(config.get("data") or {})
     except (OSError, ValueError, TypeError, AttributeError) as err:
         raise UserError(f"{folder}: not a fedseqrec run folder ({CONFIG} unreadable: {err})") from err
+    if not find:
+        return data
     return replace(data, data=locate(data.data, config.get("data_record"), given, str(folder)))
+
+
+def data_identity(folder: Path) -> tuple:
+    """What makes two runs' figures comparable: the same events (the data's fingerprint, or the generator's
+    options), cleaned, split and predicted alike; partitions, audits and attacks may differ."""
+    folder = Path(folder)
+    data = recorded_data(folder, find=False)
+    try:
+        record = json.loads((folder / CONFIG).read_text()).get("data_record") or {}
+    except (OSError, ValueError):
+        record = {}
+    if is_builtin(data.data):
+        source = (data.data, data.seed, data.shop)
+    else:  # a folder from before the data record: its file's name is what is known of it
+        source = record.get("fingerprint") or Path(data.data).name
+    return (source, data.task, data.format, data.columns, data.sep, data.time_unit, data.min_rating, data.k_core,
+            data.user_core, data.item_core, data.split, data.valid_quantile, data.test_quantile)  # fmt: skip
 
 
 def _config_kind(path: Path) -> str | None:

@@ -12,7 +12,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
-from fedseqrec.results.folder import RunFolder
+from fedseqrec.results.folder import RunFolder, data_identity
 
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
@@ -291,8 +291,15 @@ def write_privacy_report(folder: Path, reference: Path | None = None) -> dict:
     return report
 
 
-def compare_runs(folders: list[Path], out: Path) -> list[dict]:
-    """Test NDCG@10 (best round) against the largest ε of each run: the privacy–utility curve."""
+def compare_runs(folders: list[Path], out: Path, different_data: bool = False) -> list[dict]:
+    """Test NDCG@10 (best round) against the largest ε of each run: the privacy–utility curve. Runs on other data
+    (or cleaned, split or predicted otherwise) are refused unless ``different_data``."""
+    identities = {data_identity(Path(f)) for f in folders}
+    if len(identities) > 1 and not different_data:
+        raise UserError(
+            "the runs were trained on different data (or cleaned, split or predicted otherwise): one would be drawn "
+            "as the other's reference; give --allow-different-data to draw them together anyway"
+        )
     rows = []
     for folder in folders:
         metrics_path = Path(folder) / "metrics.json"
@@ -313,10 +320,10 @@ def compare_runs(folders: list[Path], out: Path) -> list[dict]:
             }
         )
     protocols = {r["protocol"] for r in rows}
-    if len(protocols) > 1:
+    if len(protocols) > 1 and not different_data:
         raise UserError(
             f"the runs were evaluated under different protocols ({', '.join(sorted(protocols))}): their figures "
-            "are not comparable"
+            "are not comparable (--allow-different-data draws them together anyway)"
         )
     rows.sort(key=lambda r: r["epsilon"])
     plt = pyplot()
