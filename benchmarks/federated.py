@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.results.summary import format_round
 from fedseqrec.server.loop import Progress
@@ -104,8 +105,10 @@ def _tree_rss(root: int) -> int:
 def run(cfg: RunConfig, tmp: Path, tag: str) -> dict:
     folder = tmp / tag
     start = time.perf_counter()
+    task = task_of(cfg.data.task)
     progress = Progress(
-        on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.algorithm.rounds)}", flush=True), on_message=print
+        on_round=lambda r: print(f"[{tag}] {format_round(r, cfg.algorithm.rounds, task)}", flush=True),
+        on_message=print,
     )
     with PeakMemory() as memory:
         results, run_folder = simulate(cfg, out=folder, progress=progress)

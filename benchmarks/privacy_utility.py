@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.results.privacy_report import compare_runs
 from fedseqrec.results.summary import format_round
@@ -44,8 +45,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for tag, cfg in runs:
             start = time.perf_counter()
+            task = task_of(cfg.data.task)
             progress = Progress(
-                on_round=lambda r, t=tag, n=cfg.algorithm.rounds: print(f"[{t}] {format_round(r, n)}", flush=True)
+                on_round=lambda r, t=tag, n=cfg.algorithm.rounds, k=task: print(
+                    f"[{t}] {format_round(r, n, k)}", flush=True
+                )
             )
             results, folder = simulate(cfg, out=Path(tmp) / tag, progress=progress)
             folders.append(folder.path)

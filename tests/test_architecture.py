@@ -223,3 +223,15 @@ def test_each_mechanism_is_one_object_with_both_halves_and_the_client_app_has_no
     for name in NAMES:
         assert f'"{name}"' not in client_app
     assert "privacy.mechanism ==" not in client_app and "LOCAL_DPSGD" not in client_app
+
+
+def test_no_string_test_of_a_task_or_a_metric_name_outside_the_task_objects():
+    """A task is an object (fedseqrec/data/tasks.py): code asks it, never compares its name or sniffs a metric's."""
+    sniffing = re.compile(
+        r"""task\s*[!=]=\s*["']|["'](AUC|NDCG@10)["']\s+in\b|["'](ctr|search|next-item)["']\s*[!=]="""
+    )
+    for path, relative, _ in _modules():
+        if relative in ("fedseqrec/data/tasks.py",) or relative.startswith("fedseqrec/evaluation/"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not sniffing.search(line), f"{relative}:{number}: {line.strip()}"

@@ -18,8 +18,8 @@ from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.data.record import run_folder_config
 from fedseqrec.data.splits import training_items
+from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.config import selection_metric
 from fedseqrec.evaluation.evaluator import evaluate, poisoning_figures, popularity_baseline
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
@@ -92,7 +92,7 @@ def train_centralized(
 def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, data_cfg: DataConfig):
     """Epochs until ``--epochs``, ``--patience`` or ``--max-seconds`` (checked after every step, so training
     ends within one step of the limit): (history, training seconds, best, why it stopped early or None)."""
-    seed, chosen = data_cfg.seed, selection_metric(data_cfg.task)
+    seed, chosen = data_cfg.seed, task_of(data_cfg.task).selection
     windows = TrainingWindows(
         ds.sequences, ds.split, max_len=model_cfg.max_len, random_window=cfg.random_window, seed=seed
     )
@@ -173,6 +173,7 @@ def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: Mo
     if "privacy" in results:  # the private popularity baseline: its release, as the privacy reports record one
         (out / "privacy_report.json").write_text(dumps(results["privacy"], indent=2) + "\n")
     results["protocol"] = cfg.evaluation.protocol
+    results["task"] = data_cfg.task
     config = run_folder_config(
         data=data_cfg.data,
         config={"data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)}, "model": model_cfg.to_dict(),

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fedseqrec.cli.common import add_command, unset_defaults
 from fedseqrec.cli.report import run_audit
-from fedseqrec.evaluation.config import headline
+from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.config import TRAINABLE_MODELS
 from fedseqrec.options import add_options, from_args
-from fedseqrec.results.folder import RunFolder
+from fedseqrec.results.folder import RunFolder, recorded_data
 from fedseqrec.results.summary import format_round, summary_table
 from fedseqrec.simulation.attacks import AttackConfig
 
@@ -33,15 +33,15 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def print_results(results: dict, folder: Path) -> None:
-    test = results["test"]
+    test, task = results["test"], task_of(results["task"])
     print()
-    print(summary_table(RunFolder(folder).rounds()))
+    print(summary_table(RunFolder(folder).rounds(), task))
     print()
     if results.get("stopped"):
         print(f"stopped: {results['stopped']}")
     print(
         f"{results['model']} / {results['strategy']}: best round {results['best_round']} of {results['rounds_run']}: "
-        f"test {headline(test)}"
+        f"test {task.headline_of(test)}"
     )
     for line in results.get("notes", []):
         print(line)
@@ -66,9 +66,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     resume = Path(args.resume) if args.resume else None
     total = {"rounds": args.rounds or cfg.algorithm.rounds}
+    resumes_a_run = resume is not None and (resume / "config.json").is_file()  # (anything else: refused below)
+    task = task_of(recorded_data(resume, find=False).task if resumes_a_run else cfg.data.task)
 
     def on_round(record: dict) -> None:
-        print(format_round(record, total["rounds"]), flush=True)
+        print(format_round(record, total["rounds"], task), flush=True)
 
     def on_message(text: str) -> None:
         print(text, flush=True)

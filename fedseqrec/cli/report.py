@@ -22,10 +22,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.compare:
         out = Path(args.out or "privacy_utility.png")
         rows = compare_runs([Path(r) for r in args.runs], out, args.allow_different_data)
-        print("| run | largest ε | test NDCG@10 | test HR@10 |")
-        print("|---|---:|---:|---:|")
+        names = list(rows[0]["test"])
+        print("| run | largest ε | " + " | ".join(f"test {n}" for n in names) + " |")
+        print("|---|---:|" + "---:|" * len(names))
         for r in rows:
-            print(f"| {r['run']} | {r['epsilon']:.3f} | {r['NDCG@10']:.4f} | {r['HR@10']:.4f} |")
+            print(f"| {r['run']} | {r['epsilon']:.3f} | " + " | ".join(f"{r['test'][n]:.4f}" for n in names) + " |")
         print(f"privacy–utility plot: {out.resolve()}")
         return 0
     if len(args.runs) != 1:

@@ -12,29 +12,28 @@ from fedseqrec.cli.common import add_command, add_data_options, data_config, mod
 from fedseqrec.cli.report import run_audit
 from fedseqrec.data.cleaning import cleaning_summary
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
+from fedseqrec.data.tasks import Task, task_of
 from fedseqrec.errors import UserError
-from fedseqrec.evaluation.config import EvaluationConfig, headline, selection_metric
+from fedseqrec.evaluation.config import EvaluationConfig
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, from_args
 from fedseqrec.results.folder import recorded_data
-
-METRICS = ("NDCG@10", "HR@10", "MRR@10", "NDCG@20", "HR@20")
-AD_METRICS = ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CVR-AUC", "CVR-LogLoss", "CVR-calibration")  # --task ctr
 
 
 class EpochPrinter:
     """Progress of ``train``: a bar on a terminal, one plain line per epoch in a log."""
 
-    def __init__(self, model: str, stream=None):
+    def __init__(self, model: str, task: Task, stream=None):
         stream = stream or sys.stderr
         self.model, self.stream, self.bar = model, stream, None
+        self.chosen = task.selection
         if stream.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(desc=f"train {model}", unit="epoch", file=stream)
 
     def __call__(self, record: dict) -> None:
-        chosen = "AUC" if "AUC" in record.get("valid", {}) else "NDCG@10"
+        chosen = self.chosen
         valid = record.get("valid", {}).get(chosen)
         best = record["best"]
         if self.bar is not None:
@@ -64,34 +63,31 @@ def say_cleaning(ds: Dataset) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """centralized training (the baseline for federated runs)
 
-    Train a sequence recommender on all users at once: AdamW, early stopping on validation NDCG@10 (click AUC
-    for --task ctr), best weights
-    in --out/model.pt, per-epoch metrics in --out/metrics.jsonl and final validation and test metrics in
-    --out/metrics.json. Progress: a bar on a terminal, a line per epoch otherwise.
+    Train a sequence recommender on all users at once: AdamW, early stopping on the task's validation metric
+    (NDCG@10; the click AUC for --task ctr), best weights in --out/model.pt, per-epoch metrics in
+    --out/metrics.jsonl and final validation and test metrics in --out/metrics.json. Progress: a bar on a
+    terminal, a line per epoch otherwise.
     """
     from fedseqrec.centralized.training import train_centralized  # torch: not for building the parsers
 
-    model = model_config(args)
+    model, data = model_config(args), data_config(args, truncate=False)
     out = Path(args.out or f"runs/train-{model.name}")
-    printer = EpochPrinter(model.name)
+    task = task_of(data.task)
+    printer = EpochPrinter(model.name, task)
     try:
-        results = train_centralized(
-            data_config(args, truncate=False), model, from_args(TrainConfig(), args), out, printer, say_cleaning
-        )
+        results = train_centralized(data, model, from_args(TrainConfig(), args), out, printer, say_cleaning)
     finally:
         printer.close()
     test, valid = results["test"], results["valid"]
-    task = json.loads((out / "config.json").read_text())["data"].get("task", "next-item")
     if results.get("stopped"):
         print(f"stopped: {results['stopped']}")
-    chosen = selection_metric(task)
+    chosen = task.selection
     print(
-        f"{model.name}: test {headline(test)}  (valid {chosen} {valid[chosen]:.4f}; {results['params']:,} parameters, "
-        f"{results['train_seconds']:.1f} s training)"
+        f"{model.name}: test {task.headline_of(test)}  (valid {chosen} {valid[chosen]:.4f}; "
+        f"{results['params']:,} parameters, {results['train_seconds']:.1f} s training)"
     )
     print(f"results in {out.resolve()}")
-    data = json.loads((out / "config.json").read_text())["data"]
-    return run_audit(out) if data.get("audit_canaries") or data.get("audit_users") else 0
+    return run_audit(out) if data.audited else 0
 
 
 def checkpoint_data(folder: Path, args: argparse.Namespace) -> DataConfig:
@@ -103,8 +99,8 @@ def checkpoint_data(folder: Path, args: argparse.Namespace) -> DataConfig:
     return from_args(recorded, args, exclude=("max_len", "data"))
 
 
-def results_table(results: dict) -> str:
-    names = AD_METRICS if "AUC" in results["test"] else METRICS
+def results_table(results: dict, task: Task) -> str:
+    names = task.table
     lines = ["| split | " + " | ".join(names) + " |", "|---" + "|---:" * len(names) + "|"]
     for which in ("valid", "test"):
         lines.append(f"| {which} | " + " | ".join(f"{results[which][m]:.4f}" for m in names) + " |")
@@ -136,10 +132,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    n = ds.split.n_test
-    what = f"{n} test slates" if data.task == "ctr" else f"{protocol} ranking, {n} test targets"
-    print(f"{name} from {folder.resolve()} on {data.data} ({what})")
-    print(results_table(results))
+    task = task_of(data.task)
+    what = f"{protocol} ranking, " if task.ranks_items else ""
+    print(f"{name} from {folder.resolve()} on {data.data} ({what}{ds.split.n_test} test {task.targets})")
+    print(results_table(results, task))
     return 0
 
 

@@ -21,17 +21,13 @@ from fedseqrec.data.sequences import SequenceData, ad_event_ids, build_sequences
 from fedseqrec.data.shop import ShopConfig, generate_shop
 from fedseqrec.data.splits import SPLITS, Split, impression_split, make_split, search_split
 from fedseqrec.data.store import is_prepared, load_prepared
+from fedseqrec.data.tasks import TASKS, task_of
 from fedseqrec.errors import UserError
 from fedseqrec.options import non_negative_int, option, positive, positive_int, section, within
 
 PARTITION = "client partition"
 POISONING = "poisoning (attack experiments)"
 AUDIT = "privacy audit"
-# What a model learns to predict. next-item: the next event's item (every model); search: the item a search finds,
-# from the history and the query (targets: the events with a query; the shop log then plants history-dependent
-# searches, see data/shop.py); ctr: whether a shown ad is clicked and then bought (targets: impression events; the
-# shop log then shows ads, see data/shop_ads.py).
-TASKS = ("next-item", "search", "ctr")
 
 
 @dataclass
@@ -48,9 +44,8 @@ class DataConfig:
     format: str = option("auto", f"layout of --data; presets: {', '.join(PRESETS)}", choices=FORMATS, group="data")
     seed: int = option(0, "seed for generated data and partitions", group="data")
     task: str = option(
-        "next-item", "what is predicted: the next item; the item a search finds (from the history and the query; "
-        "targets are the events with a query); or ad clicks and purchases (ctr: targets are impression events)",
-        choices=TASKS, group="data",
+        "next-item", "what is predicted: " + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values()),
+        choices=tuple(TASKS), group="data",
     )  # fmt: skip
     columns: str | None = option(
         None,
@@ -177,7 +172,8 @@ class Dataset:
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.data == "shop":
         shop = ShopConfig(**{**asdict(cfg.shop), "seed": cfg.seed})
-        log = generate_shop(shop, searches=cfg.task == "search", ads=cfg.task == "ctr")
+        task = task_of(cfg.task)
+        log = generate_shop(shop, searches=task.plants_searches, ads=task.plants_ads)
         return _from_log(log, cfg, {"shop": asdict(shop)})
     path = resolve_path(cfg.data)
     if cfg.format in ("auto", "prepared") and is_prepared(path):
@@ -201,9 +197,9 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
     elif cfg.target_item is not None:
         raise UserError("--target-item needs --fake-users (the share of fake users that push it)")
     plan = None
-    if cfg.audited and cfg.task == "ctr":
-        raise UserError("the privacy audit scores next-item likelihoods; --task ctr has none (audit a next-item or "
-                        "search run)")  # fmt: skip
+    if cfg.audited and not task_of(cfg.task).ranks_items:
+        raise UserError(f"the privacy audit scores next-item likelihoods; --task {cfg.task} has none (audit a "
+                        "next-item or search run)")  # fmt: skip
     if cfg.audited:
         if cfg.audit_seed is None:
             raise UserError("--audit-canaries / --audit-users need --audit-seed here (a run draws one itself)")
@@ -240,7 +236,8 @@ def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
             "`fedseqrec data prepare`"
         )
     manifest, sequences, split, partition = load_prepared(path)
-    if cfg.task == "search" or split.name != cfg.split or (cfg.split == "temporal" and not _same_quantiles(split, cfg)):
+    own = task_of(cfg.task).own_split
+    if own or split.name != cfg.split or (cfg.split == "temporal" and not _same_quantiles(split, cfg)):
         split = _split(sequences, cfg, str(path))
     if cfg.partition is None:
         partition = None
@@ -258,12 +255,13 @@ def _from_prepared(path: Path, cfg: DataConfig) -> Dataset:
 
 
 def _split(sequences: SequenceData, cfg: DataConfig, source: str) -> Split:
-    if cfg.task == "next-item":
+    task = task_of(cfg.task)
+    if not task.own_split:
         return make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
     if cfg.split != "leave-one-out":
         raise UserError(f"--task {cfg.task} has its own split (leave-one-out over its targets), not --split "
                         f"{cfg.split}")  # fmt: skip
-    if cfg.task == "search":
+    if task.split == "searches":
         if not sequences.has_queries:
             raise UserError(f"{source}: no event carries a search query (a `query` column, see --columns): --task "
                             "search ranks what searches found")  # fmt: skip

@@ -17,7 +17,6 @@ from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split, training_items
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.ads import ad_sums
-from fedseqrec.evaluation.config import SELECTION_METRIC  # noqa: F401  (re-exported)
 from fedseqrec.evaluation.metrics import KS, MetricSums
 from fedseqrec.evaluation.protocols import PROTOCOLS
 from fedseqrec.models.batching import evaluation_batches, slate_batches

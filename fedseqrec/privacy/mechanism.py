@@ -38,6 +38,7 @@ class RunFacts:
     trainable: tuple[str, ...] = ()  # the global model's trainable parameters
     seed: int = 0  # the run seed (what the public users are drawn from)
     secure: bool = False  # the server sees only the sum of the round's replies (SecAgg+)
+    selection: str = "NDCG@10"  # the task's validation metric (what picks the public users' best epoch)
 
 
 class PrivacyMechanism:

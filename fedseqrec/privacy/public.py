@@ -25,7 +25,6 @@ from fedseqrec.models.optim import adamw
 from fedseqrec.models.training import train_epoch
 
 PUBLIC_SEED = 0x9B1C  # mixed with the run seed: the public users are not the first silo's
-SELECTION = "NDCG@10"
 PATIENCE = 10  # epochs without a better validation score before pretraining stops (SASRec on Beauty dips for a
 # few epochs after the first before it learns order: a short patience keeps a popularity-like model)
 
@@ -48,7 +47,7 @@ def private_users(users: np.ndarray, n_users: int, share: float, seed: int) -> n
 class Pretraining:
     epochs: int  # epochs run
     best_epoch: int  # the one kept
-    valid_ndcg: float  # the public users' own validation NDCG@10 there
+    valid_score: float  # the public users' own validation figure there (the run's selection metric)
     loss: float  # its mean training loss
 
 
@@ -61,6 +60,7 @@ def pretrain_on_public(
     epochs: int,
     seed: int,
     protocol: str = "full",
+    selection: str = "NDCG@10",
 ) -> Pretraining:
     """Trains every parameter of ``model`` (the frozen ones too) on the users' training windows for up to
     ``epochs`` epochs and keeps the epoch whose weights rank the same users' validation items best (their data is
@@ -79,9 +79,9 @@ def pretrain_on_public(
         loss, _ = train_epoch(model, loader, optimizer, windows.batch_of, packed=True)
         model.eval()
         score = evaluate(model, data, split, "valid", users=users, max_len=model.cfg.max_len, protocol=protocol)
-        ndcg = score.get(SELECTION, 0.0)
-        if ndcg > best.valid_ndcg:
-            best = Pretraining(epoch, epoch, ndcg, loss)
+        chosen = score.get(selection, 0.0)
+        if chosen > best.valid_score:
+            best = Pretraining(epoch, epoch, chosen, loss)
             best_state = copy.deepcopy(model.state_dict())
         best.epochs = epoch
         if epoch - best.best_epoch >= PATIENCE:

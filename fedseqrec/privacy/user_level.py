@@ -178,10 +178,13 @@ class UserLevelDPFedSGD(OneReleasePerRound):
     def prepare_model(self, model, sequences, split, fit, seed: int, protocol: str = "full") -> str | None:
         if not len(self.public):
             return None
-        done = pretrain_on_public(model, sequences, split, self.public, fit, self.privacy.public_epochs, seed, protocol)
+        chosen = self.run.selection
+        done = pretrain_on_public(
+            model, sequences, split, self.public, fit, self.privacy.public_epochs, seed, protocol, chosen
+        )
         return (
             f"initial model trained on the {len(self.public)} public users: epoch {done.best_epoch} of {done.epochs} "
-            f"kept (their own validation NDCG@10 {done.valid_ndcg:.4f}, loss {done.loss:.3f})"
+            f"kept (their own validation {chosen} {done.valid_score:.4f}, loss {done.loss:.3f})"
         )
 
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:

@@ -8,11 +8,12 @@ import json
 import math
 from pathlib import Path
 
+from fedseqrec.data.tasks import Task, task_of
 from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
-from fedseqrec.results.folder import RunFolder, data_identity
+from fedseqrec.results.folder import RunFolder, data_identity, recorded_data
 
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
@@ -106,7 +107,8 @@ def build_privacy_report(folder: Path) -> dict:
         "clients": clients,
         "history": privacy["history"],
         "utility": _utility(RunFolder(folder)),
-        "popularity": (metrics.get("popularity") or {}).get("valid", {}).get("NDCG@10"),
+        "metric": _task(folder).selection,
+        "popularity": (metrics.get("popularity") or {}).get("valid", {}).get(_task(folder).selection),
         "notes": metrics.get("notes", []),
         "flags": flags + _audit_flags(audit),
         "audit": audit,
@@ -131,12 +133,16 @@ def _audit_flags(audit: dict | None) -> list[str]:
             f"{audit['claimed']['epsilon']:.4g}: a mechanism does not do what it is accounted for"]  # fmt: skip
 
 
+def _task(folder: Path) -> Task:
+    return task_of(recorded_data(folder, find=False).task)
+
+
 def _utility(folder: RunFolder) -> list[dict]:
+    """The task's validation figure per round, under its name."""
     if not (folder.path / "config.json").is_file():
         raise UserError(f"{folder.path}: not a fedseqrec run folder (no config.json)")
-    rounds = [r for r in folder.rounds() if "valid" in r]
-    metric = "AUC" if any("AUC" in r["valid"] for r in rounds) else "NDCG@10"  # --task ctr: the click AUC
-    return [{"round": r["round"], metric: r["valid"][metric]} for r in rounds]
+    metric = _task(folder.path).selection
+    return [{"round": r["round"], metric: r["valid"][metric]} for r in folder.rounds() if "valid" in r]
 
 
 def _fmt(value) -> str:
@@ -254,13 +260,14 @@ def plot_epsilon(report: dict, path: Path) -> None:
 
 
 def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) -> None:
-    """Validation NDCG@10 per round from zero up, with the popularity baseline and a run without DP if given."""
+    """The task's validation figure per round from zero up, with the popularity baseline and a run without DP if
+    given."""
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     utility = report["utility"]
-    metric = "AUC" if any("AUC" in u for u in utility) else "NDCG@10"
+    metric = report["metric"]
     values = [u[metric] for u in utility]
     ax.plot([u["round"] for u in utility], values, marker="o", ms=3, label="this run (private)")
     if reference:
@@ -300,6 +307,8 @@ def compare_runs(folders: list[Path], out: Path, different_data: bool = False) -
             "the runs were trained on different data (or cleaned, split or predicted otherwise): one would be drawn "
             "as the other's reference; give --allow-different-data to draw them together anyway"
         )
+    task = _task(Path(folders[0]))
+    first, second = task.progress
     rows = []
     for folder in folders:
         metrics_path = Path(folder) / "metrics.json"
@@ -314,8 +323,7 @@ def compare_runs(folders: list[Path], out: Path, different_data: bool = False) -
             {
                 "run": str(folder),
                 "epsilon": eps,
-                "NDCG@10": metrics["test"]["NDCG@10"],
-                "HR@10": metrics["test"]["HR@10"],
+                "test": {first: metrics["test"][first], second: metrics["test"][second]},
                 "protocol": metrics.get("protocol", "full"),
             }
         )
@@ -329,14 +337,14 @@ def compare_runs(folders: list[Path], out: Path, different_data: bool = False) -
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     finite = [r for r in rows if math.isfinite(r["epsilon"])]
-    ax.plot([r["epsilon"] for r in finite], [r["NDCG@10"] for r in finite], marker="o")
+    ax.plot([r["epsilon"] for r in finite], [r["test"][first] for r in finite], marker="o")
     for r in rows:
         if not math.isfinite(r["epsilon"]):
-            ax.axhline(r["NDCG@10"], color="grey", ls="--", lw=1, label=f"no DP ({Path(r['run']).name})")
+            ax.axhline(r["test"][first], color="grey", ls="--", lw=1, label=f"no DP ({Path(r['run']).name})")
     for r in finite:
-        ax.annotate(Path(r["run"]).name, (r["epsilon"], r["NDCG@10"]), fontsize=6)
+        ax.annotate(Path(r["run"]).name, (r["epsilon"], r["test"][first]), fontsize=6)
     ax.set_xlabel("largest client ε")
-    ax.set_ylabel("test NDCG@10")
+    ax.set_ylabel(f"test {first}")
     ax.set_title("privacy–utility")
     if len(finite) < len(rows):
         ax.legend(fontsize=7)

@@ -18,9 +18,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from fedseqrec.data.canaries import seal
+from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import RunError, UserError
-from fedseqrec.evaluation.config import selection_metric
-from fedseqrec.evaluation.evaluator import SELECTION_METRIC, poisoning_figures, popularity_baseline
+from fedseqrec.evaluation.evaluator import poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
@@ -73,14 +73,15 @@ class Federation:
             cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, self.progress.on_message,
             users=self.ds.sequences.n_users, horizon=cfg.planned_horizon(),
             trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad), seed=cfg.data.seed,
-            secure=cfg.secure.secure_aggregation,
+            secure=cfg.secure.secure_aggregation, selection=task_of(cfg.data.task).selection,
         )  # fmt: skip
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism, self.model.item_table_keys())
         self.directory = self._directory()
         self.evaluate = GlobalEvaluation(self, self.directory, self.progress.on_message)
         self.round, self.best = 0, {"round": 0, "score": -1.0}
-        self.chosen = selection_metric(cfg.data.task)  # what picks the best round
+        self.task = task_of(cfg.data.task)
+        self.chosen = self.task.selection  # what picks the best round
         self.stopped: str | None = None
         self._saved_privacy: str | None = None
         self.arrays = ArrayRecord(self.model.state_dict())
@@ -294,6 +295,7 @@ class Federation:
         cfg = self.cfg
         results = {
             "model": cfg.model.name,
+            "task": cfg.data.task,
             "strategy": cfg.algorithm.strategy,
             "partition": cfg.data.partition,
             "evaluation": cfg.evaluation.mode,
@@ -324,7 +326,7 @@ class Federation:
         self.folder.write_json("metrics.json", results)
         if self.mechanism.private:
             write_privacy_report(self.folder.path)
-        self.folder.write_text("summary.md", summary_markdown(results, rounds))
+        self.folder.write_text("summary.md", summary_markdown(results, rounds, self.task))
         return results
 
     def _initial_model(self) -> dict:
@@ -340,16 +342,16 @@ class Federation:
     def _against_popularity(self, results: dict) -> dict:
         """The most-popular baseline on the same targets (when the server holds them), and a note when the model
         does not beat it: a private model below popularity is not worth its privacy cost."""
-        if self.cfg.evaluation.mode == "federated" or self.cfg.data.task == "ctr":  # (ads: lr is the baseline)
+        if self.cfg.evaluation.mode == "federated" or not self.task.ranks_items:  # (ads: lr is the baseline)
             return {}
         pop = popularity_baseline(
             self.ds.sequences, self.ds.split, self.model.cfg.max_len, self.cfg.evaluation.protocol
         )
-        ours, floor = results["test"].get(SELECTION_METRIC, 0.0), pop["test"][SELECTION_METRIC]
+        ours, floor = results["test"].get(self.chosen, 0.0), pop["test"][self.chosen]
         if ours >= floor:
             return {"popularity": pop}
         note = (
-            f"below the popularity baseline: test {SELECTION_METRIC} {ours:.4f} < {floor:.4f} (most popular items); "
+            f"below the popularity baseline: test {self.chosen} {ours:.4f} < {floor:.4f} (most popular items); "
             + ("at this privacy level recommend popular items instead" if self.mechanism.private else "")
         )
         return {"popularity": pop, "notes": [note.rstrip("; ")]}

@@ -13,7 +13,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedseqrec.evaluation.config import headline
+from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.summary import format_round
@@ -39,11 +39,12 @@ def make_server_app(
         else:
             run_cfg, run_folder = cfg, folder
         rounds = run_cfg.algorithm.rounds
-        reporter = progress or Progress(on_round=lambda r: log(INFO, "%s", format_round(r, rounds)))
+        task = task_of(run_cfg.data.task)
+        reporter = progress or Progress(on_round=lambda r: log(INFO, "%s", format_round(r, rounds, task)))
         results = Federation(grid, run_cfg, run_folder, reporter).run()
         test = results["test"]
         reporter.on_message(
-            f"best round {results['best_round']}: test {headline(test)}; "
+            f"best round {results['best_round']}: test {task.headline_of(test)}; "
             f"run folder {run_folder.path.resolve()}"
         )
 

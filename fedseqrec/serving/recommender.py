@@ -196,7 +196,8 @@ class Recommender:
             "weights": self.weights,
             "sha256": self.digest,
             "round": info.get("round") if same else None,
-            "valid_NDCG@10": info.get("valid_NDCG@10") if same else None,
+            # the validation figure that chose these weights, under the task's metric (valid_NDCG@10, valid_AUC)
+            **{key: value if same else None for key, value in info.items() if key.startswith("valid_")},
             "items": self.n_items,
             "max_len": self.max_len,
             "privacy": None if privacy is None else {
