@@ -7,9 +7,12 @@ from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
+from fedseqrec.data.dataset import Dataset
 from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
+from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.messages import WHICH_KEY
+from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.server.directory import ChosenNodes, choose_clients
 
 
@@ -24,11 +27,19 @@ def combine_evaluations(replies: list[Message]) -> MetricSums:
 
 
 class GlobalEvaluation:
-    def __init__(self, federation, directory, warn: Callable[[str], None]):
-        self.fed, self.directory, self.warn = federation, directory, warn
+    """The run's evaluation of a set of global weights, given what it needs: the grid and the directory of clients
+    (federated), the global model's module and the server's data (centralized), the strategy that builds the
+    messages, and the config every message carries."""
+
+    def __init__(
+        self, grid, cfg: RunConfig, model: SequentialRecommender, ds: Dataset, strategy, directory,
+        message_config: Callable[[], dict], warn: Callable[[str], None],
+    ):  # fmt: skip
+        self.grid, self.cfg, self.model, self.ds, self.strategy = grid, cfg, model, ds, strategy
+        self.directory, self.message_config, self.warn = directory, message_config, warn
 
     def __call__(self, arrays: ArrayRecord, which: str, server_round: int) -> dict[str, float]:
-        mode = self.fed.cfg.evaluation.mode
+        mode = self.cfg.evaluation.mode
         if mode == "federated":
             return self.federated(arrays, which, server_round)
         result = self.centralized(arrays, which)
@@ -38,24 +49,23 @@ class GlobalEvaluation:
         return result
 
     def centralized(self, arrays: ArrayRecord, which: str) -> dict[str, float]:
-        model, ds = self.fed.model, self.fed.ds
+        model, ds = self.model, self.ds
         model.load_state_dict(arrays.to_torch_state_dict())
-        protocol = self.fed.cfg.evaluation.protocol
+        protocol = self.cfg.evaluation.protocol
         return evaluate_sums(
             model, ds.sequences, ds.split, which, max_len=model.cfg.max_len, protocol=protocol
         ).result()
 
     def federated(self, arrays: ArrayRecord, which: str, server_round: int) -> dict[str, float]:
-        cfg = self.fed.cfg
+        cfg = self.cfg
         clients = self.directory.available(1)
         share = max(1, round(cfg.evaluation.fraction_evaluate * len(clients)))
         chosen = choose_clients(clients, share, cfg.data.seed + 1, server_round)
         route = self.directory.route(chosen)
-        config = ConfigRecord({**self.fed.client_config(), WHICH_KEY: which})
-        grid = self.fed.grid
-        messages = self.fed.strategy.configure_evaluate(server_round, arrays, config, ChosenNodes(grid, route))
+        config = ConfigRecord({**self.message_config(), WHICH_KEY: which})
+        messages = self.strategy.configure_evaluate(server_round, arrays, config, ChosenNodes(self.grid, route))
         messages = self.directory.address(list(messages), route)
-        replies = list(grid.send_and_receive(messages, timeout=cfg.algorithm.round_timeout))
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.algorithm.round_timeout))
         for reply in replies:
             if reply.has_error():
                 self.warn(

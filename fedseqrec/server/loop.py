@@ -20,17 +20,15 @@ from flwr.common.logger import log
 from fedseqrec.data.canaries import seal
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import RunError, UserError
-from fedseqrec.evaluation.evaluator import poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
 from fedseqrec.models.checkpoint import describe
 from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
-from fedseqrec.results.privacy_report import write_privacy_report
-from fedseqrec.results.summary import summary_markdown
 from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
 from fedseqrec.server.evaluation import GlobalEvaluation
+from fedseqrec.server.finish import INITIAL, Finaliser, RunEnd
 from fedseqrec.server.replies import ReplyRules, metrics_problem, update_problem
 from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, secure_settings
 from fedseqrec.server.strategies import (
@@ -47,9 +45,6 @@ class Progress:
 
     on_round: Callable[[dict], None] = lambda record: None
     on_message: Callable[[str], None] = lambda text: log(INFO, "%s", text)
-
-
-INITIAL = "model_initial.pt"  # the initial global model a mechanism prepared (trained on public users)
 
 
 @dataclass
@@ -78,7 +73,10 @@ class Federation:
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism, self.model.item_table_keys())
         self.directory = self._directory()
-        self.evaluate = GlobalEvaluation(self, self.directory, self.progress.on_message)
+        self.evaluate = GlobalEvaluation(
+            self.grid, cfg, self.model, self.ds, self.strategy, self.directory, self.client_config,
+            self.progress.on_message,
+        )  # fmt: skip
         self.round, self.best = 0, {"round": 0, "score": -1.0}
         self.task = task_of(cfg.data.task)
         self.chosen = self.task.selection  # what picks the best round
@@ -290,71 +288,12 @@ class Federation:
             self._save_best()
         if self.best["round"] == 0:
             raise RunError(f"no round was completed; {self.stopped or self._resumable()}")
-        best = ArrayRecord(torch.load(self.folder.path / "model.pt", weights_only=True))
-        rounds = self.folder.rounds()
-        cfg = self.cfg
-        results = {
-            "model": cfg.model.name,
-            "task": cfg.data.task,
-            "strategy": cfg.algorithm.strategy,
-            "partition": cfg.data.partition,
-            "evaluation": cfg.evaluation.mode,
-            "protocol": cfg.evaluation.protocol,
-            "rounds_run": self.round,
-            "stopped": self.stopped,
-            "best_round": self.best["round"],
-            "valid": self.evaluate(best, "valid", self.round),
-            "test": self.evaluate(best, "test", self.round),
-            "last": {
-                "round": self.round,
-                "valid": rounds[-1].get("valid") or self.evaluate(self.arrays, "valid", self.round),
-                "test": self.evaluate(self.arrays, "test", self.round),
-            },
-            "params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            "seconds": round(sum(r["seconds"] for r in rounds), 2),
-        }
-        results.update(self._initial_model())
-        results.update(self._against_popularity(results))
-        if cfg.evaluation.mode != "federated":  # (the server holds real users' test targets)
-            self.model.load_state_dict(best.to_torch_state_dict())
-            results.update(poisoning_figures(self.model, self.ds.sequences, self.ds.split, self.ds.options,
-                                             self.model.cfg.max_len))  # fmt: skip
-        if self.mechanism.private:
-            results["privacy"] = self.mechanism.summary()
-        if self.secure is not None:
-            results["secure_aggregation"] = self.secure.describe()
-        self.folder.write_json("metrics.json", results)
-        if self.mechanism.private:
-            write_privacy_report(self.folder.path)
-        self.folder.write_text("summary.md", summary_markdown(results, rounds, self.task))
-        return results
-
-    def _initial_model(self) -> dict:
-        """The prepared initial model's figures (public users only), beside what the private rounds reached."""
-        if not (self.folder.path / INITIAL).exists():
-            return {}
-        initial = ArrayRecord(torch.load(self.folder.path / INITIAL, weights_only=True))
-        figures = {which: self.evaluate(initial, which, 0) for which in ("valid", "test")}
-        self.progress.on_message(f"initial model (before the private rounds): test {self.chosen} "
-                                 f"{figures['test'][self.chosen]:.4f}")  # fmt: skip
-        return {"initial": figures}
-
-    def _against_popularity(self, results: dict) -> dict:
-        """The most-popular baseline on the same targets (when the server holds them), and a note when the model
-        does not beat it: a private model below popularity is not worth its privacy cost."""
-        if self.cfg.evaluation.mode == "federated" or not self.task.ranks_items:  # (ads: lr is the baseline)
-            return {}
-        pop = popularity_baseline(
-            self.ds.sequences, self.ds.split, self.model.cfg.max_len, self.cfg.evaluation.protocol
-        )
-        ours, floor = results["test"].get(self.chosen, 0.0), pop["test"][self.chosen]
-        if ours >= floor:
-            return {"popularity": pop}
-        note = (
-            f"below the popularity baseline: test {self.chosen} {ours:.4f} < {floor:.4f} (most popular items); "
-            + ("at this privacy level recommend popular items instead" if self.mechanism.private else "")
-        )
-        return {"popularity": pop, "notes": [note.rstrip("; ")]}
+        finaliser = Finaliser(
+            self.cfg, self.folder, self.model, self.ds, self.evaluate, self.mechanism, self.task,
+            self.progress.on_message,
+        )  # fmt: skip
+        secure = self.secure.describe() if self.secure is not None else None
+        return finaliser.finish(RunEnd(self.round, self.best["round"], self.arrays, self.stopped, secure))
 
 
 def _train_figures(metrics: list) -> dict:
