@@ -70,11 +70,7 @@ def row_of(result: dict, config: dict) -> dict:
         "seconds_per_epoch": result.get("seconds_per_epoch"),
         "stopped": result.get("stopped"),
         "params": result.get("params"),
-        "settings": {
-            key: value
-            for key, value in {**model, **train}.items()
-            if key in {*PRESET, *RECORDED}
-        },
+        "settings": {key: value for key, value in {**model, **train}.items() if key in {*PRESET, *RECORDED}},
     }
 
 

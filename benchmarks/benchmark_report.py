@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -14,7 +15,24 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
+ABSOLUTE = re.compile(r"^(/|[A-Za-z]:\\)")
+
+
+def portable(value, data_dir: Path | None = None):
+    """``value`` with no path of the machine that ran it: the data directory becomes ``$FEDSEQREC_DATA_DIR``, any
+    other absolute path its last part (committed results are read on other machines)."""
+    if isinstance(value, dict):
+        return {k: portable(v, data_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, data_dir) for v in value]
+    if not isinstance(value, str) or not ABSOLUTE.match(value):
+        return value
+    if data_dir is not None and value.startswith(str(data_dir)):
+        return "$FEDSEQREC_DATA_DIR" + value[len(str(data_dir)) :]
+    return Path(value).name
+
+
 def write_report(out: Path, name: str, command: str, rows: list[dict]) -> None:
     report = {"benchmark": name, "command": command, "machine": machine(), "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out.write_text(json.dumps(portable(report), indent=1) + "\n")

@@ -75,8 +75,11 @@ def measure(config: Path, weights: Path, folder: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(config), str(weights), str(folder)],
-        check=True, capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

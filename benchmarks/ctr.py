@@ -34,8 +34,18 @@ from fedseqrec.models.config import ModelConfig
 from fedseqrec.simulation.engine import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CTR-observed", "CTR-predicted", "CVR-AUC", "CVR-LogLoss",
-        "CVR-observed", "CVR-predicted", "CVR-calibration")  # fmt: skip
+KEYS = (
+    "CTR-AUC",
+    "CTR-GAUC",
+    "CTR-LogLoss",
+    "CTR-observed",
+    "CTR-predicted",
+    "CVR-AUC",
+    "CVR-LogLoss",
+    "CVR-observed",
+    "CVR-predicted",
+    "CVR-calibration",
+)
 FIT = {"lr": {"lr": 0.01, "weight_decay": 0.0, "epochs": 10}, "din-esmm": {}}
 PRIVATE = {"user-dp": {"mechanism": "user-level", "epsilon": 8.0, "users_per_round": 1000}}
 
@@ -47,9 +57,15 @@ def figures(result: dict) -> dict:
 def central(model: str, users: int, tmp: Path) -> dict:
     data = DataConfig(task="ctr", shop=ShopConfig(users=users))
     result = train_centralized(data, ModelConfig(name=model), TrainConfig(threads=1, **FIT[model]), tmp / model)
-    return {"row": f"central-{model}", "model": model, **figures(result), "train_seconds": result["train_seconds"],
-            "epochs": result["epochs_run"], "best_epoch": result["best_epoch"],
-            "test_calibration": calibration_table(tmp / model, data)}  # fmt: skip
+    return {
+        "row": f"central-{model}",
+        "model": model,
+        **figures(result),
+        "train_seconds": result["train_seconds"],
+        "epochs": result["epochs_run"],
+        "best_epoch": result["best_epoch"],
+        "test_calibration": calibration_table(tmp / model, data),
+    }
 
 
 def calibration_table(folder: Path, data: DataConfig) -> dict:
@@ -72,11 +88,24 @@ def calibration_table(folder: Path, data: DataConfig) -> dict:
 
 
 def federated(row: str, users: int, rounds: int, tmp: Path) -> dict:
-    cfg = RunConfig.of(task="ctr", shop_users=users, model="din-esmm", partition="iid", clients=10, rounds=rounds,
-                       **PRIVATE.get(row, {}))  # fmt: skip
+    cfg = RunConfig.of(
+        task="ctr",
+        shop_users=users,
+        model="din-esmm",
+        partition="iid",
+        clients=10,
+        rounds=rounds,
+        **PRIVATE.get(row, {}),
+    )
     results, _ = simulate(cfg, out=tmp / row)
-    out = {"row": row, "model": "din-esmm", "rounds": rounds, "best_round": results["best_round"],
-           **figures(results), "seconds": results["seconds"]}  # fmt: skip
+    out = {
+        "row": row,
+        "model": "din-esmm",
+        "rounds": rounds,
+        "best_round": results["best_round"],
+        **figures(results),
+        "seconds": results["seconds"],
+    }
     if "privacy" in results:
         out["epsilon"] = results["privacy"].get("max_epsilon")
     return out
@@ -85,16 +114,20 @@ def federated(row: str, users: int, rounds: int, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--rows", nargs="+", default=["central", "federated"],
-                        choices=["central", "federated", *PRIVATE])  # fmt: skip
+    parser.add_argument(
+        "--rows", nargs="+", default=["central", "federated"], choices=["central", "federated", *PRIVATE]
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ctr.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows:
-            found = [central(m, args.users, Path(tmp)) for m in FIT] if row == "central" else [
-                federated(row, args.users, args.rounds, Path(tmp))]  # fmt: skip
+            found = (
+                [central(m, args.users, Path(tmp)) for m in FIT]
+                if row == "central"
+                else [federated(row, args.users, args.rounds, Path(tmp))]
+            )
             rows += found
             for r in found:
                 print(json.dumps(r), flush=True)

@@ -113,9 +113,20 @@ def main() -> None:
                 data=str(Path(args.ml100k).resolve()), clients=clients, rounds=args.rounds, batch_size=16
             )
             floor = RunConfig.of(
-                clients=clients, rounds=args.rounds, local_steps=1, shop_users=120, shop_items=80, shop_categories=5,
-                shop_days=20, hidden=16, layers=1, heads=1, inner=32, max_len=20, batch_size=16,
-            )  # fmt: skip
+                clients=clients,
+                rounds=args.rounds,
+                local_steps=1,
+                shop_users=120,
+                shop_items=80,
+                shop_categories=5,
+                shop_days=20,
+                hidden=16,
+                layers=1,
+                heads=1,
+                inner=32,
+                max_len=20,
+                batch_size=16,
+            )
             for name, cfg, engines in (
                 ("ml-100k", ml100k, ("simulation", "deployment-subprocess", "deployment-process")),
                 ("floor", floor, ("simulation", "deployment-subprocess")),

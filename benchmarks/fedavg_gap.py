@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from beauty import PRESET_FIT, PRESET_MODEL
+from benchmark_report import portable
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.centralized.training import train_centralized
@@ -203,7 +204,7 @@ def main() -> None:
             summary=summary(rows),
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        out.write_text(json.dumps(portable(report, DATA), indent=2) + "\n")
         print(json.dumps(row), flush=True)
 
     if args.central_from is not None:

@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     ds = load_dataset(DataConfig(data=path, partition="iid", clients=10, seed=0))
     torch.manual_seed(0)
     model = task.build_global_model(ds.sequences, ModelConfig(**PRESET_MODEL))
-    fit = LocalTrainingConfig(lr=args.lr, batch_size=args.batch_size, weight_decay=0.0, batching="length",
-                              local_epochs=args.local_epochs)  # fmt: skip
+    fit = LocalTrainingConfig(
+        lr=args.lr, batch_size=args.batch_size, weight_decay=0.0, batching="length", local_epochs=args.local_epochs
+    )
     silos = [ClientData(client, ds.sequences, ds.split, users) for client, users in enumerate(ds.partition.clients())]
     counts = [np.asarray(task.item_counts(silo), dtype=np.float64) for silo in silos]
     sample = np.random.default_rng(1).choice(np.arange(1, ds.sequences.n_users + 1), 4000, replace=False)
@@ -121,13 +122,23 @@ def run(args: argparse.Namespace) -> list[dict]:
             losses.append(result.loss)
         delta = {k: total[k] / weight[k] for k in start}
         velocity = delta if velocity is None else {k: args.server_momentum * velocity[k] + delta[k] for k in start}
-        model.load_state_dict({k: (start[k].double() + args.server_lr * velocity[k]).to(start[k].dtype)
-                               for k in start})  # fmt: skip
-        point = {"round": server_round, "passes": server_round * args.local_epochs,
-                 "loss": round(float(np.mean(losses)), 4), "seconds": round(time.perf_counter() - started)}  # fmt: skip
+        model.load_state_dict({k: (start[k].double() + args.server_lr * velocity[k]).to(start[k].dtype) for k in start})
+        point = {
+            "round": server_round,
+            "passes": server_round * args.local_epochs,
+            "loss": round(float(np.mean(losses)), 4),
+            "seconds": round(time.perf_counter() - started),
+        }
         if server_round % 2 == 0 or server_round == 1:
-            valid = evaluate(model, ds.sequences, ds.split, "valid", users=np.sort(sample), max_len=50,
-                             protocol="full-history-removed")  # fmt: skip
+            valid = evaluate(
+                model,
+                ds.sequences,
+                ds.split,
+                "valid",
+                users=np.sort(sample),
+                max_len=50,
+                protocol="full-history-removed",
+            )
             point["valid_sample"] = round(valid["NDCG@10"], 4)
         print(json.dumps(point), flush=True)
         curve.append(point)

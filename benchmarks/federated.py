@@ -160,9 +160,13 @@ def scenarios(name: str, base: RunConfig, rounds: int | None) -> list[tuple[str,
         return out
     if name == "beauty-per-user":
         cfg = base.replace(
-            partition="per-user", clients=None, clients_per_round=100, rounds=rounds or 100, eval_every=10,
+            partition="per-user",
+            clients=None,
+            clients_per_round=100,
+            rounds=rounds or 100,
+            eval_every=10,
             protocol="full-history-removed",
-        )  # fmt: skip
+        )
         return [("beauty-per-user-fedavg", cfg)]
     if name == "per-user":
         cfg = base.replace(partition="per-user", clients=None, clients_per_round=20, rounds=rounds or 100)

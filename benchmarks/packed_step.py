@@ -80,7 +80,7 @@ def main() -> None:
             "threads": args.threads,
             "torch": torch.__version__,
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "batch": BATCH,
         "rows": rows,
     }

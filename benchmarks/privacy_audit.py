@@ -42,14 +42,56 @@ ROWS = {
     "shop-train": ["train", *SHOP, "--audit-canaries", "500", "--audit-users", "300"],
     "ml-100k-fedavg": [*SILOS, "--audit-canaries", "300", "--audit-users", "200"],
     "ml-100k-dpsgd-eps8": [*SILOS, "--privacy", "dp-sgd", "--epsilon", "8", "--audit-canaries", "300"],
-    "ml-100k-user-dp-eps8": [*SILOS[:-4], "--rounds", "60", "--eval-every", "20", "--privacy", "user-level",
-                             "--users-per-round", "300", "--epsilon", "8", "--strategy", "fedadam",
-                             "--server-lr", "0.01", "--max-grad-norm", "0.3", "--audit-canaries", "300"],  # fmt: skip
-    "ml-100k-dp-fedavg": ["simulate", *ML, "--partition", "per-user", "--clients-per-round", "100", "--rounds", "20",
-                          "--eval-every", "10", "--privacy", "dp-fedavg", "--central-noise", "1.0",
-                          "--audit-canaries", "300"],  # fmt: skip
-    "broken-dpsgd": [*SILOS, "--privacy", "dp-sgd", "--noise-multiplier", "10", "--local-epochs", "3",
-                     "--audit-canaries", "300"],  # fmt: skip
+    "ml-100k-user-dp-eps8": [
+        *SILOS[:-4],
+        "--rounds",
+        "60",
+        "--eval-every",
+        "20",
+        "--privacy",
+        "user-level",
+        "--users-per-round",
+        "300",
+        "--epsilon",
+        "8",
+        "--strategy",
+        "fedadam",
+        "--server-lr",
+        "0.01",
+        "--max-grad-norm",
+        "0.3",
+        "--audit-canaries",
+        "300",
+    ],
+    "ml-100k-dp-fedavg": [
+        "simulate",
+        *ML,
+        "--partition",
+        "per-user",
+        "--clients-per-round",
+        "100",
+        "--rounds",
+        "20",
+        "--eval-every",
+        "10",
+        "--privacy",
+        "dp-fedavg",
+        "--central-noise",
+        "1.0",
+        "--audit-canaries",
+        "300",
+    ],
+    "broken-dpsgd": [
+        *SILOS,
+        "--privacy",
+        "dp-sgd",
+        "--noise-multiplier",
+        "10",
+        "--local-epochs",
+        "3",
+        "--audit-canaries",
+        "300",
+    ],
 }
 
 
@@ -83,8 +125,19 @@ def run(name: str, tmp: Path) -> dict:
     for part in ("canaries", "real_users"):
         if part in found:
             f = found[part]
-            row[part] = {k: f[k] for k in ("members", "non_members", "guesses", "correct", "epsilon_lower_bound",
-                                           "auc", "tpr_at_fpr_0.01", "tpr_at_fpr_0.001")}  # fmt: skip
+            row[part] = {
+                k: f[k]
+                for k in (
+                    "members",
+                    "non_members",
+                    "guesses",
+                    "correct",
+                    "epsilon_lower_bound",
+                    "auc",
+                    "tpr_at_fpr_0.01",
+                    "tpr_at_fpr_0.001",
+                )
+            }
     print(json.dumps(row), flush=True)
     return row
 

@@ -21,26 +21,71 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark_report import portable
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
 SETTINGS = {
     "ml-100k": {
         "data": ["--data", str(DATA / "ml-100k"), "--partition", "iid", "--clients", "10"],
         "no_dp": ["--rounds", "100", "--eval-every", "10"],
-        "private": ["--privacy", "user-level", "--users-per-round", "300", "--rounds", "150", "--strategy", "fedadam",
-                    "--server-lr", "0.01", "--max-grad-norm", "0.3", "--eval-every", "10"],
+        "private": [
+            "--privacy",
+            "user-level",
+            "--users-per-round",
+            "300",
+            "--rounds",
+            "150",
+            "--strategy",
+            "fedadam",
+            "--server-lr",
+            "0.01",
+            "--max-grad-norm",
+            "0.3",
+            "--eval-every",
+            "10",
+        ],
         "pop": ["--data", str(DATA / "ml-100k")],
     },
     "beauty": {
-        "data": ["--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed",
-                 "--loss", "sampled", "--negatives", "256", "--partition", "iid", "--clients", "10"],
+        "data": [
+            "--data",
+            str(DATA / "amazon-beauty" / "Beauty.txt"),
+            "--protocol",
+            "full-history-removed",
+            "--loss",
+            "sampled",
+            "--negatives",
+            "256",
+            "--partition",
+            "iid",
+            "--clients",
+            "10",
+        ],
         "no_dp": ["--rounds", "60", "--eval-every", "5"],
-        "private": ["--privacy", "user-level", "--users-per-round", "2000", "--rounds", "60", "--strategy", "fedadam",
-                    "--server-lr", "0.001", "--max-grad-norm", "0.3", "--public-users", "0.1", "--freeze", "items",
-                    "--eval-every", "10"],
+        "private": [
+            "--privacy",
+            "user-level",
+            "--users-per-round",
+            "2000",
+            "--rounds",
+            "60",
+            "--strategy",
+            "fedadam",
+            "--server-lr",
+            "0.001",
+            "--max-grad-norm",
+            "0.3",
+            "--public-users",
+            "0.1",
+            "--freeze",
+            "items",
+            "--eval-every",
+            "10",
+        ],
         "pop": ["--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed"],
     },
-}  # fmt: skip
+}
 
 
 def run(command: list[str], folder: Path) -> None:
@@ -96,9 +141,14 @@ def point(folder: Path) -> dict:
         report = json.loads(report_path.read_text())
         rdp, pld = independent(report)
         ledger = _ledger(report)
-        row.update(epsilon=round(report["max_epsilon"], 4), delta=report["delta"],
-                   epsilon_dp_accounting_rdp=round(rdp, 4), epsilon_dp_accounting_pld=round(pld, 4),
-                   noise_multiplier=ledger[0]["noise_multiplier"], sample_rate=ledger[0]["sample_rate"])  # fmt: skip
+        row.update(
+            epsilon=round(report["max_epsilon"], 4),
+            delta=report["delta"],
+            epsilon_dp_accounting_rdp=round(rdp, 4),
+            epsilon_dp_accounting_pld=round(pld, 4),
+            noise_multiplier=ledger[0]["noise_multiplier"],
+            sample_rate=ledger[0]["sample_rate"],
+        )
     return row
 
 
@@ -111,8 +161,12 @@ def plot(rows: list[dict], no_dp: dict, dataset: str, out: Path) -> None:
     models = [r for r in rows if not r["run"].startswith("pop-")]
     pops = [r for r in rows if r["run"].startswith("pop-")]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot([r["epsilon"] for r in models], [r["test_NDCG@10"] for r in models], marker="o",
-            label="sasrec, user-level DP across 10 silos")  # fmt: skip
+    ax.plot(
+        [r["epsilon"] for r in models],
+        [r["test_NDCG@10"] for r in models],
+        marker="o",
+        label="sasrec, user-level DP across 10 silos",
+    )
     ax.plot([r["epsilon"] for r in pops], [r["test_NDCG@10"] for r in pops], marker="s", label="private popularity")
     ax.axhline(no_dp["test_NDCG@10"], color="k", linestyle="--", label="same federation, no DP (ε = ∞)")
     ax.axhline(no_dp["popularity_test_NDCG@10"], color="grey", linestyle=":", label="popularity, no DP")
@@ -150,9 +204,14 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / f"privacy_curve_{args.dataset}.json"
     plot(rows, no_dp, args.dataset, out.with_suffix(".png"))
     flags = {k: v for k, v in setting.items()}
-    report = {"command": f"python benchmarks/privacy_curve.py {args.dataset}", "flags": flags, "no_dp": no_dp,
-              "rows": rows, "plot": str(out.with_suffix(".png").relative_to(ROOT))}  # fmt: skip
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    report = {
+        "command": f"python benchmarks/privacy_curve.py {args.dataset}",
+        "flags": flags,
+        "no_dp": no_dp,
+        "rows": rows,
+        "plot": str(out.with_suffix(".png").relative_to(ROOT)),
+    }
+    out.write_text(json.dumps(portable(report, DATA), indent=2) + "\n")
     print(f"written {out} and {out.with_suffix('.png')}")
 
 

@@ -59,10 +59,17 @@ def target_exposure(folder: Path) -> dict:
 
 def run(attack: str, defence: str, rounds: int, fraction: float, tmp: Path) -> dict:
     poison = {"fake_users": FAKE_USERS} if attack == "poison" else {}
-    cfg = RunConfig.of(data=str(DATA / "ml-100k"), partition="iid", clients=10, rounds=rounds, eval_every=5,
-                       batch_size=16, **DEFENCES[defence], **poison)  # fmt: skip
-    threat = AttackConfig(attack=attack if attack in ATTACKS else "none", attack_fraction=fraction,
-                          attack_scale=100.0)  # fmt: skip
+    cfg = RunConfig.of(
+        data=str(DATA / "ml-100k"),
+        partition="iid",
+        clients=10,
+        rounds=rounds,
+        eval_every=5,
+        batch_size=16,
+        **DEFENCES[defence],
+        **poison,
+    )
+    threat = AttackConfig(attack=attack if attack in ATTACKS else "none", attack_fraction=fraction, attack_scale=100.0)
     start = time.perf_counter()
     results, folder = simulate(cfg, out=tmp / f"{attack}-{defence}", attack=threat)
     rounds_log = folder.rounds()

@@ -46,17 +46,30 @@ def central(model: str, users: int, max_seconds: float, tmp: Path) -> dict:
     data = DataConfig(task="search", shop=ShopConfig(users=users))
     train = TrainConfig(max_seconds=max_seconds, threads=1)
     result = train_centralized(data, ModelConfig(name=model), train, tmp / model)
-    return {"row": "central", "model": model, **figures(result), "train_seconds": result.get("train_seconds"),
-            "epochs": result.get("epochs_run"), "best_epoch": result.get("best_epoch")}  # fmt: skip
+    return {
+        "row": "central",
+        "model": model,
+        **figures(result),
+        "train_seconds": result.get("train_seconds"),
+        "epochs": result.get("epochs_run"),
+        "best_epoch": result.get("best_epoch"),
+    }
 
 
 def federated(row: str, users: int, rounds: int, tmp: Path) -> dict:
     options = PRIVATE.get(row, {})
-    cfg = RunConfig.of(task="search", shop_users=users, model="query-sasrec", partition="iid", clients=10,
-                       rounds=rounds, **options)  # fmt: skip
+    cfg = RunConfig.of(
+        task="search", shop_users=users, model="query-sasrec", partition="iid", clients=10, rounds=rounds, **options
+    )
     results, _ = simulate(cfg, out=tmp / row)
-    out = {"row": row, "model": "query-sasrec", "rounds": rounds, "best_round": results["best_round"],
-           **figures(results), "seconds": results["seconds"]}  # fmt: skip
+    out = {
+        "row": row,
+        "model": "query-sasrec",
+        "rounds": rounds,
+        "best_round": results["best_round"],
+        **figures(results),
+        "seconds": results["seconds"],
+    }
     if "privacy" in results:
         out["privacy"] = results["privacy"]
     return out
@@ -67,8 +80,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--models", nargs="+", default=list(CENTRAL))
-    parser.add_argument("--rows", nargs="+", default=["central", "federated"],
-                        choices=["central", "federated", *PRIVATE])  # fmt: skip
+    parser.add_argument(
+        "--rows", nargs="+", default=["central", "federated"], choices=["central", "federated", *PRIVATE]
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
     args = parser.parse_args()
@@ -83,8 +97,7 @@ def main() -> None:
     report = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     done = {(r["row"], r["model"]) for r in rows}
     report["rows"] = [r for r in report["rows"] if (r["row"], r["model"]) not in done] + rows
-    report.update(machine=machine(), command="python benchmarks/search.py " + " ".join(sys.argv[1:]),
-                  users=args.users)  # fmt: skip
+    report.update(machine=machine(), command="python benchmarks/search.py " + " ".join(sys.argv[1:]), users=args.users)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

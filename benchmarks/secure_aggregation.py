@@ -33,14 +33,25 @@ MECHANISMS = {
     "fedavg": {},
     # More work a round (the local training that closed most of the FedAvg gap on Beauty): the same fixed cost.
     "fedavg-batch-16-epochs-2": {"batch_size": 16, "local_epochs": 2},
-    "user-dp-noise-shares": {"mechanism": "user-level", "users_per_round": 100, "noise_multiplier": 1.0,
-                             "noise_shares": "clients"},  # fmt: skip
+    "user-dp-noise-shares": {
+        "mechanism": "user-level",
+        "users_per_round": 100,
+        "noise_multiplier": 1.0,
+        "noise_shares": "clients",
+    },
 }
 
 
 def run(mechanism: str, secure: bool, rounds: int, tmp: Path) -> dict:
-    cfg = RunConfig.of(data=str(DATA / "ml-100k"), partition="iid", clients=10, rounds=rounds, eval_every=rounds,
-                       secure_aggregation=secure, **MECHANISMS[mechanism])  # fmt: skip
+    cfg = RunConfig.of(
+        data=str(DATA / "ml-100k"),
+        partition="iid",
+        clients=10,
+        rounds=rounds,
+        eval_every=rounds,
+        secure_aggregation=secure,
+        **MECHANISMS[mechanism],
+    )
     start = time.perf_counter()
     results, folder = simulate(cfg, out=tmp / f"{mechanism}-{secure}")
     log = folder.rounds()
@@ -57,8 +68,9 @@ def run(mechanism: str, secure: bool, rounds: int, tmp: Path) -> dict:
     if secure:
         row["unmask_seconds"] = round(float(np.mean([r["secure"]["unmask_seconds"] for r in later])), 3)
         stages = later[0]["secure"]["stage_seconds"]
-        row["stage_seconds"] = {k: round(float(np.mean([r["secure"]["stage_seconds"][k] for r in later])), 3)
-                                for k in stages}  # fmt: skip
+        row["stage_seconds"] = {
+            k: round(float(np.mean([r["secure"]["stage_seconds"][k] for r in later])), 3) for k in stages
+        }
         row["bound"] = max(r["secure"]["secagg_bound"] for r in log)
         row["clipped"] = sum(r["secure"]["clipped"] for r in log)
         row["settings"] = results["secure_aggregation"]

@@ -60,8 +60,11 @@ class Client:
 
 def serve(folder: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(port),
-                                "--poll", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(port), "--poll", "0.2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     for _ in range(600):
         try:
             Client(port).get("/health")
@@ -73,8 +76,24 @@ def serve(folder: Path) -> tuple[subprocess.Popen, int]:
 
 def measure(model: str, requests: int, batches: int, tmp: Path) -> dict:
     folder = tmp / model
-    subprocess.run([sys.executable, "-m", "fedseqrec.cli", "train", "--data", BEAUTY, "--model", model, "--epochs",
-                    "1", "--out", str(folder)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedseqrec.cli",
+            "train",
+            "--data",
+            BEAUTY,
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--out",
+            str(folder),
+        ],
+        check=True,
+        capture_output=True,
+    )
     recommender = load_recommender(folder)
     users = list(recommender.users)[:2000]
     histories = [recommender.history_of(u) for u in users]
@@ -101,8 +120,11 @@ def measure(model: str, requests: int, batches: int, tmp: Path) -> dict:
     return {
         "model": model,
         "items": recommender.n_items,
-        "latency_ms": {"p50": _ms(np.percentile(latencies, 50)), "p99": _ms(np.percentile(latencies, 99)),
-                       "max": _ms(max(latencies))},  # fmt: skip
+        "latency_ms": {
+            "p50": _ms(np.percentile(latencies, 50)),
+            "p99": _ms(np.percentile(latencies, 99)),
+            "max": _ms(max(latencies)),
+        },
         "requests": requests,
         "batched_users_per_second": round(throughput, 1),
         "swap": swap,

@@ -103,8 +103,13 @@ def main() -> None:
             out = subprocess.run(one, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             rows.append(json.loads(out))
             print(out, flush=True)
-    report = {"command": "python benchmarks/user_level_step.py", "users": USERS, "data": "Amazon Beauty windows",
-              "threads": 2, "rows": rows}  # fmt: skip
+    report = {
+        "command": "python benchmarks/user_level_step.py",
+        "users": USERS,
+        "data": "Amazon Beauty windows",
+        "threads": 2,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {args.out}")
 

@@ -51,9 +51,11 @@ def test_labelled_rows_become_impressions_and_slates_split_by_hand(tmp_path):
 
 @pytest.mark.parametrize(
     ("line", "message"),
-    [("a,z,9,,2,0", "line 11: column 'click': an ad label must be 0 or 1, got '2'"),
-     ("a,z,9,,0,1", "line 11: a purchase of an ad that was not clicked")],
-)  # fmt: skip
+    [
+        ("a,z,9,,2,0", "line 11: column 'click': an ad label must be 0 or 1, got '2'"),
+        ("a,z,9,,0,1", "line 11: a purchase of an ad that was not clicked"),
+    ],
+)
 def test_bad_ad_labels_are_one_clear_line(tmp_path, cli, line, message):
     path = ads_log(tmp_path, LOG + line + "\n")
     result = cli("train", "--task", "ctr", "--model", "din-esmm", "--data", path, "--out", tmp_path / "run")
@@ -77,8 +79,9 @@ def test_ad_sums_give_exact_auc_gauc_and_log_loss_and_merge_across_clients():
     slates = np.repeat(np.arange(80), 5)
     half = n // 2
     merged = MetricSums(ad_sums(p_click[:half], p_buy[:half], clicked[:half], bought[:half], slates[:half]), half)
-    merged = merged.merge(MetricSums(ad_sums(p_click[half:], p_buy[half:], clicked[half:], bought[half:],
-                                             slates[half:]), n - half))  # fmt: skip
+    merged = merged.merge(
+        MetricSums(ad_sums(p_click[half:], p_buy[half:], clicked[half:], bought[half:], slates[half:]), n - half)
+    )
     found = merged.result()
     assert found["CTR-AUC"] == pytest.approx(auc(p_click, clicked), abs=1e-12)
     assert found["CVR-AUC"] == pytest.approx(auc(p_buy, bought), abs=1e-12)
@@ -104,8 +107,10 @@ def test_calibration_groups_compare_mean_prediction_and_observed_rate():
     pos[100], neg[100], predicted[100] = 1, 9, 10 * 0.0100  # ten impressions predicted 1 %, one positive
     pos[5000], neg[5000], predicted[5000] = 5, 5, 10 * 0.5000
     groups = calibration_groups(pos, neg, predicted, groups=2)
-    assert groups == [{"impressions": 10, "predicted": pytest.approx(0.01), "observed": 0.1},
-                      {"impressions": 10, "predicted": pytest.approx(0.5), "observed": 0.5}]  # fmt: skip
+    assert groups == [
+        {"impressions": 10, "predicted": pytest.approx(0.01), "observed": 0.1},
+        {"impressions": 10, "predicted": pytest.approx(0.5), "observed": 0.5},
+    ]
 
 
 def test_ad_slates_leave_the_behaviour_log_alone_and_purchases_are_rare():
@@ -129,8 +134,9 @@ def test_the_sequence_aware_oracle_beats_the_non_sequential_baseline(tmp_path):
 
     cfg = ShopConfig(users=2000)
     data = DataConfig(task="ctr", shop=cfg)
-    baseline = train_centralized(data, ModelConfig(name="lr"), TrainConfig(epochs=8, lr=0.01, weight_decay=0.0),
-                                 tmp_path / "lr")["test"]["CTR-AUC"]  # fmt: skip
+    baseline = train_centralized(
+        data, ModelConfig(name="lr"), TrainConfig(epochs=8, lr=0.01, weight_decay=0.0), tmp_path / "lr"
+    )["test"]["CTR-AUC"]
     log, slates = shop_with_truth(cfg, ads=True)
     truth = log.events.iloc[-len(slates.item) :].assign(p=slates.p_click)  # impressions come last, in slate order
     ds = load_dataset(data)
@@ -260,8 +266,15 @@ def test_ad_models_train_under_opacus_with_a_per_user_gradient_for_every_paramet
     assert grad_sample_mode_for(model, "auto") == "hooks"
     windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.max_len)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    made = make_private(model, optimizer, DataLoader(windows, batch_size=16), noise_multiplier=0.5,
-                        max_grad_norm=1.0, mode="hooks", label_smoothing=0.0)  # fmt: skip
+    made = make_private(
+        model,
+        optimizer,
+        DataLoader(windows, batch_size=16),
+        noise_multiplier=0.5,
+        max_grad_norm=1.0,
+        mode="hooks",
+        label_smoothing=0.0,
+    )
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     before = {n: p.detach().clone() for n, p in trainable}
     steps = 0

@@ -142,10 +142,24 @@ SUBCOMMANDS = list(_subcommands(build_parser()))
 
 def test_the_command_tree_is_what_the_readme_documents():
     assert [" ".join(w) for w in SUBCOMMANDS] == [
-        "", "data", "data stats", "data prepare", "data export-partitions", "data download", "train", "evaluate",
+        "",
+        "data",
+        "data stats",
+        "data prepare",
+        "data export-partitions",
+        "data download",
+        "train",
+        "evaluate",
         "simulate",
-        "deploy", "deploy local", "deploy app", "deploy credentials", "audit", "report", "recommend", "serve",
-    ]  # fmt: skip
+        "deploy",
+        "deploy local",
+        "deploy app",
+        "deploy credentials",
+        "audit",
+        "report",
+        "recommend",
+        "serve",
+    ]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "fedseqrec")

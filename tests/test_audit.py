@@ -165,8 +165,19 @@ def test_dp_sgd_keeps_its_bound_and_a_broken_mechanism_is_caught(cli, tmp_path, 
     from fedseqrec.simulation.engine import simulate
 
     out = tmp_path / "run"
-    cfg = RunConfig.of(data="shop", shop_users=600, shop_items=200, hidden=32, clients=3, rounds=10, local_epochs=3,
-                       privacy="dp-sgd", noise_multiplier=10.0, audit_canaries=300, out=str(out))  # fmt: skip
+    cfg = RunConfig.of(
+        data="shop",
+        shop_users=600,
+        shop_items=200,
+        hidden=32,
+        clients=3,
+        rounds=10,
+        local_epochs=3,
+        privacy="dp-sgd",
+        noise_multiplier=10.0,
+        audit_canaries=300,
+        out=str(out),
+    )
     simulate(cfg, client_app=broken_client_app() if broken else None)
     result = cli("audit", out)
     found = json.loads((out / "audit.json").read_text())
@@ -187,7 +198,7 @@ def test_no_switch_in_the_package_turns_the_noise_off():
     package = Path(__file__).resolve().parents[1] / "fedseqrec"
     for path in package.rglob("*.py"):
         text = path.read_text()
-        assert "TEST_ONLY" not in text and "os.environ.get(\"FEDSEQREC_TEST" not in text, path
+        assert "TEST_ONLY" not in text and 'os.environ.get("FEDSEQREC_TEST' not in text, path
 
 
 def test_tiny_flags_still_parse_with_audit_options(cli, tmp_path):
@@ -198,8 +209,22 @@ def test_tiny_flags_still_parse_with_audit_options(cli, tmp_path):
 @pytest.mark.slow
 def test_the_federation_wide_mechanism_is_audited_against_its_own_claim(cli, tmp_path):
     out = tmp_path / "run"
-    result = cli("simulate", *TINY_FLAGS, "--rounds", "2", "--privacy", "user-level", "--users-per-round", "40",
-                 "--noise-multiplier", "1.0", "--audit-canaries", "40", "--out", out)  # fmt: skip
+    result = cli(
+        "simulate",
+        *TINY_FLAGS,
+        "--rounds",
+        "2",
+        "--privacy",
+        "user-level",
+        "--users-per-round",
+        "40",
+        "--noise-multiplier",
+        "1.0",
+        "--audit-canaries",
+        "40",
+        "--out",
+        out,
+    )
     assert result.code == 0, result.err
     found = json.loads((out / "audit.json").read_text())
     report = json.loads((out / "privacy_report.json").read_text())

@@ -12,8 +12,15 @@ from helpers import TINY, TINY_FLAGS, Nodes, independent_epsilons
 from fedseqrec.privacy.dp_fedavg import CentralAccountant, FixedDenominatorFedAvg, central_dp_strategy, poisson_clients
 from fedseqrec.simulation.engine import simulate
 
-CENTRAL = TINY.replace(partition="per-user", clients=None, clients_per_round=10, rounds=3, mechanism="dp-fedavg",
-                  central_noise=1.0, clipping_norm=0.5)  # fmt: skip
+CENTRAL = TINY.replace(
+    partition="per-user",
+    clients=None,
+    clients_per_round=10,
+    rounds=3,
+    mechanism="dp-fedavg",
+    central_noise=1.0,
+    clipping_norm=0.5,
+)
 
 
 def _reply(values, partition):
@@ -32,8 +39,9 @@ def test_updates_are_summed_and_divided_by_the_expected_number_of_clients():
 def test_server_side_clipping_and_noise_have_the_analysed_scale():
     np.random.seed(0)
     inner = FixedDenominatorFedAvg(expected_clients=4, min_available_nodes=0, min_train_nodes=0)
-    strategy = central_dp_strategy("fixed", "server", inner, noise=1.0, clipping_norm=0.5, expected=4,
-                                   target_quantile=0.5, clip_lr=0.2)  # fmt: skip
+    strategy = central_dp_strategy(
+        "fixed", "server", inner, noise=1.0, clipping_norm=0.5, expected=4, target_quantile=0.5, clip_lr=0.2
+    )
     zero = ArrayRecord({"w": torch.zeros(200_000, dtype=torch.float64)})
     strategy.configure_train(1, zero, ConfigRecord({}), Nodes([]))
     big = np.zeros(200_000)
@@ -101,13 +109,26 @@ def test_central_budget_stops_the_run_cleanly(tmp_path):
         (["--privacy", "dp-fedavg"], "needs --central-noise"),
         (["--privacy", "dp-fedavg", "--central-noise", "1"], "needs --clients-per-round"),
         (["--privacy", "dp-fedavg", "--central-noise", "-1", "--clients-per-round", "2"], "positive noise multiplier"),
-        (["--privacy", "dp-fedavg", "--central-noise", "1", "--clients-per-round", "2", "--epsilon", "3"],
-         "--epsilon is not an option of --privacy dp-fedavg"),
-        (["--privacy", "dp-fedavg", "--central-norm", "adaptive", "--central-noise", "1", "--clients-per-round", "2"],
-         "too large for adaptive"),
+        (
+            ["--privacy", "dp-fedavg", "--central-noise", "1", "--clients-per-round", "2", "--epsilon", "3"],
+            "--epsilon is not an option of --privacy dp-fedavg",
+        ),
+        (
+            [
+                "--privacy",
+                "dp-fedavg",
+                "--central-norm",
+                "adaptive",
+                "--central-noise",
+                "1",
+                "--clients-per-round",
+                "2",
+            ],
+            "too large for adaptive",
+        ),
         (["--central-noise", "1"], "--central-noise needs --privacy dp-fedavg"),
     ],
-)  # fmt: skip
+)
 def test_bad_central_dp_options(cli, tmp_path, flags, message):
     result = cli("simulate", *TINY_FLAGS, *flags, "--out", tmp_path / "run")
     assert result.code == 2 and message in result.err and "Traceback" not in result.err

@@ -160,8 +160,15 @@ def test_credentials_command(tmp_path, cli):
     result = cli("deploy", "credentials", "--out", tmp_path / "c", "--hosts", "10.0.0.5", "--nodes", "2")
     assert result.code == 0, result.err
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
-        "ca.crt", "ca.key", "node-000", "node-000.pub", "node-001", "node-001.pub", "server.key", "server.pem",
-    ]  # fmt: skip
+        "ca.crt",
+        "ca.key",
+        "node-000",
+        "node-000.pub",
+        "node-001",
+        "node-001.pub",
+        "server.key",
+        "server.pem",
+    ]
     again = cli("deploy", "credentials", "--out", tmp_path / "c")
     assert again.code == 2 and "refusing to overwrite" in again.err
 
@@ -189,16 +196,36 @@ def test_deploy_app_writes_the_run_config_flwr_run_submits(tmp_path, cli):
 
     from fedseqrec.federated.config import RunConfig
 
-    result = cli("deploy", "app", tmp_path / "app", "--data", tmp_path / "server", "--evaluation", "federated",
-                 "--clients", "3", "--rounds", "7", "--privacy", "dp-sgd", "--epsilon", "4",
-                 "--out", tmp_path / "run")  # fmt: skip
+    result = cli(
+        "deploy",
+        "app",
+        tmp_path / "app",
+        "--data",
+        tmp_path / "server",
+        "--evaluation",
+        "federated",
+        "--clients",
+        "3",
+        "--rounds",
+        "7",
+        "--privacy",
+        "dp-sgd",
+        "--epsilon",
+        "4",
+        "--out",
+        tmp_path / "run",
+    )
     assert result.code == 0, result.err
     app = tomli.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"]["serverapp"] == "fedseqrec.server.server_app:app"
     cfg = RunConfig.from_run_config(app["config"])
     assert (cfg.data.data, cfg.data.clients, cfg.algorithm.rounds, cfg.privacy.epsilon, cfg.privacy.mechanism) == (
-        str(tmp_path / "server"), 3, 7, 4.0, "dp-sgd",
-    )  # fmt: skip
+        str(tmp_path / "server"),
+        3,
+        7,
+        4.0,
+        "dp-sgd",
+    )
     assert cfg.out == str(tmp_path / "run") and cfg.evaluation.mode == "federated"
     assert cfg.privacy.horizon == 7  # the rounds the ε target is calibrated for, recorded
     relative = cli("deploy", "app", tmp_path / "app2", "--out", "runs/x")
@@ -249,9 +276,23 @@ def _no_processes_left(deployment_folder: Path) -> None:
 @pytest.mark.slow
 def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
     out = tmp_path / "run"
-    result = cli("deploy", "local", *TINY_FLAGS, "--clients", "2", "--rounds", "2", "--privacy", "dp-sgd",
-                 "--noise-multiplier",
-                 "1.0", "--timeout", "240", "--out", out)  # fmt: skip
+    result = cli(
+        "deploy",
+        "local",
+        *TINY_FLAGS,
+        "--clients",
+        "2",
+        "--rounds",
+        "2",
+        "--privacy",
+        "dp-sgd",
+        "--noise-multiplier",
+        "1.0",
+        "--timeout",
+        "240",
+        "--out",
+        out,
+    )
     assert result.code == 0, result.err + result.out
     assert "TLS and SuperNode authentication" in result.out and "round   2/2  clients   2" in result.out
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -276,8 +317,9 @@ def test_deploy_local_aggregates_under_secagg_plus(tmp_path, cli):
     """SecAgg+ across real SuperNode processes: Flower's client mod keeps its keys in each node's context between
     the four messages of a round (a fresh ClientApp process each)."""
     out = tmp_path / "run"
-    result = cli("deploy", "local", *TINY_FLAGS, "--rounds", "2", "--secure-aggregation", "--timeout", "300",
-                 "--out", out)  # fmt: skip
+    result = cli(
+        "deploy", "local", *TINY_FLAGS, "--rounds", "2", "--secure-aggregation", "--timeout", "300", "--out", out
+    )
     assert result.code == 0, result.err + result.out
     assert "secure aggregation (SecAgg+)" in result.out and "round   2/2  clients   3" in result.out
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -317,9 +359,15 @@ def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drop
     # The server holds only the item vocabulary (the export's server folder): clients evaluate their own users.
     # clients-per-round 2: each round waits (up to 2 minutes) for both nodes, so round 3 waits for the restart.
     cfg = DP_TINY.replace(
-        data=str(two / "server"), evaluation="federated", eval_every=3, clients=2, rounds=3,
-        clients_per_round=2, min_clients=1, out=str(tmp_path / "run"),
-    )  # fmt: skip
+        data=str(two / "server"),
+        evaluation="federated",
+        eval_every=3,
+        clients=2,
+        rounds=3,
+        clients_per_round=2,
+        min_clients=1,
+        out=str(tmp_path / "run"),
+    )
     folder = tmp_path / "deployment"
     events: dict[str, float] = {}
     with LocalDeployment(folder) as deployment:
@@ -362,12 +410,29 @@ def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drop
 def test_deploy_local_leaves_nothing_running_when_interrupted(tmp_path):
     """Ctrl-C (SIGINT) in the middle of a run: every process goes, exit code 130."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "fedseqrec.cli", "deploy", "local", *TINY_FLAGS, "--clients", "2", "--rounds",
-               "20", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "fedseqrec.cli",
+        "deploy",
+        "local",
+        *TINY_FLAGS,
+        "--clients",
+        "2",
+        "--rounds",
+        "20",
+        "--out",
+        str(out),
+    ]
     # Ctrl-C's default disposition in the child even when pytest runs as a background job (`cmd &` in a script starts
     # it with SIGINT ignored, the child inherits that, and Python then installs no KeyboardInterrupt handler).
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in process.stdout:
         if "clients connected" in line:  # the run has started on the deployment
             break
@@ -391,12 +456,21 @@ def test_deploy_local_refuses_bad_options_before_starting_anything(tmp_path, cli
 
 def test_an_exported_folder_cannot_find_the_public_users(exported):
     app = make_client_app()
-    context = Context(run_id=1, node_id=7, node_config={"data-path": str(exported / "client-002")}, state=RecordDict(),
-                      run_config={})  # fmt: skip
+    context = Context(
+        run_id=1, node_id=7, node_config={"data-path": str(exported / "client-002")}, state=RecordDict(), run_config={}
+    )
     cfg = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, public_users=0.1)
     model = build_global_model(load_client_data(TINY, 2, 3).sequences, TINY.model)
-    config = ConfigRecord({**cfg.to_run_config(), "server-round": 1, "user-rate": 0.3, "noise-share-std": 0.0,
-                           "clip-norm": 1.0, "count-noise-share-std": 0.0})  # fmt: skip
+    config = ConfigRecord(
+        {
+            **cfg.to_run_config(),
+            "server-round": 1,
+            "user-rate": 0.3,
+            "noise-share-std": 0.0,
+            "clip-norm": 1.0,
+            "count-noise-share-std": 0.0,
+        }
+    )
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
     with pytest.raises(UserError, match="renumbers its users"):
         app(Message(content, dst_node_id=7, message_type=MessageType.TRAIN), context)

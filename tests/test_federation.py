@@ -416,11 +416,15 @@ def test_below_the_minimum_the_run_stops_and_stays_resumable(tmp_path, cli):
         (["--proximal-mu", "-1"], "--proximal-mu must be >= 0"),
         (["--partition", "per-user", "--clients-per-round", "500"], "more than the 120 clients"),
         (["--model", "pop"], "'pop' is not one of"),  # not offered: pop is not trained
-        (["--keep-optimizer", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
-         "--keep-optimizer keeps the AdamW state"),
+        (
+            ["--keep-optimizer", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
+            "--keep-optimizer keeps the AdamW state",
+        ),
         (["--keep-optimizer", "--partition", "per-user"], "--keep-optimizer with --partition per-user"),
-        (["--item-weighted", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
-         "--item-weighted does not combine with --privacy dp-sgd"),
+        (
+            ["--item-weighted", "--privacy", "dp-sgd", "--noise-multiplier", "1"],
+            "--item-weighted does not combine with --privacy dp-sgd",
+        ),
         (["--item-weighted", "--strategy", "fedmedian"], "--item-weighted does not combine with --strategy fedmedian"),
     ],
 )
@@ -460,8 +464,20 @@ def test_out_refuses_a_file_before_loading_anything(cli, tmp_path):
 
 def test_a_deployed_node_reads_its_data_path_from_the_node_config(tmp_path, cli):
     prepared = tmp_path / "prepared"
-    result = cli("data", "prepare", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5",
-                 "--shop-days", "20", "--out", prepared)  # fmt: skip
+    result = cli(
+        "data",
+        "prepare",
+        "--shop-users",
+        "120",
+        "--shop-items",
+        "80",
+        "--shop-categories",
+        "5",
+        "--shop-days",
+        "20",
+        "--out",
+        prepared,
+    )
     assert result.code == 0, result.err
     cfg = TINY.replace(data="/nowhere/on/the/server")
     context = client_context(TINY, 2)
@@ -489,15 +505,21 @@ def test_a_pool_of_nodes_serves_many_clients_with_the_same_results(tmp_path):
 PLANNED = {
     "DP implied by --epsilon": {"epsilon": 3.0},
     "user-level with public users": {
-        "mechanism": "user-level", "users_per_round": 40, "noise_multiplier": 1.0, "public_users": 0.1,
+        "mechanism": "user-level",
+        "users_per_round": 40,
+        "noise_multiplier": 1.0,
+        "public_users": 0.1,
         "partition": "dirichlet",
     },
     "audit seed given": {"audit_canaries": 20, "audit_seed": 11},
     "dp-fedavg per user": {
-        "mechanism": "dp-fedavg", "partition": "per-user", "clients": None, "clients_per_round": 10,
+        "mechanism": "dp-fedavg",
+        "partition": "per-user",
+        "clients": None,
+        "clients_per_round": 10,
         "central_noise": 1.0,
     },
-}  # fmt: skip
+}
 
 
 def _three_plans(cfg: RunConfig, tmp_path: Path) -> list[RunConfig]:

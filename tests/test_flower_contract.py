@@ -40,9 +40,9 @@ def test_check_and_log_replies_keeps_the_valid_replies():
 
 def test_add_noise_to_aggregated_arrays_adds_the_analysed_gaussian_noise():
     """privacy/dp_fedavg.py releases noise on a round without updates through it: std σ·C / expected clients."""
-    assert list(inspect.signature(
-        DifferentialPrivacyServerSideFixedClipping._add_noise_to_aggregated_arrays
-    ).parameters) == ["self", "aggregated_arrays"]  # fmt: skip
+    assert list(
+        inspect.signature(DifferentialPrivacyServerSideFixedClipping._add_noise_to_aggregated_arrays).parameters
+    ) == ["self", "aggregated_arrays"]
     strategy = DifferentialPrivacyServerSideFixedClipping(
         FedAvg(), noise_multiplier=2.0, clipping_norm=0.5, num_sampled_clients=4
     )

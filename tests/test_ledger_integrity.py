@@ -70,8 +70,10 @@ def test_the_server_refuses_a_shrunk_or_edited_ledger_and_its_epsilon_never_fall
         {"round": r, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} for r in (1, 2)
     ]
     shrunk = server.observe(3, [_report(_ledger(1))])["refused"]  # a lost ledger, started again
-    assert shrunk == {1: "privacy ledger has 1 records, fewer than the 2 the server holds; the server keeps its own "
-                         "record of the client"}  # fmt: skip
+    assert shrunk == {
+        1: "privacy ledger has 1 records, fewer than the 2 the server holds; the server keeps its own "
+        "record of the client"
+    }
     assert server.max_epsilon() == pytest.approx(two_rounds)
     edited = _ledger(3)
     edited.records[1] = LedgerRecord(2, 1.0, 0.1, 1)
@@ -96,9 +98,12 @@ def test_a_node_without_its_ledger_refuses_unless_told_to_continue_from_the_serv
     context = client_context(TINY, 1, path)
     for server_round in (1, 2):
         reply = app(message("train", arrays, TINY, server_round), context)
-    held = [dict(zip(("round", "noise_multiplier", "sample_rate", "steps"), r, strict=True))
-            for r in zip(*(reply.content["metrics"][f"ledger-{k}"] for k in ("round", "noise", "rate", "steps")),
-                         strict=True)]  # fmt: skip
+    held = [
+        dict(zip(("round", "noise_multiplier", "sample_rate", "steps"), r, strict=True))
+        for r in zip(
+            *(reply.content["metrics"][f"ledger-{k}"] for k in ("round", "noise", "rate", "steps")), strict=True
+        )
+    ]
     spent = reply.content["metrics"]["epsilon"]
     path.unlink()  # the node's disk was replaced
     sent = {"held-ledger": json.dumps(held)}
@@ -122,8 +127,15 @@ def test_report_recomputes_an_edited_epsilon_and_flags_it(tmp_path, cli):
     folder.mkdir()
     records = [{"round": r, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} for r in (1, 2)]
     true = epsilon([(1.0, 0.1, 10)] * 2, 1e-5)
-    entry = {"epsilon": 0.1, "epsilon_checked": 0.1, "delta": 1e-5, "accountant": "rdp", "budget": None,
-             "status": "active", "ledger": records}  # fmt: skip
+    entry = {
+        "epsilon": 0.1,
+        "epsilon_checked": 0.1,
+        "delta": 1e-5,
+        "accountant": "rdp",
+        "budget": None,
+        "status": "active",
+        "ledger": records,
+    }
     history = [{"round": 2, "max_epsilon": 0.1, "epsilons": {"0": 0.1}}]
     (folder / "config.json").write_text(json.dumps({"run_config": TINY.to_run_config()}))
     (folder / "privacy.json").write_text(json.dumps({"clients": {"0": entry}, "history": history}))
@@ -148,10 +160,15 @@ def _unfinished(folder: Path) -> Path:
 def test_a_folder_in_use_by_another_process_is_refused(tmp_path, cli):
     folder = _unfinished(tmp_path / "run")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from fedseqrec.results.folder import RunFolder; "
-         f"RunFolder({str(folder)!r}).lock(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fedseqrec.results.folder import RunFolder; "
+            f"RunFolder({str(folder)!r}).lock(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         result = cli("simulate", "--resume", folder)
@@ -255,16 +272,23 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.slow
 def test_a_run_killed_while_saving_its_state_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     flags = [*TINY_FLAGS, "--rounds", "3"]
-    subprocess.run([sys.executable, "-m", "fedseqrec.cli", "simulate", *flags, "--out", str(tmp_path / "whole")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "fedseqrec.cli", "simulate", *flags, "--out", str(tmp_path / "whole")],
+        check=True,
+        capture_output=True,
+    )
     folder = tmp_path / "killed"
-    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, "2", "simulate", *flags, "--out", str(folder)],
-                            capture_output=True, text=True)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_SAVING, "2", "simulate", *flags, "--out", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert list(folder.glob(".state.pt.tmp-*")), "the kill did not land inside the save"
     assert torch.load(folder / "state.pt", weights_only=True)["round"] == 1  # the last complete save
-    resumed = subprocess.run([sys.executable, "-m", "fedseqrec.cli", "simulate", "--resume", str(folder)],
-                             capture_output=True, text=True)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedseqrec.cli", "simulate", "--resume", str(folder)], capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not list(folder.glob(".*.tmp-*"))
     assert [json.loads(line)["round"] for line in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

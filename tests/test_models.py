@@ -126,8 +126,11 @@ def test_bert4rec_masks_and_appends_mask_token(shop):
     assert masked.any() and (view.targets[masked] == batch.items[masked]).all() and (view.targets[~masked] == 0).all()
     # the last item is masked in about half of the sequences (what prediction asks for), on top of the cloze masks
     torch.manual_seed(0)
-    many = model.training_view(SeqBatch(batch.items.repeat(20, 1), batch.events.repeat(20, 1),
-                                        batch.gaps.repeat(20, 1), batch.lengths.repeat(20)))  # fmt: skip
+    many = model.training_view(
+        SeqBatch(
+            batch.items.repeat(20, 1), batch.events.repeat(20, 1), batch.gaps.repeat(20, 1), batch.lengths.repeat(20)
+        )
+    )
     last = many.items[torch.arange(len(many.lengths)), many.lengths - 1] == model.mask_id
     assert 0.4 < last.float().mean() < 0.95  # ½ forced, plus the cloze's own share of the rest
 
@@ -183,8 +186,9 @@ def test_trains_under_opacus_with_per_sample_gradients_for_every_parameter(shop,
     windows = TrainingWindows(shop.sequences, shop.split, max_len=cfg.max_len)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = DataLoader(windows, batch_size=16)
-    made = make_private(model, optimizer, loader, noise_multiplier=0.5, max_grad_norm=1.0, mode=mode,
-                        label_smoothing=0.0)  # fmt: skip
+    made = make_private(
+        model, optimizer, loader, noise_multiplier=0.5, max_grad_norm=1.0, mode=mode, label_smoothing=0.0
+    )
     # Hooks sit on our own model, which keeps its state-dict names.
     optimizer, criterion, loader = made.optimizer, made.criterion, made.loader
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

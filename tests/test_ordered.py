@@ -159,6 +159,7 @@ def test_runs_on_different_data_are_compared_only_when_told(tmp_path, cli):
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
     result = cli("report", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "plot.png")
     assert result.code == 2 and "different data" in result.err and not (tmp_path / "plot.png").exists()
-    result = cli("report", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "plot.png",
-                 "--allow-different-data")  # fmt: skip
+    result = cli(
+        "report", "--compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "plot.png", "--allow-different-data"
+    )
     assert result.code == 0 and (tmp_path / "plot.png").is_file()

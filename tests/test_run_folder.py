@@ -21,11 +21,28 @@ from fedseqrec.results.folder import RunFolder, recorded_data
 # Every option of the data, away from its default (partition and clients: a federation's; the reader gives the
 # whole dataset). A new option fails the test below until it is listed here.
 NOT_DEFAULT = {
-    "format": "csv", "seed": 3, "task": "search", "columns": "user=u,item=i,timestamp=t", "sep": ";",
-    "time_unit": "s", "min_rating": 3.5, "k_core": 5, "user_core": 4, "item_core": 2, "split": "temporal",
-    "valid_quantile": 0.7, "test_quantile": 0.85, "alpha": 0.1, "attribute": "region", "category": "genre",
-    "fake_users": 0.05, "target_item": "i7", "audit_canaries": 20, "audit_users": 10, "audit_seed": 99,
-}  # fmt: skip
+    "format": "csv",
+    "seed": 3,
+    "task": "search",
+    "columns": "user=u,item=i,timestamp=t",
+    "sep": ";",
+    "time_unit": "s",
+    "min_rating": 3.5,
+    "k_core": 5,
+    "user_core": 4,
+    "item_core": 2,
+    "split": "temporal",
+    "valid_quantile": 0.7,
+    "test_quantile": 0.85,
+    "alpha": 0.1,
+    "attribute": "region",
+    "category": "genre",
+    "fake_users": 0.05,
+    "target_item": "i7",
+    "audit_canaries": 20,
+    "audit_users": 10,
+    "audit_seed": 99,
+}
 SHOP_NOT_DEFAULT = {"users": 300, "items": 120, "categories": 7, "days": 30}  # the generator's options
 WHOLE = ("data", "partition", "clients", "max_len", "shop")  # set by the test, or not a run's option
 
@@ -64,12 +81,28 @@ def test_a_centralized_run_folder_gives_back_every_data_option(tmp_path):
 @pytest.fixture
 def trained(cli, tmp_path, monkeypatch):
     """A model trained on a CSV log given by a relative path, from the folder the log is in."""
-    rows = ["user_id,item_id,timestamp"] + [f"u{u},i{(u * 3 + k * 7) % 40},{1000 + 10 * k}" for u in range(60)
-                                            for k in range(12)]  # fmt: skip
+    rows = ["user_id,item_id,timestamp"] + [
+        f"u{u},i{(u * 3 + k * 7) % 40},{1000 + 10 * k}" for u in range(60) for k in range(12)
+    ]
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     monkeypatch.chdir(tmp_path)
-    result = cli("train", "--data", "log.csv", "--epochs", "1", "--hidden", "16", "--layers", "1", "--heads", "1",
-                 "--inner", "32", "--out", "run")  # fmt: skip
+    result = cli(
+        "train",
+        "--data",
+        "log.csv",
+        "--epochs",
+        "1",
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "1",
+        "--inner",
+        "32",
+        "--out",
+        "run",
+    )
     assert result.code == 0, result.err
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -93,8 +126,11 @@ def test_data_given_elsewhere_is_taken_only_when_it_holds_the_same_files(cli, tr
     assert recorded_data(trained / "run", str(copy)).data == str(copy)
     assert cli("evaluate", "--checkpoint", trained / "run", "--data", copy).code == 0
     copy.write_text(copy.read_text() + "u1,i2,99999\n")
-    for command in (["evaluate", "--checkpoint", trained / "run"], ["recommend", trained / "run", "--user", "u1"],
-                    ["audit", trained / "run"]):  # fmt: skip
+    for command in (
+        ["evaluate", "--checkpoint", trained / "run"],
+        ["recommend", trained / "run", "--user", "u1"],
+        ["audit", trained / "run"],
+    ):
         result = cli(*command, "--data", copy)
         assert result.code == 2 and "not the data the run" in result.err and "Traceback" not in result.err
     with pytest.raises(UserError, match="trained on"):

@@ -38,18 +38,20 @@ def searched_log(rows) -> Interactions:
 
 
 def hand_data():
-    log = searched_log([
-        ("a", "cup", 1, "red shoe"),  # opens the history: no target
-        ("a", "pan", 2, None),
-        ("a", "blue", 3, "Blue SHOE"),  # validation target
-        ("a", "pan", 4, None),
-        ("a", "red", 5, "red-shoe"),  # test target
-        ("a", "cup", 6, None),  # after the test target: never used
-        ("b", "pan", 1, None),
-        ("b", "red", 2, "shoe"),  # b's only search: test target, no validation
-        ("c", "cup", 1, None),
-        ("c", "pan", 2, None),  # c never searches: trains on everything
-    ])  # fmt: skip
+    log = searched_log(
+        [
+            ("a", "cup", 1, "red shoe"),  # opens the history: no target
+            ("a", "pan", 2, None),
+            ("a", "blue", 3, "Blue SHOE"),  # validation target
+            ("a", "pan", 4, None),
+            ("a", "red", 5, "red-shoe"),  # test target
+            ("a", "cup", 6, None),  # after the test target: never used
+            ("b", "pan", 1, None),
+            ("b", "red", 2, "shoe"),  # b's only search: test target, no validation
+            ("c", "cup", 1, None),
+            ("c", "pan", 2, None),  # c never searches: trains on everything
+        ]
+    )
     events, _ = clean(log)
     return build_sequences(events, item_features=log.item_features)
 
@@ -109,8 +111,13 @@ def test_text_match_counts_distinct_query_words_then_popularity():
     model = TextMatch(seq.tokens.items, training)
     query = torch.zeros(1, 2, 8, dtype=torch.long)
     query[0, 1, :3] = torch.from_numpy(seq.tokens.encode("red red shoe")[:3])
-    batch = SeqBatch(torch.ones(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long),
-                     torch.zeros(1, 2, dtype=torch.long), torch.tensor([2]), target_queries=query)  # fmt: skip
+    batch = SeqBatch(
+        torch.ones(1, 2, dtype=torch.long),
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.tensor([2]),
+        target_queries=query,
+    )
     scores = model.full_sort_predict(batch)[0]
     # red shoe: 2 words; cup (red) and blue (shoe): 1 each, cup ahead by popularity; pan: popularity only
     assert scores[item["red"]] == pytest.approx(2.0)

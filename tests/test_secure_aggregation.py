@@ -201,8 +201,9 @@ def test_a_simulated_round_with_secagg_reaches_the_plain_weights(tmp_path):
     cfg = TINY.replace(rounds=1)
     simulate(cfg, out=tmp_path / "plain")
     messages: list[str] = []
-    results, _ = simulate(cfg.replace(secure_aggregation=True), out=tmp_path / "secure",
-                          progress=Progress(on_message=messages.append))  # fmt: skip
+    results, _ = simulate(
+        cfg.replace(secure_aggregation=True), out=tmp_path / "secure", progress=Progress(on_message=messages.append)
+    )
     plain = torch.load(tmp_path / "plain" / "model_last.pt", weights_only=True)
     secure = torch.load(tmp_path / "secure" / "model_last.pt", weights_only=True)
     record = json.loads((tmp_path / "secure" / "metrics.jsonl").read_text().splitlines()[0])

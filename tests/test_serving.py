@@ -120,9 +120,10 @@ def test_the_http_service(trained, tmp_path):
     try:
         history = known_items(trained)
         status, answer = server.post({"history": history, "k": 5})
-        assert status == 200 and [e["item"] for e in answer["items"]] == load_recommender(trained).recommend(
-            history, k=5
-        ).items
+        assert (
+            status == 200
+            and [e["item"] for e in answer["items"]] == load_recommender(trained).recommend(history, k=5).items
+        )
         assert answer["sha256"] == server.get("/model")[1]["sha256"]
         status, batch = server.post({"histories": [history, history[:2]], "k": 3, "explain": True})
         assert status == 200 and len(batch["results"]) == 2 and "because" in batch["results"][0]["items"][0]
@@ -130,8 +131,14 @@ def test_the_http_service(trained, tmp_path):
         assert status == 200 and partly["unknown_items"] == ["no-such-item"]
         long = server.post({"history": history * 20, "k": 3})[1]
         assert long["truncated"] == len(history) * 20 - 20  # the model's max_len is 20
-        for bad in (b"{not json", {"history": ["no-such-item"]}, {"history": []}, {"history": history, "k": 0},
-                    {"history": history, "k": 10**6}, {"k": 3}):  # fmt: skip
+        for bad in (
+            b"{not json",
+            {"history": ["no-such-item"]},
+            {"history": []},
+            {"history": history, "k": 0},
+            {"history": history, "k": 10**6},
+            {"k": 3},
+        ):
             status, detail = server.post(bad)
             assert 400 <= status < 500 and detail.get("detail"), (bad, status, detail)
         status, _ = server.post(b"x" * 10_000_000)

@@ -117,8 +117,20 @@ def test_train_shows_progress_per_epoch_and_why_it_stopped(cli, tmp_path):
     epochs = [line for line in result.err.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 3 and "loss" in epochs[0] and "valid NDCG@10" in epochs[-1]  # plain lines in a log
     # One epoch of 3,000 users in batches of 2 (1,500 steps) takes far longer than the limit: it stops inside it.
-    result = cli("train", "--shop-users", "3000", *FAST[:-4], "--batch-size", "2", "--epochs", "5",
-                 "--max-seconds", "1", "--out", tmp_path / "limited")  # fmt: skip
+    result = cli(
+        "train",
+        "--shop-users",
+        "3000",
+        *FAST[:-4],
+        "--batch-size",
+        "2",
+        "--epochs",
+        "5",
+        "--max-seconds",
+        "1",
+        "--out",
+        tmp_path / "limited",
+    )
     assert result.code == 0, result.err
     assert "stopped: --max-seconds 1 reached in epoch 1" in result.out
     metrics = json.loads((tmp_path / "limited" / "metrics.json").read_text())

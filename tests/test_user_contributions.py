@@ -110,8 +110,17 @@ def test_public_users_are_drawn_by_the_seed_and_left_out_of_every_silo():
 
 @pytest.mark.slow
 def test_a_run_with_public_users_pretrains_freezes_and_says_who_is_covered(tmp_path):
-    cfg = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, rounds=2, public_users=0.25,
-                       public_epochs=2, freeze="items", user_steps=2, clipping="per-layer")  # fmt: skip
+    cfg = TINY.replace(
+        mechanism="user-level",
+        users_per_round=40,
+        noise_multiplier=1.0,
+        rounds=2,
+        public_users=0.25,
+        public_epochs=2,
+        freeze="items",
+        user_steps=2,
+        clipping="per-layer",
+    )
     ds = cached_dataset(cfg.data)
     torch.manual_seed(cfg.data.seed)
     untrained = build_global_model(ds.sequences, cfg.model).state_dict()
@@ -150,8 +159,10 @@ def test_a_tied_model_trains_under_user_level_dp(tmp_path):
     [
         (["--public-users", "0.1"], "--public-users needs --privacy user-level"),
         (["--user-steps", "3"], "--user-steps needs --privacy user-level"),
-        (["--privacy", "user-level", "--epsilon", "2", "--users-per-round", "10", "--public-users", "1"],
-         "must be in [0, 1)"),
+        (
+            ["--privacy", "user-level", "--epsilon", "2", "--users-per-round", "10", "--public-users", "1"],
+            "must be in [0, 1)",
+        ),
     ],
 )
 def test_bad_contribution_options(cli, tmp_path, flags, message):
@@ -191,15 +202,23 @@ def test_a_silo_counts_its_unclipped_users_centred():
     huge = silo_contribution(model, windows, rate=1.0, rule=Contribution(1e9), noise_std=0.0)
     tiny = silo_contribution(model, windows, rate=1.0, rule=Contribution(1e-9), noise_std=0.0)
     assert huge.unclipped == pytest.approx(huge.sampled / 2) and tiny.unclipped == pytest.approx(-tiny.sampled / 2)
-    shares = [silo_contribution(model, windows, 0.0, Contribution(1.0), 0.0, count_noise_std=2.0).unclipped
-              for _ in range(4000)]  # fmt: skip
+    shares = [
+        silo_contribution(model, windows, 0.0, Contribution(1.0), 0.0, count_noise_std=2.0).unclipped
+        for _ in range(4000)
+    ]
     assert np.std(shares) == pytest.approx(2.0, rel=0.05) and abs(np.mean(shares)) < 5 * 2.0 / 4000**0.5
 
 
 @pytest.mark.slow
 def test_an_adaptive_run_records_each_rounds_norm_and_resumes_from_it(tmp_path, cli):
-    cfg = TINY.replace(mechanism="user-level", users_per_round=60, noise_multiplier=1.0, rounds=3, clip_quantile=0.5,
-                       max_grad_norm=0.05)  # fmt: skip
+    cfg = TINY.replace(
+        mechanism="user-level",
+        users_per_round=60,
+        noise_multiplier=1.0,
+        rounds=3,
+        clip_quantile=0.5,
+        max_grad_norm=0.05,
+    )
     _, folder = simulate(cfg, out=tmp_path / "run")
     history = json.loads((folder.path / "privacy.json").read_text())["history"]
     assert history[0]["clip"] == 0.05

@@ -65,8 +65,9 @@ def _reply(values) -> Message:
 
 def test_the_server_divides_by_the_expected_number_of_users_not_the_actual():
     strategy = NoisySum(keys=["w"], expected_users=4.0, noise_std=0.0, min_available_nodes=0, min_train_nodes=0)
-    strategy.configure_train(1, ArrayRecord({"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}), ConfigRecord({}),
-                             Nodes([]))  # fmt: skip
+    strategy.configure_train(
+        1, ArrayRecord({"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}), ConfigRecord({}), Nodes([])
+    )
     arrays, _ = strategy.aggregate_train(1, [_reply([1.0, 0.0]), _reply([0.0, 2.0])])
     assert np.allclose(arrays["w"].numpy(), [1.0 - 1.0 / 4, 1.0 - 2.0 / 4])  # two users replied: still / 4
 
@@ -127,10 +128,14 @@ def test_a_user_level_run_accounts_every_round_and_names_its_trust_mode(tmp_path
         (["--privacy", "user-level", "--noise-multiplier", "1"], "needs --users-per-round"),
         (["--privacy", "user-level", "--users-per-round", "10"], "exactly one of --noise-multiplier and --epsilon"),
         (["--users-per-round", "10"], "--users-per-round needs --privacy user-level"),
-        (["--privacy", "user-level", "--epsilon", "2", "--users-per-round", "10", "--clients-per-round", "2"],
-         "every silo"),
-        (["--privacy", "dp-sgd", "--epsilon", "2", "--users-per-round", "10"],
-         "--users-per-round needs --privacy user-level"),
+        (
+            ["--privacy", "user-level", "--epsilon", "2", "--users-per-round", "10", "--clients-per-round", "2"],
+            "every silo",
+        ),
+        (
+            ["--privacy", "dp-sgd", "--epsilon", "2", "--users-per-round", "10"],
+            "--users-per-round needs --privacy user-level",
+        ),
     ],
 )
 def test_bad_user_level_options(cli, tmp_path, flags, message):
@@ -155,10 +160,21 @@ def test_a_server_optimiser_acts_on_the_noisy_mean_gradient():
 
     from fedseqrec.privacy.user_level import with_noisy_sum
 
-    strategy = with_noisy_sum(FedAdam)(keys=["w"], expected_users=4.0, noise_std=0.0, eta=0.1, eta_l=0.1, tau=1e-9,
-                                       beta_1=0.0, beta_2=0.0, min_available_nodes=0, min_train_nodes=0)  # fmt: skip
-    strategy.configure_train(1, ArrayRecord({"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}), ConfigRecord({}),
-                             Nodes([]))  # fmt: skip
+    strategy = with_noisy_sum(FedAdam)(
+        keys=["w"],
+        expected_users=4.0,
+        noise_std=0.0,
+        eta=0.1,
+        eta_l=0.1,
+        tau=1e-9,
+        beta_1=0.0,
+        beta_2=0.0,
+        min_available_nodes=0,
+        min_train_nodes=0,
+    )
+    strategy.configure_train(
+        1, ArrayRecord({"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}), ConfigRecord({}), Nodes([])
+    )
     arrays, _ = strategy.aggregate_train(1, [_reply([4.0, -4.0])])
     # beta = 0: Adam moves each weight by eta against the sign of the mean gradient (+1, -1)
     assert np.allclose(arrays["w"].numpy(), [0.9, 1.1])

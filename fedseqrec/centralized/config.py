@@ -20,20 +20,28 @@ class TrainConfig(FitConfig):
     threads: int = redefault(FitConfig, "threads", 0)
     epochs: int = option(200, "most epochs to train", check=positive_int, group=TRAINING)
     patience: int = option(
-        25, "stop after this many evaluations without a better validation NDCG@10", check=positive_int,
+        25,
+        "stop after this many evaluations without a better validation NDCG@10",
+        check=positive_int,
         group=TRAINING,
-    )  # fmt: skip
+    )
     max_seconds: float | None = option(None, "stop after this much training time", check=positive, group=TRAINING)
     warmup_steps: int = option(
-        0, "raise the learning rate linearly from 0 over this many first steps (post-LN Transformers: bert4rec)",
-        check=non_negative_int, group=TRAINING,
-    )  # fmt: skip
+        0,
+        "raise the learning rate linearly from 0 over this many first steps (post-LN Transformers: bert4rec)",
+        check=non_negative_int,
+        group=TRAINING,
+    )
     pop_epsilon: float | None = option(
-        None, "--model pop: release the counts with the Gaussian mechanism at this user-level ε", check=positive,
+        None,
+        "--model pop: release the counts with the Gaussian mechanism at this user-level ε",
+        check=positive,
         group=PRIVATE_POP,
-    )  # fmt: skip
+    )
     pop_items: int = option(
-        20, "--model pop with --pop-epsilon: items a user counts for at most (the ℓ2 sensitivity is its root)",
-        check=positive_int, group=PRIVATE_POP,
-    )  # fmt: skip
+        20,
+        "--model pop with --pop-epsilon: items a user counts for at most (the ℓ2 sensitivity is its root)",
+        check=positive_int,
+        group=PRIVATE_POP,
+    )
     evaluation: EvaluationConfig = section(EvaluationConfig)

@@ -176,9 +176,12 @@ def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: Mo
     results["task"] = data_cfg.task
     config = run_folder_config(
         data=data_cfg.data,
-        config={"data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)}, "model": model_cfg.to_dict(),
-                "train": asdict(cfg)},
-    )  # fmt: skip
+        config={
+            "data": {**asdict(data_cfg), "shop": asdict(data_cfg.shop)},
+            "model": model_cfg.to_dict(),
+            "train": asdict(cfg),
+        },
+    )
     (out / "config.json").write_text(dumps(config, indent=2) + "\n")
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(dumps(results, indent=2) + "\n")

@@ -32,9 +32,12 @@ def add_command(commands: argparse._SubParsersAction, name: str, handler: Handle
     text = handler if isinstance(handler, str) else inspect.getdoc(handler)
     summary, _, description = text.partition("\n\n")
     parser = commands.add_parser(
-        name, help=summary, description=" ".join(description.split()) or summary, formatter_class=Formatter,
+        name,
+        help=summary,
+        description=" ".join(description.split()) or summary,
+        formatter_class=Formatter,
         epilog=examples_of(commands, name),
-    )  # fmt: skip
+    )
     debug_option(parser, top=False)
     if not isinstance(handler, str):
         parser.set_defaults(handler=handler)
@@ -44,10 +47,12 @@ def add_command(commands: argparse._SubParsersAction, name: str, handler: Handle
 def add_data_location(parser: argparse.ArgumentParser) -> None:
     """``--data`` for a command that reads a run folder: where the run's data is now."""
     parser.add_argument(
-        "--data", default=None, metavar="PATH",
+        "--data",
+        default=None,
+        metavar="PATH",
         help="where the run's data is now (default: the path the run recorded); refused unless it holds the same "
         "files (the run records their fingerprint)",
-    )  # fmt: skip
+    )
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, truncate: bool, partition: bool | str) -> None:

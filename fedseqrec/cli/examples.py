@@ -50,7 +50,7 @@ EXAMPLES = {
     ],
     "fedseqrec serve": [
         "fedseqrec serve runs/shop --port 8000",
-        "curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{\"history\": [\"i3\", \"i9\"]}'",
+        'curl -s localhost:8000/recommend -H \'content-type: application/json\' -d \'{"history": ["i3", "i9"]}\'',
     ],
 }
 

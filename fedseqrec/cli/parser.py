@@ -34,8 +34,9 @@ class Parser(argparse.ArgumentParser):
             flag, given, allowed = choice.groups()
             options = [c.strip(" '") for c in allowed.split(",")]
             near = difflib.get_close_matches(given, options, n=1)
-            return f"{flag}: {given!r} is not one of {', '.join(options)}" + (f"; did you mean {near[0]}?" if near
-                                                                                   else "")  # fmt: skip
+            return f"{flag}: {given!r} is not one of {', '.join(options)}" + (
+                f"; did you mean {near[0]}?" if near else ""
+            )
         return message
 
 

@@ -50,15 +50,22 @@ def run_audit(folder: Path, data: str | None = None) -> int:
     for part, words in (("canaries", "canaries"), ("real_users", "real users")):
         if part in found:
             f = found[part]
-            parts.append(f"{words}: {f['correct']}/{f['guesses']} guesses right, ε ≥ {f['epsilon_lower_bound']:.3f}, "
-                         f"attack AUC {f['auc']:.3f}, TPR at 1% FPR {f['tpr_at_fpr_0.01']:.3f}")  # fmt: skip
+            parts.append(
+                f"{words}: {f['correct']}/{f['guesses']} guesses right, ε ≥ {f['epsilon_lower_bound']:.3f}, "
+                f"attack AUC {f['auc']:.3f}, TPR at 1% FPR {f['tpr_at_fpr_0.01']:.3f}"
+            )
     print(f"privacy audit ({found['confidence']:.0%} confidence): " + "; ".join(parts))
     claim = f"{claimed:.3f}" if claimed is not None else "none (no DP)"
-    print(f"empirical ε ≥ {found['epsilon_lower_bound']:.3f}; claimed ε {claim}; written {folder / 'audit.json'}, "
-          "audit.png")  # fmt: skip
+    print(
+        f"empirical ε ≥ {found['epsilon_lower_bound']:.3f}; claimed ε {claim}; written {folder / 'audit.json'}, "
+        "audit.png"
+    )
     if found["consistent"] is False:
-        print("flagged: the empirical lower bound exceeds the claimed ε: a mechanism does not do what it is "
-              "accounted for", file=sys.stderr)  # fmt: skip
+        print(
+            "flagged: the empirical lower bound exceeds the claimed ε: a mechanism does not do what it is "
+            "accounted for",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -83,9 +90,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
     report.add_argument("--compare", action="store_true", help="privacy-utility curve of several runs")
     report.add_argument(
-        "--allow-different-data", action="store_true",
+        "--allow-different-data",
+        action="store_true",
         help="with --compare: draw runs trained on different data or protocols together",
-    )  # fmt: skip
+    )
     report.add_argument("--out", default=None, help="with --compare: the PNG to write (default privacy_utility.png)")
     report.add_argument(
         "--reference", default=None, metavar="RUN_DIR", help="the same federation without DP, drawn beside the run"

@@ -50,9 +50,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     try:
         for start in range(0, len(histories), 256):
             part = slice(start, start + 256)
-            for request, found in zip(requests[part],
-                                      recommender.recommend_batch(histories[part], **options, queries=queries[part]),
-                                      strict=True):  # fmt: skip
+            for request, found in zip(
+                requests[part],
+                recommender.recommend_batch(histories[part], **options, queries=queries[part]),
+                strict=True,
+            ):
                 out.write(json.dumps({**request, **found.to_dict()}) + "\n")
     finally:
         if out is not sys.stdout:
@@ -83,8 +85,10 @@ def _read_lines(path: Path) -> list[dict]:
             or (isinstance(request.get("history"), list) and all(isinstance(i, str | int) for i in request["history"]))
         )
         if not valid or not isinstance(request.get("query", ""), str):
-            raise UserError(f'{path}, line {number}: expected {{"history": [item, ...]}} or {{"user": "..."}}, '
-                            'optionally with {"query": "words"}')  # fmt: skip
+            raise UserError(
+                f'{path}, line {number}: expected {{"history": [item, ...]}} or {{"user": "..."}}, '
+                'optionally with {"query": "words"}'
+            )
         if "history" in request:
             request["history"] = [str(i) for i in request["history"]]
         requests.append(request)
@@ -107,8 +111,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)
     app = make_app(Path(args.run), args.weights, args.poll, data=args.data)
     described = app.state.holder.current.describe()
-    print(f"serving {described['model']} from {described['folder']} (round {described['round']}) on "
-          f"http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)  # fmt: skip
+    print(
+        f"serving {described['model']} from {described['folder']} (round {described['round']}) on "
+        f"http://{args.host}:{args.port} (OpenAPI: /docs)",
+        flush=True,
+    )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found at start:
     # ours makes that the usual exit status 143, with nothing printed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -128,8 +135,9 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
-            raise UserError(f"--port {port}: {host}:{port} is in use or not allowed ({err.strerror}); choose another "
-                            "--port") from err  # fmt: skip
+            raise UserError(
+                f"--port {port}: {host}:{port} is in use or not allowed ({err.strerror}); choose another --port"
+            ) from err
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -149,8 +157,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     recommend.add_argument("--keep-seen", action="store_true", help="items of the history may be recommended")
     recommend.add_argument("--explain", action="store_true", help="the history items behind each recommendation")
     recommend.add_argument("--query", default=None, metavar="WORDS", help="a search's words (query-aware models)")
-    recommend.add_argument("--ads", nargs="+", default=None, metavar="ITEM",
-                           help="ads to score: click and purchase probabilities (ad models, --task ctr)")  # fmt: skip
+    recommend.add_argument(
+        "--ads",
+        nargs="+",
+        default=None,
+        metavar="ITEM",
+        help="ads to score: click and purchase probabilities (ad models, --task ctr)",
+    )
     serve = add_command(commands, "serve", cmd_serve)
     _common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

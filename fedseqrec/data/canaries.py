@@ -39,10 +39,13 @@ def audit_plan(events: pd.DataFrame, canaries: int, real_users: int, seed: int) 
     if canaries and length > len(items):
         raise UserError(f"canaries of {length} distinct items need a catalogue of at least {length} items")
     plan_canaries = [
-        {"token": f"{CANARY_PREFIX}{c:05d}", "included": bool(rng.random() < 0.5),
-         "items": [str(i) for i in rng.choice(items, size=length, replace=False)]}
+        {
+            "token": f"{CANARY_PREFIX}{c:05d}",
+            "included": bool(rng.random() < 0.5),
+            "items": [str(i) for i in rng.choice(items, size=length, replace=False)],
+        }
         for c in range(canaries)
-    ]  # fmt: skip
+    ]
     eligible = per_user.size()
     eligible = eligible[eligible >= 3].index.to_numpy()
     if real_users > len(eligible) // 2:
@@ -54,9 +57,14 @@ def audit_plan(events: pd.DataFrame, canaries: int, real_users: int, seed: int) 
     users = []
     for user in chosen:
         history = per_user.get_group(user)
-        users.append({"token": str(user), "included": bool(rng.random() < 0.5),
-                      "items": history[ITEM].astype(str).tolist(),
-                      "timestamps": history[TIMESTAMP].astype(float).tolist()})  # fmt: skip
+        users.append(
+            {
+                "token": str(user),
+                "included": bool(rng.random() < 0.5),
+                "items": history[ITEM].astype(str).tolist(),
+                "timestamps": history[TIMESTAMP].astype(float).tolist(),
+            }
+        )
     event = str(events[EVENT].mode().iloc[0]) if len(events) else "interaction"
     return {"seed": seed, "event": event, "canaries": plan_canaries, "users": users}
 

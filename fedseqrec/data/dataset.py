@@ -44,9 +44,11 @@ class DataConfig:
     format: str = option("auto", f"layout of --data; presets: {', '.join(PRESETS)}", choices=FORMATS, group="data")
     seed: int = option(0, "seed for generated data and partitions", group="data")
     task: str = option(
-        "next-item", "what is predicted: " + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values()),
-        choices=tuple(TASKS), group="data",
-    )  # fmt: skip
+        "next-item",
+        "what is predicted: " + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values()),
+        choices=tuple(TASKS),
+        group="data",
+    )
     columns: str | None = option(
         None,
         "column mapping for generic logs, e.g. user=visitorid,item=itemid,timestamp=ts,event=type "
@@ -56,16 +58,21 @@ class DataConfig:
     )
     sep: str | None = option(None, "field separator of a text log (default: from the file)", group="data")
     time_unit: str = option(
-        "auto", "unit of numeric timestamps (auto: milliseconds when values exceed 1e11)", choices=TIME_UNITS,
+        "auto",
+        "unit of numeric timestamps (auto: milliseconds when values exceed 1e11)",
+        choices=TIME_UNITS,
         group="data",
-    )  # fmt: skip
+    )
     min_rating: float | None = option(
         None, "keep interactions rated at least this (implicit feedback); default keeps all", group="cleaning"
     )
     k_core: int = option(
-        0, "k-core filter on users and items, iterated to a fixed point (0 = off)", check=non_negative_int,
-        metavar="K", group="cleaning",
-    )  # fmt: skip
+        0,
+        "k-core filter on users and items, iterated to a fixed point (0 = off)",
+        check=non_negative_int,
+        metavar="K",
+        group="cleaning",
+    )
     user_core: int | None = option(
         None, "k-core threshold for users only (overrides --k-core)", check=non_negative_int, group="cleaning"
     )
@@ -83,9 +90,12 @@ class DataConfig:
     test_quantile: float = option(0.9, "temporal split: test cut", check=within(0, 1, low_open=True), group="split")
     partition: str | None = option(None, "split users into federated clients", choices=SCHEMES, group=PARTITION)
     clients: int | None = option(
-        None, "number of clients (silos); simulate and deploy default to 5 for iid and dirichlet", check=positive_int,
-        metavar="K", group=PARTITION,
-    )  # fmt: skip
+        None,
+        "number of clients (silos); simulate and deploy default to 5 for iid and dirichlet",
+        check=positive_int,
+        metavar="K",
+        group=PARTITION,
+    )
     alpha: float = option(0.5, "dirichlet concentration (smaller = more skewed)", check=positive, group=PARTITION)
     attribute: str | None = option(
         None,
@@ -95,29 +105,44 @@ class DataConfig:
         group=PARTITION,
     )
     category: str | None = option(
-        None, "dirichlet partition: item feature holding the category or genre (default: detected)",
-        metavar="COLUMN", group=PARTITION,
-    )  # fmt: skip
+        None,
+        "dirichlet partition: item feature holding the category or genre (default: detected)",
+        metavar="COLUMN",
+        group=PARTITION,
+    )
     fake_users: float = option(
-        0.0, "shilling attack: add this share of fake users whose histories push --target-item (they train, are "
-        "never evaluated)", check=within(0, 1), group=POISONING,
-    )  # fmt: skip
+        0.0,
+        "shilling attack: add this share of fake users whose histories push --target-item (they train, are "
+        "never evaluated)",
+        check=within(0, 1),
+        group=POISONING,
+    )
     target_item: str | None = option(
-        None, "the item the fake users push (default: one of the less popular half, drawn with --seed)",
-        metavar="ITEM", group=POISONING,
-    )  # fmt: skip
+        None,
+        "the item the fake users push (default: one of the less popular half, drawn with --seed)",
+        metavar="ITEM",
+        group=POISONING,
+    )
     audit_canaries: int = option(
-        0, "privacy audit: canary users with random histories, each trained on with probability 1/2 (a fair coin, "
-        "sealed in the run folder)", check=non_negative_int, group=AUDIT,
-    )  # fmt: skip
+        0,
+        "privacy audit: canary users with random histories, each trained on with probability 1/2 (a fair coin, "
+        "sealed in the run folder)",
+        check=non_negative_int,
+        group=AUDIT,
+    )
     audit_users: int = option(
-        0, "privacy audit: real users put to the same coin (tails: left out of training), the membership-inference "
-        "attack's members and non-members", check=non_negative_int, group=AUDIT,
-    )  # fmt: skip
+        0,
+        "privacy audit: real users put to the same coin (tails: left out of training), the membership-inference "
+        "attack's members and non-members",
+        check=non_negative_int,
+        group=AUDIT,
+    )
     audit_seed: int | None = option(
-        None, "the audit's coins (default: drawn from the OS when a run starts, recorded in its config)",
-        check=non_negative_int, group=AUDIT,
-    )  # fmt: skip
+        None,
+        "the audit's coins (default: drawn from the OS when a run starts, recorded in its config)",
+        check=non_negative_int,
+        group=AUDIT,
+    )
     shop: ShopConfig = section(ShopConfig)
 
     @property
@@ -181,8 +206,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     log = load_interactions(path, cfg.format, cfg.columns, cfg.sep, cfg.time_unit)
     if log.format in ORDERED_FORMATS:
         if cfg.split == "temporal":
-            raise UserError(f"{path}: has no timestamps (the order in the file is the time order): use --split "
-                            "leave-one-out")  # fmt: skip
+            raise UserError(
+                f"{path}: has no timestamps (the order in the file is the time order): use --split leave-one-out"
+            )
         return _from_log(log, cfg, {"timestamps": "file order"})
     return _from_log(log, cfg, {})
 
@@ -198,8 +224,10 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
         raise UserError("--target-item needs --fake-users (the share of fake users that push it)")
     plan = None
     if cfg.audited and not task_of(cfg.task).ranks_items:
-        raise UserError(f"the privacy audit scores next-item likelihoods; --task {cfg.task} has none (audit a "
-                        "next-item or search run)")  # fmt: skip
+        raise UserError(
+            f"the privacy audit scores next-item likelihoods; --task {cfg.task} has none (audit a "
+            "next-item or search run)"
+        )
     if cfg.audited:
         if cfg.audit_seed is None:
             raise UserError("--audit-canaries / --audit-users need --audit-seed here (a run draws one itself)")
@@ -207,8 +235,7 @@ def _from_log(log: Interactions, cfg: DataConfig, extra: dict) -> Dataset:
         events = apply_plan(events, plan)
     sequences = build_sequences(events, log.user_features, log.item_features)
     split = _split(sequences, cfg, log.source)
-    options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, "task": cfg.task,
-               **extra}  # fmt: skip
+    options = {**asdict(cfg.cleaning()), "max_len": cfg.max_len, "time_unit": cfg.time_unit, "task": cfg.task, **extra}
     if cfg.fake_users > 0:
         fakes = fake_user_ids(sequences.vocab.users)
         split = train_only(split, fakes, sequences.lengths.astype(np.int64))
@@ -259,17 +286,22 @@ def _split(sequences: SequenceData, cfg: DataConfig, source: str) -> Split:
     if not task.own_split:
         return make_split(sequences, cfg.split, cfg.valid_quantile, cfg.test_quantile)
     if cfg.split != "leave-one-out":
-        raise UserError(f"--task {cfg.task} has its own split (leave-one-out over its targets), not --split "
-                        f"{cfg.split}")  # fmt: skip
+        raise UserError(
+            f"--task {cfg.task} has its own split (leave-one-out over its targets), not --split {cfg.split}"
+        )
     if task.split == "searches":
         if not sequences.has_queries:
-            raise UserError(f"{source}: no event carries a search query (a `query` column, see --columns): --task "
-                            "search ranks what searches found")  # fmt: skip
+            raise UserError(
+                f"{source}: no event carries a search query (a `query` column, see --columns): --task "
+                "search ranks what searches found"
+            )
         return search_split(sequences)
     ads = ad_event_ids(sequences)
     if not np.isin(sequences.events, ads).any():
-        raise UserError(f"{source}: no ad impression (rows with `click` / `purchase` labels, see --columns): "
-                        "--task ctr predicts clicks and purchases of shown ads")  # fmt: skip
+        raise UserError(
+            f"{source}: no ad impression (rows with `click` / `purchase` labels, see --columns): "
+            "--task ctr predicts clicks and purchases of shown ads"
+        )
     return impression_split(sequences, ads)
 
 

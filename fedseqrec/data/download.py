@@ -39,20 +39,32 @@ S3REC = "https://raw.githubusercontent.com/RUCAIBox/CIKM2020-S3Rec/master/data"
 DATASETS = {
     "ml-100k": PublicDataset(
         (
-            RemoteFile("ml-100k.inter", f"{RECBOLE}/ml-100k.inter",
-                       "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"),
-            RemoteFile("ml-100k.user", f"{RECBOLE}/ml-100k.user",
-                       "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972"),
-            RemoteFile("ml-100k.item", f"{RECBOLE}/ml-100k.item",
-                       "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"),
+            RemoteFile(
+                "ml-100k.inter",
+                f"{RECBOLE}/ml-100k.inter",
+                "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+            ),
+            RemoteFile(
+                "ml-100k.user",
+                f"{RECBOLE}/ml-100k.user",
+                "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+            ),
+            RemoteFile(
+                "ml-100k.item",
+                f"{RECBOLE}/ml-100k.item",
+                "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+            ),
         ),
         "MovieLens-100K (GroupLens), in RecBole's atomic files: research use, no redistribution",
-    ),  # fmt: skip
+    ),
     "amazon-beauty": PublicDataset(
-        (RemoteFile("Beauty.txt", f"{S3REC}/Beauty.txt",
-                    "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"),),
+        (
+            RemoteFile(
+                "Beauty.txt", f"{S3REC}/Beauty.txt", "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"
+            ),
+        ),
         "Amazon product reviews (McAuley et al.), as preprocessed by the S3-Rec authors: research use",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -80,9 +92,7 @@ def _fetch(url: str, target: Path, expected: str) -> None:
         partial.unlink(missing_ok=True)
 
 
-def download(
-    name: str, out: Path, mirror: str | None = None, say: Callable[[str], None] = print
-) -> Path:  # fmt: skip
+def download(name: str, out: Path, mirror: str | None = None, say: Callable[[str], None] = print) -> Path:
     """Download dataset ``name`` into ``out/name``; the folder, ready for ``--data`` or ``FEDSEQREC_DATA_DIR=out``."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")

@@ -140,8 +140,10 @@ def ad_events(frame: pd.DataFrame, needed: dict[str, str], origin: Origin, event
     ``ad-conversion`` (click 1, purchase 1); rows with neither label keep their event. Labels must be 0 or 1, and a
     purchase needs a click (a conversion is a clicked ad that was bought)."""
     if CLICK not in needed:
-        raise DataError(f"{origin.path}: a `{needed[BOUGHT]}` column of ad purchases needs the `click` column too "
-                        "(--columns click=COL)")  # fmt: skip
+        raise DataError(
+            f"{origin.path}: a `{needed[BOUGHT]}` column of ad purchases needs the `click` column too "
+            "(--columns click=COL)"
+        )
     labels = {}
     for role in (CLICK, BOUGHT):
         if role not in needed:
@@ -151,14 +153,18 @@ def ad_events(frame: pd.DataFrame, needed: dict[str, str], origin: Origin, event
         bad = np.flatnonzero(~np.isnan(values) & ~np.isin(values, (0.0, 1.0)))
         if len(bad):
             row = int(bad[0])
-            raise DataError(f"{origin.where(row)}: column '{needed[role]}': an ad label must be 0 or 1, got "
-                            f"{frame[needed[role]].iloc[row]!r}")  # fmt: skip
+            raise DataError(
+                f"{origin.where(row)}: column '{needed[role]}': an ad label must be 0 or 1, got "
+                f"{frame[needed[role]].iloc[row]!r}"
+            )
         labels[role] = values
     click, bought = labels[CLICK], labels[BOUGHT]
     wrong = np.flatnonzero((bought == 1) & (click != 1))
     if len(wrong):
-        raise DataError(f"{origin.where(int(wrong[0]))}: a purchase of an ad that was not clicked (purchase 1, click "
-                        f"{frame[needed[CLICK]].iloc[int(wrong[0])]!r}): a conversion follows a click")  # fmt: skip
+        raise DataError(
+            f"{origin.where(int(wrong[0]))}: a purchase of an ad that was not clicked (purchase 1, click "
+            f"{frame[needed[CLICK]].iloc[int(wrong[0])]!r}): a conversion follows a click"
+        )
     shown = ~np.isnan(click)
     named = np.where(bought == 1, AD_CONVERSION, np.where(click == 1, AD_CLICK, IMPRESSION)).astype(object)
     base = event.astype(object).to_numpy() if event is not None else np.full(len(frame), None, dtype=object)

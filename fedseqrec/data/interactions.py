@@ -64,9 +64,27 @@ class Interactions:
 # What pandas reads as missing by default (``pandas.read_csv``'s ``na_values``). Our readers keep text as it is
 # (an id "0001" stays "0001"), so these markers would otherwise become a user or an item named "NaN".
 MISSING_MARKERS = frozenset(
-    ["#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
-     "NULL", "NaN", "None", "n/a", "nan", "null"]
-)  # fmt: skip
+    [
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    ]
+)
 
 
 def id_tokens(values: pd.Series) -> pd.Series:

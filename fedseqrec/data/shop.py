@@ -253,8 +253,9 @@ def shop_with_truth(cfg: ShopConfig, searches: bool = False, ads: bool = False) 
     if ads:  # its own random stream too; impressions one second before the session they open
         slates = ad_slates(np.random.default_rng([cfg.seed, 2]), cat, user, item, event, session)
         shown = time[slates.row] - 1.0 + 0.01 * slates.slot
-        user, item, time = (np.concatenate(pair) for pair in ((user, user[slates.row]), (item, slates.item),
-                                                              (time, shown)))  # fmt: skip
+        user, item, time = (
+            np.concatenate(pair) for pair in ((user, user[slates.row]), (item, slates.item), (time, shown))
+        )
         names = np.concatenate([names, slates.event])
         query = np.concatenate([query, np.full(len(slates.item), None, dtype=object)])
     return _as_interactions(user, item, time, names, query, cat, region, cfg), slates

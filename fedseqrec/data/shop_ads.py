@@ -53,19 +53,26 @@ def ad_slates(rng, cat, user: np.ndarray, item: np.ndarray, event: np.ndarray, s
     purchase_row = bought[shown - 1]
     has_purchase = purchase_row >= first[shown]
     purchased = item[np.maximum(purchase_row, 0)]
-    candidates = np.stack([
-        cat.popular_in(rng, rng.integers(cat.category.max() + 1, size=len(shown))),
-        cat.popular_in(rng, rng.integers(cat.category.max() + 1, size=len(shown))),
-        cat.popular_in(rng, cat.category[last]),
-        cat.successor[last],
-        np.where(has_purchase, cat.complement[purchased], cat.popular_in(rng, cat.category[last])),
-    ], axis=1)  # fmt: skip
+    candidates = np.stack(
+        [
+            cat.popular_in(rng, rng.integers(cat.category.max() + 1, size=len(shown))),
+            cat.popular_in(rng, rng.integers(cat.category.max() + 1, size=len(shown))),
+            cat.popular_in(rng, cat.category[last]),
+            cat.successor[last],
+            np.where(has_purchase, cat.complement[purchased], cat.popular_in(rng, cat.category[last])),
+        ],
+        axis=1,
+    )
     recent = np.stack([cat.category[item[np.maximum(shown - k, first[shown])]] for k in range(1, RECENT + 1)], 1)
     ad_category = cat.category[candidates]
     complement = has_purchase[:, None] & (candidates == cat.complement[purchased][:, None])
-    click_logit = (CLICK[0] + CLICK[1] * (ad_category == cat.category[last][:, None])
-                   + CLICK[2] * (ad_category[:, :, None] == recent[:, None, :]).any(-1)
-                   + CLICK[3] * (candidates == cat.successor[last][:, None]) + CLICK[4] * complement)  # fmt: skip
+    click_logit = (
+        CLICK[0]
+        + CLICK[1] * (ad_category == cat.category[last][:, None])
+        + CLICK[2] * (ad_category[:, :, None] == recent[:, None, :]).any(-1)
+        + CLICK[3] * (candidates == cat.successor[last][:, None])
+        + CLICK[4] * complement
+    )
     buy_logit = BUY[0] + BUY[1] * complement + BUY[2] * (cat.price_band[candidates] <= 1)
     p_click, p_buy = _sigmoid(click_logit), _sigmoid(buy_logit)
     clicked = rng.random(p_click.shape) < p_click

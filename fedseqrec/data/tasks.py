@@ -40,19 +40,40 @@ class Task:
 
 
 NEXT_ITEM = Task(
-    "next-item", "the next event's item (every model)", "NDCG@10", ("NDCG@10", "HR@10", "MRR@10"), RANKING,
-    ("NDCG@10", "HR@10"), "targets", ranks_items=True, split=None,
-)  # fmt: skip
+    "next-item",
+    "the next event's item (every model)",
+    "NDCG@10",
+    ("NDCG@10", "HR@10", "MRR@10"),
+    RANKING,
+    ("NDCG@10", "HR@10"),
+    "targets",
+    ranks_items=True,
+    split=None,
+)
 SEARCH = Task(
-    "search", "the item a search finds, from the history and the query (targets: the events with a query)",
-    "NDCG@10", ("NDCG@10", "HR@10", "MRR@10"), RANKING, ("NDCG@10", "HR@10"), "searches", ranks_items=True,
-    split="searches", plants_searches=True,
-)  # fmt: skip
+    "search",
+    "the item a search finds, from the history and the query (targets: the events with a query)",
+    "NDCG@10",
+    ("NDCG@10", "HR@10", "MRR@10"),
+    RANKING,
+    ("NDCG@10", "HR@10"),
+    "searches",
+    ranks_items=True,
+    split="searches",
+    plants_searches=True,
+)
 CTR = Task(
-    "ctr", "whether a shown ad is clicked and then bought (targets: impression events)", "AUC",
-    ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CVR-AUC", "CVR-calibration"), CLICKS, ("CTR-AUC", "CTR-GAUC"),
-    "ad slates", ranks_items=False, split="slates", plants_ads=True,
-)  # fmt: skip
+    "ctr",
+    "whether a shown ad is clicked and then bought (targets: impression events)",
+    "AUC",
+    ("CTR-AUC", "CTR-GAUC", "CTR-LogLoss", "CVR-AUC", "CVR-calibration"),
+    CLICKS,
+    ("CTR-AUC", "CTR-GAUC"),
+    "ad slates",
+    ranks_items=False,
+    split="slates",
+    plants_ads=True,
+)
 TASKS = {task.name: task for task in (NEXT_ITEM, SEARCH, CTR)}
 
 

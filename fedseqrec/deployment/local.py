@@ -140,12 +140,15 @@ class LocalDeployment:
         home.mkdir(parents=True, exist_ok=True)
         argv = [
             _executable("flower-superlink"),
-            "--host", HOST,
-            "--port", str(self.port),
-            "--database", str(home / "state.db"),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--database",
+            str(home / "state.db"),
             "--disable-runtime-dependency-installation",
             *self._tls_server_options(),
-        ]  # fmt: skip
+        ]
         if self.secure:
             argv.append("--enable-supernode-auth")
         self.processes.start("superlink", argv, {"FLWR_HOME": str(home)})
@@ -233,12 +236,17 @@ class LocalDeployment:
     def start_node(self, node: Node) -> None:
         argv = [
             _executable("flower-supernode"),
-            "--superlink", f"{HOST}:{self.port}",
-            "--host", HOST,
-            "--port", str(node.port),
-            "--node-config", str(node.folder / "node-config.toml"),
-            "--isolation", self.isolation,
-        ]  # fmt: skip
+            "--superlink",
+            f"{HOST}:{self.port}",
+            "--host",
+            HOST,
+            "--port",
+            str(node.port),
+            "--node-config",
+            str(node.folder / "node-config.toml"),
+            "--isolation",
+            self.isolation,
+        ]
         if self.secure:
             argv += ["--root-certificates", str(self.certificates.ca), "--auth-supernode-private-key", str(node.key)]
         else:
@@ -248,10 +256,12 @@ class LocalDeployment:
             self._wait_for_port(node.name, node.port)
             executor = [
                 _executable("flower-superexec"),
-                "--runtime-api-address", f"{HOST}:{node.port}",
+                "--runtime-api-address",
+                f"{HOST}:{node.port}",
                 "--insecure",
-                "--executor", "subprocess",
-            ]  # fmt: skip
+                "--executor",
+                "subprocess",
+            ]
             self.processes.start(f"{node.name}-superexec", executor, {"FLWR_HOME": str(node.folder / "flwr-home")})
 
     def kill_node(self, node: Node) -> None:

@@ -20,8 +20,9 @@ PREFIX = "ads:"  # the names of these sums start with it (ranking sums never do)
 HEADS = (("CTR", "click"), ("CVR", "purchase"))  # (metric prefix, label)
 
 
-def ad_sums(p_click: np.ndarray, p_purchase: np.ndarray, clicked: np.ndarray, bought: np.ndarray,
-            slates: np.ndarray) -> dict[str, float]:  # fmt: skip
+def ad_sums(
+    p_click: np.ndarray, p_purchase: np.ndarray, clicked: np.ndarray, bought: np.ndarray, slates: np.ndarray
+) -> dict[str, float]:
     """Sums over impressions (1-d arrays, one entry each; ``slates``: which slate each belongs to)."""
     sums: dict[str, float] = {}
     for (name, _), p, y in ((HEADS[0], p_click, clicked), (HEADS[1], p_purchase, bought)):
@@ -97,6 +98,11 @@ def calibration_groups(pos: np.ndarray, neg: np.ndarray, predicted: np.ndarray, 
     for lo, hi in zip(np.r_[0, edges + 1], np.r_[edges + 1, BINS], strict=True):
         n = counts[lo:hi].sum()
         if n:
-            out.append({"impressions": int(n), "predicted": float(predicted[lo:hi].sum() / n),
-                        "observed": float(pos[lo:hi].sum() / n)})  # fmt: skip
+            out.append(
+                {
+                    "impressions": int(n),
+                    "predicted": float(predicted[lo:hi].sum() / n),
+                    "observed": float(pos[lo:hi].sum() / n),
+                }
+            )
     return out

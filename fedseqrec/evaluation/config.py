@@ -9,6 +9,7 @@ from fedseqrec.options import option, positive_int
 
 EVALUATION = "evaluation"
 
+
 @dataclass
 class EvaluationConfig:
     eval_every: int = option(

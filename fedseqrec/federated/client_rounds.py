@@ -74,9 +74,18 @@ def dp_sgd_training(model: SequentialRecommender, data: ClientData, cfg: RunConf
     held = json.loads(str(sent.get(HELD_LEDGER_KEY, "[]")))
     new_ledger = str(context.node_config.get("new-ledger", "false")).lower() in ("1", "true", "yes")
     outcome = private_round(
-        model, data, cfg.privacy, cfg.fit, schedule, client_seed(cfg, server_round, data.client), server_round,
-        context.state, ledger_file(cfg, context.node_config, data.client), held, new_ledger,
-    )  # fmt: skip
+        model,
+        data,
+        cfg.privacy,
+        cfg.fit,
+        schedule,
+        client_seed(cfg, server_round, data.client),
+        server_round,
+        context.state,
+        ledger_file(cfg, context.node_config, data.client),
+        held,
+        new_ledger,
+    )
     return ClientRound(outcome.result, ledger_metrics(outcome.ledger), outcome.reason)
 
 

@@ -48,9 +48,11 @@ class LocalTrainingConfig(FitConfig):
     # A fresh AdamW each round restarts its moments: its first steps are full-size steps in the direction of a few
     # batches' noise, which averaging over the silos cancels — progress lost every round (README, FedAvg on Beauty).
     keep_optimizer: bool = option(
-        False, "each client keeps its AdamW moments from one round to its next (on the client, twice the model's "
-        "size per client; a restarted client starts afresh); plain local training only", group=FIT,
-    )  # fmt: skip
+        False,
+        "each client keeps its AdamW moments from one round to its next (on the client, twice the model's "
+        "size per client; a restarted client starts afresh); plain local training only",
+        group=FIT,
+    )
 
 
 @dataclass
@@ -75,27 +77,34 @@ class AlgorithmConfig:
         None, "seconds to wait for replies (default: no limit)", check=positive, group=FEDERATION
     )
     max_update_norm: float | None = option(
-        None, "reject a client's update whose l2 norm (all arrays, against the weights sent) exceeds this",
-        check=positive, group=FEDERATION,
-    )  # fmt: skip
+        None,
+        "reject a client's update whose l2 norm (all arrays, against the weights sent) exceeds this",
+        check=positive,
+        group=FEDERATION,
+    )
     trim_beta: float = option(
         0.2, "fedtrimmedavg: share of values cut at each end", check=within(0, 0.5, high_open=True), group=FEDERATION
     )
     byzantine_clients: int = option(
-        0, "krum, multikrum, bulyan: malicious clients a round to tolerate (f)", check=non_negative_int,
+        0,
+        "krum, multikrum, bulyan: malicious clients a round to tolerate (f)",
+        check=non_negative_int,
         group=FEDERATION,
-    )  # fmt: skip
+    )
     krum_select: int | None = option(
-        None, "multikrum: updates kept and averaged (default: the round's updates minus --byzantine-clients)",
-        check=positive_int, group=FEDERATION,
-    )  # fmt: skip
+        None,
+        "multikrum: updates kept and averaged (default: the round's updates minus --byzantine-clients)",
+        check=positive_int,
+        group=FEDERATION,
+    )
     # FedAvg weights a client by its users; an item's rows are moved mostly by the few clients whose users hold it
     # and only slightly (negative samples) by the rest, so averaging over all of them shrinks its update.
     item_weighted: bool = option(
-        False, "average each item's rows (embedding, scorer) over the clients by how often their training events "
+        False,
+        "average each item's rows (embedding, scorer) over the clients by how often their training events "
         "hold that item, the rest by their users; clients report their item counts (no DP, no secure aggregation)",
         group=FEDERATION,
-    )  # fmt: skip
+    )
     proximal_mu: float = option(0.01, "fedprox: weight of the proximal term", check=non_negative, group=FEDERATION)
     server_lr: float | None = option(
         None,
@@ -132,22 +141,29 @@ class SecureAggregationConfig:
         False, "SecAgg+: the server learns only the sum of the round's updates, never one client's", group=SECURE
     )
     secagg_shares: int | None = option(
-        None, "shares each client's secrets are split into, one per neighbour, itself included (default: every "
-        "client of the round; fewer make SecAgg+ sparse)", check=lambda v: None if v >= 3 else "must be at least 3",
+        None,
+        "shares each client's secrets are split into, one per neighbour, itself included (default: every "
+        "client of the round; fewer make SecAgg+ sparse)",
+        check=lambda v: None if v >= 3 else "must be at least 3",
         group=SECURE,
-    )  # fmt: skip
+    )
     secagg_threshold: float = option(
-        0.6, "share of a client's neighbours that must stay to the end (the secrets need that many shares): "
-        "higher resists more colluding clients, lower tolerates more dropouts", check=within(0, 1, low_open=True,
-        high_open=False), group=SECURE,
-    )  # fmt: skip
+        0.6,
+        "share of a client's neighbours that must stay to the end (the secrets need that many shares): "
+        "higher resists more colluding clients, lower tolerates more dropouts",
+        check=within(0, 1, low_open=True, high_open=False),
+        group=SECURE,
+    )
     secagg_clipping_range: float = option(
         8.0, "values are clipped to +-this before quantisation to 2^22 levels", check=positive, group=SECURE
     )
     secagg_max_weight: int | None = option(
-        None, "largest num-examples a client may weigh with (default: the largest client of the partition the server "
-        "computes, else the users of the federation)", check=positive_int, group=SECURE,
-    )  # fmt: skip
+        None,
+        "largest num-examples a client may weigh with (default: the largest client of the partition the server "
+        "computes, else the users of the federation)",
+        check=positive_int,
+        group=SECURE,
+    )
 
 
 @dataclass

@@ -52,9 +52,11 @@ MECHANISMS = {
         Mechanism(LOCAL_DPSGD, "fedseqrec.privacy.local_dpsgd:LocalDPSGD", f"{ROUNDS}:dp_sgd_training"),
         # DP-FedAvg's clients train as usual; with --central-clipping client, Flower's clipping mod clips the update.
         Mechanism(
-            DP_FEDAVG, "fedseqrec.privacy.dp_fedavg:DPFedAvg", f"{ROUNDS}:local_training",
+            DP_FEDAVG,
+            "fedseqrec.privacy.dp_fedavg:DPFedAvg",
+            f"{ROUNDS}:local_training",
             mods=("fedseqrec.privacy.clipping_mod:central_clipping_mod",),
-        ),  # fmt: skip
+        ),
         Mechanism(USER_LEVEL, "fedseqrec.privacy.user_level:UserLevelDPFedSGD", f"{ROUNDS}:user_level_contribution"),
     )
 }

@@ -19,9 +19,17 @@ HELD_LEDGER_KEY = "held-ledger"
 # Secure aggregation: the reply is a sum the server adds up as it is (weight 1), not weights averaged by examples.
 SECURE_SUM_KEY = "secagg-sum"
 SERVER_KEYS = (
-    ROUND_KEY, WHICH_KEY, PARTITION_KEY, PARTITIONS_KEY, USER_RATE_KEY, NOISE_STD_KEY, CLIP_KEY, COUNT_NOISE_KEY,
-    HELD_LEDGER_KEY, SECURE_SUM_KEY,
-)  # fmt: skip
+    ROUND_KEY,
+    WHICH_KEY,
+    PARTITION_KEY,
+    PARTITIONS_KEY,
+    USER_RATE_KEY,
+    NOISE_STD_KEY,
+    CLIP_KEY,
+    COUNT_NOISE_KEY,
+    HELD_LEDGER_KEY,
+    SECURE_SUM_KEY,
+)
 
 
 def summed_keys(arrays: ArrayRecord) -> list[str]:

@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     new = synced(text)
     if "--check" in argv:
         if new != text:
-            print(f"{path}: [tool.flwr.app.config] differs from the option declarations; run "
-                  "python -m fedseqrec.federated.pyproject", file=sys.stderr)  # fmt: skip
+            print(
+                f"{path}: [tool.flwr.app.config] differs from the option declarations; run "
+                "python -m fedseqrec.federated.pyproject",
+                file=sys.stderr,
+            )
             return 1
         return 0
     path.write_text(new)

@@ -134,9 +134,11 @@ class SequentialRecommender(nn.Module):
             self.gap_embedding = nn.Embedding(N_GAP_BUCKETS, cfg.hidden, padding_idx=0)
         # Scores of every item id (column 0, padding, included): a plain nn.Linear, so Opacus computes its
         # per-sample gradient norms with its fast Linear samplers (a subclass would fall back to functorch).
-        self.scorer = TiedScorer(self.item_embedding, cfg.n_items + 1) if cfg.tie_items else nn.Linear(
-            cfg.hidden, cfg.n_items + 1
-        )  # fmt: skip
+        self.scorer = (
+            TiedScorer(self.item_embedding, cfg.n_items + 1)
+            if cfg.tie_items
+            else nn.Linear(cfg.hidden, cfg.n_items + 1)
+        )
         for table in self._embedding_tables():
             _init_embedding(table)
         if cfg.freeze == "items":
@@ -144,8 +146,11 @@ class SequentialRecommender(nn.Module):
                 table.requires_grad_(False)
 
     def _embedding_tables(self) -> list[nn.Embedding]:
-        return [m for m in (self.item_embedding, getattr(self, "event_embedding", None),
-                            getattr(self, "gap_embedding", None)) if m is not None]  # fmt: skip
+        return [
+            m
+            for m in (self.item_embedding, getattr(self, "event_embedding", None), getattr(self, "gap_embedding", None))
+            if m is not None
+        ]
 
     def embed(self, batch: SeqBatch) -> torch.Tensor:
         x = self.item_embedding(batch.items)
@@ -191,8 +196,12 @@ class SequentialRecommender(nn.Module):
         user's positions in the scorer's input, and the cut would change the per-user loss it clips."""
         view = self.training_view(batch)
         width, longest = view.items.shape[1], int(view.lengths.max())
-        view = SeqBatch(*(x[:, :longest] for x in (view.items, view.events, view.gaps)), view.lengths,
-                        view.targets[:, :longest], target_queries=_cut(view.target_queries, longest))  # fmt: skip
+        view = SeqBatch(
+            *(x[:, :longest] for x in (view.items, view.events, view.gaps)),
+            view.lengths,
+            view.targets[:, :longest],
+            target_queries=_cut(view.target_queries, longest),
+        )
         hidden = self(view)
         at = view.targets != 0
         hidden, targets = hidden[at], view.targets[at]
@@ -200,8 +209,9 @@ class SequentialRecommender(nn.Module):
         if self.cfg.loss == "sampled":
             per_token = self._sampled_token_losses(hidden, targets)
         else:
-            per_token = F.cross_entropy(self.item_scores(hidden, asked), targets, reduction="none",
-                                        label_smoothing=self.cfg.label_smoothing)  # fmt: skip
+            per_token = F.cross_entropy(
+                self.item_scores(hidden, asked), targets, reduction="none", label_smoothing=self.cfg.label_smoothing
+            )
         return per_token.sum() / (width * view.items.shape[0])
 
     def _sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

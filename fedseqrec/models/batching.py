@@ -200,8 +200,13 @@ def slate_batches(
         for row, slate in enumerate(ads):
             index[row, : len(slate)], present[row, : len(slate)] = slate, True
         events = data.events[index]
-        yield SlateBatch(chunk.batch, torch.from_numpy(np.where(present, data.items[index], 0).astype(np.int64)),
-                         present & clicked_event[events], present & bought_event[events], chunk.users)  # fmt: skip
+        yield SlateBatch(
+            chunk.batch,
+            torch.from_numpy(np.where(present, data.items[index], 0).astype(np.int64)),
+            present & clicked_event[events],
+            present & bought_event[events],
+            chunk.users,
+        )
 
 
 def asking(batch: SeqBatch, words: np.ndarray) -> SeqBatch:

@@ -34,21 +34,27 @@ class ModelConfig:
     inner: int = option(256, "feed-forward width (sasrec, bert4rec)", check=positive_int, group=MODEL)
     dropout: float = option(0.5, "dropout probability", check=within(0, 1), group=MODEL)
     max_len: int = option(
-        50, "window of most recent events the model sees (one training example per user)", check=positive_int,
+        50,
+        "window of most recent events the model sees (one training example per user)",
+        check=positive_int,
         group=MODEL,
-    )  # fmt: skip
+    )
     side_info: bool = option(
         True, "no event-type and time-gap embeddings (default: use them where the data has them)", group=MODEL
     )
     mask_ratio: float = option(0.2, "bert4rec: share of items masked", check=within(0, 1, low_open=True), group=MODEL)
     loss: str = option(
-        "ce", "full softmax cross-entropy, or sampled negatives for very large catalogues", choices=("ce", "sampled"),
+        "ce",
+        "full softmax cross-entropy, or sampled negatives for very large catalogues",
+        choices=("ce", "sampled"),
         group=MODEL,
-    )  # fmt: skip
+    )
     label_smoothing: float = option(
-        0.2, "label smoothing of the cross-entropy (regularises the item scores on small data)", check=within(0, 1),
+        0.2,
+        "label smoothing of the cross-entropy (regularises the item scores on small data)",
+        check=within(0, 1),
         group=MODEL,
-    )  # fmt: skip
+    )
     negatives: int = option(100, "sampled loss: negatives per batch", check=positive_int, group=MODEL)
     tie_items: bool = option(
         False,
@@ -60,8 +66,9 @@ class ModelConfig:
         "none",
         "parameters never trained: items = the item embedding table and the scorer (keeps them out of DP's noise; "
         "with --public-users they are pretrained on the public users first)",
-        choices=FREEZE, group=MODEL,
-    )  # fmt: skip
+        choices=FREEZE,
+        group=MODEL,
+    )
 
     def check_options(self) -> None:
         """What can be checked before the data is loaded."""
@@ -99,10 +106,13 @@ class FitConfig:
     # Decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting.
     weight_decay: float = option(1.0, "AdamW weight decay", check=non_negative, group=FIT)
     lr_schedule: str = option(
-        "constant", "learning rate: constant, or falling linearly to 0 over the run: "
+        "constant",
+        "learning rate: constant, or falling linearly to 0 over the run: "
         "by step to the end of --epochs (train; the BERT4Rec authors' schedule), by round in a federation (round r "
-        "of --rounds R trains at lr·(R−r+1)/R)", choices=("constant", "linear"), group=FIT,
-    )  # fmt: skip
+        "of --rounds R trains at lr·(R−r+1)/R)",
+        choices=("constant", "linear"),
+        group=FIT,
+    )
     window: str = option(
         "random",
         "training window per user: a random stretch of a long history each time, or the most recent",

@@ -87,4 +87,3 @@ class DINESMM(AdModel):
         last_at = (visible * torch.arange(1, t + 1, device=ads.device)).argmax(-1)  # the last visible event
         last = events.gather(1, last_at.unsqueeze(-1).expand(-1, -1, events.shape[-1])) * visible.any(-1, True)
         return self.mlp(torch.cat([interest, ad, interest * ad, last, last * ad], dim=-1))
-

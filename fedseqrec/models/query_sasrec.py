@@ -35,8 +35,10 @@ class QuerySASRec(SASRec):
 
     def __init__(self, cfg: ModelConfig):
         if cfg.n_query_tokens < 1:
-            raise UserError("query-sasrec reads search queries, and no event of this data has one (--task search "
-                            "with a log whose searches carry a `query` column)")  # fmt: skip
+            raise UserError(
+                "query-sasrec reads search queries, and no event of this data has one (--task search "
+                "with a log whose searches carry a `query` column)"
+            )
         if cfg.loss == "sampled":
             raise UserError("query-sasrec scores every item's text against the query: use --loss ce")
         super().__init__(cfg)

@@ -37,8 +37,10 @@ def build_model(name: str, cfg: ModelConfig, data: SequenceData | None = None) -
     cfg.validate()
     built = model(cfg)
     if data is not None and built.reads_queries and not data.has_queries:
-        raise UserError("query-sasrec reads search queries, and no event of this data has one (--task search with a "
-                        "log whose searches carry a `query` column)")  # fmt: skip
+        raise UserError(
+            "query-sasrec reads search queries, and no event of this data has one (--task search with a "
+            "log whose searches carry a `query` column)"
+        )
     if data is not None and hasattr(built, "attach_words"):
         built.attach_words(data.tokens.items)
     return built

@@ -42,11 +42,14 @@ def check_delta(delta: float, users: int, who: str) -> None:
 @dataclass
 class PrivacyConfig:
     mechanism: str = option(
-        NO_DP, "the privacy mechanism: none; dp-sgd (DP-SGD inside each client, the default when --epsilon or "
+        NO_DP,
+        "the privacy mechanism: none; dp-sgd (DP-SGD inside each client, the default when --epsilon or "
         "--noise-multiplier is given); dp-fedavg (clipped client updates, a noisy sum; one user per client); "
         "user-level (one user of the whole federation is the unit, across silos)",
-        choices=MECHANISMS, key="privacy", group=PRIVACY,
-    )  # fmt: skip
+        choices=MECHANISMS,
+        key="privacy",
+        group=PRIVACY,
+    )
     noise_multiplier: float | None = option(None, "noise multiplier σ instead of --epsilon", group=DPSGD)
     epsilon: float | None = option(
         None, "target ε per client for the whole run: the noise is calibrated", check=positive, group=DPSGD
@@ -72,9 +75,11 @@ class PrivacyConfig:
         group=DPSGD,
     )
     central_norm: str = option(
-        "fixed", "the clipping norm is fixed (--clipping-norm), or adapted towards --target-quantile",
-        choices=CENTRAL_NORMS, group=CENTRAL,
-    )  # fmt: skip
+        "fixed",
+        "the clipping norm is fixed (--clipping-norm), or adapted towards --target-quantile",
+        choices=CENTRAL_NORMS,
+        group=CENTRAL,
+    )
     central_noise: float | None = option(None, "noise multiplier z of the aggregate", group=CENTRAL)
     clipping_norm: float = option(1.0, "update norm (adaptive: initial)", check=positive, group=CENTRAL)
     central_clipping: str = option("server", "where updates are clipped", choices=CLIPPING_SIDES, group=CENTRAL)
@@ -95,31 +100,38 @@ class PrivacyConfig:
         1,
         "local SGD steps each sampled user takes alone from the global model: 1 = their gradient (DP-FedSGD), more "
         "= user-level DP-FedAvg (the mean gradient along the steps is what is clipped)",
-        check=positive_int, group=USER,
-    )  # fmt: skip
+        check=positive_int,
+        group=USER,
+    )
     user_lr: float = option(0.1, "rate of those local steps (with --user-steps > 1)", check=positive, group=USER)
     clipping: str = option(
         "flat",
         "clip each user's contribution as a whole, or per layer (each top-level module to C·√(its share of the "
         "parameters): the squared budgets add up to C²)",
-        choices=CLIPPING, group=USER,
-    )  # fmt: skip
+        choices=CLIPPING,
+        group=USER,
+    )
     public_users: float = option(
         0.0,
         "share of users declared public (opted in): the initial model is trained on them (--public-epochs), and "
         "they are left out of the private training and of the privacy claim",
-        check=within(0, 1, high_open=True), group=USER,
-    )  # fmt: skip
+        check=within(0, 1, high_open=True),
+        group=USER,
+    )
     public_epochs: int = option(
-        40, "most epochs of training on the public users (the best by their own validation items is kept; it stops "
-        "after 10 epochs without a better one)", check=positive_int, group=USER,
-    )  # fmt: skip
+        40,
+        "most epochs of training on the public users (the best by their own validation items is kept; it stops "
+        "after 10 epochs without a better one)",
+        check=positive_int,
+        group=USER,
+    )
     clip_quantile: float | None = option(
         None,
         "adaptive clipping: steer C (from --max-grad-norm, at rate --clip-lr) so that this share of users is not "
         "clipped; the share is itself noised and accounted (Andrew et al. 2021)",
-        check=within(0, 1, low_open=True, high_open=True), group=USER,
-    )  # fmt: skip
+        check=within(0, 1, low_open=True, high_open=True),
+        group=USER,
+    )
 
     @property
     def private(self) -> bool:
@@ -195,11 +207,15 @@ class PrivacyConfig:
         if self.users_per_round is None:
             raise UserError("--privacy user-level needs --users-per-round (the expected number of users a round)")
         if clients_per_round is not None:
-            raise UserError("--privacy user-level samples users, not silos: every silo takes part in every round "
-                            "(drop --clients-per-round)")  # fmt: skip
+            raise UserError(
+                "--privacy user-level samples users, not silos: every silo takes part in every round "
+                "(drop --clients-per-round)"
+            )
         if strategy == "fedprox":
-            raise UserError("--privacy user-level applies the noisy gradient with fedavg (SGD), fedadam, fedyogi, "
-                            "fedadagrad or fedavgm, not fedprox")  # fmt: skip
+            raise UserError(
+                "--privacy user-level applies the noisy gradient with fedavg (SGD), fedadam, fedyogi, "
+                "fedadagrad or fedavgm, not fedprox"
+            )
         if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
             raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
 
@@ -228,10 +244,18 @@ class PrivacyConfig:
 
 DPSGD_NOISE_OPTIONS = ("noise_multiplier", "epsilon", "delta", "budget", "horizon")  # unset unless a noisy sum
 USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defaults
-    "users_per_round": None, "user_steps": 1, "user_lr": 0.1, "clipping": "flat", "public_users": 0.0,
-    "public_epochs": 40, "clip_quantile": None,
-}  # fmt: skip
+    "users_per_round": None,
+    "user_steps": 1,
+    "user_lr": 0.1,
+    "clipping": "flat",
+    "public_users": 0.0,
+    "public_epochs": 40,
+    "clip_quantile": None,
+}
 DP_FEDAVG_ONLY = {  # options of DP-FedAvg, with their defaults
-    "central_noise": None, "central_norm": "fixed", "clipping_norm": 1.0, "central_clipping": "server",
+    "central_noise": None,
+    "central_norm": "fixed",
+    "clipping_norm": 1.0,
+    "central_clipping": "server",
     "target_quantile": 0.5,
-}  # fmt: skip
+}

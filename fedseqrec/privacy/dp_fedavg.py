@@ -170,8 +170,15 @@ class OneReleasePerRound(PrivacyMechanism):
         a = self.accountant
         eps = a.epsilon()
         record = {"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}
-        return {"epsilon": eps, "epsilon_checked": eps, "delta": a.delta, "budget": self.privacy.budget,
-                "accountant": a.accountant, "status": "active", "ledger": [record] if a.rounds else []}  # fmt: skip
+        return {
+            "epsilon": eps,
+            "epsilon_checked": eps,
+            "delta": a.delta,
+            "budget": self.privacy.budget,
+            "accountant": a.accountant,
+            "status": "active",
+            "ledger": [record] if a.rounds else [],
+        }
 
 
 class DPFedAvg(OneReleasePerRound):
@@ -206,9 +213,15 @@ class DPFedAvg(OneReleasePerRound):
         p = self.privacy
         inner = FixedDenominatorFedAvg(expected_clients=self.run.clients_per_round, **common)
         return central_dp_strategy(
-            p.central_norm, p.central_clipping, inner, noise=p.central_noise, clipping_norm=p.clipping_norm,
-            expected=self.run.clients_per_round, target_quantile=p.target_quantile, clip_lr=p.clip_lr,
-        )  # fmt: skip
+            p.central_norm,
+            p.central_clipping,
+            inner,
+            noise=p.central_noise,
+            clipping_norm=p.clipping_norm,
+            expected=self.run.clients_per_round,
+            target_quantile=p.target_quantile,
+            clip_lr=p.clip_lr,
+        )
 
     def choose(self, available: list[int], server_round: int, sample) -> list[int]:
         self.check_budget()

@@ -74,8 +74,10 @@ class PrivacyLedger:
                 raise ValueError("not a privacy ledger")
             stored = value.pop("sha256", None)
             if stored != _digest(value):
-                raise ValueError("its checksum does not match its content: edited or corrupted; refusing it rather "
-                                 "than under-report ε")  # fmt: skip
+                raise ValueError(
+                    "its checksum does not match its content: edited or corrupted; refusing it rather "
+                    "than under-report ε"
+                )
             records = [LedgerRecord(**r) for r in value["records"]]
             return cls(value["client"], float(value["delta"]), value["accountant"], value["budget"], records)
         except (ValueError, KeyError, TypeError) as err:

@@ -72,8 +72,14 @@ def clipped_update_sum(
     norms, loss_sum = [], 0.0
 
     def user_loss(params: dict, items, events, gaps, lengths, targets, *queries) -> torch.Tensor:
-        view = SeqBatch(items[None], events[None], gaps[None], lengths[None], targets[None],
-                        target_queries=queries[0][None] if queries else None)  # fmt: skip
+        view = SeqBatch(
+            items[None],
+            events[None],
+            gaps[None],
+            lengths[None],
+            targets[None],
+            target_queries=queries[0][None] if queries else None,
+        )
         return functional_call(wrapped, (params, fixed), (view,))
 
     for start in range(0, len(chosen), CHUNK):

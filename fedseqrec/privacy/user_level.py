@@ -202,15 +202,22 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         deviations of its shares of the noise."""
         shares = 1 / math.sqrt(len(self.silos)) if self.privacy.noise_shares == "clients" else 0.0
         count_noise = self.adaptive.count_noise if self.adaptive is not None else 0.0
-        return {"user-rate": self.accountant.rate, "noise-share-std": self.noise_std * shares,
-                "clip-norm": self.round_clip, "count-noise-share-std": count_noise * shares}  # fmt: skip
+        return {
+            "user-rate": self.accountant.rate,
+            "noise-share-std": self.noise_std * shares,
+            "clip-norm": self.round_clip,
+            "count-noise-share-std": count_noise * shares,
+        }
 
     def aggregate_class(self, strategy_class: type) -> type:
         return with_noisy_sum(strategy_class)
 
     def aggregate_options(self) -> dict:
-        return {"keys": list(self.run.trainable), "expected_users": self.accountant.rate * self.users,
-                "noise_std": lambda: self.noise_std if self.privacy.noise_shares == "server" else 0.0}  # fmt: skip
+        return {
+            "keys": list(self.run.trainable),
+            "expected_users": self.accountant.rate * self.users,
+            "noise_std": lambda: self.noise_std if self.privacy.noise_shares == "server" else 0.0,
+        }
 
     def reply_arrays(self, keys: list[str]) -> tuple[list[str], bool]:
         return list(self.run.trainable), False  # each silo's clipped gradient sum (and noise share)
@@ -256,7 +263,7 @@ class UserLevelDPFedSGD(OneReleasePerRound):
                     "use": "trained the initial model before round 1; never sampled; not covered by this guarantee",
                 }
                 if len(self.public)
-                else None,  # fmt: skip
+                else None,
                 "sampling": f"Poisson, each user with rate q = {a.rate:.6g} per round (users-per-round / users)",
                 "trust": trust,
                 "noise_shares": p.noise_shares,
@@ -294,9 +301,8 @@ class UserLevelDPFedSGD(OneReleasePerRound):
 def _trust(noise_shares: str, secure: bool) -> str:
     """Whom the guarantee asks users to trust, in the report's words."""
     if noise_shares == "server":
-        return (
-            "trusted aggregator: the server adds the noise and sees the exact sum of clipped gradients"
-            + (" (secure aggregation hides each silo's sum, not their total)" if secure else " of every silo")
+        return "trusted aggregator: the server adds the noise and sees the exact sum of clipped gradients" + (
+            " (secure aggregation hides each silo's sum, not their total)" if secure else " of every silo"
         )
     if secure:
         return (

@@ -125,8 +125,10 @@ def _plot(result: dict, path: Path) -> None:
         ax.set_xlabel("mean log-likelihood of its items")
         ax.legend()
     claimed = result["claimed"]["epsilon"]
-    fig.suptitle(f"audit at {result['confidence']:.0%} confidence; claimed ε: "
-                 + (f"{claimed:.2f}" if claimed is not None else "none (no DP)"))  # fmt: skip
+    fig.suptitle(
+        f"audit at {result['confidence']:.0%} confidence; claimed ε: "
+        + (f"{claimed:.2f}" if claimed is not None else "none (no DP)")
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

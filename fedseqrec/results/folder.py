@@ -72,8 +72,21 @@ def data_identity(folder: Path) -> tuple:
         source = (data.data, data.seed, data.shop)
     else:  # a folder from before the data record: its file's name is what is known of it
         source = record.get("fingerprint") or Path(data.data).name
-    return (source, data.task, data.format, data.columns, data.sep, data.time_unit, data.min_rating, data.k_core,
-            data.user_core, data.item_core, data.split, data.valid_quantile, data.test_quantile)  # fmt: skip
+    return (
+        source,
+        data.task,
+        data.format,
+        data.columns,
+        data.sep,
+        data.time_unit,
+        data.min_rating,
+        data.k_core,
+        data.user_core,
+        data.item_core,
+        data.split,
+        data.valid_quantile,
+        data.test_quantile,
+    )
 
 
 def _config_kind(path: Path) -> str | None:

@@ -60,8 +60,10 @@ def build_privacy_report(folder: Path) -> dict:
         stored = max(entry["epsilon"], entry["epsilon_checked"])
         recomputed = recompute(entry)
         if not math.isclose(stored, recomputed, rel_tol=TOLERANCE, abs_tol=1e-9):
-            flags.append(f"client {client}: stored ε {stored:.4g} disagrees with its {len(entry['ledger'])} records "
-                         f"({recomputed:.4g}); the report keeps the larger")  # fmt: skip
+            flags.append(
+                f"client {client}: stored ε {stored:.4g} disagrees with its {len(entry['ledger'])} records "
+                f"({recomputed:.4g}); the report keeps the larger"
+            )
         eps = max(stored, recomputed)
         budget = entry["budget"]
         status = entry["status"]
@@ -129,8 +131,10 @@ def _audit_summary(folder: Path) -> dict | None:
 def _audit_flags(audit: dict | None) -> list[str]:
     if not audit or audit.get("consistent") is not False:
         return []
-    return [f"the audit's lower bound ε ≥ {audit['epsilon_lower_bound']:.4g} exceeds the claimed ε "
-            f"{audit['claimed']['epsilon']:.4g}: a mechanism does not do what it is accounted for"]  # fmt: skip
+    return [
+        f"the audit's lower bound ε ≥ {audit['epsilon_lower_bound']:.4g} exceeds the claimed ε "
+        f"{audit['claimed']['epsilon']:.4g}: a mechanism does not do what it is accounted for"
+    ]
 
 
 def _task(folder: Path) -> Task:
@@ -194,9 +198,13 @@ def report_markdown(report: dict) -> str:
 def _audit_lines(audit: dict | None) -> list[str]:
     if not audit:
         return []
-    lines = ["", f"## Empirical audit ({audit['confidence']:.0%} confidence; plot: `audit.png`)", "",
-             f"- claimed ε {_fmt(audit['claimed']['epsilon'])}; empirical lower bound ε ≥ "
-             f"{_fmt(audit['epsilon_lower_bound'])}"]  # fmt: skip
+    lines = [
+        "",
+        f"## Empirical audit ({audit['confidence']:.0%} confidence; plot: `audit.png`)",
+        "",
+        f"- claimed ε {_fmt(audit['claimed']['epsilon'])}; empirical lower bound ε ≥ "
+        f"{_fmt(audit['epsilon_lower_bound'])}",
+    ]
     for part, words in (("canaries", "canaries"), ("real_users", "audited real users")):
         found = audit.get(part)
         if found:

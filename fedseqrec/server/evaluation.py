@@ -32,9 +32,16 @@ class GlobalEvaluation:
     messages, and the config every message carries."""
 
     def __init__(
-        self, grid, cfg: RunConfig, model: SequentialRecommender, ds: Dataset, strategy, directory,
-        message_config: Callable[[], dict], warn: Callable[[str], None],
-    ):  # fmt: skip
+        self,
+        grid,
+        cfg: RunConfig,
+        model: SequentialRecommender,
+        ds: Dataset,
+        strategy,
+        directory,
+        message_config: Callable[[], dict],
+        warn: Callable[[str], None],
+    ):
         self.grid, self.cfg, self.model, self.ds, self.strategy = grid, cfg, model, ds, strategy
         self.directory, self.message_config, self.warn = directory, message_config, warn
 

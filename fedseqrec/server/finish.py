@@ -75,8 +75,9 @@ class Finaliser:
         results.update(self._against_popularity(results))
         if cfg.evaluation.mode != "federated":  # (the server holds real users' test targets)
             self.model.load_state_dict(best.to_torch_state_dict())
-            results.update(poisoning_figures(self.model, self.ds.sequences, self.ds.split, self.ds.options,
-                                             self.model.cfg.max_len))  # fmt: skip
+            results.update(
+                poisoning_figures(self.model, self.ds.sequences, self.ds.split, self.ds.options, self.model.cfg.max_len)
+            )
         if self.mechanism.private:
             results["privacy"] = self.mechanism.summary()
         if end.secure_aggregation is not None:
@@ -109,8 +110,7 @@ class Finaliser:
         ours, floor = results["test"].get(chosen, 0.0), pop["test"][chosen]
         if ours >= floor:
             return {"popularity": pop}
-        note = (
-            f"below the popularity baseline: test {chosen} {ours:.4f} < {floor:.4f} (most popular items); "
-            + ("at this privacy level recommend popular items instead" if self.mechanism.private else "")
+        note = f"below the popularity baseline: test {chosen} {ours:.4f} < {floor:.4f} (most popular items); " + (
+            "at this privacy level recommend popular items instead" if self.mechanism.private else ""
         )
         return {"popularity": pop, "notes": [note.rstrip("; ")]}

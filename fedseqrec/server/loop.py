@@ -65,18 +65,30 @@ class Federation:
         torch.manual_seed(cfg.data.seed)  # the initial global model
         self.model = build_global_model(self.ds.sequences, cfg.model)
         facts = RunFacts(
-            cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, self.progress.on_message,
-            users=self.ds.sequences.n_users, horizon=cfg.planned_horizon(),
-            trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad), seed=cfg.data.seed,
-            secure=cfg.secure.secure_aggregation, selection=task_of(cfg.data.task).selection,
-        )  # fmt: skip
+            cfg.algorithm.clients_per_round,
+            cfg.algorithm.min_clients,
+            cfg.data.partition,
+            self.progress.on_message,
+            users=self.ds.sequences.n_users,
+            horizon=cfg.planned_horizon(),
+            trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad),
+            seed=cfg.data.seed,
+            secure=cfg.secure.secure_aggregation,
+            selection=task_of(cfg.data.task).selection,
+        )
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism, self.model.item_table_keys())
         self.directory = self._directory()
         self.evaluate = GlobalEvaluation(
-            self.grid, cfg, self.model, self.ds, self.strategy, self.directory, self.client_config,
+            self.grid,
+            cfg,
+            self.model,
+            self.ds,
+            self.strategy,
+            self.directory,
+            self.client_config,
             self.progress.on_message,
-        )  # fmt: skip
+        )
         self.round, self.best = 0, {"round": 0, "score": -1.0}
         self.task = task_of(cfg.data.task)
         self.chosen = self.task.selection  # what picks the best round
@@ -86,9 +98,12 @@ class Federation:
         keys, weights = self.mechanism.reply_arrays(list(self.arrays.keys()))
         self.secure: SecAggSettings | None = None  # set once the clients are known (run)
         self.rules = ReplyRules.for_arrays(
-            self.arrays, keys, weights=weights, max_examples=self.ds.sequences.n_users or 2**31 - 1,
+            self.arrays,
+            keys,
+            weights=weights,
+            max_examples=self.ds.sequences.n_users or 2**31 - 1,
             max_update_norm=cfg.algorithm.max_update_norm,
-        )  # fmt: skip
+        )
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())
         else:
@@ -106,8 +121,9 @@ class Federation:
 
     def _prepare_model(self) -> None:
         cfg = self.cfg
-        done = self.mechanism.prepare_model(self.model, self.ds.sequences, self.ds.split, cfg.fit, cfg.data.seed,
-                                            cfg.evaluation.protocol)  # fmt: skip
+        done = self.mechanism.prepare_model(
+            self.model, self.ds.sequences, self.ds.split, cfg.fit, cfg.data.seed, cfg.evaluation.protocol
+        )
         if done:
             self.arrays = ArrayRecord(self.model.state_dict())
             self.folder.save_tensors(INITIAL, self.arrays.to_torch_state_dict())
@@ -129,8 +145,13 @@ class Federation:
         self.progress.on_message(f"{len(clients)} clients connected in {time.perf_counter() - start:.1f} s")
         self.mechanism.start(self.directory.num_partitions or len(clients), self._saved_privacy, self.round)
         if self.cfg.secure.secure_aggregation:
-            self.secure = secure_settings(self.cfg, self.rules.weights, self.directory.num_partitions or len(clients),
-                                          self.ds.sequences.n_users, self.progress.on_message)  # fmt: skip
+            self.secure = secure_settings(
+                self.cfg,
+                self.rules.weights,
+                self.directory.num_partitions or len(clients),
+                self.ds.sequences.n_users,
+                self.progress.on_message,
+            )
         for server_round in range(self.round + 1, algorithm.rounds + 1):
             try:
                 record = self.train_round(server_round)
@@ -204,8 +225,15 @@ class Federation:
             arrays = self.mechanism.release_without_updates(self.strategy, self.arrays)
         if arrays is not None:
             self.arrays = _as_model_dtypes(arrays, self.model)
-        return {"_start": started, "round": server_round, "clients": len(updates), "failed": failed, **privacy,
-                **figures, "exchange_seconds": round(exchange_seconds, 3)}  # fmt: skip
+        return {
+            "_start": started,
+            "round": server_round,
+            "clients": len(updates),
+            "failed": failed,
+            **privacy,
+            **figures,
+            "exchange_seconds": round(exchange_seconds, 3),
+        }
 
     def _secure_round(self) -> SecureRound | None:
         if self.secure is None:
@@ -289,9 +317,15 @@ class Federation:
         if self.best["round"] == 0:
             raise RunError(f"no round was completed; {self.stopped or self._resumable()}")
         finaliser = Finaliser(
-            self.cfg, self.folder, self.model, self.ds, self.evaluate, self.mechanism, self.task,
+            self.cfg,
+            self.folder,
+            self.model,
+            self.ds,
+            self.evaluate,
+            self.mechanism,
+            self.task,
             self.progress.on_message,
-        )  # fmt: skip
+        )
         secure = self.secure.describe() if self.secure is not None else None
         return finaliser.finish(RunEnd(self.round, self.best["round"], self.arrays, self.stopped, secure))
 

@@ -63,9 +63,14 @@ def check_resume_budget(folder: RunFolder, cfg: RunConfig) -> None:
     path = folder.path / "privacy.json"
     saved = path.read_text() if path.exists() else None
     facts = RunFacts(
-        cfg.algorithm.clients_per_round, cfg.algorithm.min_clients, cfg.data.partition, print,
-        users=cached_dataset(cfg.data).sequences.n_users, horizon=cfg.planned_horizon(), seed=cfg.data.seed,
-    )  # fmt: skip
+        cfg.algorithm.clients_per_round,
+        cfg.algorithm.min_clients,
+        cfg.data.partition,
+        print,
+        users=cached_dataset(cfg.data).sequences.n_users,
+        horizon=cfg.planned_horizon(),
+        seed=cfg.data.seed,
+    )
     try:
         make_mechanism(cfg.privacy, facts).check_resume(saved)
     except UserError as err:

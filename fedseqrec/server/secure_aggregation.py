@@ -88,8 +88,9 @@ def secure_settings(cfg: RunConfig, weights: bool, clients: int, users: int, war
     if max_weight is None:
         max_weight = largest_client(cfg, clients) or users or 2**16
     per_round = cfg.algorithm.clients_per_round or clients
-    settings = SecAggSettings(option.secagg_shares, option.secagg_threshold, option.secagg_clipping_range,
-                              max_weight, per_round)  # fmt: skip
+    settings = SecAggSettings(
+        option.secagg_shares, option.secagg_threshold, option.secagg_clipping_range, max_weight, per_round
+    )
     warn(f"secure aggregation (SecAgg+): {settings.describe()['dropouts_tolerated']}; max weight {max_weight}")
     return settings
 
@@ -141,8 +142,11 @@ class SecureRound:
         state.keyed = set(answered)
         self._check(state.keyed, state.keyed, "share keys")
         forward = _forwarded(answered, state.keyed)
-        train = [self._with_shares(m, *forward[m.metadata.dst_node_id])
-                 for m in messages if m.metadata.dst_node_id in state.keyed]  # fmt: skip
+        train = [
+            self._with_shares(m, *forward[m.metadata.dst_node_id])
+            for m in messages
+            if m.metadata.dst_node_id in state.keyed
+        ]
         started = time.perf_counter()
         replies = list(self.grid.send_and_receive(train, timeout=timeout)) if train else []
         self.seconds["train and mask"] = round(time.perf_counter() - started, 3)
@@ -159,8 +163,10 @@ class SecureRound:
         reply, figures = self.aggregate(accepted, current)
         clipped = sum(int(r.content["metrics"].get("secagg-clipped", 0)) for r in accepted)
         if clipped:
-            self.warn(f"round {server_round}: secure aggregation clipped {clipped} values to "
-                      f"+-{self.settings.clipping_range:g} (raise --secagg-clipping-range)")  # fmt: skip
+            self.warn(
+                f"round {server_round}: secure aggregation clipped {clipped} values to "
+                f"+-{self.settings.clipping_range:g} (raise --secagg-clipping-range)"
+            )
         problem = update_problem(reply, self.rules, current) if reply is not None else None
         if problem is not None:
             raise RunError(f"round {server_round}: the securely aggregated update is unusable: {problem}; {resume}")
@@ -174,8 +180,14 @@ class SecureRound:
         active = {r.metadata.src_node_id for r in accepted} & set(state.masked)
         dead = state.keyed - active
         self._check(state.keyed, active, "unmask")
-        requests = {n: {Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: sorted(state.neighbours[n] & active),
-                        Key.DEAD_NODE_ID_LIST: sorted(state.neighbours[n] & dead)} for n in active}  # fmt: skip
+        requests = {
+            n: {
+                Key.STAGE: Stage.UNMASK,
+                Key.ACTIVE_NODE_ID_LIST: sorted(state.neighbours[n] & active),
+                Key.DEAD_NODE_ID_LIST: sorted(state.neighbours[n] & dead),
+            }
+            for n in active
+        }
         collected: dict[int, list[bytes]] = {n: [] for n in state.keyed}
         for config in self._send("unmask", requests).values():
             for owner, share in zip(config[Key.NODE_ID_LIST], config[Key.SHARE_LIST], strict=True):
@@ -184,14 +196,22 @@ class SecureRound:
         weight, total = self._unmasked(active, dead, collected)
         self.seconds["remove masks"] = round(time.perf_counter() - started, 3)
         bound = aggregate_bound(len(active), weight, self.settings.clipping_range, self.sums)
-        figures = {"secagg_clients": len(active), "secagg_dropped": len(dead), "secagg_weight": weight,
-                   "secagg_bound": bound, "stage_seconds": self.seconds}  # fmt: skip
+        figures = {
+            "secagg_clients": len(active),
+            "secagg_dropped": len(dead),
+            "secagg_weight": weight,
+            "secagg_bound": bound,
+            "stage_seconds": self.seconds,
+        }
         examples = sum(int(r.content["metrics"]["num-examples"]) for r in accepted)
         if weight == 0:
             return None, figures
         values = {k: v if self.sums else v / weight for k, v in zip(self.keys, total, strict=True)}
-        arrays = {k: Array(values[k].astype(current[k].numpy().dtype) if k in values else current[k].numpy())
-                  for k in current if k in values or not self.sums}  # fmt: skip
+        arrays = {
+            k: Array(values[k].astype(current[k].numpy().dtype) if k in values else current[k].numpy())
+            for k in current
+            if k in values or not self.sums
+        }
         metrics = MetricRecord({"num-examples": examples, "train-loss": 0.0, "seconds": 0.0})
         content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics})
         return Message(content, dst_node_id=0, message_type=MessageType.TRAIN), figures
@@ -200,9 +220,15 @@ class SecureRound:
 
     def _setup_config(self, clients: int) -> dict:
         s, state = self.settings, self.state
-        return {Key.SAMPLE_NUMBER: clients, Key.SHARE_NUMBER: state.shares, Key.THRESHOLD: state.threshold,
-                Key.CLIPPING_RANGE: float(s.clipping_range), Key.TARGET_RANGE: QUANTIZATION_RANGE,
-                Key.MOD_RANGE: MODULUS_RANGE, Key.MAX_WEIGHT: float(s.max_weight)}  # fmt: skip
+        return {
+            Key.SAMPLE_NUMBER: clients,
+            Key.SHARE_NUMBER: state.shares,
+            Key.THRESHOLD: state.threshold,
+            Key.CLIPPING_RANGE: float(s.clipping_range),
+            Key.TARGET_RANGE: QUANTIZATION_RANGE,
+            Key.MOD_RANGE: MODULUS_RANGE,
+            Key.MAX_WEIGHT: float(s.max_weight),
+        }
 
     def _public_keys_for(self, node: int) -> dict:
         keys = self.state.public_keys

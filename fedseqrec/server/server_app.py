@@ -44,8 +44,7 @@ def make_server_app(
         results = Federation(grid, run_cfg, run_folder, reporter).run()
         test = results["test"]
         reporter.on_message(
-            f"best round {results['best_round']}: test {task.headline_of(test)}; "
-            f"run folder {run_folder.path.resolve()}"
+            f"best round {results['best_round']}: test {task.headline_of(test)}; run folder {run_folder.path.resolve()}"
         )
 
     return app

@@ -51,9 +51,13 @@ class ModelHolder:
     """The serving model, and the thread that swaps in new weights when the folder's weights file changes."""
 
     def __init__(
-        self, folder: Path, weights: str, poll_seconds: float, warn: Callable[[str], None] = print,
+        self,
+        folder: Path,
+        weights: str,
+        poll_seconds: float,
+        warn: Callable[[str], None] = print,
         data: str | None = None,
-    ):  # fmt: skip
+    ):
         self.folder, self.weights, self.poll_seconds, self.warn = Path(folder), weights, poll_seconds, warn
         self.data = data  # --data: where the run's data is now
         self.current: Recommender = load_recommender(folder, weights, data)
@@ -91,9 +95,12 @@ class ModelHolder:
 
 
 def make_app(
-    folder: Path, weights: str = "model.pt", poll_seconds: float = 1.0, max_body: int = MAX_BODY,
+    folder: Path,
+    weights: str = "model.pt",
+    poll_seconds: float = 1.0,
+    max_body: int = MAX_BODY,
     data: str | None = None,
-) -> FastAPI:  # fmt: skip
+) -> FastAPI:
     holder = ModelHolder(folder, weights, poll_seconds, data=data)
 
     @contextlib.asynccontextmanager
@@ -129,8 +136,11 @@ def make_app(
     def ads(body: AdsRequest) -> dict:
         recommender = holder.current
         described = recommender.describe()
-        return {"round": described["round"], "sha256": described["sha256"],
-                **recommender.score_ads(body.history, body.ads)}  # fmt: skip
+        return {
+            "round": described["round"],
+            "sha256": described["sha256"],
+            **recommender.score_ads(body.history, body.ads),
+        }
 
     @app.post("/recommend")
     def recommend(body: RecommendRequest) -> dict:
@@ -139,8 +149,10 @@ def make_app(
         recommender = holder.current  # this request's model, whatever is swapped in meanwhile
         histories = [body.history] if body.history is not None else body.histories
         queries = [body.query] if body.history is not None else body.queries
-        if (body.history is not None and body.queries is not None) or (body.histories is not None and (
-                body.query is not None or (body.queries is not None and len(body.queries) != len(histories)))):
+        if (body.history is not None and body.queries is not None) or (
+            body.histories is not None
+            and (body.query is not None or (body.queries is not None and len(body.queries) != len(histories)))
+        ):
             raise UserError("query goes with history; queries (one per history) with histories")
         found = recommender.recommend_batch(histories, body.k, body.exclude_seen, body.explain, queries)
         described = recommender.describe()

@@ -43,8 +43,11 @@ class Recommendation:
     explanations: list[list[dict]] | None = None  # per item: the history items that contributed most
 
     def to_dict(self) -> dict:
-        found = {"items": [{"item": i, "score": round(s, 6)} for i, s in zip(self.items, self.scores, strict=True)],
-                 "unknown_items": self.unknown, "truncated": self.truncated}  # fmt: skip
+        found = {
+            "items": [{"item": i, "score": round(s, 6)} for i, s in zip(self.items, self.scores, strict=True)],
+            "unknown_items": self.unknown,
+            "truncated": self.truncated,
+        }
         if self.explanations is not None:
             for entry, why in zip(found["items"], self.explanations, strict=True):
                 entry["because"] = why
@@ -118,8 +121,9 @@ class Recommender:
             if exclude_seen:
                 ranked[torch.from_numpy(np.unique(ids))] = -math.inf
             top = torch.topk(ranked, k)
-            found = Recommendation([str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown,
-                                   truncated)  # fmt: skip
+            found = Recommendation(
+                [str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown, truncated
+            )
             if explain:
                 found.explanations = self._explain(ids, top.indices, ranked, None if words is None else words[row])
             results.append(found)
@@ -138,18 +142,26 @@ class Recommender:
         with torch.no_grad():
             batch = history_batch([ids], self.event)
             p_click, p_purchase = self.model.predict_ads(batch, torch.tensor([[self.index[str(a)] for a in known]]))
-        scored = [{"item": str(a), "p_click": round(float(c), 6), "p_purchase": round(float(b), 6)}
-                  for a, c, b in zip(known, p_click[0], p_purchase[0], strict=True)]  # fmt: skip
-        return {"ads": scored, "unknown_ads": [str(a) for a in ads if str(a) not in self.index],
-                "unknown_items": unknown, "truncated": truncated}  # fmt: skip
+        scored = [
+            {"item": str(a), "p_click": round(float(c), 6), "p_purchase": round(float(b), 6)}
+            for a, c, b in zip(known, p_click[0], p_purchase[0], strict=True)
+        ]
+        return {
+            "ads": scored,
+            "unknown_ads": [str(a) for a in ads if str(a) not in self.index],
+            "unknown_items": unknown,
+            "truncated": truncated,
+        }
 
     def _words(self, queries: list[str | None] | None, n: int) -> np.ndarray | None:
         """Each request's query as token ids (None: no request has one)."""
         if queries is None or all(q is None for q in queries):
             return None
         if not getattr(self.model, "reads_queries", False):
-            raise UserError(f"{self.model.name} does not read search queries: a query needs a query-aware model "
-                            "(query-sasrec, trained with --task search)")  # fmt: skip
+            raise UserError(
+                f"{self.model.name} does not read search queries: a query needs a query-aware model "
+                "(query-sasrec, trained with --task search)"
+            )
         tokens = self.ds.sequences.tokens
         return np.stack([tokens.encode(q) if q is not None else np.zeros_like(tokens.encode("")) for q in queries])
 
@@ -165,8 +177,9 @@ class Recommender:
         dropped = max(0, len(ids) - self.max_len)
         return np.asarray(ids[dropped:], dtype=np.int64), unknown, dropped
 
-    def _explain(self, ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor, words: np.ndarray | None,
-                 top: int = 3) -> list[list[dict]]:  # fmt: skip
+    def _explain(
+        self, ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor, words: np.ndarray | None, top: int = 3
+    ) -> list[list[dict]]:
         """Leave-one-out: how much each recommended item's score drops when one history item is left out."""
         if len(ids) < 2:
             return [[{"item": str(self.tokens[ids[0]]), "score_drop": None}] for _ in items] if len(ids) else []
@@ -178,8 +191,16 @@ class Recommender:
         explained = []
         for column in range(len(items)):
             order = np.argsort(-drops[:, column])[:top]
-            explained.append([{"item": str(self.tokens[ids[p]]), "position": int(p),
-                               "score_drop": round(float(drops[p, column]), 6)} for p in order])  # fmt: skip
+            explained.append(
+                [
+                    {
+                        "item": str(self.tokens[ids[p]]),
+                        "position": int(p),
+                        "score_drop": round(float(drops[p, column]), 6),
+                    }
+                    for p in order
+                ]
+            )
         return explained
 
     def describe(self) -> dict:
@@ -200,11 +221,15 @@ class Recommender:
             **{key: value if same else None for key, value in info.items() if key.startswith("valid_")},
             "items": self.n_items,
             "max_len": self.max_len,
-            "privacy": None if privacy is None else {
-                "max_epsilon": privacy.get("max_epsilon"), "delta": privacy.get("delta"),
-                "mechanism": privacy.get("mechanism"), "report": str((self.folder / "privacy_report.json").resolve()),
+            "privacy": None
+            if privacy is None
+            else {
+                "max_epsilon": privacy.get("max_epsilon"),
+                "delta": privacy.get("delta"),
+                "mechanism": privacy.get("mechanism"),
+                "report": str((self.folder / "privacy_report.json").resolve()),
             },
-        }  # fmt: skip
+        }
 
 
 def load_recommender(path: str | Path, weights: str = "model.pt", data: str | None = None) -> Recommender:
@@ -212,8 +237,10 @@ def load_recommender(path: str | Path, weights: str = "model.pt", data: str | No
     ``data``: where the run's data is now, ``--data``)."""
     folder = Path(path)
     if not (folder / weights).is_file() or not (folder / "model.json").is_file():
-        raise UserError(f"{folder}: holds no trained model ({weights} and model.json); give the folder that "
-                        "`fedseqrec train` or `simulate` wrote")  # fmt: skip
+        raise UserError(
+            f"{folder}: holds no trained model ({weights} and model.json); give the folder that "
+            "`fedseqrec train` or `simulate` wrote"
+        )
     ds = cached_dataset(recorded_data(folder, data))
     raw = (folder / weights).read_bytes()  # once: the digest names exactly the weights loaded
     _, model = load_checkpoint(folder, ds.sequences, weights)  # (checks model.json against the vocabulary)

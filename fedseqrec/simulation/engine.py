@@ -92,8 +92,12 @@ def simulate(
 
 def _attacked_client_app(attack: AttackConfig, cfg: RunConfig, folder: RunFolder, n_clients: int, progress):
     malicious = attack.malicious(n_clients, cfg.data.seed)
-    record = {"attack": attack.attack, "fraction": attack.attack_fraction, "scale": attack.attack_scale,
-              "malicious_clients": malicious}  # fmt: skip
+    record = {
+        "attack": attack.attack,
+        "fraction": attack.attack_fraction,
+        "scale": attack.attack_scale,
+        "malicious_clients": malicious,
+    }
     folder.write_json("attack.json", record)
     (progress or Progress()).on_message(f"attack {attack.attack}: malicious clients {malicious}")
     return make_client_app(mods=[attack_mod(attack, malicious, partition_of)])
