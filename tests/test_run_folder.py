@@ -152,3 +152,10 @@ def test_run_folders_without_a_data_record_are_still_read(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"fedseqrec": "0.1.0", "run_config": values}))
     assert recorded_data(tmp_path).shop == TINY.data.shop
     assert RunFolder(tmp_path).config().privacy.mechanism == "dp-sgd"
+
+
+def test_a_folder_from_a_newer_fedseqrec_is_refused_with_a_line(tmp_path, cli):
+    (tmp_path / "config.json").write_text(json.dumps({"schema": 99, "run_config": {}}))
+    for command in (["evaluate", "--checkpoint", tmp_path], ["report", tmp_path], ["audit", tmp_path]):
+        result = cli(*command)
+        assert result.code == 2 and "newer fedseqrec" in result.err and "Traceback" not in result.err

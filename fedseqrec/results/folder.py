@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedseqrec.data.dataset import DataConfig
-from fedseqrec.data.record import is_builtin, locate, run_folder_config
+from fedseqrec.data.record import SCHEMA, is_builtin, locate, run_folder_config
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.jsonio import dumps
@@ -40,20 +40,42 @@ def _atomic_write(path: Path, write) -> None:
     tmp.replace(path)
 
 
+def read_config(folder: Path) -> dict:
+    """A run folder's ``config.json`` — the one place it is read: a federation's (``run_config``: the flat run
+    config) or a centralized run's (``data``, ``model``, ``train``), schema 1 (0.1) or 2 (with ``data_record``)."""
+    try:
+        config = json.loads((Path(folder) / CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{folder}: not a fedseqrec run folder ({CONFIG} unreadable: {err})") from err
+    if not isinstance(config, dict) or config.get("schema", 1) > SCHEMA:
+        raise UserError(f"{folder / CONFIG}: written by a newer fedseqrec (schema {config.get('schema')}); upgrade")
+    return config
+
+
+def recorded_run(folder: Path) -> RunConfig:
+    """A federated run's configuration as recorded (its data not looked for)."""
+    config = read_config(folder)
+    if "run_config" not in config:
+        raise UserError(f"{folder}: holds the results of `fedseqrec train`, not a federated run")
+    try:
+        return RunConfig.from_run_config(config["run_config"])
+    except (TypeError, AttributeError) as err:
+        raise UserError(f"{folder / CONFIG}: unreadable run config ({err})") from err
+
+
 def recorded_data(folder: Path, given: str | None = None, find: bool = True) -> DataConfig:
     """The data a run folder's model was trained on, for ``evaluate``, ``recommend``, ``serve``, ``audit``: the
     one reader of both kinds of run folder (a federation's flat run config, a centralized run's sections), the
     whole dataset (a federation's clients held parts of it). ``given``: ``--data``, refused unless it holds what
     the run recorded (see :mod:`fedseqrec.data.record`); ``find=False``: the data as recorded, not looked for."""
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-        if "run_config" in config:
-            data = replace(RunConfig.from_run_config(config["run_config"]).data, partition=None, clients=None)
-        else:
+    folder, config = Path(folder), read_config(folder)
+    if "run_config" in config:
+        data = replace(recorded_run(folder).data, partition=None, clients=None)
+    else:
+        try:
             data = DataConfig.from_dict(config.get("data") or {})
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        raise UserError(f"{folder}: not a fedseqrec run folder ({CONFIG} unreadable: {err})") from err
+        except (TypeError, AttributeError) as err:
+            raise UserError(f"{folder / CONFIG}: unreadable data config ({err})") from err
     if not find:
         return data
     return replace(data, data=locate(data.data, config.get("data_record"), given, str(folder)))
@@ -62,12 +84,7 @@ def recorded_data(folder: Path, given: str | None = None, find: bool = True) -> 
 def data_identity(folder: Path) -> tuple:
     """What makes two runs' figures comparable: the same events (the data's fingerprint, or the generator's
     options), cleaned, split and predicted alike; partitions, audits and attacks may differ."""
-    folder = Path(folder)
-    data = recorded_data(folder, find=False)
-    try:
-        record = json.loads((folder / CONFIG).read_text()).get("data_record") or {}
-    except (OSError, ValueError):
-        record = {}
+    data, record = recorded_data(folder, find=False), read_config(folder).get("data_record") or {}
     if is_builtin(data.data):
         source = (data.data, data.seed, data.shop)
     else:  # a folder from before the data record: its file's name is what is known of it
@@ -92,10 +109,10 @@ def data_identity(folder: Path) -> tuple:
 def _config_kind(path: Path) -> str | None:
     """What ``config.json`` says the folder holds: "federated", "centralized", or None (none / unreadable)."""
     try:
-        config = json.loads((path / CONFIG).read_text())
-    except (OSError, ValueError):
+        config = read_config(path)
+    except UserError:
         return None
-    return "federated" if isinstance(config, dict) and "run_config" in config else "centralized"
+    return "federated" if "run_config" in config else "centralized"
 
 
 def _what_is_there(path: Path) -> str:
@@ -176,23 +193,15 @@ class RunFolder:
             raise UserError(f"--resume {path}: {_what_is_there(path)}; nothing to resume")
         return cls(path).lock()
 
-    def _recorded(self) -> dict:
-        try:
-            recorded = json.loads((self.path / CONFIG).read_text())
-            recorded["run_config"]  # noqa: B018 (a federated run's config.json holds it)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(f"{self.path / CONFIG}: unreadable run config ({err})") from err
-        return recorded
-
     def config(self) -> RunConfig:
         """The run's configuration, its data found from this working folder (see :func:`recorded_data`)."""
-        recorded = self._recorded()
-        cfg = RunConfig.from_run_config(recorded["run_config"])
-        return cfg.replace(data=locate(cfg.data.data, recorded.get("data_record"), None, str(self.path)))
+        cfg = recorded_run(self.path)
+        record = read_config(self.path).get("data_record")
+        return cfg.replace(data=locate(cfg.data.data, record, None, str(self.path)))
 
     def write_config(self, cfg: RunConfig) -> None:
         """The run's configuration; a resumed run keeps the data record it started with."""
-        record = self._recorded().get("data_record") if (self.path / CONFIG).is_file() else None
+        record = read_config(self.path).get("data_record") if (self.path / CONFIG).is_file() else None
         self.write_json(CONFIG, run_folder_config(cfg.data.data, cfg.to_run_config(), record=record))
 
     def write_json(self, name: str, value) -> None:

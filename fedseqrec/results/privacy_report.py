@@ -13,7 +13,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
-from fedseqrec.results.folder import RunFolder, data_identity, recorded_data
+from fedseqrec.results.folder import RunFolder, data_identity, recorded_data, recorded_run
 
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
@@ -44,13 +44,11 @@ def _read_json(path: Path):
 
 
 def build_privacy_report(folder: Path) -> dict:
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder}: not a fedseqrec run folder (no config.json)")
+    privacy_options = recorded_run(folder).privacy  # (refuses what is not a federated run folder, saying why)
     privacy_path = folder / "privacy.json"
     if not privacy_path.exists():
         raise UserError(f"{folder}: this run has no privacy ledger (it was not run with --privacy)")
     privacy = _read_json(privacy_path)
-    config = _read_json(folder / "config.json")["run_config"]
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
     clients, flags = [], []
     audit = _audit_summary(folder)
@@ -95,11 +93,11 @@ def build_privacy_report(folder: Path) -> dict:
         "trust": privacy.get("trust", "each client runs its own mechanism; the server sees each client's update"),
         "users_in_several_clients": OVERLAP,
         "public_users": privacy.get("public_users"),
-        "accountant": config.get("accountant"),
-        "max_grad_norm": config.get("max-grad-norm"),
-        "target_epsilon": config.get("epsilon") or None,
-        "noise_multiplier": config.get("central-noise") or config.get("noise-multiplier") or None,
-        "budget": config.get("budget") or config.get("epsilon") or None,
+        "accountant": privacy_options.accountant,
+        "max_grad_norm": privacy_options.max_grad_norm,
+        "target_epsilon": privacy_options.epsilon,
+        "noise_multiplier": privacy_options.central_noise or privacy_options.noise_multiplier,
+        "budget": privacy_options.budget or privacy_options.epsilon,
         "delta": max((c["delta"] for c in clients), default=None),
         "max_epsilon": largest,
         "aggregation": "per-client ε are listed and their maximum reported; they are never averaged",
