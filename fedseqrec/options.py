@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import types
@@ -202,7 +203,9 @@ def unflatten(cls: type, values: Mapping[str, object]):
     known = {d.key: d for d in declared(config) if d.meta["run_config"]}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"unknown run-config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        near = [m for key in unknown for m in difflib.get_close_matches(key, list(known), n=1)]
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise UserError(f"unknown run-config keys: {', '.join(unknown)}; {hint}known: {', '.join(sorted(known))}")
     for key, value in values.items():
         d = known[key]
         config = _with(config, d.path, _coerce(key, value, d))

@@ -117,3 +117,30 @@ def flat(total: dict):
     import torch
 
     return torch.cat([t.reshape(-1) for _, t in sorted(total.items())])
+
+
+# --- limits on wall-clock time, from the work -----------------------------------------------------------------------
+
+# Seconds the pace workload takes on an idle 2-core machine (the development machine, `python -c "from helpers
+# import _pace_workload; print(_pace_workload())"` in tests/, median of five, nothing else running).
+IDLE_PACE_SECONDS = 0.12
+
+
+def _pace_workload() -> float:
+    """A fixed single-threaded CPU workload, in seconds: what this machine's busyness does to one core's work."""
+    import time
+
+    start = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i % 7
+    return time.perf_counter() - start
+
+
+def work_limit(idle_seconds: float) -> float:
+    """A limit on wall-clock time for work that takes ``idle_seconds`` at most on an idle 2-core machine, scaled by
+    how slow this machine is now (measured when asked: a busy machine gets a longer limit, never a shorter one)."""
+    import statistics
+
+    slowdown = statistics.median(_pace_workload() for _ in range(3)) / IDLE_PACE_SECONDS
+    return idle_seconds * max(1.0, slowdown)

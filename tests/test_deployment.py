@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from helpers import TINY, TINY_FLAGS, independent_epsilons
+from helpers import TINY, TINY_FLAGS, independent_epsilons, work_limit
 
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.data.export import export_partitions, load_client_export
@@ -244,7 +244,7 @@ def test_stopping_takes_descendants_and_orphans_too(tmp_path):
     time.sleep(0.5)
     assert len(group.still_running()) >= 3
     group.kill("parent")
-    group.stop_all(grace=2.0)
+    group.stop_all(grace=work_limit(2.0))
     assert group.still_running() == [] and tagged(group.tag) == []
 
 
@@ -289,7 +289,7 @@ def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
         "--noise-multiplier",
         "1.0",
         "--timeout",
-        "240",
+        str(round(work_limit(240))),
         "--out",
         out,
     )
@@ -318,7 +318,16 @@ def test_deploy_local_aggregates_under_secagg_plus(tmp_path, cli):
     the four messages of a round (a fresh ClientApp process each)."""
     out = tmp_path / "run"
     result = cli(
-        "deploy", "local", *TINY_FLAGS, "--rounds", "2", "--secure-aggregation", "--timeout", "300", "--out", out
+        "deploy",
+        "local",
+        *TINY_FLAGS,
+        "--rounds",
+        "2",
+        "--secure-aggregation",
+        "--timeout",
+        str(round(work_limit(300))),
+        "--out",
+        out,
     )
     assert result.code == 0, result.err + result.out
     assert "secure aggregation (SecAgg+)" in result.out and "round   2/2  clients   3" in result.out
@@ -337,7 +346,7 @@ def test_an_unregistered_node_is_refused(tmp_path, exported):
         stranger = deployment.add_node(exported / "client-001", register=False)
         deployment.start_node(known)
         deployment.start_node(stranger)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + work_limit(60)
         while deployment.node_running(stranger) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not deployment.node_running(stranger), "an unregistered SuperNode was let in"
@@ -387,7 +396,7 @@ def test_a_killed_node_leaves_its_round_to_the_others_and_its_epsilon_never_drop
                 deployment.start_node(nodes[1])
                 events["restarted"] = time.monotonic()
 
-        code = deployment.run_app(write_app(folder / "app", cfg.to_run_config()), watch, timeout=240)
+        code = deployment.run_app(write_app(folder / "app", cfg.to_run_config()), watch, timeout=work_limit(240))
     _no_processes_left(folder)
     assert code == 0 and {"killed", "restarted"} <= set(events)
     rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -437,7 +446,7 @@ def test_deploy_local_leaves_nothing_running_when_interrupted(tmp_path):
         if "clients connected" in line:  # the run has started on the deployment
             break
     process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=60)[0]
+    rest = process.communicate(timeout=work_limit(60))[0]
     assert process.returncode == 130, rest
     _no_processes_left(out / "deployment")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_FLAGS
+from helpers import TINY_FLAGS, work_limit
 
 from fedseqrec.serving.recommender import load_recommender
 
@@ -39,7 +39,7 @@ class Server:
         self.port = _free_port()
         command = [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(self.port), *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + work_limit(60)
         while time.monotonic() < deadline:
             try:
                 if self.get("/health")[0] == 200:
@@ -50,7 +50,7 @@ class Server:
         raise AssertionError(f"the server did not start: {self.process.stderr.read()}")
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=work_limit(30))
         try:
             connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
@@ -67,7 +67,7 @@ class Server:
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=20)
+        return self.process.wait(timeout=work_limit(20))
 
 
 def known_items(folder: Path, count: int = 4) -> list[str]:
@@ -163,7 +163,7 @@ def test_new_weights_are_picked_up_and_reported(trained, tmp_path):
         state = torch.load(folder / "model.pt", weights_only=True)
         state = {k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}
         RunFolder(folder).save_model(state, {"round": 7, "valid_NDCG@10": 0.1})
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + work_limit(30)
         while server.get("/model")[1]["sha256"] == before["sha256"] and time.monotonic() < deadline:
             time.sleep(0.2)
         after = server.get("/model")[1]

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import TINY_FLAGS
+from helpers import TINY_FLAGS, work_limit
 
 from fedseqrec.simulation.stopping import descendants
 
@@ -35,9 +35,9 @@ def _stop_after_first_round(out, sig: signal.Signals) -> tuple[int, float, str, 
         assert started, "a simulation runs Ray's processes below this one"
         sent = time.monotonic()
         process.send_signal(sig)
-        code = process.wait(timeout=30)
+        code = process.wait(timeout=work_limit(30))
         seconds = time.monotonic() - sent
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + work_limit(10)
         while time.monotonic() < deadline and any(_living(p) for p in started):
             time.sleep(0.2)
         return code, seconds, process.stderr.read(), [p for p in started if _living(p)]
@@ -51,7 +51,7 @@ def _stop_after_first_round(out, sig: signal.Signals) -> tuple[int, float, str, 
 def test_a_signal_stops_the_simulation_at_once_and_leaves_it_resumable(tmp_path, cli, sig):
     out = tmp_path / "run"
     code, seconds, err, left = _stop_after_first_round(out, sig)
-    assert code == 128 + sig and seconds < 5, (code, seconds, err[-2000:])
+    assert code == 128 + sig and seconds < work_limit(5), (code, seconds, err[-2000:])
     assert "Traceback" not in err and "received at time" not in err  # no Python traceback, no C stack dump
     assert f"stopped by {sig.name}; the run folder keeps its last completed round: continue with --resume" in err
     assert left == [], f"still running: {left}"
