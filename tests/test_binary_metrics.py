@@ -10,7 +10,7 @@ import torch
 from reference_metrics import calibration, gauc, log_loss
 
 from fedseqrec.evaluation.binary import auc, tpr_at_fpr
-from fedseqrec.models.esmm import esmm_loss
+from fedseqrec.models.esmm import esmm_terms
 
 
 def test_auc_with_ties_by_hand():
@@ -56,12 +56,14 @@ def test_esmm_loss_on_a_case_computed_by_hand():
     ctr = -(torch.log(sig(a[0])) + torch.log(sig(a[1])) + torch.log(1 - sig(a[2]))) / 3
     p = sig(a) * sig(b)
     ctcvr = -(torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(1 - p[2])) / 3
-    assert esmm_loss(a, b, clicked, purchased).item() == pytest.approx((ctr + ctcvr).item(), rel=1e-6)
+    assert esmm_terms(a, b, clicked, purchased).mean().item() == pytest.approx((ctr + ctcvr).item(), rel=1e-6)
     weighted = -(3 * torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(1 - p[2])) / 3
-    assert esmm_loss(a, b, clicked, purchased, (1.0, 3.0)).item() == pytest.approx((ctr + weighted).item(), rel=1e-6)
+    assert esmm_terms(a, b, clicked, purchased, (1.0, 3.0)).mean().item() == pytest.approx(
+        (ctr + weighted).item(), rel=1e-6
+    )
 
 
 def test_esmm_loss_stays_finite_for_extreme_logits():
     a, b = torch.tensor([-60.0, 60.0]), torch.tensor([-60.0, 60.0])
-    value = esmm_loss(a, b, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    value = esmm_terms(a, b, torch.tensor([0, 1]), torch.tensor([0, 1])).mean()
     assert torch.isfinite(value) and value.item() < 1e-6

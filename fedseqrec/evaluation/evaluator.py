@@ -67,7 +67,7 @@ def evaluate_sums(
 
 def _ad_sums(model, data: SequenceData, split: Split, which: str, users, max_len: int, batch_size: int) -> MetricSums:
     total = MetricSums()
-    for chunk in slate_batches(data, split, which, users, max_len, batch_size):
+    for chunk in slate_batches(data, split, which, users=users, max_len=max_len, batch_size=batch_size):
         p_click, p_purchase = (p.numpy() for p in model.predict_ads(chunk.batch, chunk.ads))
         at = chunk.ads.numpy() > 0
         slates = np.repeat(chunk.users[:, None], at.shape[1], axis=1)

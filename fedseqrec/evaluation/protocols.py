@@ -11,4 +11,3 @@ Results carry the protocol that produced them; figures of different protocols ar
 """
 
 PROTOCOLS = ("full", "full-history-removed", "sampled-uniform", "sampled-pop")
-FULL_RANKING = ("full", "full-history-removed")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
-from fedseqrec.models.esmm import esmm_loss, esmm_terms
+from fedseqrec.models.esmm import esmm_terms
 
 
 class AdModel(SequentialRecommender):
@@ -103,7 +103,7 @@ class AdModel(SequentialRecommender):
         def closure():
             optimizer.zero_grad()
             scaled = raw * log_scale.exp() + shift
-            loss = esmm_loss(scaled[:, 0], scaled[:, 1], clicked, bought)
+            loss = esmm_terms(scaled[:, 0], scaled[:, 1], clicked, bought).mean()
             loss.backward()
             return loss
 

@@ -177,19 +177,15 @@ class SlateBatch:
 
 
 def slate_batches(
-    data: SequenceData,
-    split: Split,
-    which: str,
-    users: np.ndarray | None = None,
-    max_len: int = 50,
-    batch_size: int = 256,
+    data: SequenceData, split: Split, which: str, **window: int | np.ndarray | None
 ) -> Iterator[SlateBatch]:
     """For each user with a ``which`` slate (``split.valid_pos`` / ``test_pos``: its first impression): the
-    ``max_len`` events before it and the slate's impressions with their labels."""
+    ``max_len`` events before it and the slate's impressions with their labels. ``window``: ``users``,
+    ``max_len``, ``batch_size``, as :func:`evaluation_batches` takes them (it makes the histories)."""
     clicked_event, bought_event = ad_labels(data)
     ad_events = ad_event_ids(data)
     positions = split.valid_pos if which == "valid" else split.test_pos
-    for chunk in evaluation_batches(data, split, which, users, max_len, batch_size):
+    for chunk in evaluation_batches(data, split, which, **window):
         ads = []
         for user in chunk.users:
             start, p = data.offsets[user], int(positions[user])

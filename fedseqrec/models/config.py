@@ -11,7 +11,6 @@ from fedseqrec.options import check, non_negative, non_negative_int, option, pos
 # ad click and conversion (--task ctr)
 MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "din-esmm", "pop", "text-match", "lr")
 BASELINES = ("pop", "text-match")  # nothing to train
-AD_MODELS = ("din-esmm", "lr")  # --task ctr: they score shown ads, not the next item
 TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name not in BASELINES)
 ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hidden
 FREEZE = ("none", "items")

@@ -16,17 +16,6 @@ import torch
 import torch.nn.functional as F
 
 
-def esmm_loss(
-    ctr_logits: torch.Tensor,
-    cvr_logits: torch.Tensor,
-    clicked: torch.Tensor,
-    purchased: torch.Tensor,
-    pos_weight: tuple[float, float] = (1.0, 1.0),
-) -> torch.Tensor:
-    """Mean over impressions of the CTR and CTCVR cross-entropies (``purchased`` counts only where clicked)."""
-    return esmm_terms(ctr_logits, cvr_logits, clicked, purchased, pos_weight).mean()
-
-
 def esmm_terms(
     ctr_logits: torch.Tensor,
     cvr_logits: torch.Tensor,
