@@ -6,8 +6,8 @@
     python benchmarks/beauty.py --collect RUN_FOLDER [RUN_FOLDER ...]   # rows from `fedseqrec train` folders
 
 Every model is trained by `fedseqrec train` with the Beauty preset (`PRESET` below: the flags a user passes, as
-the README lists them) for at most --max-seconds of training, leave-one-out, each target ranked against all
-12,101 items with the user's earlier items removed (`--protocol full-history-removed`, as the S3-Rec / ICLRec /
+docs/explanations/benchmark-notes.md lists them) for at most --max-seconds of training, leave-one-out, each target
+ranked against all 12,101 items with the user's earlier items removed (`--protocol full-history-removed`, as the S3-Rec / ICLRec /
 BSARec evaluation code). Rows are merged into the JSON by model, so models can be measured one at a time;
 `--collect` reads the metrics and the exact configuration of runs made from the command line with those flags.
 """
@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
 KEYS = ("NDCG@10", "HR@10", "MRR@10")
 PROTOCOL = "full-history-removed"
-# The flags of the README's Beauty preset. Regularisation tuned for ml-100k's 943 users (weight decay 1.0, label
-# smoothing 0.2) holds 22k users back; the cloze model masks 60 % of short sequences, as the BERT4Rec paper does.
+# The flags of the Beauty preset (docs/explanations/benchmark-notes.md). Regularisation tuned for ml-100k's 943
+# users (weight decay 1.0, label smoothing 0.2) holds 22k users back; the cloze model masks 60 % of short sequences, as the BERT4Rec paper does.
 # Tied item embeddings halve the item parameters: what a catalogue of 12k items seen 16 times each needs.
 PRESET_MODEL = {"loss": "ce", "label_smoothing": 0.0, "tie_items": True}
 PRESET_FIT = {"weight_decay": 0.0, "lr": 0.002, "batch_size": 128, "batching": "length"}
 PRESET = {**PRESET_MODEL, **PRESET_FIT}
 # BERT4Rec's own paper: ρ = 0.6 on Beauty, dropout 0.1; a post-LN BERT without warm-up stalls at lr 0.002; weight
-# decay 0.1 lifted its plateau (the README's table row). SASRec: its learning rate falling linearly to 0 over 36
+# decay 0.1 lifted its plateau (the benchmark notes' table row). SASRec: its learning rate falling linearly to 0 over 36
 # epochs (≈ 16 minutes here) instead of constant until it overfits. Only these two models' presets have these
 # flags: the fedavg_gap benchmark's Beauty settings are PRESET alone.
 MODEL_PRESET = {"bert4rec": {"mask_ratio": 0.6, "dropout": 0.1}}

@@ -8,7 +8,7 @@ Centralized `fedseqrec train` and `fedseqrec simulate --partition iid --clients 
 optimiser settings, on several seeds (seed = model initialisation, windows, batches and the partition), so that
 the seed-to-seed spread of test NDCG@10 — evaluation and training noise — is measured next to the gap. Each
 federated variant changes one thing against `base` (`VARIANTS`). ml-100k: the defaults of `fedseqrec train`,
-100 rounds of one local epoch at batch 16, against training to early stopping. Beauty: the README's preset, as
+100 rounds of one local epoch at batch 16, against training to early stopping. Beauty: the Beauty preset, as
 many rounds as the centralized run has epochs. Rows are merged into the JSON by (kind, variant, seed).
 """
 

@@ -5,7 +5,7 @@
         [--keep-optimizer] [--item-weighted] [--lr-decay [--lr-floor 0.1]]
         [--out benchmarks/results/fedavg_sequential.json]
 
-The clients' work is the ClientApp's (``federated.task.train_locally`` on each IID silo of Beauty, the README's
+The clients' work is the ClientApp's (``federated.task.train_locally`` on each IID silo of Beauty, the benchmark notes'
 preset model), the aggregate FedAvg's (the silos' weights averaged by their number of users), optionally through a
 server learning rate and momentum (FedAvgM), with item rows averaged by the silos' item counts
 (``--item-weighted``, as ``simulate --item-weighted``). Every round trains the 10 silos one after the other on one

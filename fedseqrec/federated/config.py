@@ -46,7 +46,8 @@ class LocalTrainingConfig(FitConfig):
     local_epochs: int = option(1, "passes over the client's users per round", check=positive_int, group=FIT)
     local_steps: int | None = option(None, "steps per round instead of --local-epochs", check=positive_int, group=FIT)
     # A fresh AdamW each round restarts its moments: its first steps are full-size steps in the direction of a few
-    # batches' noise, which averaging over the silos cancels — progress lost every round (README, FedAvg on Beauty).
+    # batches' noise, which averaging over the silos cancels — progress lost every round (FedAvg on Beauty in
+    # docs/explanations/benchmark-notes.md).
     keep_optimizer: bool = option(
         False,
         "each client keeps its AdamW moments from one round to its next (on the client, twice the model's "
