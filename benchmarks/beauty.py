@@ -7,9 +7,10 @@
 
 Every model is trained by `fedseqrec train` with the Beauty preset (`PRESET` below: the flags a user passes, as
 docs/explanations/benchmark-notes.md lists them) for at most --max-seconds of training, leave-one-out, each target
-ranked against all 12,101 items with the user's earlier items removed (`--protocol full-history-removed`, as the S3-Rec / ICLRec /
-BSARec evaluation code). Rows are merged into the JSON by model, so models can be measured one at a time;
-`--collect` reads the metrics and the exact configuration of runs made from the command line with those flags.
+ranked against all 12,101 items with the user's earlier items removed (`--protocol full-history-removed`, as the
+S3-Rec / ICLRec / BSARec evaluation code). Rows are merged into the JSON by model, so models can be measured one at
+a time; `--collect` reads the metrics and the exact configuration of runs made from the command line with those
+flags.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
 KEYS = ("NDCG@10", "HR@10", "MRR@10")
 PROTOCOL = "full-history-removed"
-# The flags of the Beauty preset (docs/explanations/benchmark-notes.md). Regularisation tuned for ml-100k's 943
-# users (weight decay 1.0, label smoothing 0.2) holds 22k users back; the cloze model masks 60 % of short sequences, as the BERT4Rec paper does.
-# Tied item embeddings halve the item parameters: what a catalogue of 12k items seen 16 times each needs.
+# The flags of the Beauty preset (docs/explanations/benchmark-notes.md). Regularisation tuned for ml-100k's 943 users
+# (weight decay 1.0, label smoothing 0.2) holds 22k users back; the cloze model masks 60 % of short sequences, as the
+# BERT4Rec paper does. Tied item embeddings halve the item parameters: what a catalogue of 12k items seen 16 times
+# each needs.
 PRESET_MODEL = {"loss": "ce", "label_smoothing": 0.0, "tie_items": True}
 PRESET_FIT = {"weight_decay": 0.0, "lr": 0.002, "batch_size": 128, "batching": "length"}
 PRESET = {**PRESET_MODEL, **PRESET_FIT}
