@@ -123,7 +123,7 @@ def flat(total: dict):
 
 # Seconds the pace workload takes on an idle 2-core machine (the development machine, `python -c "from helpers
 # import _pace_workload; print(_pace_workload())"` in tests/, median of five, nothing else running).
-IDLE_PACE_SECONDS = 0.12
+IDLE_PACE_SECONDS = 0.135
 
 
 def _pace_workload() -> float:

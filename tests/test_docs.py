@@ -57,4 +57,4 @@ def test_the_command_outputs_the_docs_show_are_what_the_commands_print():
     )
     assert result.returncode == 0, result.stderr
     shown = [p for p in (ROOT / "docs").rglob("*.md") if "--8<--" in p.read_text()]
-    assert shown and all((ROOT / "docs" / "outputs").glob("*.txt"))
+    assert shown and all((ROOT / "docs" / "snippets").glob("*.txt"))
