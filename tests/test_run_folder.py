@@ -159,3 +159,10 @@ def test_a_folder_from_a_newer_fedseqrec_is_refused_with_a_line(tmp_path, cli):
     for command in (["evaluate", "--checkpoint", tmp_path], ["report", tmp_path], ["audit", tmp_path]):
         result = cli(*command)
         assert result.code == 2 and "newer fedseqrec" in result.err and "Traceback" not in result.err
+
+
+def test_data_changed_since_the_run_is_refused(cli, trained):
+    (trained / "log.csv").write_text((trained / "log.csv").read_text() + "u1,i2,99999\n")
+    for command in (["evaluate", "--checkpoint", trained / "run"], ["recommend", trained / "run", "--user", "u1"]):
+        result = cli(*command)
+        assert result.code == 2 and "no longer holds the files the run was trained on" in result.err

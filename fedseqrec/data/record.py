@@ -57,12 +57,15 @@ def data_record(data: str) -> dict:
 
 
 def locate(recorded: str, record: dict | None, given: str | None, where: str) -> str:
-    """The data a run folder's model goes with: ``given`` (``--data``) if it holds what the run recorded, else the
-    recorded data (its absolute path when it was recorded relative to another working folder)."""
+    """The data a run folder's model goes with: ``given`` (``--data``), else the recorded absolute path, else the
+    path as typed (a run folder of 0.1, which recorded no more). Whatever is found must hold the files the run
+    recorded: other files under the same name (a different folder, or the data changed since) are refused."""
+    if is_builtin(recorded) or (given is not None and is_builtin(given)):
+        if given is not None and given != recorded:
+            raise UserError(f"--data {given}: the run {where} was trained on {recorded}")
+        return recorded
     expected = (record or {}).get("fingerprint")
     if given is not None:
-        if is_builtin(recorded) != is_builtin(given) or (is_builtin(given) and given != recorded):
-            raise UserError(f"--data {given}: the run {where} was trained on {recorded}")
         found = fingerprint(given)
         if expected is not None and found != expected:
             what = f"fingerprint {found}" if found else "no such file or folder"
@@ -70,15 +73,19 @@ def locate(recorded: str, record: dict | None, given: str | None, where: str) ->
                 f"--data {given}: not the data the run {where} was trained on ({what}; recorded: {expected}); give "
                 "the same files"
             )
-        return given if is_builtin(given) else absolute(given)
-    if is_builtin(recorded) or Path(recorded).expanduser().exists():
-        return recorded
-    if record and Path(record["path"]).exists():
-        return record["path"]
-    raise UserError(
-        f"{where}: the run's data {recorded} is not found from {Path.cwd()} (it was recorded relative to the folder "
-        "the run was started in); give its location with --data PATH"
-    )
+        return absolute(given)
+    candidates = [c for c in ((record or {}).get("path"), recorded) if c and Path(c).expanduser().exists()]
+    if not candidates:
+        raise UserError(
+            f"{where}: the run's data {recorded} is not found from {Path.cwd()} (it was recorded relative to the "
+            "folder the run was started in); give its location with --data PATH"
+        )
+    if expected is not None and fingerprint(candidates[0]) != expected:
+        raise UserError(
+            f"{where}: {candidates[0]} no longer holds the files the run was trained on (their fingerprint changed); "
+            "give the data it was trained on with --data PATH"
+        )
+    return candidates[0]
 
 
 SCHEMA = 2  # of a run folder's config.json; 1: before the data record (read all the same)
