@@ -27,7 +27,45 @@ def noise_off(msg, context, call_next):
 
 def broken_client_app():
     """The ClientApp with DP-SGD's noise off (Ray's workers get this module by value: it is not installed)."""
+    return client_app_with(noise_off)
+
+
+def _replace_metrics(reply, change):
+    from flwr.app import MetricRecord
+
+    metrics = dict(reply.content["metrics"])
+    change(metrics)
+    reply.content["metrics"] = MetricRecord(metrics)
+    return reply
+
+
+def forgetful_ledger(msg, context, call_next):
+    """Client 0 reports an empty ledger and ε = 0 after training (its ledger file on disk holds the truth)."""
+    reply = call_next(msg, context)
+    if reply.has_error() or msg.metadata.message_type != "train":
+        return reply
+    if int(reply.content["metrics"]["partition-id"]) != 0:
+        return reply
+
+    def forget(metrics):
+        metrics.update({"epsilon": 0.0, "ledger-round": [], "ledger-noise": [], "ledger-rate": [], "ledger-steps": []})
+
+    return _replace_metrics(reply, forget)
+
+
+def timeless(msg, context, call_next):
+    """Client 0's replies lose their `seconds` (the server read it unchecked and stopped with an internal error)."""
+    reply = call_next(msg, context)
+    if reply.has_error() or msg.metadata.message_type != "train":
+        return reply
+    if int(reply.content["metrics"]["partition-id"]) != 0:
+        return reply
+    return _replace_metrics(reply, lambda metrics: metrics.pop("seconds"))
+
+
+def client_app_with(mod):
+    """The ClientApp with ``mod`` (one of this module's), reaching Ray's workers by value."""
     from fedseqrec.client.client_app import make_client_app
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return make_client_app(mods=[noise_off])
+    return make_client_app(mods=[mod])

@@ -25,7 +25,7 @@ GLOBAL = ArrayRecord({"item.weight": torch.zeros(5, 4), "bias": torch.zeros(4), 
 
 
 def _reply(arrays: dict | None = None, partition: int = 1, **metrics) -> Message:
-    values = {"num-examples": 10, "partition-id": partition, "train-loss": 0.5, **metrics}
+    values = {"num-examples": 10, "partition-id": partition, "train-loss": 0.5, "seconds": 0.1, **metrics}
     content = {"metrics": MetricRecord({k: v for k, v in values.items() if v is not None})}
     if arrays is not None:
         content["arrays"] = ArrayRecord(arrays)
@@ -57,7 +57,7 @@ def test_a_declining_client_without_arrays_passes():
         ({"partition-id": 2}, "partition-id 2 is not the client's (1)"),
         ({"num-examples": -1}, "num-examples -1 is not a non-negative whole number"),
         ({"num-examples": 2.5}, "num-examples 2.5"),
-        ({"train-loss": float("nan")}, "train-loss nan is not finite"),
+        ({"train-loss": float("nan")}, "train-loss nan is not a finite number"),
     ],
 )
 def test_bad_metrics_are_named(metrics, reason):

@@ -181,9 +181,8 @@ def test_explanations_are_the_score_each_history_item_holds_up(trained):
     found = recommender.recommend(history, k=3, explain=True)
     everything = recommender.n_items
     for item, score, because in zip(found.items, found.scores, found.explanations, strict=True):
-        assert len(because) == 3 and [b["score_drop"] for b in because] == sorted(
-            (b["score_drop"] for b in because), reverse=True
-        )
+        drops = [b["score_drop"] for b in because]
+        assert len(because) <= 3 and drops == sorted(drops, reverse=True) and all(d > 0 for d in drops)
         for reason in because:
             without = history[: reason["position"]] + history[reason["position"] + 1 :]
             again = recommender.recommend(without, k=everything, exclude_seen=False)
@@ -197,3 +196,65 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_2(cli, trained):
         result = cli("serve", trained, "--port", busy.getsockname()[1])
     assert result.code == 2 and "is in use" in result.err and "serving" not in result.out
     assert len(result.err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def service(trained):
+    """The HTTP service in this process (FastAPI's test client): what a hostile request can and cannot do."""
+    from fastapi.testclient import TestClient
+
+    from fedseqrec.serving.app import make_app
+
+    with TestClient(make_app(trained, poll_seconds=60)) as client:
+        yield client
+
+
+def test_a_chunked_body_over_the_limit_is_refused(service):
+    """The limit holds on the bytes read, not only on what Content-Length declares (a chunked body declares none)."""
+    body = b'{"history": [' + b'"x",' * 300_000 + b'"y"]}'
+
+    def chunks():
+        for start in range(0, len(body), 65_536):
+            yield body[start : start + 65_536]
+
+    response = service.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"k": "5"}, {"k": True}, {"k": 2.5}, {"k": 0}, {"exclude_seen": "yes"}, {"explain": 1}],
+    ids=["k string", "k bool", "k float", "k zero", "exclude_seen string", "explain int"],
+)
+def test_types_are_strict_and_a_refusal_never_echoes_the_input(service, trained, change):
+    history = known_items(trained, 3) + ["an-item-nobody-knows"] * 2_000
+    response = service.post("/recommend", json={"history": history, **change})
+    assert response.status_code == 422 and "an-item-nobody-knows" not in response.text
+
+
+def test_k_nan_is_refused_not_a_server_error(service, trained):
+    body = json.dumps({"history": known_items(trained, 3)})[:-1] + ', "k": NaN}'
+    response = service.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_k_beyond_the_unseen_items_lists_only_unseen_items_with_scores(service, trained):
+    history = known_items(trained, 5)
+    everything = load_recommender(trained).n_items
+    found = service.post("/recommend", json={"history": history, "k": everything}).json()["items"]
+    assert found and all(entry["score"] is not None for entry in found)
+    items = [entry["item"] for entry in found]
+    assert not set(items) & set(history) and len(items) <= everything - len(set(history))
+
+
+def test_one_request_cannot_ask_for_unbounded_work(service, trained):
+    histories = [known_items(trained, 3)] * 1_000
+    assert service.post("/recommend", json={"histories": histories, "k": 50}).status_code == 422
+    explained = service.post("/recommend", json={"histories": histories[:100], "k": 3, "explain": True})
+    assert explained.status_code == 422 and "too much work" in explained.text
+
+
+def test_no_response_shows_a_path_of_the_servers_disk(service, trained):
+    for path in ("/model", "/health"):
+        text = service.get(path).text
+        assert str(trained.resolve().parent) not in text

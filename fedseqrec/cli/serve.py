@@ -112,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = make_app(Path(args.run), args.weights, args.poll, data=args.data)
     described = app.state.holder.current.describe()
     print(
-        f"serving {described['model']} from {described['folder']} (round {described['round']}) on "
+        f"serving {described['model']} from {Path(args.run).resolve()} (round {described['round']}) on "
         f"http://{args.host}:{args.port} (OpenAPI: /docs)",
         flush=True,
     )

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
     FedAvg,
 )
 
+from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.config import DP_FEDAVG, default_delta
 from fedseqrec.privacy.mechanism import BudgetExhausted, PrivacyMechanism
@@ -237,7 +238,7 @@ class DPFedAvg(OneReleasePerRound):
     def state(self) -> str:
         a = self.accountant
         entry = self.entry()
-        return json.dumps(
+        return dumps(  # (a non-finite figure is written as null)
             {
                 "mechanism": self.mechanism,
                 "privacy_unit": self.privacy_unit,

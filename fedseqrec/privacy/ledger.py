@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedseqrec.checks import number_problem
 from fedseqrec.errors import UserError
 from fedseqrec.privacy.accounting import epsilon
 
@@ -146,6 +147,44 @@ def ledger_metrics(ledger: PrivacyLedger) -> dict:
         "ledger-rate": [float(r.sample_rate) for r in ledger.records],
         "ledger-steps": [int(r.steps) for r in ledger.records],
     }
+
+
+LEDGER_LISTS = ("ledger-round", "ledger-noise", "ledger-rate", "ledger-steps")
+
+
+def ledger_problem(metrics, server_round: int, max_delta: float) -> str | None:
+    """Why a reply's privacy figures cannot be read as a ledger (None: they can): ε, δ and budget finite and in
+    range (δ at most the run's), four record lists of one length, each record a round up to this one in order, a
+    positive noise multiplier, a sampling rate in (0, 1] and a whole number of steps. A client that trained this
+    round must hold this round's record."""
+    problem = (
+        number_problem(metrics, "epsilon", low=0.0)
+        or number_problem(metrics, "delta", low=1e-300, high=max_delta)
+        or number_problem(metrics, "budget", low=-1.0)
+    )
+    if problem:
+        return f"privacy ledger: {problem}"
+    lists = [metrics.get(key) for key in LEDGER_LISTS]
+    if any(not isinstance(values, list) for values in lists):
+        return f"privacy ledger: {', '.join(LEDGER_LISTS)} must each be a list"
+    if len({len(values) for values in lists}) != 1:
+        return "privacy ledger: its record lists differ in length"
+    last = 0
+    for index, (r, s, q, n) in enumerate(zip(*lists, strict=True), 1):
+        record = {"round": r, "noise": s, "rate": q, "steps": n}
+        problem = (
+            number_problem(record, "round", low=last + 1, high=server_round, whole=True)
+            or number_problem(record, "noise", low=1e-12)
+            or number_problem(record, "rate", low=1e-12, high=1.0)
+            or number_problem(record, "steps", low=0, whole=True)
+        )
+        if problem:
+            return f"privacy ledger record {index}: {problem}"
+        last = int(r)
+    trained = metrics.get("num-examples", 0) > 0 and not metrics.get("declined", 0)
+    if trained and last != server_round:
+        return f"privacy ledger: the client trained in round {server_round} but holds no record of it"
+    return None
 
 
 def ledger_from_metrics(metrics, accountant: str) -> dict:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 
 from fedseqrec.errors import UserError
+from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
-from fedseqrec.privacy.config import LOCAL_DPSGD
-from fedseqrec.privacy.ledger import ledger_from_metrics
+from fedseqrec.privacy.config import LOCAL_DPSGD, default_delta
+from fedseqrec.privacy.ledger import ledger_from_metrics, ledger_problem
 from fedseqrec.privacy.mechanism import BudgetExhausted, PrivacyMechanism
 
 TOLERANCE = 0.01  # relative: the PRV accountant's own error bound is of this order
@@ -62,6 +63,13 @@ class LocalDPSGD(PrivacyMechanism):
             value = json.loads(saved)
             self.clients = value["clients"]
             self.history = [h for h in value["history"] if h["round"] <= last_round]
+
+    def reply_problem(self, server_round: int, metrics) -> str | None:
+        """Every reply under DP-SGD carries its client's ledger, readable in full (see ``ledger_problem``)."""
+        if "epsilon" not in metrics:
+            return "no privacy ledger (epsilon, delta, budget and the ledger records)"
+        largest = self.privacy.delta if self.privacy.delta is not None else default_delta(1)
+        return ledger_problem(metrics, server_round, largest)
 
     def observe(self, server_round: int, replies: list) -> dict:
         """Record the ledgers of this round's replies; returns what the round's log line keeps, with ``refused``:
@@ -126,7 +134,7 @@ class LocalDPSGD(PrivacyMechanism):
         return max((self.epsilon_of(c) for c in self.clients), default=0.0)
 
     def state(self) -> str:
-        return json.dumps(
+        return dumps(  # (a non-finite figure is written as null)
             {
                 "mechanism": MECHANISM,
                 "privacy_unit": PRIVACY_UNIT,

@@ -87,6 +87,11 @@ class PrivacyMechanism:
         """The round's clients; ``sample`` is the run's reproducible sampler."""
         return sample(available)
 
+    def reply_problem(self, server_round: int, metrics) -> str | None:
+        """Why the mechanism's fields of a reply's metrics cannot be read (None: they can); checked before
+        :meth:`observe` sees the reply, so no reply can end the run."""
+        return None
+
     def observe(self, server_round: int, replies: list) -> dict:
         """Check the replies; returns what the round's log line keeps (``declined``: clients out of budget)."""
         return {}

@@ -18,7 +18,6 @@ one Poisson-subsampled Gaussian mechanism (σ, q) on the user level, composed ov
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from collections.abc import Callable
@@ -29,8 +28,10 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedseqrec.checks import number_problem
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
+from fedseqrec.jsonio import dumps
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.privacy.accounting import calibrate_noise
@@ -231,6 +232,11 @@ class UserLevelDPFedSGD(OneReleasePerRound):
             self.round_clip = self.adaptive.clip
         return available  # every silo, every round: the users are what is sampled
 
+    def reply_problem(self, server_round: int, metrics) -> str | None:
+        return number_problem(metrics, "sampled-users", low=0, whole=True) or number_problem(
+            metrics, "unclipped-centred"
+        )
+
     def observe(self, server_round: int, replies: list) -> dict:
         sampled = sum(int(r.content["metrics"].get("sampled-users", 0)) for r in replies)
         seen = {**super().observe(server_round, replies), "sampled_users": sampled}
@@ -251,7 +257,7 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         a, p = self.accountant, self.privacy
         entry = self.entry()
         trust = _trust(p.noise_shares, self.run.secure)
-        return json.dumps(
+        return dumps(  # (a non-finite figure is written as null)
             {
                 "mechanism": self._mechanism_text(),
                 "privacy_unit": "user-level, federation-wide: adding or removing one user of the whole federation, "

@@ -257,7 +257,7 @@ class Federation:
         for reply in replies:
             partition, node = asked.get(reply.metadata.reply_to_message_id, ("?", reply.metadata.src_node_id))
             answered.add(partition)
-            problem = reply.error.reason if reply.has_error() else metrics_problem(reply, partition)
+            problem = reply.error.reason if reply.has_error() else self._reply_problem(reply, partition, server_round)
             if problem is None:
                 ok.append((reply, partition))
                 continue
@@ -269,6 +269,10 @@ class Federation:
             self.progress.on_message(f"round {server_round}: client {partition} did not reply in time")
         ok.sort(key=lambda pair: pair[1])
         return ok, failed
+
+    def _reply_problem(self, reply: Message, partition: int, server_round: int) -> str | None:
+        problem = metrics_problem(reply, partition)
+        return problem or self.mechanism.reply_problem(server_round, reply.content["metrics"])
 
     def _checked_updates(self, ok: list[tuple], failed: list[str], server_round: int, secure) -> list[Message]:
         """The replies whose arrays may be aggregated (a client out of privacy budget sends none; under secure

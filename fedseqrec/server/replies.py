@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from fedseqrec.checks import number_problem
+
 ARRAYS = "arrays"
 
 
@@ -38,7 +40,9 @@ class ReplyRules:
 
 
 def metrics_problem(reply: Message, partition: int) -> str | None:
-    """Why the reply's metrics cannot be trusted (None: they can): the partition id, ``num-examples``, the loss."""
+    """Why the reply's metrics cannot be trusted (None: they can): every field the round reads — the partition
+    id, ``num-examples``, whether the client declined, and for a trained round its loss, steps and seconds — of the
+    right type and in range. A mechanism checks its own fields (``PrivacyMechanism.reply_problem``)."""
     if "metrics" not in reply.content.metric_records:
         return "no metrics record"
     metrics = reply.content["metrics"]
@@ -48,10 +52,17 @@ def metrics_problem(reply: Message, partition: int) -> str | None:
     examples = metrics.get("num-examples")
     if not _is_int(examples) or int(examples) < 0:
         return f"num-examples {examples!r} is not a non-negative whole number"
-    loss = metrics.get("train-loss", 0.0)
-    if not isinstance(loss, int | float) or not math.isfinite(loss):
-        return f"train-loss {loss!r} is not finite"
-    return None
+    declined = metrics.get("declined", 0)
+    if declined not in (0, 1) or isinstance(declined, bool | float):
+        return f"declined {declined!r} is neither 0 nor 1"
+    if declined:
+        arrays = reply.content.array_records
+        return "declined, yet sends arrays" if arrays or int(examples) else None
+    return (
+        number_problem(metrics, "train-loss")
+        or number_problem(metrics, "seconds", low=0.0)
+        or (number_problem(metrics, "steps", low=0.0, whole=True, needed=False))
+    )
 
 
 def update_problem(reply: Message, rules: ReplyRules, current: ArrayRecord) -> str | None:

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedseqrec.errors import UserError
 from fedseqrec.serving.recommender import Recommender, load_recommender
@@ -32,10 +33,16 @@ MAX_BATCH = 1_000  # histories a request
 MAX_HISTORY = 10_000  # items a history (the model keeps its most recent max_len)
 
 
+MAX_ITEMS = 10_000  # items a response lists (histories × k)
+MAX_EXPLAINED = 20  # histories a request may ask to explain (each costs one forward pass per history item)
+
+
 class RecommendRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # "5" is not a number and "yes" not a boolean
+
     history: list[str] | None = Field(None, min_length=1, max_length=MAX_HISTORY, description="items, oldest first")
     histories: list[list[str]] | None = Field(None, min_length=1, max_length=MAX_BATCH, description="a batch")
-    k: int = Field(10, ge=1, description="items to recommend (at most the catalogue)")
+    k: int = Field(10, ge=1, le=MAX_ITEMS, description="items to recommend (at most those not yet seen)")
     exclude_seen: bool = Field(True, description="never recommend an item of the history")
     explain: bool = Field(False, description="per item, the history items whose removal lowers its score most")
     query: str | None = Field(None, max_length=1_000, description="a search's words (query-aware models)")
@@ -43,6 +50,8 @@ class RecommendRequest(BaseModel):
 
 
 class AdsRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     history: list[str] = Field(..., min_length=1, max_length=MAX_HISTORY, description="items, oldest first")
     ads: list[str] = Field(..., min_length=1, max_length=MAX_BATCH, description="ads to score (--task ctr models)")
 
@@ -94,6 +103,39 @@ class ModelHolder:
                 self.warn(f"serving new weights {fresh.digest[:12]} (round {fresh.describe()['round']})")
 
 
+class BodyLimit:
+    """The body limit on the bytes actually received (a chunked body declares no length): the body is read up to
+    the limit, then the request goes on with it; past the limit, 413 and nothing is parsed."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
+                return await response(scope, receive, send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: a disconnect, when it comes
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
 def make_app(
     folder: Path,
     weights: str = "model.pt",
@@ -112,12 +154,13 @@ def make_app(
     app = FastAPI(title="fedseqrec", summary="next-item recommendations from a federated model", lifespan=lifespan)
     app.state.holder = holder
 
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            return JSONResponse({"detail": f"request body over {max_body} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=max_body)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        """What is wrong and where, never the input itself (a response must not echo megabytes back)."""
+        problems = [{"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")} for e in err.errors()]
+        return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(UserError)
     async def refused(request: Request, err: UserError) -> JSONResponse:
@@ -154,6 +197,11 @@ def make_app(
             and (body.query is not None or (body.queries is not None and len(body.queries) != len(histories)))
         ):
             raise UserError("query goes with history; queries (one per history) with histories")
+        if len(histories) * body.k > MAX_ITEMS or (body.explain and len(histories) > MAX_EXPLAINED):
+            raise UserError(
+                f"too much work for one request: at most {MAX_ITEMS} items (histories × k) and {MAX_EXPLAINED} "
+                "explained histories; split the batch"
+            )
         found = recommender.recommend_batch(histories, body.k, body.exclude_seen, body.explain, queries)
         described = recommender.describe()
         answer = {"round": described["round"], "sha256": described["sha256"]}

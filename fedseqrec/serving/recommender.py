@@ -120,7 +120,8 @@ class Recommender:
             ranked = scores[row].clone()
             if exclude_seen:
                 ranked[torch.from_numpy(np.unique(ids))] = -math.inf
-            top = torch.topk(ranked, k)
+            # never more than the items left to recommend: a seen item is not one (its score is -inf)
+            top = torch.topk(ranked, min(k, int(torch.isfinite(ranked).sum())))
             found = Recommendation(
                 [str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown, truncated
             )
@@ -180,7 +181,8 @@ class Recommender:
     def _explain(
         self, ids: np.ndarray, items: torch.Tensor, scores: torch.Tensor, words: np.ndarray | None, top: int = 3
     ) -> list[list[dict]]:
-        """Leave-one-out: how much each recommended item's score drops when one history item is left out."""
+        """Leave-one-out: how much each recommended item's score drops when one history item is left out; only the
+        items whose removal lowers it (none may: the list is then empty)."""
         if len(ids) < 2:
             return [[{"item": str(self.tokens[ids[0]]), "score_drop": None}] for _ in items] if len(ids) else []
         without = [np.delete(ids, position) for position in range(len(ids))]
@@ -190,7 +192,7 @@ class Recommender:
         drops = (scores[items].unsqueeze(0) - reduced).numpy()
         explained = []
         for column in range(len(items)):
-            order = np.argsort(-drops[:, column])[:top]
+            order = [p for p in np.argsort(-drops[:, column])[:top] if drops[p, column] > 0]
             explained.append(
                 [
                     {
@@ -212,7 +214,7 @@ class Recommender:
         same = info.get("sha256") == self.digest
         privacy = _read(self.folder / "privacy_report.json")
         return {
-            "folder": str(self.folder.resolve()),
+            "folder": self.folder.resolve().name,  # (no path of the server's disk in a response)
             "model": self.model.name,
             "weights": self.weights,
             "sha256": self.digest,
@@ -227,7 +229,7 @@ class Recommender:
                 "max_epsilon": privacy.get("max_epsilon"),
                 "delta": privacy.get("delta"),
                 "mechanism": privacy.get("mechanism"),
-                "report": str((self.folder / "privacy_report.json").resolve()),
+                "report": "privacy_report.json",
             },
         }
 

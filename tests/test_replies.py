@@ -1,0 +1,98 @@
+"""Replies that cannot crash or fool the federation: every field the server reads is checked first, a bad reply is
+refused with its reason and the round goes on (issue 29's probes)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from faults import client_app_with, forgetful_ledger, timeless
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import TINY
+
+from fedseqrec.privacy.ledger import ledger_problem
+from fedseqrec.server.replies import metrics_problem
+
+GOOD = {"num-examples": 40, "partition-id": 0, "train-loss": 1.5, "steps": 3, "seconds": 0.4}
+
+
+def _reply(metrics: dict, arrays: bool = True, status: str | None = None) -> Message:
+    content = {"metrics": MetricRecord(metrics)}
+    if arrays:
+        content["arrays"] = ArrayRecord({"w": torch.zeros(2)})
+    if status is not None:
+        content["status"] = ConfigRecord({"reason": status})
+    return Message(RecordDict(content), dst_node_id=1, message_type="train")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"seconds": None}, "seconds missing"),
+        ({"seconds": [1.0, 2.0]}, "seconds [1.0, 2.0] is not a finite number"),
+        ({"seconds": -1.0}, "seconds -1.0 is out of range"),
+        ({"train-loss": None}, "train-loss missing"),
+        ({"train-loss": math.inf}, "train-loss inf is not a finite number"),
+        ({"steps": 2.5}, "steps 2.5 is not a whole number"),
+        ({"declined": 2}, "declined 2 is neither 0 nor 1"),
+        ({"declined": 1}, "declined, yet sends arrays"),
+        ({"num-examples": -3}, "num-examples -3"),
+        ({"partition-id": 4}, "partition-id 4 is not the client's (0)"),
+    ],
+)
+def test_a_malformed_reply_is_named_not_read(change, expected):
+    metrics = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    assert expected in metrics_problem(_reply(metrics), 0)
+
+
+def test_a_reply_that_declines_without_arrays_is_well_formed():
+    assert metrics_problem(_reply({"num-examples": 0, "partition-id": 0, "declined": 1}, arrays=False), 0) is None
+    assert metrics_problem(_reply(GOOD), 0) is None
+
+
+LEDGER = {
+    **GOOD, "epsilon": 2.5, "delta": 1e-5, "budget": -1.0, "ledger-round": [1, 2], "ledger-noise": [1.0, 1.0],
+    "ledger-rate": [0.25, 0.25], "ledger-steps": [4, 4],
+}  # fmt: skip # a ledger reply, field by field
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"ledger-round": [], "ledger-noise": [], "ledger-rate": [], "ledger-steps": [], "epsilon": 0.0},
+         "trained in round 2 but holds no record of it"),
+        ({"ledger-round": [1], "ledger-noise": [1.0], "ledger-rate": [0.25], "ledger-steps": [4]},
+         "trained in round 2 but holds no record of it"),
+        ({"ledger-steps": [4]}, "differ in length"),
+        ({"ledger-steps": None}, "must each be a list"),
+        ({"epsilon": math.nan}, "epsilon nan is not a finite number"),
+        ({"epsilon": -1.0}, "epsilon -1.0 is out of range"),
+        ({"delta": 0.9}, "delta 0.9 is out of range"),
+        ({"delta": math.inf}, "delta inf is not a finite number"),
+        ({"budget": None}, "budget missing"),
+        ({"ledger-noise": [1.0, 0.0]}, "record 2: noise 0.0 is out of range"),
+        ({"ledger-rate": [0.25, 2.0]}, "record 2: rate 2.0 is out of range"),
+        ({"ledger-steps": [4, 1.5]}, "record 2: steps 1.5 is not a whole number"),
+        ({"ledger-round": [2, 1]}, "record 2: round 1 is out of range"),
+        ({"ledger-round": [1, 3]}, "record 2: round 3 is out of range"),
+    ],
+)  # fmt: skip # one probe a line
+def test_a_ledger_that_cannot_be_read_or_hides_this_round_is_refused(change, expected):
+    metrics = {k: v for k, v in {**LEDGER, **change}.items() if v is not None}
+    assert expected in ledger_problem(metrics, 2, 1e-5)
+    assert ledger_problem(LEDGER, 2, 1e-5) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [forgetful_ledger, timeless], ids=["empty ledger, epsilon 0", "no seconds"])
+def test_a_client_sending_bad_figures_is_refused_and_the_run_goes_on(tmp_path, fault):
+    from fedseqrec.simulation.engine import simulate
+
+    cfg = TINY.replace(rounds=2, mechanism="dp-sgd", noise_multiplier=1.0, out=str(tmp_path / "run"))
+    results, folder = simulate(cfg, client_app=client_app_with(fault))
+    rounds = [json.loads(line) for line in (folder.path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["failed"] == ["client 0 (rejected)"] and r["clients"] == 2 for r in rounds)
+    privacy = json.loads((folder.path / "privacy.json").read_text())
+    assert "0" not in privacy["clients"] and results["privacy"]["max_epsilon"] > 0
