@@ -299,3 +299,26 @@ def test_resume_beyond_the_calibrated_horizon_keeps_the_noise_and_the_budget_sto
         assert len({r.noise_multiplier for r in records}) == 1  # σ of the 2-round calibration, every round
     report = json.loads((out / "privacy_report.json").read_text())
     assert 3.0 < report["max_epsilon"] <= 4.5
+
+
+@pytest.mark.slow
+def test_report_recomputes_from_every_record_not_from_privacy_json_alone(budget_run, tmp_path, cli):
+    """A consistent edit of privacy.json (a client's last round dropped, its ε lowered to match) cannot lower the
+    report: state.pt and the client's own ledger file still hold the round, and the disagreement is flagged."""
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(budget_run, run)
+    privacy = json.loads((run / "privacy.json").read_text())
+    entry = privacy["clients"]["0"]
+    truth = max(entry["epsilon"], entry["epsilon_checked"])
+    entry["ledger"] = entry["ledger"][:1]
+    entry["epsilon"] = entry["epsilon_checked"] = PrivacyLedger("0", entry["delta"], records=[
+        LedgerRecord(**r) for r in entry["ledger"]]).epsilon()  # fmt: skip # (one record)
+    (run / "privacy.json").write_text(json.dumps(privacy))
+    result = cli("report", run)
+    report = json.loads((run / "privacy_report.json").read_text())
+    client = next(c for c in report["clients"] if c["client"] == "0")
+    assert result.code == 1 and client["epsilon"] == pytest.approx(truth, rel=1e-6)
+    assert any("state.pt gives" in flag for flag in report["flags"])
+    assert any("ledgers/client-0.json gives" in flag for flag in report["flags"])

@@ -12,6 +12,7 @@ from faults import client_app_with, forgetful_ledger, timeless
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from helpers import TINY
 
+from fedseqrec.federated.config import RunConfig
 from fedseqrec.privacy.ledger import ledger_problem
 from fedseqrec.server.replies import metrics_problem
 
@@ -96,3 +97,23 @@ def test_a_client_sending_bad_figures_is_refused_and_the_run_goes_on(tmp_path, f
     assert all(r["failed"] == ["client 0 (rejected)"] and r["clients"] == 2 for r in rounds)
     privacy = json.loads((folder.path / "privacy.json").read_text())
     assert "0" not in privacy["clients"] and results["privacy"]["max_epsilon"] > 0
+
+
+def test_a_huge_update_is_refused_by_default_relative_to_the_model():
+    from fedseqrec.server.replies import ReplyRules, update_problem
+
+    current = ArrayRecord({"w": torch.ones(4)})
+    rules = ReplyRules.for_arrays(current, max_update_ratio=RunConfig().algorithm.max_update_ratio)
+
+    def reply(values):
+        return Message(
+            RecordDict({"metrics": MetricRecord(GOOD), "arrays": ArrayRecord({"w": torch.tensor(values)})}),
+            dst_node_id=1,
+            message_type="train",
+        )
+
+    assert update_problem(reply([1.1, 0.9, 1.2, 1.0]), rules, current) is None  # an honest step
+    problem = update_problem(reply([1e30, 1.0, 1.0, 1.0]), rules, current)
+    assert "over 100 times the global model's" in problem and "--max-update-ratio" in problem
+    unbounded = ReplyRules.for_arrays(current, max_update_ratio=0.0)
+    assert update_problem(reply([1e30, 1.0, 1.0, 1.0]), unbounded, current) is None

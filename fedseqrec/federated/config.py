@@ -83,6 +83,15 @@ class AlgorithmConfig:
         check=positive,
         group=FEDERATION,
     )
+    # A ×1e30 update would wreck the global model for good: refused by default, relative to the model's own size
+    # (an honest round moves the weights by a fraction of their norm).
+    max_update_ratio: float = option(
+        100.0,
+        "reject a client's update whose l2 norm exceeds this multiple of the global model's norm (0: no bound; "
+        "under --secure-aggregation the server sees no single update)",
+        check=non_negative,
+        group=FEDERATION,
+    )
     trim_beta: float = option(
         0.2, "fedtrimmedavg: share of values cut at each end", check=within(0, 0.5, high_open=True), group=FEDERATION
     )

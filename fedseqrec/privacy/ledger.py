@@ -154,9 +154,9 @@ LEDGER_LISTS = ("ledger-round", "ledger-noise", "ledger-rate", "ledger-steps")
 
 def ledger_problem(metrics, server_round: int, max_delta: float) -> str | None:
     """Why a reply's privacy figures cannot be read as a ledger (None: they can): ε, δ and budget finite and in
-    range (δ at most the run's), four record lists of one length, each record a round up to this one in order, a
-    positive noise multiplier, a sampling rate in (0, 1] and a whole number of steps. A client that trained this
-    round must hold this round's record."""
+    range (δ at most the run's), four record lists of one length, each record a round up to this one in order (a
+    round held twice is a round trained again after a stop), a positive noise multiplier, a sampling rate in
+    (0, 1] and a whole number of steps. A client that trained this round must hold this round's record."""
     problem = (
         number_problem(metrics, "epsilon", low=0.0)
         or number_problem(metrics, "delta", low=1e-300, high=max_delta)
@@ -173,7 +173,8 @@ def ledger_problem(metrics, server_round: int, max_delta: float) -> str | None:
     for index, (r, s, q, n) in enumerate(zip(*lists, strict=True), 1):
         record = {"round": r, "noise": s, "rate": q, "steps": n}
         problem = (
-            number_problem(record, "round", low=last + 1, high=server_round, whole=True)
+            # (a round may be held twice: trained again after the server was stopped before saving it)
+            number_problem(record, "round", low=max(last, 1), high=server_round, whole=True)
             or number_problem(record, "noise", low=1e-12)
             or number_problem(record, "rate", low=1e-12, high=1.0)
             or number_problem(record, "steps", low=0, whole=True)

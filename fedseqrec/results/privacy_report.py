@@ -14,6 +14,7 @@ from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
 from fedseqrec.results.folder import RunFolder, data_identity, recorded_data, recorded_run
+from fedseqrec.results.ledger_copies import check_against_other_copies
 
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
@@ -82,7 +83,11 @@ def build_privacy_report(folder: Path) -> dict:
                 "ledger": entry["ledger"],
             }
         )
+    flags += check_against_other_copies(folder, clients, recompute, TOLERANCE)
     largest = max((c["epsilon"] for c in clients), default=0.0)
+    claimed = (metrics.get("privacy") or {}).get("max_epsilon")
+    if claimed is not None and not math.isclose(claimed, largest, rel_tol=TOLERANCE, abs_tol=1e-9):
+        flags.append(f"metrics.json claims largest ε {claimed:.4g}, the records give {largest:.4g}")
     stored_history = privacy["history"][-1]["max_epsilon"] if privacy["history"] else 0.0
     if not math.isclose(stored_history, largest, rel_tol=TOLERANCE, abs_tol=1e-9):
         flags.append(f"the stored per-round history ends at ε {stored_history:.4g}, the records give {largest:.4g}")

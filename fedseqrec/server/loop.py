@@ -103,6 +103,7 @@ class Federation:
             weights=weights,
             max_examples=self.ds.sequences.n_users or 2**31 - 1,
             max_update_norm=cfg.algorithm.max_update_norm,
+            max_update_ratio=cfg.algorithm.max_update_ratio,
         )
         if (self.folder.path / STATE).exists():
             self._restore(self.folder.load_state())

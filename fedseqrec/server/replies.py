@@ -31,6 +31,7 @@ class ReplyRules:
     weights: bool = True
     max_examples: int = 2**31 - 1
     max_update_norm: float | None = None
+    max_update_ratio: float = 0.0  # of the global model's norm (weights replies; 0: no bound)
 
     @classmethod
     def for_arrays(cls, arrays: ArrayRecord, keys=None, **options) -> ReplyRules:
@@ -82,7 +83,8 @@ def update_problem(reply: Message, rules: ReplyRules, current: ArrayRecord) -> s
         return "keys differ from the global model's: " + "; ".join(
             part for part in (_listed("missing", missing), _listed("unexpected", extra)) if part
         )
-    squared = 0.0
+    squared, model_squared = 0.0, 0.0
+    relative = rules.weights and rules.max_update_ratio > 0
     for key, (shape, dtype) in rules.expected.items():
         value = arrays[key].numpy()
         if tuple(value.shape) != shape:
@@ -91,11 +93,18 @@ def update_problem(reply: Message, rules: ReplyRules, current: ArrayRecord) -> s
             return f"{key}: dtype {value.dtype}, expected {dtype}"
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             return f"{key}: {int((~np.isfinite(value)).sum())} non-finite values"
-        if rules.max_update_norm is not None and value.dtype.kind == "f":
-            delta = value.astype(np.float64) - (current[key].numpy() if rules.weights else 0.0)
-            squared += float(np.square(delta).sum())
-    if rules.max_update_norm is not None and math.sqrt(squared) > rules.max_update_norm:
-        return f"update norm {math.sqrt(squared):.4g} exceeds --max-update-norm {rules.max_update_norm:g}"
+        if (rules.max_update_norm is not None or relative) and value.dtype.kind == "f":
+            before = current[key].numpy().astype(np.float64) if rules.weights else 0.0
+            squared += float(np.square(value.astype(np.float64) - before).sum())
+            model_squared += float(np.square(before).sum())
+    norm = math.sqrt(squared)
+    if rules.max_update_norm is not None and norm > rules.max_update_norm:
+        return f"update norm {norm:.4g} exceeds --max-update-norm {rules.max_update_norm:g}"
+    if relative and model_squared > 0 and norm > rules.max_update_ratio * math.sqrt(model_squared):
+        return (
+            f"update norm {norm:.4g} is over {rules.max_update_ratio:g} times the global model's "
+            f"{math.sqrt(model_squared):.4g} (--max-update-ratio)"
+        )
     return None
 
 
