@@ -151,3 +151,25 @@ def test_bad_input(cli, tmp_path, case, command):
         assert word in message, (word, message)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_refusals_name_the_real_problem_in_one_line(cli, tmp_path):
+    """Each used to end in an internal error, succeed, or blame the wrong thing (issue 29's probes)."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "inf.csv").write_text("user_id,item_id,timestamp\nu1,i1,inf\nu1,i2,5\n")
+    (tmp_path / "plain.csv").write_text("user_id,item_id,timestamp\nu1,i1,1\nu1,i2,5\n")
+    cases = [
+        (["deploy", "credentials", "--out", tmp_path / "afile"], "is a file, not a folder"),
+        (["deploy", "credentials", "--out", tmp_path / "keys", "--nodes", "-3"], "--nodes -3: must be 0 or more"),
+        (["data", "stats", "--data", tmp_path / "loop1"], "a symbolic link that leads nowhere"),
+        (["data", "stats", "--data", tmp_path / "inf.csv"], "'inf' is not a time"),
+        (["data", "stats", "--data", tmp_path / "plain.csv", "--format", "prepared"], "not a folder written by"),
+        (["data", "stats", "--data", tmp_path / "plain.csv", "--format", "taobao"], "line 1 has 3 fields"),
+    ]
+    for args, expected in cases:
+        result = cli(*args)
+        assert result.code == 2 and expected in result.err, (args, result.err)
+        assert len(result.err.strip().splitlines()) == 1 and "internal error" not in result.err
+    assert not (tmp_path / "keys").exists()

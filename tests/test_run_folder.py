@@ -166,3 +166,18 @@ def test_data_changed_since_the_run_is_refused(cli, trained):
     for command in (["evaluate", "--checkpoint", trained / "run"], ["recommend", trained / "run", "--user", "u1"]):
         result = cli(*command)
         assert result.code == 2 and "no longer holds the files the run was trained on" in result.err
+
+
+def test_the_http_service_takes_the_runs_data_from_elsewhere_and_refuses_other_data(trained):
+    from fastapi.testclient import TestClient
+
+    from fedseqrec.serving.app import make_app
+
+    copy = trained / "copy.csv"
+    copy.write_bytes((trained / "log.csv").read_bytes())
+    (trained / "log.csv").unlink()
+    with TestClient(make_app(trained / "run", poll_seconds=60, data=str(copy))) as service:
+        assert service.post("/recommend", json={"history": ["i1", "i2"], "k": 3}).status_code == 200
+    copy.write_text(copy.read_text() + "u1,i2,99999\n")
+    with pytest.raises(UserError, match="not the data the run"):
+        make_app(trained / "run", data=str(copy))

@@ -25,6 +25,8 @@ def resolve_path(data: str) -> Path:
     path = Path(data).expanduser()
     if path.exists():
         return path
+    if path.is_symlink():
+        raise DataError(f"{data}: a symbolic link that leads nowhere (its target is missing, or links loop)")
     looks_like_path = any(sep in data for sep in ("/", "\\")) or path.suffix != ""
     if looks_like_path:
         raise DataError(f"{data}: no such file or folder")
@@ -105,8 +107,11 @@ def load_interactions(
         raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = detect_format(path)
-    if fmt == "prepared":
-        raise UserError(f"{path}: is a prepared dataset; load it with load_prepared")
+    if fmt == "prepared":  # (a prepared folder is loaded before this; anything else asked to be one is not)
+        raise UserError(
+            f"{path}: --format prepared, but this is not a folder written by `fedseqrec data prepare`; give its "
+            "own format (or auto)"
+        )
     if fmt == "recbole":
         return load_atomic(path, parse_column_mapping(columns) if columns else None, time_unit)
     if fmt == "movielens":

@@ -86,7 +86,15 @@ def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "a
 
 def _refuse_mixed_units(values: np.ndarray, raw: pd.Series, origin: Origin, column: str, unit: str) -> None:
     """Auto mode reads a column as milliseconds when any value is beyond seconds' range: a column mixing the two
-    would put its seconds rows in January 1970 and reorder the events, so it is refused with a row of each."""
+    would put its seconds rows in January 1970 and reorder the events, so it is refused with a row of each. An
+    infinite value is no time at all, in either unit: named first."""
+    infinite = np.flatnonzero(np.isinf(values))
+    if len(infinite):
+        row = int(infinite[0])
+        raise DataError(
+            f"{origin.where(row)}: column '{column}': {raw.iloc[row]!r} is not a time (expected epoch seconds, "
+            "epoch milliseconds or ISO-8601 date-time)"
+        )
     if unit != "auto":
         return
     millis = values > MILLISECONDS_ABOVE

@@ -82,6 +82,13 @@ def read_delimited(
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
     if names is not None and header is False and frame.shape[1] != len(names):
         raise DataError(f"{path}: expected {len(names)} columns ({', '.join(names)}), found {frame.shape[1]}")
+    if names is not None and header is False and len(frame) and frame[names[-1]].isna().any():
+        row = int(frame[names[-1]].isna().to_numpy().argmax())  # a short line: pandas fills the missing fields
+        found = int(frame.iloc[row].notna().sum())
+        raise DataError(
+            f"{path}: line {row + 1} has {found} fields, the layout expects {len(names)} ({', '.join(names)}): is "
+            "--format right for this file?"
+        )
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

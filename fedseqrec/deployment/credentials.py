@@ -155,6 +155,10 @@ def make_node_key(path: Path) -> Path:
 def write_credentials(out: Path, hosts: list[str], nodes: int, force: bool = False) -> list[str]:
     """``fedseqrec deploy credentials``: the CA, the SuperLink's certificate and ``nodes`` key pairs in ``out``;
     what was written, in lines for people."""
+    if nodes < 0:
+        raise UserError(f"--nodes {nodes}: must be 0 or more (the SuperNode key pairs to make)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose a folder for the certificates and keys")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out}: folder is not empty; refusing to overwrite keys (use --force)")
     certs = make_certificates(out, hosts)
