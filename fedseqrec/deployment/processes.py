@@ -148,7 +148,14 @@ class ProcessGroup:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(alive(pid) for pid in pids):
             time.sleep(0.1)
-        _signal([pid for pid in pids if alive(pid)] + tagged(self.tag), signal.SIGKILL)
+        # SIGKILL until nothing of ours is left: a process being started while the others die (a SuperNode's
+        # ClientApp) escapes one scan, not repeated ones.
+        left = [pid for pid in pids if alive(pid)] + tagged(self.tag)
+        settle = time.monotonic() + 10.0
+        while left and time.monotonic() < settle:
+            _signal(left, signal.SIGKILL)
+            time.sleep(0.1)
+            left = [pid for pid in pids if alive(pid)] + tagged(self.tag)
         for process in processes:
             process.wait(timeout=5)
         self.running.clear()
