@@ -78,3 +78,25 @@ def _task_identity():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs a federation or real processes (seconds to minutes)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_ray_cluster_for_the_session():
+    """Every simulated federation of the test session on one Ray cluster. Flower starts Ray when none is running
+    and stops it when each simulation ends; that start costs seconds on two cores, some forty times a suite. Here
+    the first simulation starts it and it stays (each simulation still ends its own client actors); it stops when
+    the session ends. Tests only: a user's `fedseqrec simulate` leaves nothing running."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    def end_actors_only(self) -> None:
+        if self.pool:
+            self.pool.terminate_all_actors()
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(RayBackend, "terminate", end_actors_only)
+    yield
+    patch.undo()
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
