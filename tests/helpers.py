@@ -28,29 +28,9 @@ TINY = RunConfig.of(
     batch_size=16,
 )
 TINY_FLAGS = [
-    "--clients",
-    "3",
-    "--shop-users",
-    "120",
-    "--shop-items",
-    "80",
-    "--shop-categories",
-    "5",
-    "--shop-days",
-    "20",
-    "--hidden",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "1",
-    "--inner",
-    "32",
-    "--max-len",
-    "20",
-    "--batch-size",
-    "16",
-]
+    "--clients", "3", "--shop-users", "120", "--shop-items", "80", "--shop-categories", "5", "--shop-days", "20",
+    "--hidden", "16", "--layers", "1", "--heads", "1", "--inner", "32", "--max-len", "20", "--batch-size", "16",
+]  # fmt: skip # a flag and its value side by side, as typed
 
 
 def client_context(cfg: RunConfig, partition: int, ledger: Path | None = None, **node_config) -> Context:
