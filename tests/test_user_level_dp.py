@@ -12,8 +12,9 @@ from helpers import TINY, TINY_FLAGS, Nodes, flat, independent_epsilons, model_a
 from fedseqrec.federated.task import build_global_model, cached_dataset, training_windows
 from fedseqrec.models.base import SequenceLoss
 from fedseqrec.privacy.dp_fedavg import CentralAccountant
+from fedseqrec.privacy.noisy_sum import NoisySum
 from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
-from fedseqrec.privacy.user_level import NoisySum, silo_contribution, trainable
+from fedseqrec.privacy.user_level import silo_contribution, trainable
 from fedseqrec.simulation.engine import simulate
 
 USER_DP = TINY.replace(mechanism="user-level", users_per_round=40, noise_multiplier=1.0, rounds=2)
@@ -40,9 +41,14 @@ def test_each_users_term_is_clipped_for_the_cloze_model_too():
         assert flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
 
 
-def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient():
-    model, windows = model_and_windows("sasrec")
-    chosen, clip = np.array([1, 4, 7]), 0.5
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm", "query-sasrec"])
+def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient(name):
+    """Exact against plain autograd on each user's full window: the vectorised sum computes users of like length
+    together, cut after their longest, and must lose nothing by it."""
+    model, windows = model_and_windows(name)
+    lengths = windows.window_lengths()
+    chosen, clip = np.array([2, 5, 7, 12]), 0.5
+    assert lengths[chosen].max() < windows.width - 1  # the chunk is shorter than the window: the cut is exercised
     total, norms, _ = clipped_update_sum(model, windows, chosen, Contribution(clip))
     expected = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
     for i, user in enumerate(chosen):  # one user at a time, plain autograd
@@ -158,7 +164,7 @@ def test_windows_of_a_silo_are_its_users():
 def test_a_server_optimiser_acts_on_the_noisy_mean_gradient():
     from flwr.serverapp.strategy import FedAdam
 
-    from fedseqrec.privacy.user_level import with_noisy_sum
+    from fedseqrec.privacy.noisy_sum import with_noisy_sum
 
     strategy = with_noisy_sum(FedAdam)(
         keys=["w"],

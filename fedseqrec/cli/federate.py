@@ -13,7 +13,7 @@ from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.config import TRAINABLE_MODELS
 from fedseqrec.options import add_options, from_args
 from fedseqrec.results.folder import RunFolder, recorded_data
-from fedseqrec.results.summary import format_round, summary_table
+from fedseqrec.results.summary import format_round, released_round, summary_table
 from fedseqrec.simulation.attacks import AttackConfig
 
 DEPLOY_HELP = """Flower's deployment engine: a SuperLink and SuperNodes as separate processes
@@ -40,7 +40,7 @@ def print_results(results: dict, folder: Path) -> None:
     if results.get("stopped"):
         print(f"stopped: {results['stopped']}")
     print(
-        f"{results['model']} / {results['strategy']}: best round {results['best_round']} of {results['rounds_run']}: "
+        f"{results['model']} / {results['strategy']}: {released_round(results, task.selection)}: "
         f"test {task.headline_of(test)}"
     )
     for line in results.get("notes", []):

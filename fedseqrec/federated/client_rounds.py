@@ -19,7 +19,14 @@ from flwr.app import ArrayRecord
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.federated.messages import CLIP_KEY, COUNT_NOISE_KEY, HELD_LEDGER_KEY, NOISE_STD_KEY, USER_RATE_KEY
+from fedseqrec.federated.messages import (
+    CLIP_KEY,
+    COUNT_NOISE_KEY,
+    HELD_LEDGER_KEY,
+    ITEM_ROWS_KEY,
+    NOISE_STD_KEY,
+    USER_RATE_KEY,
+)
 from fedseqrec.federated.task import client_seed, train_locally, training_windows
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.training import TrainResult
@@ -97,8 +104,15 @@ def user_level_contribution(model, data: ClientData, cfg: RunConfig, server_roun
     own = private_part(data, cfg.privacy, cfg.data.seed)  # public users trained the initial model, not these rounds
     windows = training_windows(model, own, cfg.fit, client_seed(cfg, server_round, data.client))
     rule = contribution_rule(cfg.privacy, float(sent[CLIP_KEY]))
+    rows = sent.get(ITEM_ROWS_KEY)
     reply = silo_contribution(
-        model, windows, float(sent[USER_RATE_KEY]), rule, float(sent[NOISE_STD_KEY]), float(sent[COUNT_NOISE_KEY])
+        model,
+        windows,
+        float(sent[USER_RATE_KEY]),
+        rule,
+        float(sent[NOISE_STD_KEY]),
+        float(sent[COUNT_NOISE_KEY]),
+        rows=[int(r) for r in rows] if rows is not None else None,
     )
     metrics = {"sampled-users": reply.sampled, "unclipped-centred": reply.unclipped}
     result = TrainResult(reply.sampled, reply.loss, 1, time.perf_counter() - started)

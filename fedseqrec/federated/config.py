@@ -253,6 +253,10 @@ class RunConfig:
             self.model.loss,
             tied=self.model.tie_items,
         )
+        if self.privacy.item_rows is not None and self.model.freeze != "none":
+            raise UserError(
+                f"--item-rows chooses which item rows train, and --freeze {self.model.freeze} trains none: drop one"
+            )
 
     def _validate_robust(self, clients: int | None) -> None:
         algorithm = self.algorithm

@@ -14,6 +14,8 @@ ITEM_COUNTS_KEY = "item-counts"
 # it), and the silo's count of unclipped users gets its share of that count's noise.
 USER_RATE_KEY, NOISE_STD_KEY = "user-rate", "noise-share-std"
 CLIP_KEY, COUNT_NOISE_KEY = "clip-norm", "count-noise-share-std"
+# --item-rows: the item rows that train (the others are left out of every contribution and get no noise).
+ITEM_ROWS_KEY = "item-rows"
 # DP-SGD at the clients: the records the server holds for the client addressed (JSON), its authoritative ledger.
 HELD_LEDGER_KEY = "held-ledger"
 # Secure aggregation: the reply is a sum the server adds up as it is (weight 1), not weights averaged by examples.
@@ -27,6 +29,7 @@ SERVER_KEYS = (
     NOISE_STD_KEY,
     CLIP_KEY,
     COUNT_NOISE_KEY,
+    ITEM_ROWS_KEY,
     HELD_LEDGER_KEY,
     SECURE_SUM_KEY,
 )

@@ -75,6 +75,33 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
             raise UserError(f"no noise multiplier reaches ε = {target_epsilon} at δ = {delta}: {err}") from err
 
 
+@functools.lru_cache(maxsize=64)
+def calibrate_noise_after(
+    prior: tuple[Record, ...], target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """The smallest noise multiplier (to 0.01 in ε) whose ``steps`` steps, composed after the ``prior`` releases
+    (a one-off release before the rounds, such as the private item selection), keep ε below the target."""
+    if not prior:
+        return calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant)
+    spent = epsilon(prior, delta, accountant)
+    if spent >= target_epsilon:
+        raise UserError(
+            f"the release before the rounds alone spends ε = {spent:.3g} at δ = {delta:.3g}, not below the target "
+            f"--epsilon {target_epsilon:g}: give it more noise"
+        )
+
+    def total(noise: float) -> float:
+        return epsilon([*prior, (noise, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.0, 1.0
+    while total(high) > target_epsilon:
+        low, high = high, high * 2
+    while total(high) < target_epsilon - 0.01 and high - low > 1e-6:
+        middle = (low + high) / 2
+        low, high = (low, middle) if total(middle) <= target_epsilon else (middle, high)
+    return high
+
+
 @functools.lru_cache(maxsize=1024)
 def _rdp_of_one_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
     from opacus.accountants import RDPAccountant

@@ -17,6 +17,9 @@ USER = (
     "federation-wide user-level differential privacy (DP-FedSGD across silos; one user of the federation is the unit)"
 )
 NOISE_SHARES = ("server", "clients")
+# The model a run releases (model.pt): the last round's, or the round with the best validation figure.
+LAST, BEST_VALIDATION = "last", "best-validation"
+RELEASES = (LAST, BEST_VALIDATION)
 CLIPPING = ("flat", "per-layer")
 
 # The mechanisms a run can use (``--privacy``), by the name their registry (fedseqrec.federated.mechanisms) knows
@@ -48,6 +51,14 @@ class PrivacyConfig:
         "user-level (one user of the whole federation is the unit, across silos)",
         choices=MECHANISMS,
         key="privacy",
+        group=PRIVACY,
+    )
+    release: str | None = option(
+        None,
+        "the model the run releases (model.pt): last = the last round's, a choice that reads no user data (the "
+        "default of a private run); best-validation = the round with the best validation figure, read in the clear "
+        "(the default without privacy; with privacy the choice is outside the guarantee and the report says so)",
+        choices=RELEASES,
         group=PRIVACY,
     )
     noise_multiplier: float | None = option(None, "noise multiplier σ instead of --epsilon", group=DPSGD)
@@ -133,17 +144,42 @@ class PrivacyConfig:
         group=USER,
     )
 
+    item_rows: int | None = option(
+        None,
+        "train only the rows of the K items most users hold, chosen from item counts released once with noise "
+        "(--selection-noise, in the ledger); every other item row gets no update and no noise (DP-FEST); default: "
+        "every row",
+        check=positive_int,
+        group=USER,
+    )
+    selection_noise: float = option(
+        5.0,
+        "--item-rows: noise multiplier of the item counts (each user counts 1/√n for each of their n distinct "
+        "training items: sensitivity 1)",
+        check=positive,
+        group=USER,
+    )
+
     @property
     def private(self) -> bool:
         return self.mechanism != NO_DP
+
+    @property
+    def released(self) -> str:
+        """The release rule in force: the one given, else last for a private run and best-validation without."""
+        if self.release is not None:
+            return self.release
+        return LAST if self.private else BEST_VALIDATION
 
     def budget_or_target(self) -> float | None:
         return self.budget if self.budget is not None else self.epsilon
 
     def implied(self) -> PrivacyConfig:
-        """``--epsilon`` or ``--noise-multiplier`` without a mechanism ask for DP-SGD at the clients."""
+        """``--epsilon`` or ``--noise-multiplier`` without a mechanism ask for DP-SGD at the clients; the release
+        rule follows from the mechanism (recorded, so that a resume keeps it)."""
         asked = self.epsilon is not None or self.noise_multiplier is not None
-        return replace(self, mechanism=LOCAL_DPSGD) if asked and self.mechanism == NO_DP else self
+        cfg = replace(self, mechanism=LOCAL_DPSGD) if asked and self.mechanism == NO_DP else self
+        return replace(cfg, release=cfg.released)
 
     def validate(
         self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str, tied: bool = False
@@ -218,6 +254,11 @@ class PrivacyConfig:
             )
         if self.epsilon is not None and self.budget is not None and self.budget < self.epsilon:
             raise UserError(f"--budget {self.budget} is below the target --epsilon {self.epsilon}")
+        if self.item_rows is not None and self.noise_shares == "clients":
+            raise UserError(
+                "--item-rows is chosen by the server from the users' item counts, which --noise-shares clients keeps "
+                "from it: use --noise-shares server"
+            )
 
     def _validate_dp_fedavg(self, strategy: str, clients_per_round: int | None) -> None:
         given = [n for n in ("noise_multiplier", "epsilon", "horizon") if getattr(self, n) is not None]
@@ -251,6 +292,8 @@ USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defa
     "public_users": 0.0,
     "public_epochs": 40,
     "clip_quantile": None,
+    "item_rows": None,
+    "selection_noise": 5.0,
 }
 DP_FEDAVG_ONLY = {  # options of DP-FedAvg, with their defaults
     "central_noise": None,

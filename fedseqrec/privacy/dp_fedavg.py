@@ -117,10 +117,12 @@ def poisson_clients(available: list[int], rate: float, rng: np.random.Generator 
 
 
 class CentralAccountant:
-    """One Poisson-subsampled Gaussian release per round, composed."""
+    """One Poisson-subsampled Gaussian release per round, composed after the ``prior`` records (a release made once
+    before the first round: the private item selection)."""
 
-    def __init__(self, noise: float, rate: float, delta: float, accountant: str):
+    def __init__(self, noise: float, rate: float, delta: float, accountant: str, prior: tuple[dict, ...] = ()):
         self.noise, self.rate, self.delta, self.accountant = noise, rate, delta, accountant
+        self.prior = tuple(prior)
         self.rounds = 0
 
     def add_round(self) -> float:
@@ -128,8 +130,17 @@ class CentralAccountant:
         return self.epsilon()
 
     def epsilon(self, rounds: int | None = None) -> float:
+        return epsilon([_as_record(r) for r in self.records(rounds)], self.delta, self.accountant)
+
+    def records(self, rounds: int | None = None) -> list[dict]:
+        """The ledger: the prior releases, then the rounds' (as one record of ``rounds`` steps)."""
         n = self.rounds if rounds is None else rounds
-        return epsilon([(self.noise, self.rate, n)], self.delta, self.accountant)
+        rounds_record = {"round": n, "noise_multiplier": self.noise, "sample_rate": self.rate, "steps": n}
+        return [*self.prior, rounds_record] if n else list(self.prior)
+
+
+def _as_record(record: dict) -> tuple[float, float, int]:
+    return record["noise_multiplier"], record["sample_rate"], record["steps"]
 
 
 class OneReleasePerRound(PrivacyMechanism):
@@ -170,7 +181,6 @@ class OneReleasePerRound(PrivacyMechanism):
         """Every client's (every user's) record: the same ε for all."""
         a = self.accountant
         eps = a.epsilon()
-        record = {"round": a.rounds, "noise_multiplier": a.noise, "sample_rate": a.rate, "steps": a.rounds}
         return {
             "epsilon": eps,
             "epsilon_checked": eps,
@@ -178,7 +188,7 @@ class OneReleasePerRound(PrivacyMechanism):
             "budget": self.privacy.budget,
             "accountant": a.accountant,
             "status": "active",
-            "ledger": [record] if a.rounds else [],
+            "ledger": a.records(),
         }
 
 

@@ -4,7 +4,8 @@ mechanism-specific branches.
 A mechanism
 - plans a round: which clients take part (:meth:`PrivacyMechanism.choose`), or that no round may run any more
   (it raises :class:`BudgetExhausted`);
-- may prepare the initial global model (:meth:`PrivacyMechanism.prepare_model`: training on public users);
+- may prepare the initial global model (:meth:`PrivacyMechanism.prepare_model`: training on public users) and make
+  one accounted release before the first round (:meth:`PrivacyMechanism.prepare_release`: the item rows that train);
 - may bring its own aggregation (:meth:`PrivacyMechanism.strategy`: DP-FedAvg wraps FedAvg in Flower's DP wrapper);
 - checks what comes back (:meth:`PrivacyMechanism.observe`: ledgers, re-checked ε, declined clients);
 - post-processes the aggregate when nobody sent an update (:meth:`PrivacyMechanism.release_without_updates`);
@@ -36,6 +37,7 @@ class RunFacts:
     users: int = 0  # users of the whole federation (0: unknown to the server)
     horizon: int = 1  # rounds an --epsilon target is calibrated for
     trainable: tuple[str, ...] = ()  # the global model's trainable parameters
+    item_tables: tuple[str, ...] = ()  # its parameters whose row i belongs to item i (embedding, scorer)
     seed: int = 0  # the run seed (what the public users are drawn from)
     secure: bool = False  # the server sees only the sum of the round's replies (SecAgg+)
     selection: str = "NDCG@10"  # the task's validation metric (what picks the public users' best epoch)
@@ -52,6 +54,12 @@ class PrivacyMechanism:
 
     def prepare_model(self, model, sequences, split, fit, seed: int, protocol: str = "full") -> str | None:
         """Change the initial global model before the first round (not on resume); what was done, for the log."""
+        return None
+
+    def prepare_release(self, sequences, split, saved: str | None = None) -> str | None:
+        """Make the mechanism's release before the first round from the server's data, or take it from ``saved``
+        (what :meth:`state` returned when it was made; not on resume: :meth:`start` restores it); its cost is in the
+        ledger. What was done, for the log."""
         return None
 
     def strategy(self, common: dict):

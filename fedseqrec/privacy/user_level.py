@@ -18,15 +18,13 @@ one Poisson-subsampled Gaussian mechanism (σ, q) on the user level, composed ov
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, MetricRecord
-from flwr.serverapp.strategy import FedAvg
 
 from fedseqrec.checks import number_problem
 from fedseqrec.data.partition import ClientData
@@ -34,10 +32,12 @@ from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
-from fedseqrec.privacy.accounting import calibrate_noise
+from fedseqrec.privacy.accounting import calibrate_noise_after
 from fedseqrec.privacy.adaptive_clip import QuantileClip, sum_noise_multiplier
 from fedseqrec.privacy.config import USER_LEVEL, PrivacyConfig, check_delta, default_delta
 from fedseqrec.privacy.dp_fedavg import CentralAccountant, OneReleasePerRound
+from fedseqrec.privacy.item_selection import ItemSelection, item_counts, row_mask, select_items
+from fedseqrec.privacy.noisy_sum import with_noisy_sum
 from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
 from fedseqrec.privacy.public import pretrain_on_public, private_users, public_users
 
@@ -73,6 +73,15 @@ class SiloReply:
     unclipped: float  # Σ over them of ([norm ≤ C] − ½), plus its noise share: adaptive clipping's private count
 
 
+def item_row_masks(model: SequentialRecommender, rows: list[int] | None) -> dict[str, torch.Tensor]:
+    """Per trainable item table of ``model``, 1 for the ``rows`` that train (``--item-rows``), 0 for the others;
+    empty when every row trains."""
+    if rows is None:
+        return {}
+    weights = trainable(model)
+    return {key: row_mask(rows, weights[key].shape[0]) for key in model.item_table_keys() if key in weights}
+
+
 def silo_contribution(
     model: SequentialRecommender,
     windows: TrainingWindows,
@@ -80,71 +89,29 @@ def silo_contribution(
     rule: Contribution,
     noise_std: float,
     count_noise_std: float = 0.0,
+    rows: list[int] | None = None,
 ) -> SiloReply:
-    """The silo's reply: its sampled users' clipped contribution sum, plus its noise share when ``noise_std`` > 0."""
+    """The silo's reply: its sampled users' clipped contribution sum, plus its noise share when ``noise_std`` > 0;
+    ``rows``: the item rows that train (the others get neither contribution nor noise), None for every row."""
     chosen = sample_users(len(windows), rate)
     loss, unclipped = float("nan"), 0.0
+    masks = item_row_masks(model, rows)
     if len(chosen):
-        total, norms, loss = clipped_update_sum(model, windows, chosen, rule)
+        total, norms, loss = clipped_update_sum(model, windows, chosen, rule, masks)
         unclipped = float((norms <= rule.clip).sum()) - len(chosen) / 2  # centred: one user moves it by ½
     else:
         total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
     if noise_std > 0:
         generator = torch.Generator().manual_seed(secrets.randbits(63))
-        total = {n: t + torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}
+        noise = {n: torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}
+        total = {n: t + (_masked_rows(noise[n], masks[n]) if n in masks else noise[n]) for n, t in total.items()}
     if count_noise_std > 0:
         unclipped += float(np.random.default_rng(secrets.randbits(64)).normal(0.0, count_noise_std))
     return SiloReply(total, len(chosen), loss, unclipped)
 
 
-# --- the server ---------------------------------------------------------------------------------------------------
-
-
-class NoisySum(FedAvg):
-    """Adds the silos' sums, adds the noise (server mode), divides by the expected number of users and returns
-    ``current − that`` as the aggregate: one SGD step of rate 1, on which a server optimiser (FedAdam, …) built
-    over this class acts as on any aggregate."""
-
-    def __init__(self, keys: list[str] = (), expected_users: float = 1.0, noise_std=0.0, **kwargs):
-        super().__init__(**kwargs)  # (a server optimiser's __init__ reaches here without ours: set again after)
-        self.set_noisy_sum(list(keys), expected_users, noise_std)
-
-    def set_noisy_sum(self, keys: list[str], expected_users: float, noise_std: float | Callable[[], float]) -> None:
-        """``noise_std``: the server's noise, or what gives each round's (adaptive clipping changes it)."""
-        self.keys, self.expected_users = keys, expected_users
-        self.noise_std = noise_std if callable(noise_std) else (lambda: noise_std)
-        self.sent: ArrayRecord | None = None  # the global weights of this round (not current_arrays: FedOpt's)
-
-    def configure_train(self, server_round, arrays, config, grid):
-        self.sent = arrays
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        current = {k: v.numpy() for k, v in self.sent.items()}
-        total = {k: np.zeros_like(current[k], dtype=np.float64) for k in self.keys}
-        for reply in replies:
-            for record in reply.content.array_records.values():
-                for key, value in record.items():
-                    total[key] += value.numpy()
-        rng = np.random.default_rng(secrets.randbits(64))
-        noise_std = self.noise_std()
-        for key in self.keys:
-            if noise_std > 0:
-                total[key] += rng.normal(0.0, noise_std, size=total[key].shape)
-            current[key] = (current[key] - total[key] / self.expected_users).astype(current[key].dtype)
-        return ArrayRecord({k: Array(v) for k, v in current.items()}), MetricRecord()
-
-
-def with_noisy_sum(strategy_class: type) -> type:
-    """The run's strategy with :class:`NoisySum` as the aggregate its server optimiser starts from."""
-    if strategy_class is FedAvg:
-        return NoisySum
-
-    def __init__(self, keys: list[str], expected_users: float, noise_std, **kwargs):
-        strategy_class.__init__(self, **kwargs)  # Flower's optimisers take their own options only
-        self.set_noisy_sum(keys, expected_users, noise_std)
-
-    return type(f"UserLevel{strategy_class.__name__}", (strategy_class, NoisySum), {"__init__": __init__})
+def _masked_rows(table: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return table * mask.reshape(-1, *([1] * (table.dim() - 1)))
 
 
 class UserLevelDPFedSGD(OneReleasePerRound):
@@ -165,10 +132,14 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         rate = min(1.0, p.users_per_round / users)
         delta = p.delta if p.delta is not None else default_delta(users)
         check_delta(delta, users, "the federation")
+        self.selection: ItemSelection | None = None  # the item rows that train (--item-rows), once released
+        prior = ({"round": 0, "noise_multiplier": p.selection_noise, "sample_rate": 1.0, "steps": 1},)
+        prior = prior if p.item_rows is not None else ()
         sigma = p.noise_multiplier
         if sigma is None:
-            sigma = calibrate_noise(p.epsilon, delta, rate, run.horizon, p.accountant)
-        self.accountant = CentralAccountant(sigma, rate, delta, p.accountant)
+            records = tuple((r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in prior)
+            sigma = calibrate_noise_after(records, p.epsilon, delta, rate, run.horizon, p.accountant)
+        self.accountant = CentralAccountant(sigma, rate, delta, p.accountant, prior)
         self.adaptive = None
         self.sum_noise = sigma
         if p.clip_quantile is not None:
@@ -188,8 +159,22 @@ class UserLevelDPFedSGD(OneReleasePerRound):
             f"kept (their own validation {chosen} {done.valid_score:.4f}, loss {done.loss:.3f})"
         )
 
+    def prepare_release(self, sequences, split, saved: str | None = None) -> str | None:
+        if self.privacy.item_rows is None:
+            return None
+        self.selection = self._saved_selection(saved)
+        if self.selection is None:
+            private = np.setdiff1d(np.arange(1, sequences.n_users + 1), self.public)
+            counts = item_counts(sequences, split, private)
+            self.selection = select_items(counts, self.privacy.item_rows, self.privacy.selection_noise)
+        return (
+            f"item rows: {len(self.selection.rows)} of {sequences.n_items} items train, chosen from item counts "
+            f"released with noise multiplier {self.privacy.selection_noise:g} (in the ledger)"
+        )
+
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
         self.silos = list(range(n_clients))
+        self.selection = self._saved_selection(saved) or self.selection
         self.restore(saved, last_round)
         if self.adaptive is not None and self.history:
             self.adaptive.clip = self.history[-1]["next_clip"]
@@ -203,12 +188,15 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         deviations of its shares of the noise."""
         shares = 1 / math.sqrt(len(self.silos)) if self.privacy.noise_shares == "clients" else 0.0
         count_noise = self.adaptive.count_noise if self.adaptive is not None else 0.0
-        return {
+        sent = {
             "user-rate": self.accountant.rate,
             "noise-share-std": self.noise_std * shares,
             "clip-norm": self.round_clip,
             "count-noise-share-std": count_noise * shares,
         }
+        if self.selection is not None:
+            sent["item-rows"] = [int(r) for r in self.selection.rows]
+        return sent
 
     def aggregate_class(self, strategy_class: type) -> type:
         return with_noisy_sum(strategy_class)
@@ -218,7 +206,14 @@ class UserLevelDPFedSGD(OneReleasePerRound):
             "keys": list(self.run.trainable),
             "expected_users": self.accountant.rate * self.users,
             "noise_std": lambda: self.noise_std if self.privacy.noise_shares == "server" else 0.0,
+            "rows": self.training_rows,
         }
+
+    def training_rows(self) -> dict[str, np.ndarray]:
+        """Per item table the run trains, the rows that train (none listed: every row of every table)."""
+        if self.selection is None:
+            return {}
+        return {key: self.selection.rows for key in self.run.item_tables if key in self.run.trainable}
 
     def reply_arrays(self, keys: list[str]) -> tuple[list[str], bool]:
         return list(self.run.trainable), False  # each silo's clipped gradient sum (and noise share)
@@ -273,10 +268,29 @@ class UserLevelDPFedSGD(OneReleasePerRound):
                 "sampling": f"Poisson, each user with rate q = {a.rate:.6g} per round (users-per-round / users)",
                 "trust": trust,
                 "noise_shares": p.noise_shares,
+                "item_selection": self._selection_record(),
                 "clients": {str(c): entry for c in self.silos},
                 "history": self.history,
             }
         )
+
+    def _saved_selection(self, saved: str | None) -> ItemSelection | None:
+        found = json.loads(saved).get("item_selection") if saved else None
+        if found is None or self.privacy.item_rows is None:
+            return None
+        return ItemSelection(np.asarray(found["rows"], dtype=np.int64), self.privacy.selection_noise)
+
+    def _selection_record(self) -> dict | None:
+        if self.selection is None:
+            return None
+        return {
+            "mechanism": "each private user counts 1/√n for each of their n distinct training items (ℓ2 sensitivity "
+            f"1); the counts got Gaussian noise of σ = {self.selection.noise_multiplier:g} once, before round 1 "
+            "(the ledger's round-0 record); the rows of the items with the largest noisy counts are the only item "
+            "rows trained: the others get no update and no noise",
+            "count": len(self.selection.rows),
+            "rows": [int(r) for r in self.selection.rows],
+        }
 
     def _mechanism_text(self) -> str:
         p = self.privacy

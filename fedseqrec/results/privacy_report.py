@@ -79,7 +79,7 @@ def build_privacy_report(folder: Path) -> dict:
                 "accountant": entry["accountant"],
                 "budget": budget,
                 "status": status,
-                "rounds_trained": len(entry["ledger"]),
+                "rounds_trained": len([r for r in entry["ledger"] if r["round"] > 0]),  # (round 0: before them)
                 "ledger": entry["ledger"],
             }
         )
@@ -98,6 +98,8 @@ def build_privacy_report(folder: Path) -> dict:
         "trust": privacy.get("trust", "each client runs its own mechanism; the server sees each client's update"),
         "users_in_several_clients": OVERLAP,
         "public_users": privacy.get("public_users"),
+        "item_selection": _without_rows(privacy.get("item_selection")),
+        "model_release": _release_words(metrics),
         "accountant": privacy_options.accountant,
         "max_grad_norm": privacy_options.max_grad_norm,
         "target_epsilon": privacy_options.epsilon,
@@ -118,6 +120,24 @@ def build_privacy_report(folder: Path) -> dict:
         "flags": flags + _audit_flags(audit),
         "audit": audit,
     }
+
+
+def _without_rows(selection: dict | None) -> dict | None:
+    return {k: v for k, v in selection.items() if k != "rows"} if selection else None
+
+
+def _release_words(metrics: dict) -> str | None:
+    """Which model the run released, and whether choosing it read data the guarantee does not cover."""
+    release = metrics.get("release")
+    if not release:
+        return None
+    done = f"round {release['round']} of {metrics.get('rounds_run', '?')}"
+    if release["rule"] == "last":
+        return f"{done}, the last round's: the choice reads no user data, the guarantee covers the released model"
+    return (
+        f"{done}, the best on validation items read in the clear (--release best-validation): that choice used "
+        "users' data no ledger covers, so the guarantee holds for the training, not for the choice among rounds"
+    )
 
 
 def _audit_summary(folder: Path) -> dict | None:
@@ -164,6 +184,12 @@ def _public_line(public: dict | None) -> list[str]:
     return [f"- **users declared public: {public['count']}** (share {public['share']:g}): {public['use']}"]
 
 
+def _selection_line(selection: dict | None) -> list[str]:
+    if not selection:
+        return []
+    return [f"- **item rows trained: {selection['count']}**: {selection['mechanism']}"]
+
+
 def report_markdown(report: dict) -> str:
     lines = [
         "# Privacy report",
@@ -176,6 +202,8 @@ def report_markdown(report: dict) -> str:
         f"- trust: {report['trust']}",
         f"- users in several clients: {report['users_in_several_clients']}",
         *_public_line(report.get("public_users")),
+        *_selection_line(report.get("item_selection")),
+        *([f"- released model: {report['model_release']}"] if report.get("model_release") else []),
         f"- budget per client: {_fmt(report['budget'])}; rounds: {report['rounds']}"
         + (f"; stopped: {report['stopped']}" if report["stopped"] else ""),
         "",

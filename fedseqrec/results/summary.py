@@ -22,6 +22,15 @@ def format_round(record: dict, rounds: int, task: Task) -> str:
     return "  ".join(parts)
 
 
+def released_round(results: dict, chosen: str) -> str:
+    """Which round's model the run released and why, in words (``released round 60 of 60, the last``)."""
+    release = results.get("release") or {"rule": "best-validation"}  # (runs of 0.2 and before)
+    done = f"round {results['best_round']} of {results['rounds_run']}"
+    if release["rule"] == "last":
+        return f"released {done}, the last (a choice that reads no user data)"
+    return f"released {done}, the best on validation {chosen}"
+
+
 def summary_table(rounds: list[dict], task: Task) -> str:
     private = any("epsilon_max" in r for r in rounds)
     first, second = task.progress
@@ -43,9 +52,9 @@ def summary_markdown(results: dict, rounds: list[dict], task: Task) -> str:
     lines = [
         f"# Federated run: {results['model']} with {results['strategy']} ({results['partition']} partition)",
         "",
-        f"- rounds: {results['rounds_run']}; best round (validation {chosen}): {results['best_round']}",
-        f"- test at the best round: {task.listed(test, task.headline)}",
-        f"- validation at the best round: {chosen} {valid.get(chosen, nan):.4f}",
+        f"- {released_round(results, chosen)}",
+        f"- test of the released model: {task.listed(test, task.headline)}",
+        f"- validation of the released model: {chosen} {valid.get(chosen, nan):.4f}",
         f"- test after the last round: {chosen} {results['last']['test'].get(chosen, nan):.4f}",
         f"- evaluation: {results['evaluation']} ({results['protocol']} protocol); {results['seconds']:.1f} s",
     ]

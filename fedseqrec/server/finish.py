@@ -16,6 +16,7 @@ from fedseqrec.data.tasks import Task
 from fedseqrec.evaluation.evaluator import poisoning_figures, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.base import SequentialRecommender
+from fedseqrec.privacy.config import BEST_VALIDATION
 from fedseqrec.privacy.mechanism import PrivacyMechanism
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.privacy_report import write_privacy_report
@@ -60,7 +61,8 @@ class Finaliser:
             "protocol": cfg.evaluation.protocol,
             "rounds_run": end.rounds_run,
             "stopped": end.stopped,
-            "best_round": end.best_round,
+            "best_round": end.best_round,  # the released model's round (model.pt), whatever the rule
+            "release": self._release(end),
             "valid": self.evaluate(best, "valid", end.rounds_run),
             "test": self.evaluate(best, "test", end.rounds_run),
             "last": {
@@ -87,6 +89,16 @@ class Finaliser:
             write_privacy_report(self.folder.path)
         self.folder.write_text("summary.md", summary_markdown(results, rounds, self.task))
         return results
+
+    def _release(self, end: RunEnd) -> dict:
+        rule = self.cfg.privacy.released
+        private_choice = rule == BEST_VALIDATION and self.mechanism.private
+        return {
+            "rule": rule,
+            "round": end.best_round,
+            "reads_validation": rule == BEST_VALIDATION,
+            "covered_by_guarantee": not private_choice,
+        }
 
     def _initial_model(self) -> dict:
         """The prepared initial model's figures (public users only), beside what the private rounds reached."""

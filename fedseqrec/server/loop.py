@@ -24,6 +24,7 @@ from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
 from fedseqrec.models.checkpoint import describe
+from fedseqrec.privacy.config import LAST
 from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
 from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
@@ -72,6 +73,7 @@ class Federation:
             users=self.ds.sequences.n_users,
             horizon=cfg.planned_horizon(),
             trainable=tuple(n for n, p in self.model.named_parameters() if p.requires_grad),
+            item_tables=tuple(self.model.item_table_keys()),
             seed=cfg.data.seed,
             secure=cfg.secure.secure_aggregation,
             selection=task_of(cfg.data.task).selection,
@@ -92,6 +94,8 @@ class Federation:
         self.round, self.best = 0, {"round": 0, "score": -1.0}
         self.task = task_of(cfg.data.task)
         self.chosen = self.task.selection  # what picks the best round
+        # The model the run releases: the last round's (a choice that reads no user data), or the best on validation.
+        self.releases_last = cfg.privacy.released == LAST
         self.stopped: str | None = None
         self._saved_privacy: str | None = None
         self.arrays = ArrayRecord(self.model.state_dict())
@@ -129,6 +133,13 @@ class Federation:
             self.arrays = ArrayRecord(self.model.state_dict())
             self.folder.save_tensors(INITIAL, self.arrays.to_torch_state_dict())
             self.progress.on_message(done)
+        # A run stopped before its first round may have made the release already: it is reused, never redrawn.
+        earlier = self.folder.path / "privacy.json"
+        saved = earlier.read_text() if earlier.exists() else None
+        released = self.mechanism.prepare_release(self.ds.sequences, self.ds.split, saved)
+        if released:
+            self.folder.write_text("privacy.json", self.mechanism.state())
+            self.progress.on_message(released)
 
     def _restore(self, state: dict) -> None:
         self.round, self.best = int(state["round"]), dict(state["best"])
@@ -164,8 +175,9 @@ class Federation:
                 evaluation_start = time.perf_counter()
                 record["valid"] = self.evaluate(self.arrays, "valid", server_round)
                 record["eval_seconds"] = round(time.perf_counter() - evaluation_start, 3)
-                if record["valid"].get(self.chosen, -1.0) > self.best["score"]:
-                    self.best = {"round": server_round, "score": record["valid"][self.chosen]}
+                score = record["valid"].get(self.chosen, -1.0)
+                if self.releases_last or score > self.best["score"]:
+                    self.best = {"round": server_round, "score": score}
                     self._save_best()
             record["seconds"] = round(time.perf_counter() - record.pop("_start"), 3)
             self._complete(server_round, record)
@@ -315,6 +327,9 @@ class Federation:
         return f"{done}; continue with --resume {self.folder.path}"
 
     def finish(self) -> dict:
+        if self.releases_last and 0 < self.best["round"] < self.round:  # the budget ended it between evaluations
+            self.best = {"round": self.round, "score": None}
+            self._save_best()
         if self.best["round"] == 0 and self.round > 0:  # stopped early, before the first evaluation
             score = self.evaluate(self.arrays, "valid", self.round)[self.chosen]
             self.best = {"round": self.round, "score": score}

@@ -11,7 +11,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import cached_dataset, expected_clients
-from fedseqrec.privacy.config import LOCAL_DPSGD, check_delta
+from fedseqrec.privacy.config import LOCAL_DPSGD, USER_LEVEL, check_delta
 from fedseqrec.privacy.mechanism import RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
 
@@ -55,6 +55,9 @@ def count_clients(cfg: RunConfig) -> int:
     if cfg.privacy.mechanism == LOCAL_DPSGD and cfg.privacy.delta is not None:
         largest = max(len(users) for users in ds.partition.clients())
         check_delta(cfg.privacy.delta, largest, "the largest client")
+    if cfg.privacy.mechanism == USER_LEVEL:  # its noise is calibrated to the users: refused now, not in round 1
+        facts = RunFacts(None, algorithm.min_clients, cfg.data.partition, print, users=ds.sequences.n_users)
+        make_mechanism(cfg.privacy, replace(facts, horizon=cfg.planned_horizon(), seed=cfg.data.seed))
     return n
 
 

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.results.folder import RunFolder
-from fedseqrec.results.summary import format_round
+from fedseqrec.results.summary import format_round, released_round
 from fedseqrec.server.loop import Federation, Progress
 from fedseqrec.server.planning import RunPlan, plan_run
 
@@ -44,7 +44,8 @@ def make_server_app(
         results = Federation(grid, run_cfg, run_folder, reporter).run()
         test = results["test"]
         reporter.on_message(
-            f"best round {results['best_round']}: test {task.headline_of(test)}; run folder {run_folder.path.resolve()}"
+            f"{released_round(results, task.selection)}: test {task.headline_of(test)}; "
+            f"run folder {run_folder.path.resolve()}"
         )
 
     return app
