@@ -36,6 +36,9 @@ class SeqBatch:
     # the search that found it asked; zeros when that event was no search). Only query-aware models read them.
     queries: torch.Tensor | None = None  # (B, T, L) long
     target_queries: torch.Tensor | None = None  # (B, T, L) long
+    # The item rows of ``items`` already looked up (B, T, H): per-user clipping differentiates them apart from the
+    # table (privacy.tied_table); ``None``: looked up by the model.
+    item_vectors: torch.Tensor | None = None
 
 
 def _init_embedding(table: nn.Embedding, std: float = 0.02) -> None:
@@ -153,7 +156,7 @@ class SequentialRecommender(nn.Module):
         ]
 
     def embed(self, batch: SeqBatch) -> torch.Tensor:
-        x = self.item_embedding(batch.items)
+        x = self.item_embedding(batch.items) if batch.item_vectors is None else batch.item_vectors
         if self.use_events:
             x = x + self.event_embedding(batch.events)
         if self.use_gaps:

@@ -27,6 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedseqrec.models.base import SeqBatch, SequenceLoss, SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.privacy import tied_table
 from fedseqrec.privacy.compat import replace_unsupported_layers
 
 CHUNK = 32  # users whose weights and gradients are held at once
@@ -94,13 +95,21 @@ def clipped_update_sum(
     # Users of like length share a chunk, and each chunk is computed only as wide as its longest view: on Amazon
     # Beauty (8.9 events a user, windows of 50) most positions are padding.
     order = np.argsort(windows.window_lengths()[chosen], kind="stable")
+    # A tied item table under full cross-entropy: its per-user gradients are never formed (privacy.tied_table).
+    factored = tied_table.applies(work, trained, rule.steps, rule.clipping)
     for start in range(0, len(chosen), CHUNK):
         part = chosen[order[start : start + CHUNK]]
         batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[int(i)] for i in part), strict=True)])
-        update, losses = _local_steps(wrapped, user_loss, trained, batch, rule, masks)
-        factor, norm = _clip_factors(update, budgets)
-        for n in total:
-            total[n] += torch.einsum("b,b...->...", factor[n], update[n])
+        if factored:
+            view = _view_tensors(wrapped, batch)[:5]  # (a search's words: only a query-aware scorer reads them)
+            chunk, norm, losses = tied_table.clipped_chunk(work, trained, fixed, view, wrapped.width, rule.clip, masks)
+            for n in total:
+                total[n] += chunk[n]
+        else:
+            update, losses = _local_steps(wrapped, user_loss, trained, batch, rule, masks)
+            factor, norm = _clip_factors(update, budgets)
+            for n in total:
+                total[n] += torch.einsum("b,b...->...", factor[n], update[n])
         norms.append(norm)
         loss_sum += float(losses.sum())
     return (
