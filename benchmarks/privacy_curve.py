@@ -1,13 +1,18 @@
-"""The privacy–utility curve of federation-wide user-level DP: test NDCG@10 against ε, with the private popularity
-baseline at the same ε, the same federation without DP and popularity, on ml-100k or Amazon Beauty (10 IID silos).
+"""The privacy–utility curve of federation-wide user-level DP on ml-100k or Amazon Beauty (10 IID silos, no public
+users), against the best model we build without privacy on the same data and protocol, popularity and private
+popularity at the same ε; and at ε = 8 the same recipe with every item row noised, with the item tables frozen, and
+with 10 % of the users declared public (beside the public users' model alone).
 
     python benchmarks/privacy_curve.py ml-100k [--epsilons 0.5 1 2 4 8 16] [--runs DIR] [--only]
-    python benchmarks/privacy_curve.py beauty  [--epsilons ...] [--runs DIR] [--only]
+    python benchmarks/privacy_curve.py beauty  [--epsilons ...] [--variants rows dense frozen public] [--runs DIR]
 
-Each point is a `fedseqrec simulate` run folder DIR/eps{E} (the no-DP federation: DIR/no-dp; private popularity:
-DIR/pop-eps{E}); a folder that already holds metrics.json is read, not run again, so the curve can be built in
-pieces (``--only``: run the missing points and stop without writing the curve). Every point's ε is recomputed from
-its ledger by Google's dp-accounting (RDP and PLD) — an accountant independent of the Opacus one that set the noise.
+Each point is a `fedseqrec simulate` run folder DIR/eps{E} (variants: DIR/{variant}-eps8; private popularity:
+DIR/pop-eps{E}; ml-100k's federation without DP: DIR/no-dp); a folder that already holds metrics.json is read, not
+run again, so the curve can be built in pieces (``--only``: run the missing points, write nothing). A point is
+rebuilt from its folder alone (:func:`point`): the released model's test NDCG@10 (a private run releases its last
+round: no choice reads validation data) and its ε recomputed from the ledger by Google's dp-accounting (RDP and
+PLD), an accountant independent of the Opacus one that set the noise. The standard error beside each figure is
+the bound √(NDCG/n) over the n test users (a user's NDCG is in [0, 1], so its variance is at most its mean).
 Writes benchmarks/results/privacy_curve_{dataset}.json and .png.
 """
 
@@ -25,67 +30,53 @@ from benchmark_report import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
+# The recipe of each dataset: today's best non-private model settings (tied items, full cross-entropy) under
+# user-level DP; the item rows that train are chosen privately (--item-rows).
 SETTINGS = {
     "ml-100k": {
+        "users": 943,
         "data": ["--data", str(DATA / "ml-100k"), "--partition", "iid", "--clients", "10"],
         "no_dp": ["--rounds", "100", "--eval-every", "10"],
         "private": [
-            "--privacy",
-            "user-level",
-            "--users-per-round",
-            "300",
-            "--rounds",
-            "150",
-            "--strategy",
-            "fedadam",
-            "--server-lr",
-            "0.01",
-            "--max-grad-norm",
-            "0.3",
-            "--eval-every",
-            "10",
+            "--privacy", "user-level", "--users-per-round", "300", "--rounds", "150", "--strategy", "fedadam",
+            "--server-lr", "0.01", "--max-grad-norm", "0.3", "--eval-every", "10", "--tie-items",
+            "--item-rows", "800",
         ],
         "pop": ["--data", str(DATA / "ml-100k")],
     },
     "beauty": {
+        "users": 22363,
         "data": [
-            "--data",
-            str(DATA / "amazon-beauty" / "Beauty.txt"),
-            "--protocol",
-            "full-history-removed",
-            "--loss",
-            "sampled",
-            "--negatives",
-            "256",
-            "--partition",
-            "iid",
-            "--clients",
-            "10",
+            "--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed",
+            "--partition", "iid", "--clients", "10",
         ],
-        "no_dp": ["--rounds", "60", "--eval-every", "5"],
         "private": [
-            "--privacy",
-            "user-level",
-            "--users-per-round",
-            "2000",
-            "--rounds",
-            "60",
-            "--strategy",
-            "fedadam",
-            "--server-lr",
-            "0.001",
-            "--max-grad-norm",
-            "0.3",
-            "--public-users",
-            "0.1",
-            "--freeze",
-            "items",
-            "--eval-every",
-            "10",
+            "--privacy", "user-level", "--users-per-round", "2000", "--rounds", "100", "--strategy", "fedadam",
+            "--server-lr", "0.01", "--max-grad-norm", "0.3", "--eval-every", "25", "--tie-items",
+            "--item-rows", "2000",
         ],
         "pop": ["--data", str(DATA / "amazon-beauty" / "Beauty.txt"), "--protocol", "full-history-removed"],
     },
+}  # fmt: skip # flags as typed
+VARIANTS = {  # at ε = 8, each against the recipe: what the sparse rows and the public users are worth
+    "rows": [],
+    "dense": ["--item-rows", None],  # every item row trains and is noised
+    "frozen": ["--item-rows", None, "--freeze", "items"],  # no item row trains (nor is noised)
+    "public": ["--public-users", "0.1"],  # 10 % of users declared public: the initial model is theirs
 }
+
+
+def with_variant(flags: list[str], variant: list) -> list[str]:
+    """``flags`` with the variant's options set (``None``: the option removed with its value)."""
+    flags = list(flags)
+    for name, value in zip(variant[::2], variant[1::2], strict=True):
+        if name in flags:
+            at = flags.index(name)
+            del flags[at : at + 2]
+        if value is not None:
+            flags += [name, value]
+    return flags
 
 
 def run(command: list[str], folder: Path) -> None:
@@ -96,13 +87,12 @@ def run(command: list[str], folder: Path) -> None:
     subprocess.run([sys.executable, "-m", "fedseqrec.cli", *command, "--out", str(folder)], check=True)
 
 
-def independent(report: dict) -> tuple[float, float]:
-    """(RDP, PLD) ε of the report's ledger by dp-accounting."""
+def independent(ledger: list[dict], delta: float) -> tuple[float, float]:
+    """(RDP, PLD) ε of a ledger's records, composed in order, by dp-accounting."""
     from dp_accounting import dp_event
     from dp_accounting.pld import pld_privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    ledger = _ledger(report)
     rdp, pld = rdp_privacy_accountant.RdpAccountant(), pld_privacy_accountant.PLDAccountant()
     for record in ledger:
         event = dp_event.PoissonSampledDpEvent(
@@ -110,7 +100,7 @@ def independent(report: dict) -> tuple[float, float]:
         )
         for accountant in (rdp, pld):
             accountant.compose(dp_event.SelfComposedDpEvent(event, record["steps"]))
-    return rdp.get_epsilon(report["delta"]), pld.get_epsilon(report["delta"])
+    return rdp.get_epsilon(delta), pld.get_epsilon(delta)
 
 
 def _ledger(report: dict) -> list[dict]:
@@ -120,64 +110,86 @@ def _ledger(report: dict) -> list[dict]:
     return report["ledger"]
 
 
-def point(folder: Path) -> dict:
+def point(folder: Path, users: int) -> dict:
+    """One point of the curve, from its run folder alone."""
     metrics = json.loads((folder / "metrics.json").read_text())
+    ndcg = metrics["test"]["NDCG@10"]
     row = {
         "run": folder.name,
-        "test_NDCG@10": round(metrics["test"]["NDCG@10"], 4),
+        "test_NDCG@10": round(ndcg, 4),
+        "standard_error_bound": round(math.sqrt(ndcg / users), 4),
         "test_HR@10": round(metrics["test"]["HR@10"], 4),
         "valid_NDCG@10": round(metrics["valid"]["NDCG@10"], 4),
-        "best_round": metrics.get("best_round"),
-        # the best round is chosen on validation items the server evaluates in the clear, outside the guarantee:
-        # the last round is the figure that needs no such choice
-        "last_test_NDCG@10": round(metrics["last"]["test"]["NDCG@10"], 4) if "last" in metrics else None,
+        "released_round": metrics.get("best_round"),
+        "release": (metrics.get("release") or {}).get("rule"),
         "seconds": metrics.get("seconds"),
-        "popularity_test_NDCG@10": round(metrics.get("popularity", {}).get("test", {}).get("NDCG@10", math.nan), 4),
     }
-    if "initial" in metrics:
-        row["initial_test_NDCG@10"] = round(metrics["initial"]["test"]["NDCG@10"], 4)
+    if "initial" in metrics:  # the public users' model, before the private rounds
+        row["public_only_test_NDCG@10"] = round(metrics["initial"]["test"]["NDCG@10"], 4)
     report_path = folder / "privacy_report.json"
     if report_path.exists():
         report = json.loads(report_path.read_text())
-        rdp, pld = independent(report)
         ledger = _ledger(report)
+        rdp, pld = independent(ledger, report["delta"])
+        rounds = [r for r in ledger if r["sample_rate"] < 1.0 or r["round"] > 0]
         row.update(
             epsilon=round(report["max_epsilon"], 4),
             delta=report["delta"],
             epsilon_dp_accounting_rdp=round(rdp, 4),
             epsilon_dp_accounting_pld=round(pld, 4),
-            noise_multiplier=ledger[0]["noise_multiplier"],
-            sample_rate=ledger[0]["sample_rate"],
+            noise_multiplier=(rounds or ledger)[-1]["noise_multiplier"],
+            sample_rate=(rounds or ledger)[-1]["sample_rate"],
+            item_rows=(report.get("item_selection") or {}).get("count"),
         )
     return row
 
 
-def plot(rows: list[dict], no_dp: dict, dataset: str, out: Path) -> None:
+def best_non_private(dataset: str, runs: Path) -> dict:
+    """The better of the best centralized model and the federation without DP, on the same data and protocol."""
+    candidates = []
+    if dataset == "beauty":
+        central = json.loads((RESULTS / "beauty.json").read_text())["rows"]
+        best = max((r for r in central if r["model"] != "pop"), key=lambda r: r["test"]["NDCG@10"])
+        candidates.append((best["test"]["NDCG@10"], f"centralized {best['model']} (benchmarks/beauty.py)"))
+        summary = json.loads((RESULTS / "fedavg_gap_beauty.json").read_text())["summary"]
+        federated = [(k, v) for k, v in summary.items() if k.startswith("federated/")]
+        name, fed = max(federated, key=lambda kv: kv[1]["mean"])
+        candidates.append((fed["mean"], f"FedAvg over 10 silos, {name} (benchmarks/fedavg_gap.py beauty)"))
+    else:
+        central = json.loads((RESULTS / "centralized.json").read_text())["rows"]
+        models = [r for r in central if r["data"] == dataset and r["model"] != "pop"]
+        best = max(models, key=lambda r: r["test"]["NDCG@10"])
+        candidates.append((best["test"]["NDCG@10"], f"centralized {best['model']} (benchmarks/centralized.py)"))
+        federated = point(runs / "no-dp", SETTINGS[dataset]["users"])
+        candidates.append((federated["test_NDCG@10"], "FedAvg over 10 silos without DP (the no-dp run here)"))
+    value, name = max(candidates)
+    return {"test_NDCG@10": round(value, 4), "model": name, "candidates": [list(c) for c in candidates]}
+
+
+def plot(rows: list[dict], reference: dict, popularity: float, dataset: str, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [r for r in rows if not r["run"].startswith("pop-")]
+    models = [r for r in rows if r["run"].startswith("eps")]
     pops = [r for r in rows if r["run"].startswith("pop-")]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(
+    ax.errorbar(
         [r["epsilon"] for r in models],
         [r["test_NDCG@10"] for r in models],
+        yerr=[r["standard_error_bound"] for r in models],
         marker="o",
-        label="sasrec, user-level DP across 10 silos",
+        label="user-level DP across 10 silos, no public users",
     )
     ax.plot([r["epsilon"] for r in pops], [r["test_NDCG@10"] for r in pops], marker="s", label="private popularity")
-    ax.axhline(no_dp["test_NDCG@10"], color="k", linestyle="--", label="same federation, no DP (ε = ∞)")
-    ax.axhline(no_dp["popularity_test_NDCG@10"], color="grey", linestyle=":", label="popularity, no DP")
-    initial = [r["initial_test_NDCG@10"] for r in models if "initial_test_NDCG@10" in r]
-    if initial:
-        ax.axhline(sum(initial) / len(initial), color="tab:green", linestyle="-.", label="public users' model alone")
+    ax.axhline(reference["test_NDCG@10"], color="k", linestyle="--", label=f"best non-private: {reference['model']}")
+    ax.axhline(popularity, color="grey", linestyle=":", label="popularity, no DP")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("ε (user-level, whole federation)")
     ax.set_ylabel("test NDCG@10")
     ax.set_title(f"{dataset}: privacy–utility")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -186,28 +198,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=list(SETTINGS))
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16])
+    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v != "rows"], choices=list(VARIANTS))
     parser.add_argument("--runs", default=None, help="folder of the run folders (default: benchmarks/runs/DATASET)")
     parser.add_argument("--only", action="store_true", help="run the missing points, do not write the curve")
     args = parser.parse_args()
     setting = SETTINGS[args.dataset]
     runs = Path(args.runs or ROOT / "benchmarks" / "runs" / args.dataset)
-    run(["simulate", *setting["data"], *setting["no_dp"]], runs / "no-dp")
+    if "no_dp" in setting:
+        run(["simulate", *setting["data"], *setting["no_dp"]], runs / "no-dp")
     for eps in args.epsilons:
         run(["simulate", *setting["data"], *setting["private"], "--epsilon", f"{eps:g}"], runs / f"eps{eps:g}")
         run(["train", *setting["pop"], "--model", "pop", "--pop-epsilon", f"{eps:g}"], runs / f"pop-eps{eps:g}")
+    for variant in args.variants:
+        flags = with_variant(setting["private"], VARIANTS[variant])
+        run(["simulate", *setting["data"], *flags, "--epsilon", "8"], runs / f"{variant}-eps8")
     if args.only:
         return
-    no_dp = point(runs / "no-dp")
-    rows = [point(runs / f"{kind}eps{eps:g}") for eps in args.epsilons for kind in ("", "pop-")]
+    users = setting["users"]
+    reference = best_non_private(args.dataset, runs)
+    rows = [point(runs / f"{kind}eps{eps:g}", users) for eps in args.epsilons for kind in ("", "pop-")]
+    rows += [point(runs / f"{variant}-eps8", users) for variant in args.variants]
     for row in rows:
-        row["vs_no_dp"] = round(row["test_NDCG@10"] / no_dp["test_NDCG@10"], 3)
-    out = ROOT / "benchmarks" / "results" / f"privacy_curve_{args.dataset}.json"
-    plot(rows, no_dp, args.dataset, out.with_suffix(".png"))
-    flags = {k: v for k, v in setting.items()}
+        row["vs_best_non_private"] = round(row["test_NDCG@10"] / reference["test_NDCG@10"], 3)
+    popularity = json.loads((runs / f"eps{args.epsilons[0]:g}" / "metrics.json").read_text())["popularity"]
+    out = RESULTS / f"privacy_curve_{args.dataset}.json"
+    plot(rows, reference, popularity["test"]["NDCG@10"], args.dataset, out.with_suffix(".png"))
     report = {
         "command": f"python benchmarks/privacy_curve.py {args.dataset}",
-        "flags": flags,
-        "no_dp": no_dp,
+        "flags": {k: v for k, v in setting.items() if k != "users"},
+        "variants": {v: VARIANTS[v] for v in args.variants},
+        "best_non_private": reference,
+        "popularity_test_NDCG@10": round(popularity["test"]["NDCG@10"], 4),
         "rows": rows,
         "plot": str(out.with_suffix(".png").relative_to(ROOT)),
     }

@@ -22,6 +22,18 @@ SPARSE = TINY.replace(
 )
 
 
+def _curve_script():
+    """benchmarks/privacy_curve.py, imported as the script it is."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    return importlib.import_module("privacy_curve")
+
+
 def test_adding_or_removing_one_user_moves_the_item_counts_by_at_most_one():
     ds = cached_dataset(TINY.data)
     users = np.arange(1, ds.sequences.n_users + 1)
@@ -115,6 +127,13 @@ def test_a_sparse_run_trains_only_the_chosen_rows_and_its_ledger_holds_the_selec
     from fedseqrec.federated.task import build_global_model
 
     initial = build_global_model(cached_dataset(SPARSE.data).sequences, SPARSE.replace(tie_items=True).model)
+    # the curve script rebuilds this point from the folder alone, ε re-checked by dp-accounting
+    point = _curve_script().point(folder.path, users=120)
+    metrics = json.loads((folder.path / "metrics.json").read_text())
+    assert point["test_NDCG@10"] == round(metrics["test"]["NDCG@10"], 4) and point["release"] == "last"
+    assert point["epsilon"] == round(report["max_epsilon"], 4) and point["item_rows"] == 20
+    assert point["epsilon_dp_accounting_rdp"] == pytest.approx(rdp, abs=1e-4)
+    assert point["noise_multiplier"] == ledger[-1]["noise_multiplier"] and point["sample_rate"] == 60 / 120
     last = torch.load(folder.path / "model_last.pt")
     for key in ("item_embedding.weight", "scorer.bias"):
         before, after = initial.state_dict()[key], last[key]

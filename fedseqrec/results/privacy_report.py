@@ -15,6 +15,7 @@ from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
 from fedseqrec.results.folder import RunFolder, data_identity, recorded_data, recorded_run
 from fedseqrec.results.ledger_copies import check_against_other_copies
+from fedseqrec.results.privacy_plots import fmt, plot_epsilon, plot_utility, pyplot
 
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
@@ -98,6 +99,7 @@ def build_privacy_report(folder: Path) -> dict:
         "trust": privacy.get("trust", "each client runs its own mechanism; the server sees each client's update"),
         "users_in_several_clients": OVERLAP,
         "public_users": privacy.get("public_users"),
+        "public_only_test": (metrics.get("initial") or {}).get("test"),
         "item_selection": _without_rows(privacy.get("item_selection")),
         "model_release": _release_words(metrics),
         "accountant": privacy_options.accountant,
@@ -172,16 +174,16 @@ def _utility(folder: RunFolder) -> list[dict]:
     return [{"round": r["round"], metric: r["valid"][metric]} for r in folder.rounds() if "valid" in r]
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return "∞" if isinstance(value, float) and math.isinf(value) else f"{value:.4g}"
-
-
-def _public_line(public: dict | None) -> list[str]:
+def _public_line(public: dict | None, alone: dict | None, test: dict | None, metric: str) -> list[str]:
+    """The public users, and what the private rounds added to the model trained on them alone."""
     if not public:
         return []
-    return [f"- **users declared public: {public['count']}** (share {public['share']:g}): {public['use']}"]
+    line = f"- **users declared public: {public['count']}** (share {public['share']:g}): {public['use']}"
+    if alone and test and metric in alone and metric in test:
+        before, after = alone[metric], test[metric]
+        gain = f"{(after / before - 1) * 100:+.0f} %" if before > 0 else "n/a"
+        line += f"; their model alone: test {metric} {before:.4f}, after the private rounds {after:.4f} ({gain})"
+    return [line]
 
 
 def _selection_line(selection: dict | None) -> list[str]:
@@ -194,17 +196,17 @@ def report_markdown(report: dict) -> str:
     lines = [
         "# Privacy report",
         "",
-        f"- **largest ε over clients: {_fmt(report['max_epsilon'])}** at δ ≤ {_fmt(report['delta'])} "
+        f"- **largest ε over clients: {fmt(report['max_epsilon'])}** at δ ≤ {fmt(report['delta'])} "
         f"({report['accountant']} accountant; {report['aggregation']})",
         f"- mechanism: {report['mechanism']}",
         f"- privacy unit: {report['privacy_unit']}",
         f"- client sampling: {report['client_sampling']}",
         f"- trust: {report['trust']}",
         f"- users in several clients: {report['users_in_several_clients']}",
-        *_public_line(report.get("public_users")),
+        *_public_line(report.get("public_users"), report.get("public_only_test"), report.get("test"), report["metric"]),
         *_selection_line(report.get("item_selection")),
         *([f"- released model: {report['model_release']}"] if report.get("model_release") else []),
-        f"- budget per client: {_fmt(report['budget'])}; rounds: {report['rounds']}"
+        f"- budget per client: {fmt(report['budget'])}; rounds: {report['rounds']}"
         + (f"; stopped: {report['stopped']}" if report["stopped"] else ""),
         "",
         "| client | ε | δ | budget | status | rounds trained | noise multiplier | sample rate | steps |",
@@ -215,8 +217,8 @@ def report_markdown(report: dict) -> str:
         rates = sorted({r["sample_rate"] for r in c["ledger"]})
         steps = sum(r["steps"] for r in c["ledger"])
         lines.append(
-            f"| {c['client']} | {_fmt(c['epsilon'])} | {_fmt(c['delta'])} | {_fmt(c['budget'])} | {c['status']} | "
-            f"{c['rounds_trained']} | {', '.join(_fmt(n) for n in noises)} | {', '.join(_fmt(q) for q in rates)} "
+            f"| {c['client']} | {fmt(c['epsilon'])} | {fmt(c['delta'])} | {fmt(c['budget'])} | {c['status']} | "
+            f"{c['rounds_trained']} | {', '.join(fmt(n) for n in noises)} | {', '.join(fmt(q) for q in rates)} "
             f"| {steps} |"
         )
     lines += _audit_lines(report.get("audit"))
@@ -233,97 +235,18 @@ def _audit_lines(audit: dict | None) -> list[str]:
         "",
         f"## Empirical audit ({audit['confidence']:.0%} confidence; plot: `audit.png`)",
         "",
-        f"- claimed ε {_fmt(audit['claimed']['epsilon'])}; empirical lower bound ε ≥ "
-        f"{_fmt(audit['epsilon_lower_bound'])}",
+        f"- claimed ε {fmt(audit['claimed']['epsilon'])}; empirical lower bound ε ≥ "
+        f"{fmt(audit['epsilon_lower_bound'])}",
     ]
     for part, words in (("canaries", "canaries"), ("real_users", "audited real users")):
         found = audit.get(part)
         if found:
             lines.append(
                 f"- {words}: {found['members']} trained on, {found['non_members']} not; {found['correct']} of "
-                f"{found['guesses']} guesses right; ε ≥ {_fmt(found['epsilon_lower_bound'])}; attack AUC "
+                f"{found['guesses']} guesses right; ε ≥ {fmt(found['epsilon_lower_bound'])}; attack AUC "
                 f"{found['auc']:.3f}, TPR at 1 % FPR {found['tpr_at_fpr_0.01']:.3f}"
             )
     return lines
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _same_series(history: list[dict], clients: list[str]) -> list[tuple[list[str], list[float]]]:
-    """Clients grouped by identical ε curves: curves that coincide are drawn (and listed) once."""
-    groups: dict[tuple, list[str]] = {}
-    for client in clients:
-        groups.setdefault(tuple(h["epsilons"].get(client, 0.0) for h in history), []).append(client)
-    return [(members, list(series)) for series, members in groups.items()]
-
-
-def _clients_label(members: list[str], total: int) -> str:
-    if len(members) == total:
-        return f"every client ({total})"
-    shown = ", ".join(members[:4]) + (f", … ({len(members)})" if len(members) > 4 else "")
-    return f"client{'s' if len(members) > 1 else ''} {shown}"
-
-
-def plot_epsilon(report: dict, path: Path) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    history = report["history"]
-    rounds = [h["round"] for h in history]
-    clients = sorted({c for h in history for c in h["epsilons"]}, key=int)
-    groups = _same_series(history, clients)
-    if 1 < len(groups) <= 10:
-        for members, series in groups:
-            ax.plot(rounds, series, lw=0.9, alpha=0.7, label=_clients_label(members, len(clients)))
-    largest = "largest ε" if len(groups) != 1 else _clients_label(groups[0][0], len(clients))
-    ax.plot(rounds, [h["max_epsilon"] for h in history], color="black", lw=2, marker="o", ms=3, label=largest)
-    if report["budget"]:
-        ax.axhline(float(report["budget"]), color="red", ls="--", lw=1, label="budget")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"ε (δ ≤ {_fmt(report['delta'])})")
-    ax.set_title("privacy spent per round")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) -> None:
-    """The task's validation figure per round from zero up, with the popularity baseline and a run without DP if
-    given."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    utility = report["utility"]
-    metric = report["metric"]
-    values = [u[metric] for u in utility]
-    ax.plot([u["round"] for u in utility], values, marker="o", ms=3, label="this run (private)")
-    if reference:
-        ax.plot([u["round"] for u in reference], [u[metric] for u in reference], color="grey", label="without DP")
-        values += [u[metric] for u in reference]
-    if report.get("popularity") is not None:
-        ax.axhline(report["popularity"], color="orange", ls="--", lw=1, label="most popular items")
-        values.append(report["popularity"])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(0, max(values, default=0.0) * 1.15 or 1.0)  # from zero: noise must not look like a trend
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"validation {metric}")
-    ax.set_title("utility per round")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_privacy_report(folder: Path, reference: Path | None = None) -> dict:

@@ -62,6 +62,11 @@ def summary_markdown(results: dict, rounds: list[dict], task: Task) -> str:
         lines.append(f"- stopped: {results['stopped']}")
     if results.get("privacy"):
         lines.append(f"- largest client ε: {results['privacy']['max_epsilon']:.3f} (see privacy_report.md)")
+    if results.get("initial"):  # the public users' model, before the private rounds
+        alone = results["initial"]["test"].get(chosen, nan)
+        ours = test.get(chosen, nan)
+        gain = f"{(ours / alone - 1) * 100:+.0f} %" if alone > 0 else "n/a"
+        lines.append(f"- the public users' model alone: test {chosen} {alone:.4f}; the private rounds' gain: {gain}")
     if results.get("popularity"):
         lines.append(f"- popularity baseline: test {chosen} {results['popularity']['test'][chosen]:.4f}")
     lines += [f"- **{note}**" for note in results.get("notes", [])]
