@@ -152,10 +152,11 @@ class PrivacyConfig:
         check=positive_int,
         group=USER,
     )
-    selection_noise: float = option(
-        5.0,
+    selection_noise: float | None = option(
+        None,
         "--item-rows: noise multiplier of the item counts (each user counts 1/√n for each of their n distinct "
-        "training items: sensitivity 1)",
+        "training items: sensitivity 1); default: 40 / --epsilon (5 at ε = 8: a small part of the budget at every ε), "
+        "5 with --noise-multiplier",
         check=positive,
         group=USER,
     )
@@ -293,7 +294,7 @@ USER_LEVEL_ONLY = {  # options of the federation-wide mechanism, with their defa
     "public_epochs": 40,
     "clip_quantile": None,
     "item_rows": None,
-    "selection_noise": 5.0,
+    "selection_noise": None,
 }
 DP_FEDAVG_ONLY = {  # options of DP-FedAvg, with their defaults
     "central_noise": None,

@@ -133,7 +133,8 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         delta = p.delta if p.delta is not None else default_delta(users)
         check_delta(delta, users, "the federation")
         self.selection: ItemSelection | None = None  # the item rows that train (--item-rows), once released
-        prior = ({"round": 0, "noise_multiplier": p.selection_noise, "sample_rate": 1.0, "steps": 1},)
+        self.selection_noise = _selection_noise(p)
+        prior = ({"round": 0, "noise_multiplier": self.selection_noise, "sample_rate": 1.0, "steps": 1},)
         prior = prior if p.item_rows is not None else ()
         sigma = p.noise_multiplier
         if sigma is None:
@@ -166,10 +167,10 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         if self.selection is None:
             private = np.setdiff1d(np.arange(1, sequences.n_users + 1), self.public)
             counts = item_counts(sequences, split, private)
-            self.selection = select_items(counts, self.privacy.item_rows, self.privacy.selection_noise)
+            self.selection = select_items(counts, self.privacy.item_rows, self.selection_noise)
         return (
             f"item rows: {len(self.selection.rows)} of {sequences.n_items} items train, chosen from item counts "
-            f"released with noise multiplier {self.privacy.selection_noise:g} (in the ledger)"
+            f"released with noise multiplier {self.selection_noise:.4g} (in the ledger)"
         )
 
     def start(self, n_clients: int, saved: str | None, last_round: int) -> None:
@@ -278,14 +279,14 @@ class UserLevelDPFedSGD(OneReleasePerRound):
         found = json.loads(saved).get("item_selection") if saved else None
         if found is None or self.privacy.item_rows is None:
             return None
-        return ItemSelection(np.asarray(found["rows"], dtype=np.int64), self.privacy.selection_noise)
+        return ItemSelection(np.asarray(found["rows"], dtype=np.int64), self.selection_noise)
 
     def _selection_record(self) -> dict | None:
         if self.selection is None:
             return None
         return {
             "mechanism": "each private user counts 1/√n for each of their n distinct training items (ℓ2 sensitivity "
-            f"1); the counts got Gaussian noise of σ = {self.selection.noise_multiplier:g} once, before round 1 "
+            f"1); the counts got Gaussian noise of σ = {self.selection.noise_multiplier:.4g} once, before round 1 "
             "(the ledger's round-0 record); the rows of the items with the largest noisy counts are the only item "
             "rows trained: the others get no update and no noise",
             "count": len(self.selection.rows),
@@ -316,6 +317,21 @@ class UserLevelDPFedSGD(OneReleasePerRound):
 
     def summary(self) -> dict:
         return {**super().summary(), "noise_shares": self.privacy.noise_shares}
+
+
+# The item counts' default noise multiplier: 40 / ε (5 at ε = 8), so that they cost about the same small part of the
+# budget at every ε (a Gaussian's Rényi divergence goes as 1/σ², the rounds' ε about as 1/σ); 5 when the run gives
+# --noise-multiplier instead of a target.
+SELECTION_NOISE_TIMES_EPSILON, SELECTION_NOISE = 40.0, 5.0
+
+
+def _selection_noise(privacy: PrivacyConfig) -> float:
+    """The item counts' noise multiplier: given, or the default for the run's target."""
+    if privacy.selection_noise is not None:
+        return privacy.selection_noise
+    if privacy.epsilon is None:
+        return SELECTION_NOISE
+    return SELECTION_NOISE_TIMES_EPSILON / privacy.epsilon
 
 
 def _trust(noise_shares: str, secure: bool) -> str:
