@@ -235,8 +235,8 @@ class Recommender:
 
 
 def load_recommender(path: str | Path, weights: str = "model.pt", data: str | None = None) -> Recommender:
-    """The model a run folder holds, ready to recommend (``weights``: ``model.pt``, the released weights; ``model_last.pt``;
-    ``data``: where the run's data is now, ``--data``)."""
+    """The model a run folder holds, ready to recommend (``weights``: ``model.pt``, the released weights;
+    ``model_last.pt``; ``data``: where the run's data is now, ``--data``)."""
     folder = Path(path)
     if not (folder / weights).is_file() or not (folder / "model.json").is_file():
         raise UserError(
