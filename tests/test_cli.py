@@ -173,3 +173,13 @@ def test_refusals_name_the_real_problem_in_one_line(cli, tmp_path):
         assert result.code == 2 and expected in result.err, (args, result.err)
         assert len(result.err.strip().splitlines()) == 1 and "internal error" not in result.err
     assert not (tmp_path / "keys").exists()
+
+
+def test_a_catalogue_no_larger_than_the_cut_off_is_said_to_measure_nothing(cli, tmp_path):
+    lines = [f"u{u},i{(u + t) % 4},{t}" for u in range(30) for t in range(6)]
+    (tmp_path / "four.csv").write_text("user,item,timestamp\n" + "\n".join(lines) + "\n")
+    result = cli("train", "--data", tmp_path / "four.csv", "--model", "pop", "--out", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "the catalogue holds 4 items: at @5, @10, @20 every item is in the top K" in result.out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert any("measure nothing" in note for note in metrics["notes"])

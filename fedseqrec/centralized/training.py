@@ -21,6 +21,7 @@ from fedseqrec.data.splits import training_items
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import evaluate, poisoning_figures, popularity_baseline
+from fedseqrec.evaluation.metrics import catalogue_note
 from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
@@ -61,7 +62,7 @@ def train_centralized(
     if model_cfg.name in BASELINES:
         model_cfg.validate()
         baseline = _popularity_results if model_cfg.name == "pop" else _text_match_results
-        return _write_results(out, baseline(ds, model_cfg, cfg), data_cfg, model_cfg, cfg)
+        return _write_results(out, baseline(ds, model_cfg, cfg), data_cfg, model_cfg, cfg, ds.sequences.n_items)
     model = build_model(model_cfg.name, model_cfg, ds.sequences)
     out.mkdir(parents=True, exist_ok=True)
     (out / SEALED).unlink(missing_ok=True)  # a new run in an old folder: its own coins
@@ -86,7 +87,7 @@ def train_centralized(
         **({"calibration": calibration} if calibration is not None else {}),
         **poisoning_figures(model, ds.sequences, ds.split, ds.options, model_cfg.max_len),
     }
-    return _write_results(out, results, data_cfg, model_cfg, cfg)
+    return _write_results(out, results, data_cfg, model_cfg, cfg, ds.sequences.n_items)
 
 
 def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, data_cfg: DataConfig):
@@ -168,8 +169,13 @@ def _text_match_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
     return {"model": "text-match", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
-def _write_results(out: Path, results: dict, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
+def _write_results(
+    out: Path, results: dict, data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, n_items: int
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    note = catalogue_note(n_items) if task_of(data_cfg.task).ranks_items else None
+    if note:
+        results["notes"] = [*results.get("notes", []), note]
     if "privacy" in results:  # the private popularity baseline: its release, as the privacy reports record one
         (out / "privacy_report.json").write_text(dumps(results["privacy"], indent=2) + "\n")
     results["protocol"] = cfg.evaluation.protocol

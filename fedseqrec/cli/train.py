@@ -86,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{model.name}: test {task.headline_of(test)}  (valid {chosen} {valid[chosen]:.4f}; "
         f"{results['params']:,} parameters, {results['train_seconds']:.1f} s training)"
     )
+    for note in results.get("notes", []):
+        print(note)
     print(f"results in {out.resolve()}")
     return run_audit(out) if data.audited else 0
 

@@ -76,3 +76,16 @@ class MetricSums:
             return ad_result(self.sums, self.count)
         ordered = sorted(self.sums, key=lambda n: (int(n.split("@")[1]), METRICS.index(n.split("@")[0])))
         return {name: self.sums[name] / self.count for name in ordered}
+
+
+def catalogue_note(n_items: int, ks=KS) -> str | None:
+    """What a ranking figure cannot tell when the catalogue is no larger than its cut-off: every item is then in
+    the top K, and HR@K is 1 whatever the model."""
+    blind = [k for k in ks if k >= n_items]
+    if not blind:
+        return None
+    cut = ", ".join(f"@{k}" for k in blind)
+    return (
+        f"the catalogue holds {n_items} item{'s' if n_items != 1 else ''}: at {cut} every item is in the top K, so "
+        "those figures measure nothing"
+    )

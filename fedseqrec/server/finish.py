@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord
 from fedseqrec.data.dataset import Dataset
 from fedseqrec.data.tasks import Task
 from fedseqrec.evaluation.evaluator import poisoning_figures, popularity_baseline
+from fedseqrec.evaluation.metrics import catalogue_note
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.privacy.config import BEST_VALIDATION
@@ -75,6 +76,9 @@ class Finaliser:
         }
         results.update(self._initial_model())
         results.update(self._against_popularity(results))
+        small = catalogue_note(self.ds.sequences.n_items) if self.task.ranks_items else None
+        if small:
+            results["notes"] = [*results.get("notes", []), small]
         if cfg.evaluation.mode != "federated":  # (the server holds real users' test targets)
             self.model.load_state_dict(best.to_torch_state_dict())
             results.update(
