@@ -82,7 +82,7 @@ RUNS = {
 def row(tag: str, folder: Path) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
     report = json.loads((folder / "privacy_report.json").read_text())
-    ledger = report["clients"][0]["ledger"][0]
+    ledger = report["clients"][0]["ledger"][-1]  # the rounds (a first record may be the item selection)
     return {
         "run": tag,
         "flags": BASE + RUNS[tag],

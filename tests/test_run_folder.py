@@ -74,7 +74,7 @@ def test_a_centralized_run_folder_gives_back_every_data_option(tmp_path):
     from fedseqrec.models.config import ModelConfig
 
     given = _given("shop")
-    _write_results(tmp_path / "run", {}, given, ModelConfig(), TrainConfig())
+    _write_results(tmp_path / "run", {}, given, ModelConfig(), TrainConfig(), n_items=100)
     assert recorded_data(tmp_path / "run") == given
 
 

@@ -135,7 +135,7 @@ class CentralAccountant:
     def records(self, rounds: int | None = None) -> list[dict]:
         """The ledger: the prior releases, then the rounds' (as one record of ``rounds`` steps)."""
         n = self.rounds if rounds is None else rounds
-        rounds_record = {"round": n, "noise_multiplier": self.noise, "sample_rate": self.rate, "steps": n}
+        rounds_record = {"round": n, "noise_multiplier": self.noise, "sample_rate": self.rate, "steps": n, "rounds": n}
         return [*self.prior, rounds_record] if n else list(self.prior)
 
 

@@ -80,7 +80,8 @@ def build_privacy_report(folder: Path) -> dict:
                 "accountant": entry["accountant"],
                 "budget": budget,
                 "status": status,
-                "rounds_trained": len([r for r in entry["ledger"] if r["round"] > 0]),  # (round 0: before them)
+                # a record covers one round (DP-SGD), or "rounds" of them (one release a round); round 0 is before
+                "rounds_trained": sum(r.get("rounds", 1) for r in entry["ledger"] if r["round"] > 0),
                 "ledger": entry["ledger"],
             }
         )
