@@ -5,8 +5,8 @@ The item table E (V rows) is most of the model and every user's gradient of it i
 row — so computing per-user gradients of everything (``torch.func.vmap``) writes U × V × H numbers for U users and
 costs about seven plain training steps. The table's part of user u's gradient has two terms, both small in factors:
 
-- through the scores: B = Gᵀ H, with G (T × V) the gradient of u's loss with respect to its scores, known in closed
-  form (softmax minus the smoothed one-hot target, over the window width), and H (T × H) u's hidden states;
+- through the scores: B = Gᵀ H, with G (T × V) the gradient of u's loss with respect to its scores (taken from the
+  same backward pass, as the gradient of a zero offset added to the scores) and H (T × H) u's hidden states;
 - through the input lookup: A = the rows X (T × H) of u's items, their gradients added row by row into the table.
 
 So ‖A + B‖² = ‖A‖² + ‖B‖² + 2⟨A, B⟩ is computed from T × T matrices alone:
@@ -62,25 +62,27 @@ def clipped_chunk(
     held = {n[len("model.") :]: t for n, t in {**fixed, TABLE: table, BIAS: bias}.items()}
     smoothing = model.cfg.label_smoothing
 
-    def user_loss(body_params, vectors, items, events, gaps, lengths, targets):
+    def user_loss(body_params, vectors, offset, items, events, gaps, lengths, targets):
+        # ``offset`` (zeros) is added to the scores so that its gradient is the scores' gradient G, from the same
+        # backward pass as the rest
         batch = SeqBatch(items[None], events[None], gaps[None], lengths[None], item_vectors=vectors[None])
         params = {n[len("model.") :]: p for n, p in body_params.items()}
         hidden = functional_call(model, (params, held), (batch,))[0]
-        logits = F.linear(hidden, table[:scores], bias)
+        logits = F.linear(hidden, table[:scores], bias) + offset
         per_token = F.cross_entropy(logits, targets, ignore_index=0, reduction="none", label_smoothing=smoothing)
-        return per_token.sum() / width, (hidden.detach(), logits.detach())
+        return per_token.sum() / width, hidden.detach()
 
     step = vmap(
-        grad_and_value(user_loss, argnums=(0, 1), has_aux=True),
-        in_dims=(None, 0, 0, 0, 0, 0, 0),
+        grad_and_value(user_loss, argnums=(0, 1, 2), has_aux=True),
+        in_dims=(None, 0, None, 0, 0, 0, 0, 0),
         randomness="different",
     )
+    offset = torch.zeros(items.shape[1], scores, dtype=table.dtype)
     with warnings.catch_warnings():  # "no batching rule" for CPU flash attention: a slower loop, still exact
         warnings.filterwarnings("ignore", message=".*batching rule.*")
-        (body_grads, vector_grads), (losses, (hidden, logits)) = step(
-            body, table[items], items, events, gaps, lengths, targets
+        (body_grads, vector_grads, score_grads), (losses, hidden) = step(
+            body, table[items], offset, items, events, gaps, lengths, targets
         )
-    score_grads = _score_gradients(logits, targets, smoothing, width)
     bias_grads = score_grads.sum(dim=1)  # (U, V)
     # The lookup's gradient reaches neither the padding row (padding_idx) nor rows that do not train.
     looked_up = (items != 0).to(vector_grads.dtype)
@@ -99,16 +101,6 @@ def clipped_chunk(
     total[BIAS] = factors @ bias_grads
     total[TABLE] = _table_sum(table, items, hidden, vector_grads, score_grads_table, factors)
     return total, norms, losses
-
-
-def _score_gradients(logits: torch.Tensor, targets: torch.Tensor, smoothing: float, width: int) -> torch.Tensor:
-    """d(loss)/d(scores) per user and position: softmax minus the smoothed one-hot target, over the width; zero
-    at positions without a target (U, T, V)."""
-    gradient = logits.softmax(dim=-1)
-    if smoothing:
-        gradient.sub_(smoothing / logits.shape[-1])
-    gradient.scatter_add_(-1, targets[..., None], torch.full_like(logits[..., :1], smoothing - 1.0))
-    return gradient.mul_(((targets != 0).to(logits.dtype) / width)[..., None])
 
 
 def _table_squares(items, hidden, vector_grads, score_grads) -> torch.Tensor:
