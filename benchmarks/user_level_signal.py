@@ -111,7 +111,7 @@ def run_variant(dataset: str, name: str, seed: int = 0) -> dict:
     return {
         "variant": name,
         "changes": VARIANTS[name],
-        "settings": {**options, "cohort": cohort, "steps": steps},
+        "settings": {**options, "cohort": cohort, "steps": steps, "rows": setting["rows"] if masks else None},
         "noise_multiplier": sigma,
         "sample_rate": rate,
         "delta": delta,

@@ -230,6 +230,25 @@ def test_deleted_and_edited_ledgers_are_refused_and_epsilon_never_falls(tmp_path
 
 
 @pytest.mark.slow
+def test_a_refused_client_is_one_line_not_the_engines_traceback(tmp_path):
+    """As a user runs it (a process of its own, whose Ray workers print to it): the refusal of a deleted ledger is
+    the round's line, with no traceback around it (it used to be some 150 lines of them)."""
+    out = tmp_path / "run"
+    simulate(TINY.replace(rounds=2, min_clients=1), out=out)
+    (out / "ledgers" / "client-0.json").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "fedseqrec.cli", "simulate", "--resume", str(out), "--rounds", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed
+    assert printed.count("no privacy ledger, but the server holds 2 rounds") == 1
+    assert "Traceback" not in printed and "ClientAppException" not in printed
+
+
+@pytest.mark.slow
 def test_a_dp_run_killed_between_the_clients_ledgers_and_the_servers_state_resumes(tmp_path):
     """The clients wrote round 3 to their ledgers, the server was killed before saving round 3: the resumed run
     trains round 3 again — a second release, composed with the first, never a dead end."""

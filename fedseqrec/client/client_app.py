@@ -12,12 +12,15 @@ mechanism's client half (``fedseqrec.federated.mechanisms``): this module has no
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedseqrec.client.secure_aggregation import secure_aggregation_mod
 from fedseqrec.data.export import exported_client
@@ -91,10 +94,26 @@ def _client_data(cfg: RunConfig, context: Context, sent: ConfigRecord) -> Client
     return load_client_data(cfg, *partition_of(context, sent))
 
 
+def refusing(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """The handler, with its expected refusals (a UserError: a tampered ledger, a folder of another client) sent
+    back as an error reply of one line, which the server names in the round's log — not raised, which the engine
+    would print with its whole traceback around the one useful line."""
+
+    @functools.wraps(handler)
+    def handle(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except UserError as err:
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"refused: {err}"), reply_to=msg)
+
+    return handle
+
+
 def make_client_app(mods: list | None = None) -> ClientApp:
     app = ClientApp(mods=mods or [])
 
     @app.query()
+    @refusing
     def identify(msg: Message, context: Context) -> Message:
         """Which partition this node serves: the server samples clients by it, so runs are reproducible."""
         partition, partitions = partition_of(context)
@@ -104,6 +123,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     # Per handler: Flower's clipping mods don't check the message type. Secure aggregation masks what a
     # mechanism's mod clipped, so it comes first (outermost).
     @app.train(mods=[secure_aggregation_mod, *client_mods()])
+    @refusing
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
@@ -136,6 +156,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()
+    @refusing
     def evaluate(msg: Message, context: Context) -> Message:
         """Metric sums and the number of targets, so the server divides once over all clients."""
         cfg, sent = message_config(msg, context)
