@@ -36,7 +36,16 @@ DATASETS = {
         "rows": 2000,
     },
 }
-BASE = {"optimizer": "adam", "lr": 0.01, "clip": 0.3, "cohort": None, "rows": None, "hidden": 64, "user_steps": 1}
+BASE = {
+    "optimizer": "adam",
+    "lr": 0.01,
+    "clip": 0.3,
+    "cohort": None,
+    "rows": None,
+    "hidden": 64,
+    "user_steps": 1,
+    "noise": True,
+}
 VARIANTS = {  # each against base: what it changes
     "base": {},
     "every-user": {"cohort": "all"},  # q = 1: every user every step
@@ -45,6 +54,7 @@ VARIANTS = {  # each against base: what it changes
     "sgd-momentum": {"optimizer": "sgd", "lr": 10.0},  # SGD with momentum 0.9 (Flower's FedAvgM)
     "lr-0.003": {"lr": 0.003},
     "local-steps-5": {"user_steps": 5},  # user-level DP-FedAvg: 5 SGD steps of rate 0.1 per user
+    "no-noise": {"noise": False},  # NOT private (σ = 0, still clipped): what the same steps give without the noise
 }
 EPSILON = 8.0
 
@@ -81,7 +91,7 @@ def run_variant(dataset: str, name: str, seed: int = 0) -> dict:
         chosen = select_items(item_counts(data, split, np.arange(1, users + 1)), setting["rows"], noise).rows
         masks = item_row_masks(model, [int(r) for r in chosen])
         prior = ((noise, 1.0, 1),)
-    sigma = calibrate_noise_after(prior, EPSILON, delta, rate, steps, "rdp")
+    sigma = calibrate_noise_after(prior, EPSILON, delta, rate, steps, "rdp") if options["noise"] else 0.0
     params = dict(model.named_parameters())
     if options["optimizer"] == "adam":
         optimizer = torch.optim.Adam(params.values(), lr=options["lr"])
@@ -103,7 +113,7 @@ def run_variant(dataset: str, name: str, seed: int = 0) -> dict:
             weight.grad = (total[key] + noise) / (rate * users)
         if step == 0:
             signal = math.sqrt(sum(float((t**2).sum()) for t in total.values()))
-            signal_to_noise = signal / math.sqrt(noise_norm)
+            signal_to_noise = signal / math.sqrt(noise_norm) if noise_norm else math.inf
         optimizer.step()
     model.eval()
     test = evaluate(model, data, split, "test", max_len=cfg.model.max_len, protocol=setting["protocol"])
@@ -115,7 +125,7 @@ def run_variant(dataset: str, name: str, seed: int = 0) -> dict:
         "noise_multiplier": sigma,
         "sample_rate": rate,
         "delta": delta,
-        "first_step_signal_to_noise": round(signal_to_noise, 4),
+        "first_step_signal_to_noise": round(signal_to_noise, 4) if math.isfinite(signal_to_noise) else None,
         "test_NDCG@10": round(ndcg, 4),
         "standard_error_bound": round(math.sqrt(ndcg / users), 4),
         "test_HR@10": round(test["HR@10"], 4),
