@@ -481,5 +481,5 @@ def test_an_exported_folder_cannot_find_the_public_users(exported):
         }
     )
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
-    with pytest.raises(UserError, match="renumbers its users"):
-        app(Message(content, dst_node_id=7, message_type=MessageType.TRAIN), context)
+    reply = app(Message(content, dst_node_id=7, message_type=MessageType.TRAIN), context)
+    assert reply.has_error() and "renumbers its users" in reply.error.reason  # a refusal of one line
