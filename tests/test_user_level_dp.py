@@ -41,11 +41,15 @@ def test_each_users_term_is_clipped_for_the_cloze_model_too():
         assert flat(alone).norm().item() <= 0.05 * 1.001 and len(norms) == 1
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm", "query-sasrec"])
-def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient(name):
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("sasrec", {}), ("gru4rec", {}), ("lstm", {}), ("query-sasrec", {}), ("sasrec", {"tie_items": True})],
+)
+def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient(name, options):
     """Exact against plain autograd on each user's full window: the vectorised sum computes users of like length
-    together, cut after their longest, and must lose nothing by it."""
-    model, windows = model_and_windows(name)
+    together, cut after their longest, and must lose nothing by it; a tied table takes the factored path
+    (privacy.tied_table), which must lose nothing either."""
+    model, windows = model_and_windows(name, **options)
     lengths = windows.window_lengths()
     chosen, clip = np.array([2, 5, 7, 12]), 0.5
     assert lengths[chosen].max() < windows.width - 1  # the chunk is shorter than the window: the cut is exercised
