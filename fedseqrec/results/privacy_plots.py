@@ -39,7 +39,6 @@ def _clients_label(members: list[str], total: int) -> str:
 
 
 def plot_epsilon(report: dict, path: Path) -> None:
-    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -54,21 +53,13 @@ def plot_epsilon(report: dict, path: Path) -> None:
     ax.plot(rounds, [h["max_epsilon"] for h in history], color="black", lw=2, marker="o", ms=3, label=largest)
     if report["budget"]:
         ax.axhline(float(report["budget"]), color="red", ls="--", lw=1, label="budget")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"ε (δ ≤ {fmt(report['delta'])})")
-    ax.set_title("privacy spent per round")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, f"ε (δ ≤ {fmt(report['delta'])})", "privacy spent per round", path)
 
 
 def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) -> None:
     """The task's validation figure per round from zero up, with the popularity baseline and a run without DP if
     given."""
-    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -82,11 +73,18 @@ def plot_utility(report: dict, path: Path, reference: list[dict] | None = None) 
     if report.get("popularity") is not None:
         ax.axhline(report["popularity"], color="orange", ls="--", lw=1, label="most popular items")
         values.append(report["popularity"])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(values, default=0.0) * 1.15 or 1.0)  # from zero: noise must not look like a trend
+    _save(plt, fig, ax, f"validation {metric}", "utility per round", path)
+
+
+def _save(plt, fig, ax, ylabel: str, title: str, path: Path) -> None:
+    """A per-round figure's axes, legend and file."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel(f"validation {metric}")
-    ax.set_title("utility per round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
