@@ -8,7 +8,9 @@ process with one persistent HTTP connection. One-request latency: `--requests` s
 real user's history (k = 10, seen items excluded), p50 / p99 / max after 20 warm-up requests. Batched throughput:
 POST /recommend with 256 histories a request, users per second over `--batches` requests. Swap under load: a thread
 keeps requesting while new weights are written into the folder three times; every response must be 200, and the
-served SHA-256 must change. Bounded: at most `--requests` + `--batches` + the swap's requests per model.
+served SHA-256 must change. Concurrent load: `--clients` (50) keep-alive connections send single-history requests
+for `--seconds` (benchmarks/http_load.py, in its own process on the same two cores), requests per second and
+p50 / p99 latency (targets: ≥ 1,000 requests/s, p99 ≤ 100 ms), with the load average before it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def serve(folder: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(process.stderr.read().decode())
 
 
-def measure(model: str, requests: int, batches: int, tmp: Path) -> dict:
+def measure(model: str, requests: int, batches: int, clients: int, seconds: float, tmp: Path) -> dict:
     folder = tmp / model
     subprocess.run(
         [
@@ -113,6 +115,7 @@ def measure(model: str, requests: int, batches: int, tmp: Path) -> dict:
             chunk = [histories[(b * 256 + j) % len(histories)] for j in range(256)]
             assert client.post({"histories": chunk, "k": 10})[0] == 200
         throughput = batches * 256 / (time.perf_counter() - start)
+        concurrent = concurrent_load(port, histories, clients, seconds, tmp)
         swap = swap_under_load(folder, port, histories)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -127,9 +130,26 @@ def measure(model: str, requests: int, batches: int, tmp: Path) -> dict:
         },
         "requests": requests,
         "batched_users_per_second": round(throughput, 1),
+        "concurrent": concurrent,
         "swap": swap,
         "exit_code_on_sigterm": exit_code,
     }
+
+
+def concurrent_load(port: int, histories: list, clients: int, seconds: float, tmp: Path) -> dict:
+    """``clients`` connections sending single-history requests at once (benchmarks/http_load.py, its own process,
+    on the same cores as the server), with the machine's load average before it started."""
+    path = tmp / "histories.json"
+    path.write_text(json.dumps(histories))
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("http_load.py")), str(port), str(path)]
+        + ["--clients", str(clients), "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_average_before": round(load_before, 2)}
 
 
 def _ms(value: float) -> float:
@@ -167,14 +187,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "bert4rec"])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent connections of the load test")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long the load test lasts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            rows.append(measure(model, args.requests, args.batches, Path(tmp)))
+            rows.append(measure(model, args.requests, args.batches, args.clients, args.seconds, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    command = f"python benchmarks/serving.py --requests {args.requests} --batches {args.batches}"
+    command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
     write_report(args.out, "serving", command, rows)
 
 

@@ -53,6 +53,20 @@ def forgetful_ledger(msg, context, call_next):
     return _replace_metrics(reply, forget)
 
 
+def quiet_ledger(msg, context, call_next):
+    """Client 0 claims its latest round added σ = 1e9 (a tiny ε); its ledger file on disk holds the truth."""
+    reply = call_next(msg, context)
+    if reply.has_error() or msg.metadata.message_type != "train":
+        return reply
+    if int(reply.content["metrics"]["partition-id"]) != 0:
+        return reply
+
+    def claim(metrics):
+        metrics.update({"epsilon": 0.1, "ledger-noise": [*metrics["ledger-noise"][:-1], 1e9]})
+
+    return _replace_metrics(reply, claim)
+
+
 def timeless(msg, context, call_next):
     """Client 0's replies lose their `seconds` (the server read it unchecked and stopped with an internal error)."""
     reply = call_next(msg, context)

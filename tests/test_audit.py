@@ -231,3 +231,28 @@ def test_the_federation_wide_mechanism_is_audited_against_its_own_claim(cli, tmp
     assert found["claimed"]["epsilon"] == pytest.approx(report["max_epsilon"]) and found["consistent"] is True
     assert found["claimed"]["mechanism"] == report["mechanism"] and "user-level" in report["mechanism"]
     assert (out / "audit_coins.json").is_file() and (out / "audit.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        [],
+        ["--privacy", "dp-fedavg", "--central-noise", "1.0", "--clients-per-round", "2", "--clipping-norm", "0.5"],
+        ["--privacy", "user-level", "--users-per-round", "40", "--epsilon", "4"],  # the issue's crash: δ was None
+    ],
+    ids=["none", "dp-fedavg", "user-level with an epsilon target"],
+)
+def test_the_audit_runs_after_every_mechanism(cli, tmp_path, privacy):
+    """(DP-SGD: above; train: the first test.) Each mechanism's run ends with its audit, against its own claim."""
+    out = tmp_path / "run"
+    result = cli("simulate", *TINY_FLAGS, "--rounds", "2", *privacy, "--audit-canaries", "40", "--out", out)
+    assert result.code == 0, result.err
+    found = json.loads((out / "audit.json").read_text())
+    assert "empirical ε ≥" in result.out and 0.0 <= found["canaries"]["auc"] <= 1.0
+    if not privacy:
+        assert found["claimed"]["epsilon"] is None and found["consistent"] is None
+        return
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert found["claimed"]["epsilon"] == pytest.approx(report["max_epsilon"]) and found["consistent"] is True
+    assert found["claimed"]["delta"] == pytest.approx(report["delta"])

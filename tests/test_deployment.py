@@ -288,6 +288,8 @@ def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
         "dp-sgd",
         "--noise-multiplier",
         "1.0",
+        "--audit-canaries",
+        "30",
         "--timeout",
         str(round(work_limit(240))),
         "--out",
@@ -295,6 +297,8 @@ def test_deploy_local_runs_with_tls_and_node_authentication(tmp_path, cli):
     )
     assert result.code == 0, result.err + result.out
     assert "TLS and SuperNode authentication" in result.out and "round   2/2  clients   2" in result.out
+    audit = json.loads((out / "audit.json").read_text())  # the deployment's run ends with its audit too
+    assert audit["consistent"] is True and "empirical ε ≥" in result.out
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["clients"] == 2 for r in rounds)
     metrics = json.loads((out / "metrics.json").read_text())

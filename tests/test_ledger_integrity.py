@@ -58,31 +58,40 @@ def test_an_edited_ledger_file_is_refused_by_its_checksum(tmp_path):
 
 def _report(ledger: PrivacyLedger, partition: int = 1) -> Message:
     metrics = MetricRecord({"partition-id": partition, "num-examples": 10, **ledger_metrics(ledger)})
-    return Message(RecordDict({"metrics": metrics}), dst_node_id=1, message_type="train")
+    content = {"metrics": metrics, "arrays": ArrayRecord({"w": torch.zeros(1)})}
+    return Message(RecordDict(content), dst_node_id=1, message_type="train")
+
+
+def _round(server: LocalDPSGD, server_round: int, ledger: PrivacyLedger) -> str | None:
+    """One reply through the server as the round loop passes it: checked, then observed or refused."""
+    reply = _report(ledger)
+    problem = server.reply_problem(server_round, reply.content["metrics"])
+    if problem is None:
+        server.observe(server_round, [reply])
+    else:
+        server.account_refused(server_round, 1, reply, problem)
+    return problem
 
 
 def test_the_server_refuses_a_shrunk_or_edited_ledger_and_its_epsilon_never_falls():
-    server = LocalDPSGD(TINY.privacy, RunFacts(None, 1, "iid", lambda text: None))
-    assert server.observe(1, [_report(_ledger(1))])["refused"] == {}
-    assert server.observe(2, [_report(_ledger(2))])["refused"] == {}
+    # batch 1 and 10 users: the plan of every round is σ 1.0, q 0.1, 10 steps, as _ledger records it
+    server = LocalDPSGD(TINY.privacy, RunFacts(None, 1, "iid", lambda text: None, users=100, horizon=4))
+    assert _round(server, 1, _ledger(1)) is None and _round(server, 2, _ledger(2)) is None
     two_rounds = server.max_epsilon()
     assert json.loads(server.client_config(1)["held-ledger"]) == [
         {"round": r, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} for r in (1, 2)
     ]
-    shrunk = server.observe(3, [_report(_ledger(1))])["refused"]  # a lost ledger, started again
-    assert shrunk == {
-        1: "privacy ledger has 1 records, fewer than the 2 the server holds; the server keeps its own "
-        "record of the client"
-    }
-    assert server.max_epsilon() == pytest.approx(two_rounds)
-    edited = _ledger(3)
-    edited.records[1] = LedgerRecord(2, 1.0, 0.1, 1)
-    refused = server.observe(3, [_report(edited)])["refused"]
-    assert refused[1].startswith("privacy ledger changed the record of round 2 that the server holds")
-    # the held rounds stay as held, and round 3 (a real release) is added: ε only grows
-    assert [r["steps"] for r in server.clients["1"]["ledger"]] == [10, 10, 10]
+    restarted = PrivacyLedger("1", 1e-5, "rdp", records=[LedgerRecord(3, 1.0, 0.1, 10)])  # a lost ledger
+    assert _round(server, 3, restarted) == "privacy ledger has 1 records, fewer than the 2 the server holds"
+    # round 3's update was released all the same: the server's plan of it is added, ε only grows
     assert server.max_epsilon() == pytest.approx(_ledger(3).epsilon()) and server.max_epsilon() > two_rounds
-    assert server.observe(4, [_report(_ledger(4))])["refused"] == {}
+    edited = _ledger(4)
+    edited.records[1] = LedgerRecord(2, 1.0, 0.1, 1)
+    assert _round(server, 4, edited).startswith("privacy ledger changed the record of round 2 that the server holds")
+    assert [r["steps"] for r in server.clients["1"]["ledger"]] == [10, 10, 10, 10]
+    assert server.max_epsilon() == pytest.approx(_ledger(4).epsilon())
+    assert _round(server, 5, _ledger(5)) is None
+    assert [r["round"] for r in server.clients["1"]["refusals"]] == [3, 4]
 
 
 # --- the node -----------------------------------------------------------------------------------------------------

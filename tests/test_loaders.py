@@ -172,3 +172,59 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     path.write_bytes("user_id,item_id,timestamp\nu1,p1,1700000000\nu1,p2,1700000100\n".encode("utf-8-sig"))
     log = load_interactions(path)
     assert log.events["user"].tolist() == ["u1", "u1"] and log.events["item"].tolist() == ["p1", "p2"]
+
+
+# --- big logs: read a chunk at a time ---------------------------------------------------------------------------
+
+
+def _log_lines(n: int) -> str:
+    return "".join(f"u{i % 7},p{i % 11},{1_700_000_000 + i},{'buy' if i % 5 == 0 else 'pv'}\n" for i in range(n))
+
+
+def test_a_log_read_in_chunks_is_the_log_read_whole(tmp_path, monkeypatch):
+    from fedseqrec.data import readers
+
+    path = write(tmp_path / "log.csv", "user,item,timestamp,event\n" + _log_lines(1000))
+    whole = load_interactions(path)
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(readers.iter_delimited, "__defaults__", (True, None, "utf-8", 64))
+    chunked = load_interactions(path)
+    pd.testing.assert_frame_equal(whole.events, chunked.events)
+    assert chunked.events["user"].nunique() == 7 and len(chunked.events) == 1000
+
+
+def test_a_bad_value_in_a_later_chunk_names_its_line_and_the_rest_is_not_read(tmp_path, monkeypatch):
+    from fedseqrec.data import readers
+
+    monkeypatch.setattr(readers.iter_delimited, "__defaults__", (True, None, "utf-8", 100))
+    lines = _log_lines(40_000).splitlines(keepends=True)  # 1 MB: beyond what the reader buffers
+    lines[2500] = "u1,p1,yesterday,pv\n"  # data row 2501: line 2502 of the file
+    path = tmp_path / "log.csv"
+    # Bytes that are not UTF-8 at the end: reading past the bad line would report them instead.
+    path.write_bytes(("user,item,timestamp,event\n" + "".join(lines)).encode() + b"u1,\xff\xfe,1,pv\n" * 5000)
+    with pytest.raises(DataError, match=r"log.csv: line 2502: column 'timestamp': expected epoch seconds"):
+        load_interactions(path)
+
+
+def test_seconds_and_milliseconds_in_different_chunks_are_refused(tmp_path, monkeypatch):
+    from fedseqrec.data import readers
+
+    monkeypatch.setattr(readers.iter_delimited, "__defaults__", (True, None, "utf-8", 100))
+    rows = [f"u{i % 3},p{i % 4},{1_700_000_000 + i}\n" for i in range(150)]
+    rows += [f"u{i % 3},p{i % 4},{1_700_000_000_000 + i}\n" for i in range(150)]
+    path = write(tmp_path / "log.csv", "user,item,timestamp\n" + "".join(rows))
+    with pytest.raises(DataError) as err:
+        load_interactions(path)
+    message = str(err.value)
+    assert "line 152: column 'timestamp': '1700000000000' is epoch milliseconds, but line 2" in message
+
+
+def test_a_bad_sequence_line_stops_the_reading_there(tmp_path):
+    path = tmp_path / "Beauty.txt"
+    good = "".join(f"{u} {u + 1} {u + 2}\n" for u in range(1, 4))
+    after = "".join(f"{u} {u + 1} {u + 2}\n" for u in range(10, 10_000))  # past the UTF-8 check's 64 KiB
+    path.write_bytes((good + "9\n" + after).encode() + b"7 \xff\xfe\n" * 100_000)  # line 4 is bad
+    with pytest.raises(DataError, match=r"line 4: user '9' has no items"):
+        load_interactions(path, "sequences")
+    with pytest.raises(DataError, match=r"line 1: expected 2 fields \(user item\), found 3"):
+        load_interactions(path, "pairs")

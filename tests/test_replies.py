@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
-from faults import client_app_with, forgetful_ledger, timeless
+from faults import client_app_with, forgetful_ledger, quiet_ledger, timeless
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from helpers import TINY
 
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.privacy.ledger import ledger_problem
+from fedseqrec.results.privacy_report import build_privacy_report
 from fedseqrec.server.replies import metrics_problem
 
 GOOD = {"num-examples": 40, "partition-id": 0, "train-loss": 1.5, "steps": 3, "seconds": 0.4}
@@ -87,7 +88,9 @@ def test_a_ledger_that_cannot_be_read_or_hides_this_round_is_refused(change, exp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [forgetful_ledger, timeless], ids=["empty ledger, epsilon 0", "no seconds"])
+@pytest.mark.parametrize(
+    "fault", [forgetful_ledger, quiet_ledger, timeless], ids=["empty ledger, epsilon 0", "sigma 1e9", "no seconds"]
+)
 def test_a_client_sending_bad_figures_is_refused_and_the_run_goes_on(tmp_path, fault):
     from fedseqrec.simulation.engine import simulate
 
@@ -96,7 +99,90 @@ def test_a_client_sending_bad_figures_is_refused_and_the_run_goes_on(tmp_path, f
     rounds = [json.loads(line) for line in (folder.path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["failed"] == ["client 0 (rejected)"] and r["clients"] == 2 for r in rounds)
     privacy = json.loads((folder.path / "privacy.json").read_text())
-    assert "0" not in privacy["clients"] and results["privacy"]["max_epsilon"] > 0
+    # Client 0 still sent updates trained on its users: the server's plan of its rounds is its record.
+    refused = privacy["clients"]["0"]
+    assert [r["round"] for r in refused["ledger"]] == [1, 2] and refused["epsilon_checked"] > 0
+    assert refused["epsilon_checked"] == pytest.approx(privacy["clients"]["1"]["epsilon_checked"], rel=0.05)
+    assert [r["round"] for r in refused["refusals"]] == [1, 2] and results["privacy"]["max_epsilon"] > 0
+    report = build_privacy_report(folder.path)
+    assert report["clients"][0]["epsilon"] == pytest.approx(refused["epsilon_checked"])
+    assert any(flag.startswith("client 0: its round-2 reply was refused") for flag in report["flags"])
+
+
+def _dpsgd_server(**options):
+    """The server half of DP-SGD for a run of ``options``, with 4 rounds planned, batch 16, one local epoch."""
+    from fedseqrec.federated.mechanisms import make_mechanism
+    from fedseqrec.privacy.mechanism import RunFacts
+
+    cfg = RunConfig.of(mechanism="dp-sgd", rounds=4, **options).planned()
+    facts = RunFacts(None, 1, "iid", print, users=1000, horizon=cfg.planned_horizon(), batch_size=16)
+    return make_mechanism(cfg.privacy, facts)
+
+
+def _honest(server, server_round: int = 1, examples: int = 40, delta: float = 1e-5) -> dict:
+    plan = server.planned(server_round, examples, delta)
+    return {
+        **GOOD, "num-examples": examples, "epsilon": 1.0, "delta": delta, "budget": -1.0,
+        "ledger-round": [server_round], "ledger-noise": [plan.noise_multiplier], "ledger-rate": [plan.sample_rate],
+        "ledger-steps": [plan.steps],
+    }  # fmt: skip # a ledger reply, field by field
+
+
+@pytest.mark.parametrize("options", [{"noise_multiplier": 1.1}, {"epsilon": 3.0}], ids=["sigma", "epsilon target"])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"ledger-noise": [1e9]}, "is not the server's plan for 40 training users"),
+        ({"ledger-steps": [0]}, "is not the server's plan"),
+        ({"ledger-rate": [0.01]}, "is not the server's plan"),
+        ({"delta": 0.9}, "delta 0.9 is out of range"),
+    ],
+)  # fmt: skip # one probe a line
+def test_a_ledger_that_is_not_the_servers_plan_is_refused(options, change, expected):
+    server = _dpsgd_server(**options)
+    honest = _honest(server)
+    assert server.reply_problem(1, honest) is None
+    assert expected in server.reply_problem(1, {**honest, **change})
+
+
+def test_a_smaller_delta_than_planned_is_the_plan_only_for_a_fixed_sigma():
+    """Under an ε target a smaller δ calibrates more noise than the client added; a fixed σ is the same at any δ
+    (its ε is then reported at the smaller δ)."""
+    target = _dpsgd_server(epsilon=3.0)
+    assert "is not the server's plan" in target.reply_problem(1, {**_honest(target), "delta": 5e-6})
+    fixed = _dpsgd_server(noise_multiplier=1.1)
+    assert fixed.reply_problem(1, {**_honest(fixed), "delta": 5e-6}) is None
+    big = _honest(fixed, examples=20_000, delta=5e-6)  # the default δ of 20,000 users is 0.1 / 20,000
+    assert fixed.reply_problem(1, big) is None
+    assert "δ 8e-06 is above 5e-06" in fixed.reply_problem(1, {**big, "delta": 8e-6})
+
+
+def test_the_run_delta_is_required_and_a_held_record_cannot_change():
+    server = _dpsgd_server(noise_multiplier=1.1, delta=1e-6)
+    assert "not the run's --delta 1e-06" in server.reply_problem(1, _honest(server, delta=1e-7))
+    server.observe(1, [_reply(_honest(server, delta=1e-6))])
+    second = _honest(server, 2, delta=1e-6)
+    assert "changed the record of round 1" in server.reply_problem(2, second)  # it left round 1 out
+    first = server.clients["0"]["ledger"][0]
+    ledger = {
+        "ledger-round": [1, 2], "ledger-noise": [first["noise_multiplier"] * 10, second["ledger-noise"][0]],
+        "ledger-rate": [first["sample_rate"], second["ledger-rate"][0]], "ledger-steps": [first["steps"], 3],
+    }  # fmt: skip # field by field
+    assert "changed the record of round 1" in server.reply_problem(2, {**second, **ledger})
+
+
+def test_a_refused_update_is_accounted_from_the_plan_or_the_costlier_claim():
+    server = _dpsgd_server(noise_multiplier=1.1)
+    honest = _honest(server)
+    lying = {**honest, "ledger-noise": [1e9], "ledger-steps": [50]}
+    server.account_refused(1, 0, _reply(lying), "not the plan")
+    record = server.clients["0"]["ledger"][0]
+    plan = server.planned(1, 40, 1e-5)
+    assert record["noise_multiplier"] == plan.noise_multiplier and record["steps"] == 50
+    assert server.clients["0"]["refusals"] == [{"round": 1, "reason": "not the plan"}]
+    assert server.clients["0"]["epsilon_checked"] > 0
+    server.account_refused(1, 1, _reply(lying, arrays=False), "declined")  # nothing released: nothing spent
+    assert "1" not in server.clients
 
 
 def test_a_huge_update_is_refused_by_default_relative_to_the_model():

@@ -258,3 +258,42 @@ def test_no_response_shows_a_path_of_the_servers_disk(service, trained):
     for path in ("/model", "/health"):
         text = service.get(path).text
         assert str(trained.resolve().parent) not in text
+
+
+def test_requests_that_arrive_together_share_a_forward_pass_and_keep_their_own_answers(trained):
+    """What the service's model thread does under load: one forward pass for the waiting requests, each ranked with
+    its own k and exclude_seen, a bad one refused alone."""
+    import asyncio
+
+    from fedseqrec.errors import UserError
+    from fedseqrec.serving.app import ModelWorker
+
+    recommender = load_recommender(trained)
+    history = known_items(trained, 6)
+    requests = [(history, 3, True), (history[:2], 7, False), (["no-such-item"], 3, True), (history[1:], 1, True)]
+    calls = []
+    original = recommender._scores
+
+    def counted(histories, words):
+        calls.append(len(histories))
+        return original(histories, words)
+
+    recommender._scores = counted
+
+    async def together():
+        worker = ModelWorker()
+        try:
+            return await asyncio.gather(
+                *(worker.recommend(recommender, h, k, seen) for h, k, seen in requests), return_exceptions=True
+            )
+        finally:
+            worker.stop()
+
+    answers = asyncio.run(together())
+    assert calls == [3]  # the three answerable requests, in one pass
+    for (h, k, seen), answer in zip(requests, answers, strict=True):
+        if h == ["no-such-item"]:
+            assert isinstance(answer, UserError) and "no item the model knows" in str(answer)
+            continue
+        alone = recommender.recommend_batch([h], k, seen)[0]
+        assert answer.items == alone.items and answer.scores == pytest.approx(alone.scores, abs=1e-5)

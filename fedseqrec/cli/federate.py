@@ -111,7 +111,7 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     print_results(results, out)
-    return 0
+    return run_audit(out) if RunFolder(out).config().data.audited else 0
 
 
 def cmd_deploy_app(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from fedseqrec.data.interactions import (
     id_tokens,
     make_table,
 )
-from fedseqrec.data.parsing import Origin, parse_numbers, parse_timestamps
-from fedseqrec.data.readers import read_delimited, read_parquet, require_columns, sniff_separator
+from fedseqrec.data.parsing import Origin, TimeUnitSeen, parse_numbers, parse_timestamps
+from fedseqrec.data.readers import iter_delimited, read_parquet, require_columns, sniff_separator
 from fedseqrec.errors import DataError
 
 CLICK, BOUGHT = "click", "purchase"  # ad labels (--task ctr): rows that carry them are ad impressions
@@ -101,37 +102,60 @@ def guess_columns(columns: list[str]) -> dict[str, str]:
     return mapping
 
 
-def read_log_frame(path: Path, layout: LogLayout) -> tuple[pd.DataFrame, Origin]:
+def log_chunks(path: Path, layout: LogLayout) -> Iterator[tuple[pd.DataFrame, Origin]]:
+    """The log in chunks of rows, each with where its rows came from (a text file is read a chunk at a time)."""
     if path.suffix.lower() == ".parquet":
-        return read_parquet(path), Origin(str(path), first_line=1, unit="row")
+        yield read_parquet(path), Origin(str(path), first_line=1, unit="row")
+        return
     sep = layout.sep or sniff_separator(path)
     names = list(layout.names) if layout.names else None
-    frame = read_delimited(path, sep, header=layout.header, names=names)
-    return frame, Origin(str(path), first_line=2 if layout.header else 1)
+    first_line = 2 if layout.header else 1
+    for first, frame in iter_delimited(path, sep, header=layout.header, names=names):
+        yield frame, Origin(str(path), first_line=first_line + first)
 
 
 def load_event_log(path: Path, layout: LogLayout) -> Interactions:
-    frame, origin = read_log_frame(path, layout)
+    """The log in canonical form, read a chunk at a time: memory holds the canonical table and one chunk of
+    text, and a bad value stops the reading at its chunk."""
+    tables, features, needed = [], [], None
+    times = TimeUnitSeen()  # every chunk's epoch numbers in one unit
+    for frame, origin in log_chunks(path, layout):
+        if needed is None:
+            needed = _needed_columns(frame, path, layout)
+        tables.append(_canonical_chunk(frame, needed, origin, layout, times))
+        features.append(_item_features(frame, needed[ITEM], layout.item_feature_columns))
+        del frame
+    events = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+    del tables
+    present = [f for f in features if f is not None]
+    item_features = pd.concat(present) if present else None
+    if item_features is not None and len(present) > 1:
+        item_features = item_features[~item_features.index.duplicated(keep="first")]
+    return Interactions(events, item_features=item_features, source=str(path), format=layout.name)
+
+
+def _needed_columns(frame: pd.DataFrame, path: Path, layout: LogLayout) -> dict[str, str]:
+    """role -> column of the file, from the layout or guessed from the header; every required one present."""
     mapping = dict(layout.columns) or guess_columns(list(frame.columns))
     needed = {role: mapping.get(role, COLUMN_ALIASES[role][0]) for role in REQUIRED_ROLES}
     needed.update({role: col for role, col in mapping.items() if role not in REQUIRED_ROLES})
     require_columns(frame, path, needed)
+    return needed
+
+
+def _canonical_chunk(
+    frame: pd.DataFrame, needed: dict[str, str], origin: Origin, layout: LogLayout, times: TimeUnitSeen
+) -> pd.DataFrame:
     event = frame[needed[EVENT]] if EVENT in needed else None
     if CLICK in needed or BOUGHT in needed:
         event = ad_events(frame, needed, origin, event)
-    events = make_table(
+    return make_table(
         user=frame[needed[USER]],
         item=frame[needed[ITEM]],
-        timestamp=parse_timestamps(frame[needed[TIMESTAMP]], origin, needed[TIMESTAMP], layout.time_unit),
+        timestamp=parse_timestamps(frame[needed[TIMESTAMP]], origin, needed[TIMESTAMP], layout.time_unit, times),
         event=event,
         rating=parse_numbers(frame[needed[RATING]], origin, needed[RATING]) if RATING in needed else None,
         query=frame[needed[QUERY]] if QUERY in needed else None,
-    )
-    return Interactions(
-        events,
-        item_features=_item_features(frame, needed[ITEM], layout.item_feature_columns),
-        source=str(path),
-        format=layout.name,
     )
 
 

@@ -11,7 +11,10 @@ information, and a temporal split or a time-gap feature means nothing for such d
 
 from __future__ import annotations
 
+import itertools
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +26,24 @@ from fedseqrec.data.readers import check_readable_file
 from fedseqrec.errors import DataError
 
 ORDERED_FORMATS = ("sequences", "pairs")
+DETECTION_LINES = 10_000
 SEPARATORS = re.compile(r"[ \t,]+")
 
 
-def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank line."""
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank line, read one at a time: a bad line stops the reading there."""
     check_readable_file(path)
+    empty = True
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with path.open(encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    empty = False
+                    yield number, [sys.intern(f) for f in SEPARATORS.split(line.strip())]
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    lines = [(n, SEPARATORS.split(line.strip())) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
+    if empty:
         raise DataError(f"{path}: the file is empty")
-    return lines
 
 
 def _is_header(fields: list[str]) -> bool:
@@ -70,11 +77,10 @@ def load_sequences(path: Path) -> Interactions:
 
 def load_pairs(path: Path) -> Interactions:
     """``user item`` per line, in time order within each user; an optional header."""
-    lines = _lines(path)
-    if _is_header(lines[0][1]):
-        lines = lines[1:]
     users, items = [], []
-    for number, fields in lines:
+    for index, (number, fields) in enumerate(_lines(path)):
+        if index == 0 and _is_header(fields):
+            continue
         if len(fields) != 2:
             raise DataError(
                 f"{path}, line {number}: expected 2 fields (user item), found {len(fields)}: {' '.join(fields)[:80]!r}"
@@ -91,7 +97,8 @@ def ordered_format(path: Path, first_line: str) -> str | None:
 
     A header naming user and item (any separator) means pairs. Without one, only files separated by spaces or
     tabs are read as ids (a comma-separated file is a CSV with a header): lines that all hold two fields are
-    pairs (the two readings then give the same interactions), lines of two or more fields are sequences."""
+    pairs (the two readings then give the same interactions), lines of two or more fields are sequences. The
+    first ``DETECTION_LINES`` lines decide; the loader checks every line."""
     first = SEPARATORS.split(first_line.strip())
     if _is_header(first):
         return "pairs"
@@ -99,7 +106,7 @@ def ordered_format(path: Path, first_line: str) -> str | None:
         return None
     if len(first) < 2 or any(f.lower() in COLUMN_ALIASES[USER] + COLUMN_ALIASES[ITEM] for f in first):
         return None
-    widths = {len(fields) for _, fields in _lines(path)}
+    widths = {len(fields) for _, fields in itertools.islice(_lines(path), DETECTION_LINES)}
     if widths == {2}:
         return "pairs"
     return "sequences" if min(widths) >= 2 else None

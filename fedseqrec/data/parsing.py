@@ -28,6 +28,16 @@ class Origin:
         return f"{self.path}: {self.unit} {row + self.first_line}"
 
 
+@dataclass
+class TimeUnitSeen:
+    """The unit of the first epoch numbers of a column read chunk by chunk (auto mode): every later chunk must be
+    in the same one, as within one chunk."""
+
+    millis: bool | None = None
+    where: str = ""  # "line N" of that first value
+    value: object = None
+
+
 def parse_numbers(raw: pd.Series, origin: Origin, column: str, allow_missing: bool = True) -> np.ndarray:
     """Numbers as float64; a non-numeric value is an error naming its line."""
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
@@ -43,8 +53,11 @@ def parse_numbers(raw: pd.Series, origin: Origin, column: str, allow_missing: bo
     return values
 
 
-def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "auto") -> np.ndarray:
-    """Epoch seconds (float) from epoch seconds, epoch milliseconds or ISO-8601 text."""
+def parse_timestamps(
+    raw: pd.Series, origin: Origin, column: str, unit: str = "auto", seen: TimeUnitSeen | None = None
+) -> np.ndarray:
+    """Epoch seconds (float) from epoch seconds, epoch milliseconds or ISO-8601 text; ``seen``: the unit earlier
+    chunks of the column were read in."""
     if unit not in TIME_UNITS:
         raise DataError(f"unknown time unit {unit!r}: expected one of {', '.join(TIME_UNITS)}")
     present = raw.notna().to_numpy()
@@ -52,13 +65,13 @@ def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "a
         seconds = _datetime_seconds(pd.to_datetime(raw, utc=True))
     elif pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         numeric = raw.to_numpy(dtype=np.float64, na_value=np.nan)
-        _refuse_mixed_units(numeric, raw, origin, column, unit)
+        _refuse_mixed_units(numeric, raw, origin, column, unit, seen)
         seconds = _epoch_seconds(numeric, unit)
     else:
         text = raw.astype(object).where(raw.notna(), None)
         numeric = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         if np.all(~np.isnan(numeric) | ~present):
-            _refuse_mixed_units(numeric, raw, origin, column, unit)
+            _refuse_mixed_units(numeric, raw, origin, column, unit, seen)
             seconds = _epoch_seconds(numeric, unit)
         elif np.all(np.isnan(numeric[present])):
             parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
@@ -84,7 +97,9 @@ def parse_timestamps(raw: pd.Series, origin: Origin, column: str, unit: str = "a
     return seconds
 
 
-def _refuse_mixed_units(values: np.ndarray, raw: pd.Series, origin: Origin, column: str, unit: str) -> None:
+def _refuse_mixed_units(
+    values: np.ndarray, raw: pd.Series, origin: Origin, column: str, unit: str, seen: TimeUnitSeen | None = None
+) -> None:
     """Auto mode reads a column as milliseconds when any value is beyond seconds' range: a column mixing the two
     would put its seconds rows in January 1970 and reorder the events, so it is refused with a row of each. An
     infinite value is no time at all, in either unit: named first."""
@@ -99,15 +114,22 @@ def _refuse_mixed_units(values: np.ndarray, raw: pd.Series, origin: Origin, colu
         return
     millis = values > MILLISECONDS_ABOVE
     seconds = (values <= MILLISECONDS_ABOVE) & ~np.isnan(values)
-    if not (millis.any() and seconds.any()):
+    if not (millis.any() or seconds.any()):
         return
     first = int(np.flatnonzero(millis | seconds)[0])
-    odd = int(np.flatnonzero(seconds if millis[first] else millis)[0])
-    kinds = ("milliseconds", "seconds") if millis[first] else ("seconds", "milliseconds")
+    seen = seen if seen is not None else TimeUnitSeen()
+    if seen.millis is None:
+        seen.millis, seen.value = bool(millis[first]), raw.iloc[first]
+        seen.where = f"{origin.unit} {first + origin.first_line}"
+    odd_ones = seconds if seen.millis else millis
+    if not odd_ones.any():
+        return
+    odd = int(np.flatnonzero(odd_ones)[0])
+    kinds = ("milliseconds", "seconds") if seen.millis else ("seconds", "milliseconds")
     raise DataError(
         f"{origin.where(odd)}: column '{column}': {raw.iloc[odd]!r} is epoch {kinds[1]}, but "
-        f"{origin.unit} {first + origin.first_line} ({raw.iloc[first]!r}) is epoch {kinds[0]}: one column must "
-        "use one unit (convert the file, or give --time-unit s or ms)"
+        f"{seen.where} ({seen.value!r}) is epoch {kinds[0]}: one column must use one unit (convert the file, or "
+        "give --time-unit s or ms)"
     )
 
 

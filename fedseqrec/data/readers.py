@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -56,10 +58,27 @@ def sniff_separator(path: Path) -> str:
         return ","
 
 
+CHUNK_ROWS = 500_000  # rows parsed at a time: memory stays bounded, and a bad line is found without reading on
+
+
 def read_delimited(
     path: Path, sep: str, header: bool = True, names: list[str] | None = None, encoding: str = "utf-8"
 ) -> pd.DataFrame:
     """All columns as strings (ids keep leading zeros; numbers are parsed later with line numbers)."""
+    chunks = [chunk for _, chunk in iter_delimited(path, sep, header, names, encoding)]
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def iter_delimited(
+    path: Path,
+    sep: str,
+    header: bool = True,
+    names: list[str] | None = None,
+    encoding: str = "utf-8",
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(index of its first data row, chunk) for chunks of ``chunk_rows`` rows, all columns as strings; each chunk
+    is checked as it is read, so a malformed line stops the reading there."""
     check_readable_file(path, encoding)
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
     text_encoding = "utf-8-sig" if encoding == "utf-8" else encoding
@@ -70,8 +89,25 @@ def read_delimited(
         options["header"] = None
         if names is not None:
             options["names"] = names
+    first = 0
+    with _parse_errors(path):
+        reader = pd.read_csv(path, chunksize=chunk_rows, **options)
+    with reader:
+        while True:
+            with _parse_errors(path):
+                chunk = next(reader, None)
+            if chunk is None:
+                return
+            _check_fields(chunk, path, header, names, first)
+            chunk.columns = [str(c).strip() for c in chunk.columns]
+            yield first, chunk
+            first += len(chunk)
+
+
+@contextmanager
+def _parse_errors(path: Path) -> Iterator[None]:
     try:
-        frame = pd.read_csv(path, **options)
+        yield
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except pd.errors.EmptyDataError as err:
@@ -80,17 +116,21 @@ def read_delimited(
         raise DataError(f"{path}: malformed delimited text: {str(err).strip()}") from err
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
-    if names is not None and header is False and frame.shape[1] != len(names):
+
+
+def _check_fields(frame: pd.DataFrame, path: Path, header: bool, names: list[str] | None, first: int) -> None:
+    """A headerless file read with named columns holds exactly those fields on every line."""
+    if names is None or header:
+        return
+    if frame.shape[1] != len(names):
         raise DataError(f"{path}: expected {len(names)} columns ({', '.join(names)}), found {frame.shape[1]}")
-    if names is not None and header is False and len(frame) and frame[names[-1]].isna().any():
+    if len(frame) and frame[names[-1]].isna().any():
         row = int(frame[names[-1]].isna().to_numpy().argmax())  # a short line: pandas fills the missing fields
         found = int(frame.iloc[row].notna().sum())
         raise DataError(
-            f"{path}: line {row + 1} has {found} fields, the layout expects {len(names)} ({', '.join(names)}): is "
-            "--format right for this file?"
+            f"{path}: line {first + row + 1} has {found} fields, the layout expects {len(names)} "
+            f"({', '.join(names)}): is --format right for this file?"
         )
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
 
 
 def read_parquet(path: Path) -> pd.DataFrame:

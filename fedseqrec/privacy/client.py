@@ -17,8 +17,9 @@ from fedseqrec.models.batching import TrainingWindows
 from fedseqrec.models.config import FitConfig
 from fedseqrec.models.training import TrainResult
 from fedseqrec.privacy.config import PrivacyConfig, check_delta, default_delta
-from fedseqrec.privacy.dpsgd import DPSettings, plan_round, train_privately
+from fedseqrec.privacy.dpsgd import train_privately
 from fedseqrec.privacy.ledger import LedgerRecord, PrivacyLedger, check_against_held, reconcile
+from fedseqrec.privacy.round_plan import DPSettings, plan_round
 
 STATE_PREFIX = "privacy-ledger"  # one entry per client: a pooled simulated node acts as several
 

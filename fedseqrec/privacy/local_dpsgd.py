@@ -1,19 +1,30 @@
-"""The server's side of DP-SGD at every client: the latest ledger each client sent, re-checked independently.
+"""The server's side of DP-SGD at every client: its own record of every client's releases, and their ε.
 
-Per-client ε are kept per client and aggregated as a maximum, never averaged. The server recomputes each
-reported ε from the ledger records with the same accountant and warns when a client reports less.
+The server knows what it asked each client to do (σ or the ε target σ is calibrated from, δ, batch size, local
+epochs or steps, the horizon), so it plans each client's round as the client does and refuses a reply whose ledger
+is not that plan, or that drops or changes a record the server holds. A refused reply that carries an update still
+released it: the plan (or the client's claim, where that costs more) joins the client's record. Per-client ε are
+composed from the server's records, listed per client and aggregated as a maximum, never averaged.
+
+What the server cannot see: how many users a client really trained on (``num-examples`` is the client's word and
+sets the plan's sampling rate) and whether it really added the noise it planned. Under local DP-SGD the clients are
+trusted to run the mechanism; DP-FedAvg and user-level DP, whose noise the server adds, do not need that trust.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict
 
+from fedseqrec.checks import number_problem
 from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.config import LOCAL_DPSGD, default_delta
-from fedseqrec.privacy.ledger import ledger_from_metrics, ledger_problem
+from fedseqrec.privacy.ledger import LedgerRecord, ledger_from_metrics, ledger_problem
 from fedseqrec.privacy.mechanism import BudgetExhausted, PrivacyMechanism
+from fedseqrec.privacy.round_plan import DPSettings, plan_round
 
 TOLERANCE = 0.01  # relative: the PRV accountant's own error bound is of this order
 MECHANISM = (
@@ -40,10 +51,29 @@ def ledger_regression(held: list[dict], reported: list[dict]) -> str | None:
     return f"changed the record of round {held[first]['round']} that the server holds"
 
 
-def merged_records(held: list[dict], reported: list[dict]) -> list[dict]:
-    """The held records, and the reported ones of later rounds: every release either side knows of."""
-    last = max((r["round"] for r in held), default=0)
-    return list(held) + [r for r in reported if r["round"] > last]
+def _trained(metrics) -> bool:
+    return metrics["num-examples"] > 0 and not metrics.get("declined", 0)
+
+
+def _same_record(a: LedgerRecord, b: LedgerRecord) -> bool:
+    return (
+        a.round == b.round
+        and a.steps == b.steps
+        and math.isclose(a.noise_multiplier, b.noise_multiplier, rel_tol=1e-9)
+        and math.isclose(a.sample_rate, b.sample_rate, rel_tol=1e-9)
+    )
+
+
+def _described(record: LedgerRecord) -> str:
+    return f"σ {record.noise_multiplier:.6g}, q {record.sample_rate:.6g}, {record.steps} steps"
+
+
+def _claimed_latest(metrics, server_round: int, accountant: str) -> LedgerRecord | None:
+    """The reply's record of this round, where its ledger can be read and holds one."""
+    if "epsilon" not in metrics or ledger_problem(metrics, server_round, 1.0) is not None:
+        return None
+    records = ledger_from_metrics(metrics, accountant)["ledger"]
+    return LedgerRecord(**records[-1]) if records and records[-1]["round"] == server_round else None
 
 
 def records_of(entry: dict) -> list[tuple[float, float, int]]:
@@ -64,29 +94,102 @@ class LocalDPSGD(PrivacyMechanism):
             self.clients = value["clients"]
             self.history = [h for h in value["history"] if h["round"] <= last_round]
 
+    def planned(self, server_round: int, examples: int, delta: float) -> LedgerRecord:
+        """The round's record a client of ``examples`` training users must hold: the plan the server sent (σ or
+        the ε target it is calibrated from, batch size, local epochs or steps, horizon) followed for that many
+        users, exactly as the client plans it (:func:`fedseqrec.privacy.dpsgd.plan_round`)."""
+        settings = DPSettings.of(self.privacy, delta, self.run.horizon)
+        run = self.run
+        return plan_round(examples, run.batch_size, run.local_epochs, run.local_steps, settings, server_round)
+
+    def delta_problem(self, delta: float, examples: int) -> str | None:
+        """A client's δ is the run's, or (none given) at most the default for a client of ``examples`` users."""
+        if self.privacy.delta is not None:
+            if math.isclose(delta, self.privacy.delta, rel_tol=1e-9):
+                return None
+            return f"privacy ledger: δ {delta:g} is not the run's --delta {self.privacy.delta:g}"
+        if delta <= default_delta(examples) * (1 + 1e-9):
+            return None
+        return f"privacy ledger: δ {delta:g} is above {default_delta(examples):g}, the default for {examples} users"
+
     def reply_problem(self, server_round: int, metrics) -> str | None:
-        """Every reply under DP-SGD carries its client's ledger, readable in full (see ``ledger_problem``)."""
+        """Every reply under DP-SGD carries its client's ledger, readable in full (see ``ledger_problem``); it extends
+        the records the server holds for the client, and a client that trained this round holds exactly the
+        server's plan for it (so a ledger can claim neither less noise spent, nor fewer steps, nor a smaller δ)."""
         if "epsilon" not in metrics:
             return "no privacy ledger (epsilon, delta, budget and the ledger records)"
         largest = self.privacy.delta if self.privacy.delta is not None else default_delta(1)
-        return ledger_problem(metrics, server_round, largest)
+        problem = ledger_problem(metrics, server_round, largest)
+        if problem is not None:
+            return problem
+        reported = ledger_from_metrics(metrics, self.privacy.accountant)
+        held = self.clients.get(str(int(metrics["partition-id"])))
+        problem = ledger_regression(held["ledger"], reported["ledger"]) if held else None
+        if problem is not None:
+            return f"privacy ledger {problem}"
+        if not _trained(metrics):
+            return None
+        examples = int(metrics["num-examples"])
+        problem = self.delta_problem(reported["delta"], examples)
+        if problem is not None:
+            return problem
+        plan = self.planned(server_round, examples, reported["delta"])
+        latest = LedgerRecord(**reported["ledger"][-1])
+        if not _same_record(latest, plan):
+            return (
+                f"privacy ledger: its round-{server_round} record ({_described(latest)}) is not the server's plan "
+                f"for {examples} training users ({_described(plan)})"
+            )
+        return None
+
+    def account_refused(self, server_round: int, client: int, reply, reason: str) -> None:
+        """A refused reply that carries an update released what its client trained: the server's plan for the
+        round (or the record the client claims, where that costs more) joins the server's record of the client."""
+        if not reply.content.array_records:
+            return  # nothing was released
+        metrics = reply.content.metric_records.get("metrics") or {}
+        most = max(1, self.run.users)  # users of the federation (1: unknown)
+        unreadable = number_problem(metrics, "num-examples", low=1, high=self.run.users or None, whole=True)
+        examples = most if unreadable else int(metrics["num-examples"])  # (unreadable: the most steps possible)
+        delta = self.privacy.delta if self.privacy.delta is not None else default_delta(examples)
+        record = self.planned(server_round, examples, delta)
+        claimed = _claimed_latest(metrics, server_round, self.privacy.accountant)
+        if claimed is not None:
+            record = LedgerRecord(
+                server_round,
+                min(record.noise_multiplier, claimed.noise_multiplier),
+                max(record.sample_rate, claimed.sample_rate),
+                max(record.steps, claimed.steps),
+            )
+        key = str(client)
+        held = self.clients.get(key)
+        entry = dict(held) if held else {"epsilon": 0.0, "budget": self.privacy.budget_or_target(), "status": ""}
+        entry.update(
+            delta=max(delta, entry.get("delta", 0.0)),
+            accountant=self.privacy.accountant,
+            ledger=(held["ledger"] if held else []) + [asdict(record)],
+            last_round=server_round,
+            refusals=[*entry.get("refusals", []), {"round": server_round, "reason": reason}],
+        )
+        entry["epsilon_checked"] = self.recompute(entry)
+        entry["status"] = entry["status"] or "refused"
+        self.clients[key] = entry
 
     def observe(self, server_round: int, replies: list) -> dict:
-        """Record the ledgers of this round's replies; returns what the round's log line keeps, with ``refused``:
-        the clients whose reported ledger lost or changed records the server already holds (their update is not
-        aggregated, and the server's record — never the shorter report — stays the client's ledger)."""
-        declined, refused = [], {}
+        """Record the ledgers of this round's replies (each checked by :meth:`reply_problem`: it extends the
+        server's records and its latest record is the server's plan); returns what the round's log line keeps.
+        A client's ε is the server's, composed from those records."""
+        declined = []
         for reply in replies:
             metrics = reply.content["metrics"]
             client = str(int(metrics["partition-id"]))
             if "epsilon" not in metrics:
                 continue
             entry = ledger_from_metrics(metrics, self.privacy.accountant)
-            held = self.clients.get(client)
-            problem = ledger_regression(held["ledger"], entry["ledger"]) if held else None
-            if problem is not None:
-                refused[int(client)] = f"privacy ledger {problem}; the server keeps its own record of the client"
-                entry = {**entry, "ledger": merged_records(held["ledger"], entry["ledger"])}
+            held = self.clients.get(client, {})
+            entry["ledger"] = held.get("ledger", []) + entry["ledger"][len(held.get("ledger", [])) :]
+            if held.get("refusals"):
+                entry["refusals"] = held["refusals"]
             entry["epsilon_checked"] = self.recompute(entry)
             if entry["epsilon"] < entry["epsilon_checked"] * (1 - TOLERANCE):
                 self.run.warn(
@@ -105,7 +208,7 @@ class LocalDPSGD(PrivacyMechanism):
         self.history.append(
             {"round": server_round, "max_epsilon": max(epsilons.values(), default=0.0), "epsilons": epsilons}
         )
-        return {"epsilon_max": self.history[-1]["max_epsilon"], "declined": declined, "refused": refused}
+        return {"epsilon_max": self.history[-1]["max_epsilon"], "declined": declined}
 
     def client_config(self, client: int) -> dict:
         """The records the server holds for ``client``: the node checks its ledger against them, and a node that

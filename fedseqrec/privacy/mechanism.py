@@ -41,6 +41,9 @@ class RunFacts:
     seed: int = 0  # the run seed (what the public users are drawn from)
     secure: bool = False  # the server sees only the sum of the round's replies (SecAgg+)
     selection: str = "NDCG@10"  # the task's validation metric (what picks the public users' best epoch)
+    batch_size: int = 1  # a client's local training: what a DP-SGD round's plan follows from
+    local_epochs: int = 1
+    local_steps: int | None = None
 
 
 class PrivacyMechanism:
@@ -99,6 +102,10 @@ class PrivacyMechanism:
         """Why the mechanism's fields of a reply's metrics cannot be read (None: they can); checked before
         :meth:`observe` sees the reply, so no reply can end the run."""
         return None
+
+    def account_refused(self, server_round: int, client: int, reply, reason: str) -> None:
+        """A reply refused before :meth:`observe` (its figures did not hold): what its client released is still
+        accounted, from the server's own plan."""
 
     def observe(self, server_round: int, replies: list) -> dict:
         """Check the replies; returns what the round's log line keeps (``declined``: clients out of budget)."""

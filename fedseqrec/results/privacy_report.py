@@ -64,6 +64,11 @@ def build_privacy_report(folder: Path) -> dict:
                 f"client {client}: stored ε {stored:.4g} disagrees with its {len(entry['ledger'])} records "
                 f"({recomputed:.4g}); the report keeps the larger"
             )
+        flags += [
+            f"client {client}: its round-{r['round']} reply was refused ({r['reason']}); the update was not aggregated "
+            "and its spend is counted from the server's plan"
+            for r in entry.get("refusals", [])
+        ]
         eps = max(stored, recomputed)
         budget = entry["budget"]
         status = entry["status"]

@@ -77,6 +77,9 @@ class Federation:
             seed=cfg.data.seed,
             secure=cfg.secure.secure_aggregation,
             selection=task_of(cfg.data.task).selection,
+            batch_size=cfg.fit.batch_size,
+            local_epochs=cfg.fit.local_epochs,
+            local_steps=cfg.fit.local_steps,
         )
         self.mechanism = make_mechanism(cfg.privacy, facts)
         self.strategy = build_strategy(cfg.algorithm, cfg.fit.lr, self.mechanism, self.model.item_table_keys())
@@ -277,6 +280,8 @@ class Federation:
             failed.append(f"client {partition}" + ("" if reply.has_error() else " (rejected)"))
             verb = "failed" if reply.has_error() else "rejected"
             self.progress.on_message(f"round {server_round}: client {partition} (node {node}) {verb}: {problem}")
+            if not reply.has_error() and partition != "?":
+                self.mechanism.account_refused(server_round, partition, reply, problem)
         for partition in sorted(set(chosen) - answered):
             failed.append(f"client {partition} (no reply)")
             self.progress.on_message(f"round {server_round}: client {partition} did not reply in time")

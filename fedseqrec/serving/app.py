@@ -11,13 +11,18 @@ Pointed at the run folder of a federation that is still running, a background th
 loads each new one beside the serving model, then swaps one reference: a request uses the model it started with,
 so none is dropped and each response names the weights and the round that answered. Inputs are bounded: the body
 size (413), the batch size and ``k`` (422), histories with no known item (422); unknown items are ignored and listed.
+
+The model works on one thread of its own (:class:`ModelWorker`), never on the event loop, and single-history
+requests that arrive while it is busy are answered by its next forward pass together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -103,6 +108,64 @@ class ModelHolder:
                 self.warn(f"serving new weights {fresh.digest[:12]} (round {fresh.describe()['round']})")
 
 
+class ModelWorker:
+    """All of the model's work on one thread of its own, off the event loop: the loop goes on reading and answering
+    HTTP while a forward pass runs, and the single-history requests that arrive meanwhile are answered together by
+    the next pass (batching under load, with no added wait when requests come one at a time)."""
+
+    def __init__(self, max_batch: int = 64):
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="fedseqrec-model")
+        self.max_batch = max_batch
+        self.waiting: list[tuple[Recommender, tuple[list[str], int, bool], asyncio.Future]] = []
+        self.draining = False
+
+    async def run(self, function: Callable, *args):
+        """``function(*args)`` on the model's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def recommend(self, recommender: Recommender, history: list[str], k: int, exclude_seen: bool):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append((recommender, (history, k, exclude_seen), future))
+        if not self.draining:
+            self.draining = True
+            loop.create_task(self._drain())
+        answer = await future
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch :]
+                try:
+                    answers = await self.run(_answer_together, [(r, request) for r, request, _ in batch])
+                except Exception as err:  # an unexpected failure fails these requests, never the service
+                    answers = [err] * len(batch)
+                for (_, _, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():  # (its client may have gone)
+                        future.set_result(answer)
+        finally:
+            self.draining = False
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _answer_together(batch: list[tuple[Recommender, tuple[list[str], int, bool]]]) -> list:
+    """Each model's requests by one forward pass (weights swapped mid-batch: a request keeps the model it started
+    with)."""
+    answers: list = [None] * len(batch)
+    by_model: dict[int, tuple[Recommender, list[int]]] = {}
+    for i, (recommender, _) in enumerate(batch):
+        by_model.setdefault(id(recommender), (recommender, []))[1].append(i)
+    for recommender, indices in by_model.values():
+        for i, answer in zip(indices, recommender.recommend_each([batch[i][1] for i in indices]), strict=True):
+            answers[i] = answer
+    return answers
+
+
 class BodyLimit:
     """The body limit on the bytes actually received (a chunked body declares no length): the body is read up to
     the limit, then the request goes on with it; past the limit, 413 and nothing is parsed."""
@@ -144,12 +207,14 @@ def make_app(
     data: str | None = None,
 ) -> FastAPI:
     holder = ModelHolder(folder, weights, poll_seconds, data=data)
+    worker = ModelWorker()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         holder.start()
         yield
         holder.stop()
+        worker.stop()
 
     app = FastAPI(title="fedseqrec", summary="next-item recommendations from a federated model", lifespan=lifespan)
     app.state.holder = holder
@@ -167,26 +232,23 @@ def make_app(
         return JSONResponse({"detail": str(err)}, status_code=422)
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         model = holder.current.describe()
         return {"status": "ok", "round": model["round"], "sha256": model["sha256"]}
 
     @app.get("/model")
-    def model() -> dict:
+    async def model() -> dict:
         return holder.current.describe()
 
     @app.post("/ads")
-    def ads(body: AdsRequest) -> dict:
+    async def ads(body: AdsRequest) -> JSONResponse:
         recommender = holder.current
         described = recommender.describe()
-        return {
-            "round": described["round"],
-            "sha256": described["sha256"],
-            **recommender.score_ads(body.history, body.ads),
-        }
+        scored = await worker.run(recommender.score_ads, body.history, body.ads)
+        return JSONResponse({"round": described["round"], "sha256": described["sha256"], **scored})
 
     @app.post("/recommend")
-    def recommend(body: RecommendRequest) -> dict:
+    async def recommend(body: RecommendRequest) -> JSONResponse:
         if (body.history is None) == (body.histories is None):
             raise UserError("give exactly one of history (one user) or histories (a batch)")
         recommender = holder.current  # this request's model, whatever is swapped in meanwhile
@@ -202,11 +264,16 @@ def make_app(
                 f"too much work for one request: at most {MAX_ITEMS} items (histories × k) and {MAX_EXPLAINED} "
                 "explained histories; split the batch"
             )
-        found = recommender.recommend_batch(histories, body.k, body.exclude_seen, body.explain, queries)
         described = recommender.describe()
         answer = {"round": described["round"], "sha256": described["sha256"]}
+        if body.history is not None and not body.explain and body.query is None:
+            found = await worker.recommend(recommender, body.history, body.k, body.exclude_seen)
+            return JSONResponse({**answer, **found.to_dict()})
+        found = await worker.run(
+            recommender.recommend_batch, histories, body.k, body.exclude_seen, body.explain, queries
+        )
         if body.history is not None:
-            return {**answer, **found[0].to_dict()}
-        return {**answer, "results": [f.to_dict() for f in found]}
+            return JSONResponse({**answer, **found[0].to_dict()})
+        return JSONResponse({**answer, "results": [f.to_dict() for f in found]})
 
     return app

@@ -41,6 +41,7 @@ class Recommendation:
     unknown: list[str] = field(default_factory=list)  # history items the model does not know (ignored)
     truncated: int = 0  # oldest history items dropped to fit the model's length
     explanations: list[list[dict]] | None = None  # per item: the history items that contributed most
+    indices: torch.Tensor | None = field(default=None, repr=False)  # the items' ids in the model
 
     def to_dict(self) -> dict:
         found = {
@@ -106,29 +107,65 @@ class Recommender:
         explain: bool = False,
         queries: list[str | None] | None = None,
     ) -> list[Recommendation]:
-        if not 1 <= k <= self.n_items:
-            raise UserError(f"k must be between 1 and the {self.n_items} items of the catalogue, got {k}")
+        self._check_k(k)
         parsed = [self._ids(h) for h in histories]
         empty = [i for i, (ids, _, _) in enumerate(parsed) if not len(ids)]
         if empty:
             raise UserError(f"history {empty[0]} holds no item the model knows")
         words = self._words(queries, len(histories))
-        with torch.no_grad():
-            scores = self.model.full_sort_predict(self._batch([ids for ids, _, _ in parsed], words))
+        scores = self._scores([ids for ids, _, _ in parsed], words)
         results = []
         for row, (ids, unknown, truncated) in enumerate(parsed):
-            ranked = scores[row].clone()
-            if exclude_seen:
-                ranked[torch.from_numpy(np.unique(ids))] = -math.inf
-            # never more than the items left to recommend: a seen item is not one (its score is -inf)
-            top = torch.topk(ranked, min(k, int(torch.isfinite(ranked).sum())))
-            found = Recommendation(
-                [str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown, truncated
-            )
+            found, ranked = self._ranked(scores[row], ids, unknown, truncated, k, exclude_seen)
             if explain:
-                found.explanations = self._explain(ids, top.indices, ranked, None if words is None else words[row])
+                found.explanations = self._explain(ids, found.indices, ranked, None if words is None else words[row])
             results.append(found)
         return results
+
+    def recommend_each(self, requests: list[tuple[list[str], int, bool]]) -> list[Recommendation | UserError]:
+        """Many single-history requests ``(history, k, exclude_seen)`` answered by one forward pass (what a service
+        does with the requests that arrive together); a request that cannot be answered gets its error, the others
+        their recommendations."""
+        answers: list[Recommendation | UserError | None] = [None] * len(requests)
+        parsed = {}
+        for i, (history, k, _) in enumerate(requests):
+            try:
+                self._check_k(k)
+                ids, unknown, truncated = self._ids(history)
+                if not len(ids):
+                    raise UserError("the history holds no item the model knows")
+                parsed[i] = (ids, unknown, truncated)
+            except UserError as err:
+                answers[i] = err
+        if parsed:
+            scores = self._scores([ids for ids, _, _ in parsed.values()], None)
+            for row, (i, (ids, unknown, truncated)) in enumerate(parsed.items()):
+                _, k, exclude_seen = requests[i]
+                answers[i] = self._ranked(scores[row], ids, unknown, truncated, k, exclude_seen)[0]
+        return answers
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= self.n_items:
+            raise UserError(f"k must be between 1 and the {self.n_items} items of the catalogue, got {k}")
+
+    def _scores(self, histories: list[np.ndarray], words: np.ndarray | None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.full_sort_predict(self._batch(histories, words))
+
+    def _ranked(
+        self, scores: torch.Tensor, ids: np.ndarray, unknown: list[str], truncated: int, k: int, exclude_seen: bool
+    ) -> tuple[Recommendation, torch.Tensor]:
+        """The top ``k`` of one history's scores (never more than the items left to recommend: a seen item is not
+        one, its score is -inf), and the scores they were ranked by."""
+        ranked = scores.clone()
+        if exclude_seen:
+            ranked[torch.from_numpy(np.unique(ids))] = -math.inf
+        top = torch.topk(ranked, min(k, int(torch.isfinite(ranked).sum())))
+        found = Recommendation(
+            [str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown, truncated
+        )
+        found.indices = top.indices
+        return found, ranked
 
     def score_ads(self, history: list[str], ads: list[str]) -> dict:
         """An ad model's (``--task ctr``) click and purchase probabilities for ``ads`` shown after ``history``."""
