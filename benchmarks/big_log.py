@@ -7,10 +7,11 @@ UserBehavior.csv layout) of ``--rows`` rows (8.5 M rows: about 200 MB, the size 
 the same size of random text read as ``--format sequences`` whose line 4 is bad. Each is loaded by
 ``load_interactions`` in a fresh process:
 
-- ``peak_growth_mb``: the process's peak resident memory (``ru_maxrss``) minus its resident memory just before the
+- ``peak_growth_mb``: the process's peak resident memory (``VmHWM``) minus its resident memory just before the
   load (after the imports);
-- ``kept_mb``: what the canonical table holds (``DataFrame.memory_usage(deep=True)``), and the ratio of the two
-  (target ≤ 3);
+- ``kept_mb``: what the loaded log holds: the canonical table (its arrays, and each distinct object an object
+  column points to, once) and the item features (the Taobao layout's category of each item), and the ratio of the
+  two (target ≤ 3);
 - for the malformed file: the seconds until the refusal (target ≤ 5) and the message.
 """
 
@@ -30,25 +31,37 @@ from benchmark_report import write_report
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import pandas as pd
 from fedseqrec.data.formats import load_interactions
 from fedseqrec.errors import DataError
 
-def rss_mb():
+def status_mb(field):  # VmHWM, not ru_maxrss: after fork and exec, ru_maxrss still counts the parent's pages
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 
-before, start = rss_mb(), time.perf_counter()
+def kept_bytes(frame):  # each column's arrays, and each distinct object an object column points to, once
+    total = 0
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == object:
+            objects = {id(v): v for v in column.to_numpy()}
+            total += 8 * len(column) + sum(sys.getsizeof(v) for v in objects.values())
+        else:
+            total += int(column.memory_usage(index=False, deep=True))
+    return total
+
+before, start = status_mb("VmRSS"), time.perf_counter()
 try:
     log = load_interactions(Path(sys.argv[1]), sys.argv[2])
-    outcome = {"rows": len(log), "kept_mb": float(log.events.memory_usage(deep=True).sum()) / 2**20}
+    features = log.item_features
+    kept = kept_bytes(log.events) + (features.memory_usage(index=True, deep=True).sum() if features is not None else 0)
+    outcome = {"rows": len(log), "seconds": time.perf_counter() - start, "kept_mb": float(kept) / 2**20}
 except DataError as err:
-    outcome = {"refused": str(err).replace(sys.argv[1], "FILE")}
-outcome["seconds"] = time.perf_counter() - start
-outcome["peak_growth_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+    outcome = {"refused": str(err).replace(sys.argv[1], "FILE"), "seconds": time.perf_counter() - start}
+outcome["peak_growth_mb"] = status_mb("VmHWM") - before
 print(json.dumps(outcome))
 """
 

@@ -58,7 +58,9 @@ async def load(port: int, bodies: list[bytes], clients: int, seconds: float) -> 
         "seconds": round(elapsed, 2),
         "requests": len(latencies),
         "requests_per_second": round(len(latencies) / elapsed, 1),
-        "latency_ms": {p: round(float(np.percentile(latencies, q)), 2) for p, q in (("p50", 50), ("p99", 99))},
+        "latency_ms": {
+            p: round(float(np.percentile(latencies, q)), 2) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))
+        },
         "max_ms": round(max(latencies), 2),
         "failed": len(failures),
     }

@@ -193,6 +193,19 @@ def test_a_log_read_in_chunks_is_the_log_read_whole(tmp_path, monkeypatch):
     assert chunked.events["user"].nunique() == 7 and len(chunked.events) == 1000
 
 
+def test_item_features_read_in_chunks_keep_each_items_first_row(tmp_path, monkeypatch):
+    from fedseqrec.data import readers
+
+    rows = "".join(f"{i % 5},{i % 13},{(i % 13) * 10 + i // 100},pv,{1_511_544_070 + i}\n" for i in range(400))
+    path = write(tmp_path / "UserBehavior.csv", rows)
+    whole = load_interactions(path)
+    monkeypatch.setattr(readers.iter_delimited, "__defaults__", (True, None, "utf-8", 30))
+    chunked = load_interactions(path)
+    pd.testing.assert_frame_equal(whole.item_features, chunked.item_features)
+    assert chunked.item_features.loc["7", "category"] == "70"  # item 7's first row (the later rows say 71…)
+    pd.testing.assert_frame_equal(whole.events, chunked.events)
+
+
 def test_a_bad_value_in_a_later_chunk_names_its_line_and_the_rest_is_not_read(tmp_path, monkeypatch):
     from fedseqrec.data import readers
 

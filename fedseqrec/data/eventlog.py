@@ -125,13 +125,31 @@ def load_event_log(path: Path, layout: LogLayout) -> Interactions:
         tables.append(_canonical_chunk(frame, needed, origin, layout, times))
         features.append(_item_features(frame, needed[ITEM], layout.item_feature_columns))
         del frame
-    events = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
-    del tables
+    events = _concatenated(tables)
     present = [f for f in features if f is not None]
-    item_features = pd.concat(present) if present else None
-    if item_features is not None and len(present) > 1:
-        item_features = item_features[~item_features.index.duplicated(keep="first")]
+    item_features = _first_per_item(pd.concat(present)) if len(present) > 1 else (present or [None])[0]
     return Interactions(events, item_features=item_features, source=str(path), format=layout.name)
+
+
+def _concatenated(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The chunks' tables as one, a column at a time, each chunk's column freed once copied: the peak is the table
+    and one column more, not the table twice."""
+    if len(tables) == 1:
+        return tables[0]
+    columns = {}
+    for name in list(tables[0].columns):
+        columns[name] = pd.concat([t[name] for t in tables], ignore_index=True)
+        for table in tables:
+            del table[name]
+    return pd.DataFrame(columns, copy=False)
+
+
+def _first_per_item(features: pd.DataFrame) -> pd.DataFrame:
+    """Each item's features from its first row. (Factorized, not ``Index.duplicated``: a string index is then
+    hashed where it lies, without a Python string per row.)"""
+    codes, _ = pd.factorize(features.index)
+    _, first = np.unique(codes, return_index=True)
+    return features.iloc[np.sort(first)]
 
 
 def _needed_columns(frame: pd.DataFrame, path: Path, layout: LogLayout) -> dict[str, str]:
@@ -199,10 +217,11 @@ def _item_features(frame: pd.DataFrame, item_column: str, feature_columns: tuple
     present = [c for c in feature_columns if c in frame.columns]
     if not present:
         return None
-    features = frame[present].astype(object).copy()
-    features.index = id_tokens(frame[item_column]).to_numpy()
-    features = features[features.index.notna()]
-    return features[~features.index.duplicated(keep="first")].astype(str)
+    ids = id_tokens(frame[item_column])
+    first = (ids.notna() & ~ids.duplicated(keep="first")).to_numpy()  # each item's first row
+    features = frame.loc[first, present].astype(str)  # (text columns: compact string arrays, not objects)
+    features.index = pd.Index(ids[first].to_numpy(), dtype=str)
+    return features
 
 
 def layout_for(name: str, columns: str | None, sep: str | None, time_unit: str) -> LogLayout:
