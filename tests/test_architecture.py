@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fedseqrec"
 # Lower layers first. A module may import its own package and the layers below it; packages on one line are
 # siblings and import neither each other nor anything above.
 LAYERS = [
-    {"__init__", "errors", "jsonio", "checks"},
+    {"__init__", "errors", "jsonio", "checks", "processes"},
     {"options"},
     {"data"},
     {"models"},

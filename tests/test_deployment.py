@@ -21,11 +21,12 @@ from fedseqrec.client.client_app import make_client_app
 from fedseqrec.data.export import export_partitions, load_client_export
 from fedseqrec.deployment.credentials import make_certificates, make_node_key
 from fedseqrec.deployment.local import LocalDeployment, write_app
-from fedseqrec.deployment.processes import ProcessGroup, tagged
+from fedseqrec.deployment.processes import TAG_VARIABLE, ProcessGroup
 from fedseqrec.deployment.runner import progress_line
 from fedseqrec.errors import UserError
 from fedseqrec.federated.task import build_global_model, evaluate_locally, load_client_data, load_exported_client
 from fedseqrec.privacy.ledger import PrivacyLedger
+from fedseqrec.processes import tagged
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Federation
 
@@ -245,7 +246,7 @@ def test_stopping_takes_descendants_and_orphans_too(tmp_path):
     assert len(group.still_running()) >= 3
     group.kill("parent")
     group.stop_all(grace=work_limit(2.0))
-    assert group.still_running() == [] and tagged(group.tag) == []
+    assert group.still_running() == [] and tagged(group.tag, TAG_VARIABLE) == []
 
 
 def test_progress_shows_the_server_apps_messages_once():
@@ -270,7 +271,7 @@ def test_progress_shows_the_server_apps_messages_once():
 
 def _no_processes_left(deployment_folder: Path) -> None:
     tag = str((deployment_folder / "logs").resolve())
-    assert tagged(tag) == [], "processes of the deployment outlived it"
+    assert tagged(tag, TAG_VARIABLE) == [], "processes of the deployment outlived it"
 
 
 @pytest.mark.slow

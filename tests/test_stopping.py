@@ -3,6 +3,7 @@ dump, none of the processes it started left running, and a run folder that --res
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -12,6 +13,24 @@ import pytest
 from helpers import TINY_FLAGS, work_limit
 
 from fedseqrec.simulation.stopping import descendants
+
+MARK = "FEDSEQREC_TEST_STOPPING"  # in the run's environment: everything it starts inherits it
+
+
+def _run_processes(token: str) -> list[int]:
+    """Every process the run ``pid`` started, wherever it now hangs (Ray detaches some): they carry our mark."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                variables = environ.read().split(b"\0")
+        except OSError:
+            continue
+        if f"{MARK}={token}".encode() in variables and _living(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _living(pid: int) -> bool:
@@ -24,26 +43,36 @@ def _living(pid: int) -> bool:
 
 def _stop_after_first_round(out, sig: signal.Signals) -> tuple[int, float, str, list[int]]:
     command = [sys.executable, "-m", "fedseqrec.cli", "simulate", *TINY_FLAGS, "--rounds", "50", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    token = secrets.token_hex(6)
+    environment = {**os.environ, MARK: token}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     try:
         for line in process.stdout:
             if line.lstrip().startswith("round   1/50"):
                 break
         else:
             pytest.fail(f"the run ended before its first round: {process.stderr.read()[-2000:]}")
-        started = descendants(process.pid)
+        started = sorted((set(descendants(process.pid)) | set(_run_processes(token))) - {process.pid})
         assert started, "a simulation runs Ray's processes below this one"
         sent = time.monotonic()
         process.send_signal(sig)
         code = process.wait(timeout=work_limit(30))
         seconds = time.monotonic() - sent
         deadline = time.monotonic() + work_limit(10)
-        while time.monotonic() < deadline and any(_living(p) for p in started):
+        while time.monotonic() < deadline and (any(_living(p) for p in started) or _run_processes(token)):
             time.sleep(0.2)
-        return code, seconds, process.stderr.read(), [p for p in started if _living(p)]
+        left = sorted(({p for p in started if _living(p)} | set(_run_processes(token))) - {process.pid})
+        return code, seconds, process.stderr.read(), left
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_simulation_leaves_nothing_running(tmp_path):
+    """SIGKILL: the run cannot stop anything itself; its watchdog stops Ray's processes (once up to a minute)."""
+    code, _, _, left = _stop_after_first_round(tmp_path / "run", signal.SIGKILL)
+    assert code == -signal.SIGKILL and left == [], f"still running: {left}"
 
 
 @pytest.mark.slow

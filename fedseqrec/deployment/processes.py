@@ -16,66 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from fedseqrec.processes import alive, descendants, send, tagged
+
 TAG_VARIABLE = "FEDSEQREC_DEPLOYMENT"
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited: it only waits for its parent to reap it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def tagged(tag: str) -> list[int]:
-    """Our processes whose environment holds ``TAG_VARIABLE=tag``."""
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in environ.split(b"\0") and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 class ProcessGroup:
@@ -121,17 +64,17 @@ class ProcessGroup:
         if process is None:
             return
         pids = [process.pid, *descendants(process.pid)]
-        _signal(pids, sig)
+        send(pids, sig)
         deadline = time.monotonic() + grace
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
         # Helpers a dying parent started at the last moment are its descendants too.
         late = [pid for pid in descendants(process.pid) if pid not in pids]
-        _signal(late, sig)
+        send(late, sig)
         pids += late
         while time.monotonic() < deadline and any(alive(pid) for pid in pids):
             time.sleep(0.1)
-        _signal([pid for pid in pids if alive(pid)], signal.SIGKILL)
+        send([pid for pid in pids if alive(pid)], signal.SIGKILL)
         self.started.extend(pid for pid in pids if pid not in self.started)
         if process.poll() is None:
             process.wait(timeout=5)
@@ -144,18 +87,18 @@ class ProcessGroup:
         """SIGTERM to all at once (a SuperLink and its SuperNodes stop in parallel), SIGKILL after ``grace``."""
         processes = list(self.running.values())
         pids = [pid for p in processes for pid in (p.pid, *descendants(p.pid))]
-        _signal(pids, signal.SIGTERM)
+        send(pids, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(alive(pid) for pid in pids):
             time.sleep(0.1)
         # SIGKILL until nothing of ours is left: a process being started while the others die (a SuperNode's
         # ClientApp) escapes one scan, not repeated ones.
-        left = [pid for pid in pids if alive(pid)] + tagged(self.tag)
+        left = [pid for pid in pids if alive(pid)] + tagged(self.tag, TAG_VARIABLE)
         settle = time.monotonic() + 10.0
         while left and time.monotonic() < settle:
-            _signal(left, signal.SIGKILL)
+            send(left, signal.SIGKILL)
             time.sleep(0.1)
-            left = [pid for pid in pids if alive(pid)] + tagged(self.tag)
+            left = [pid for pid in pids if alive(pid)] + tagged(self.tag, TAG_VARIABLE)
         for process in processes:
             process.wait(timeout=5)
         self.running.clear()
@@ -163,4 +106,4 @@ class ProcessGroup:
 
     def still_running(self) -> list[int]:
         """Anything we started, or anything it started, still alive (empty after :meth:`stop_all`)."""
-        return sorted({pid for pid in self.started if alive(pid)} | set(tagged(self.tag)))
+        return sorted({pid for pid in self.started if alive(pid)} | set(tagged(self.tag, TAG_VARIABLE)))

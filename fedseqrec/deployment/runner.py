@@ -19,6 +19,7 @@ from fedseqrec.data.export import export_partitions
 from fedseqrec.deployment.local import LocalDeployment, write_app
 from fedseqrec.errors import RunError, UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.processes import watched_by_a_watchdog
 from fedseqrec.server.planning import default_run_folder, plan_run
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -94,7 +95,11 @@ def deploy_local(
     if cfg.evaluation.mode == "federated":  # as in a real deployment: the server holds no user's events
         cfg = cfg.replace(data=str(folder / "data" / export["server"]))
     mode = "TLS and SuperNode authentication" if secure else "INSECURE (no TLS, no SuperNode authentication)"
-    with _terminate_as_interrupt(), LocalDeployment(folder, secure=secure, isolation=isolation) as deployment:
+    with (
+        watched_by_a_watchdog(),  # killed by SIGKILL, this process cannot stop the deployment: its watchdog does
+        _terminate_as_interrupt(),
+        LocalDeployment(folder, secure=secure, isolation=isolation) as deployment,
+    ):
         deployment.start()
         on_line(f"SuperLink on 127.0.0.1:{deployment.port} ({mode}); logs in {folder / 'logs'}")
         for client in export["clients"]:

@@ -21,6 +21,7 @@ from fedseqrec.client.client_app import make_client_app, partition_of
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.environment import FLOWER_ENVIRONMENT
+from fedseqrec.processes import watched_by_a_watchdog
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Progress
 from fedseqrec.server.planning import prepare_run
@@ -76,7 +77,12 @@ def simulate(
         return f"the run folder keeps its last completed round: continue with --resume {folder.path}"
 
     try:
-        with quiet_flower(verbose), stop_at_once_on_signals(where) if stop_on_signals else contextlib.nullcontext():
+        # (the watchdog: Ray's processes are stopped when the run ends, even by SIGKILL)
+        with (
+            quiet_flower(verbose),
+            watched_by_a_watchdog(),
+            stop_at_once_on_signals(where) if stop_on_signals else contextlib.nullcontext(),
+        ):
             run_simulation(
                 server_app=make_server_app(cfg, folder, progress),
                 client_app=client_app or default_client_app,

@@ -15,29 +15,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
+
+from fedseqrec.processes import descendants
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every living process below ``pid`` (read from ``/proc``; empty where there is none)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            # the command name is in parentheses and may hold spaces: the parent pid is the 2nd field after it
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def kill_descendants(pid: int | None = None) -> int:
