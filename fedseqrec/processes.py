@@ -4,8 +4,8 @@ A run's helpers (Ray's GCS, raylet and workers; a deployment's SuperLink and Sup
 process that started them: some start sessions of their own, or are orphaned when a parent dies. Each therefore
 carries a tag in its environment, inherited by everything it starts, and :func:`tagged` finds them all. A process
 killed with SIGKILL cannot stop its helpers itself: :func:`watched_by_a_watchdog` starts a small detached process
-that waits on a pipe from the run; the kernel closes the pipe when the run ends, however it ends, and the watchdog
-then kills every process still carrying the run's tag.
+that waits on a pipe from the run's process; the kernel closes the pipe when that process ends, however it ends,
+and the watchdog then kills every process still carrying the run's tag.
 """
 
 from __future__ import annotations
@@ -134,10 +134,16 @@ kill_tagged(tag, variable, known=known)
 """
 
 
+_WATCHDOGS: list[subprocess.Popen] = []  # their pipes stay open until this process ends
+
+
 @contextlib.contextmanager
 def watched_by_a_watchdog(variable: str = RUN_TAG) -> Iterator[str]:
-    """Within the block, every process this one starts carries a fresh tag in ``variable``; when the block ends,
-    or this process dies (even by SIGKILL), the processes still carrying it are killed. Yields the tag."""
+    """Within the block, every process this one starts carries a fresh tag in ``variable``; when this process ends,
+    however it ends (SIGKILL included), a watchdog kills the processes still carrying it. Yields the tag.
+
+    Not when the block ends: a simulation's Ray stays up for the next simulation of the same process (Flower
+    reuses it), and the command line ends right after its run anyway."""
     tag = f"{os.getpid()}-{secrets.token_hex(6)}"
     environment = {k: v for k, v in os.environ.items() if k != variable}
     watchdog = subprocess.Popen(
@@ -149,6 +155,7 @@ def watched_by_a_watchdog(variable: str = RUN_TAG) -> Iterator[str]:
         start_new_session=True,  # Ctrl-C in the terminal does not reach it
     )
     watchdog.wait()  # (the forked watchdog goes on: this is only its parent leaving)
+    _WATCHDOGS.append(watchdog)
     previous = os.environ.get(variable)
     os.environ[variable] = tag
     try:
@@ -158,5 +165,3 @@ def watched_by_a_watchdog(variable: str = RUN_TAG) -> Iterator[str]:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = previous
-        kill_tagged(tag, variable)  # at once, here; the watchdog then finds nothing left
-        watchdog.stdin.close()

@@ -183,3 +183,50 @@ def test_a_catalogue_no_larger_than_the_cut_off_is_said_to_measure_nothing(cli, 
     assert "the catalogue holds 4 items: at @5, @10, @20 every item is in the top K" in result.out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert any("measure nothing" in note for note in metrics["notes"])
+
+
+def _as_another_user(arguments: list[str], home) -> subprocess.CompletedProcess:
+    """The command run by a user without root's power over permissions: as `nobody` when these tests run as root
+    (root reads and writes anything), else as ourselves."""
+    import os
+    import shutil
+
+    command = [sys.executable, "-m", "fedseqrec.cli", *arguments]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to drop root's privileges"
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HOME": str(home)})
+
+
+def test_a_folder_that_cannot_be_read_or_written_is_one_line_and_exit_2(tmp_path):
+    """Permissions, not an internal error: an unreadable dataset folder, and `data prepare --out` into a read-only
+    folder (issue 29's probes; both ended in `internal error`, exit 1)."""
+    import os
+    import shutil
+    import tempfile
+
+    place = tempfile.mkdtemp(dir="/tmp")  # (pytest's own folders are root's alone)
+    try:
+        os.chmod(place, 0o777)
+        unreadable, read_only = os.path.join(place, "unreadable"), os.path.join(place, "read-only")
+        os.mkdir(unreadable)
+        write(tmp_path / "x", "")
+        shutil.copy(tmp_path / "x", os.path.join(unreadable, "log.csv"))
+        os.mkdir(read_only)
+        os.chmod(unreadable, 0o000)
+        os.chmod(read_only, 0o555)
+        stats = _as_another_user(["data", "stats", "--data", unreadable], place)
+        assert (
+            stats.returncode == 2
+            and stats.stderr == f"fedseqrec: error: {unreadable}: permission denied (check its permissions)\n"
+        )
+        prepare = _as_another_user(["data", "prepare", "--data", "shop", "--out", f"{read_only}/prepared"], place)
+        assert prepare.returncode == 2, prepare.stderr
+        assert prepare.stderr == f"fedseqrec: error: {read_only}: permission denied (check its permissions)\n"
+        assert os.listdir(read_only) == []  # nothing half-written
+    finally:
+        for folder in (os.path.join(place, "unreadable"), place):
+            if os.path.exists(folder):
+                os.chmod(folder, 0o700)
+        shutil.rmtree(place, ignore_errors=True)

@@ -10,8 +10,11 @@ Conventions every subcommand keeps: ``--data NAME_OR_PATH`` (default: the built-
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fedseqrec import __version__
 from fedseqrec.cli import data, federate, report, serve, train
@@ -59,11 +62,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedseqrec: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if args.debug:
+            raise
+        problem = file_system_problem(err)
+        if problem is None:
+            return _internal(err)
+        print(f"fedseqrec: error: {problem}", file=sys.stderr)
+        return 2
     except Exception as err:
         if args.debug:
             raise
-        print(
-            f"fedseqrec: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal(err)
+
+
+# What the file system refuses is the user's to fix (permissions, a read-only mount, a full disk): one line, exit 2.
+FILE_SYSTEM_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def file_system_problem(err: OSError) -> str | None:
+    """What the user can act on in ``err``, naming the path they gave (a temporary file we write first stands for
+    its folder); None: not a file-system refusal."""
+    what = FILE_SYSTEM_ERRORS.get(err.errno)
+    if what is None:
+        return None
+    path = Path(err.filename) if err.filename else None
+    if path is not None and path.name.startswith(".") and ".tmp" in path.name:
+        path = path.parent  # (files are written to a temporary name first, then renamed)
+    while path is not None and path.parent != path and not os.access(path.parent, os.R_OK | os.X_OK):
+        path = path.parent  # the folder that cannot be opened, not a file inside it
+    fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "check its permissions"
+    return f"{path}: {what} ({fix})" if path is not None else f"{what} ({fix})"
+
+
+def _internal(err: Exception) -> int:
+    print(
+        f"fedseqrec: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
