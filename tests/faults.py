@@ -30,9 +30,15 @@ def broken_client_app():
     return client_app_with(noise_off)
 
 
-def _replace_metrics(reply, change):
+def _client_zero_says(msg, context, call_next, change):
+    """Client 0's training reply, with ``change`` made to its metrics (every other reply as it was)."""
     from flwr.app import MetricRecord
 
+    reply = call_next(msg, context)
+    if reply.has_error() or msg.metadata.message_type != "train":
+        return reply
+    if int(reply.content["metrics"]["partition-id"]) != 0:
+        return reply
     metrics = dict(reply.content["metrics"])
     change(metrics)
     reply.content["metrics"] = MetricRecord(metrics)
@@ -41,40 +47,25 @@ def _replace_metrics(reply, change):
 
 def forgetful_ledger(msg, context, call_next):
     """Client 0 reports an empty ledger and ε = 0 after training (its ledger file on disk holds the truth)."""
-    reply = call_next(msg, context)
-    if reply.has_error() or msg.metadata.message_type != "train":
-        return reply
-    if int(reply.content["metrics"]["partition-id"]) != 0:
-        return reply
 
     def forget(metrics):
         metrics.update({"epsilon": 0.0, "ledger-round": [], "ledger-noise": [], "ledger-rate": [], "ledger-steps": []})
 
-    return _replace_metrics(reply, forget)
+    return _client_zero_says(msg, context, call_next, forget)
 
 
 def quiet_ledger(msg, context, call_next):
     """Client 0 claims its latest round added σ = 1e9 (a tiny ε); its ledger file on disk holds the truth."""
-    reply = call_next(msg, context)
-    if reply.has_error() or msg.metadata.message_type != "train":
-        return reply
-    if int(reply.content["metrics"]["partition-id"]) != 0:
-        return reply
 
     def claim(metrics):
         metrics.update({"epsilon": 0.1, "ledger-noise": [*metrics["ledger-noise"][:-1], 1e9]})
 
-    return _replace_metrics(reply, claim)
+    return _client_zero_says(msg, context, call_next, claim)
 
 
 def timeless(msg, context, call_next):
     """Client 0's replies lose their `seconds` (the server read it unchecked and stopped with an internal error)."""
-    reply = call_next(msg, context)
-    if reply.has_error() or msg.metadata.message_type != "train":
-        return reply
-    if int(reply.content["metrics"]["partition-id"]) != 0:
-        return reply
-    return _replace_metrics(reply, lambda metrics: metrics.pop("seconds"))
+    return _client_zero_says(msg, context, call_next, lambda metrics: metrics.pop("seconds"))
 
 
 def client_app_with(mod):

@@ -132,11 +132,10 @@ def test_a_node_without_its_ledger_refuses_unless_told_to_continue_from_the_serv
 # --- the report ---------------------------------------------------------------------------------------------------
 
 
-def test_report_recomputes_an_edited_epsilon_and_flags_it(tmp_path, cli):
-    folder = tmp_path / "run"
+def _reported_run(folder: Path) -> tuple[dict, list]:
+    """A run folder whose privacy.json holds one client of two rounds, its stored ε edited to 0.1."""
     folder.mkdir()
     records = [{"round": r, "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10} for r in (1, 2)]
-    true = epsilon([(1.0, 0.1, 10)] * 2, 1e-5)
     entry = {
         "epsilon": 0.1,
         "epsilon_checked": 0.1,
@@ -150,12 +149,42 @@ def test_report_recomputes_an_edited_epsilon_and_flags_it(tmp_path, cli):
     (folder / "config.json").write_text(json.dumps({"run_config": TINY.to_run_config()}))
     (folder / "privacy.json").write_text(json.dumps({"clients": {"0": entry}, "history": history}))
     (folder / "metrics.jsonl").write_text(json.dumps({"round": 2, "valid": {"NDCG@10": 0.1}}) + "\n")
+    return entry, history
+
+
+def test_report_recomputes_an_edited_epsilon_and_flags_it(tmp_path, cli):
+    folder = tmp_path / "run"
+    _reported_run(folder)
+    true = epsilon([(1.0, 0.1, 10)] * 2, 1e-5)
     result = cli("report", folder)
     assert result.code == 1
     assert "flagged: client 0: stored ε 0.1 disagrees with its 2 records" in result.err
     report = json.loads((folder / "privacy_report.json").read_text())
     assert report["max_epsilon"] == pytest.approx(true) and report["clients"][0]["epsilon_recomputed"] == true
     assert len(report["flags"]) == 2 and "flagged" in (folder / "privacy_report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda privacy: privacy.pop("clients"), "no 'clients' object"),
+        (lambda privacy: privacy["clients"]["0"].pop("ledger"), "client 0: no 'ledger'"),
+        (lambda privacy: privacy["clients"]["0"].update(delta="1e-5"), "client 0: 'delta' is '1e-5'"),
+        (lambda privacy: privacy["clients"]["0"]["ledger"][0].pop("steps"), "a ledger record without round"),
+        (lambda privacy: privacy.update(history=[{"round": 2}]), "no 'history' list of rounds"),
+    ],
+    ids=["no clients", "no ledger", "delta a string", "record without steps", "history without epsilon"],
+)
+def test_report_on_a_privacy_record_missing_what_it_reads_is_one_line_and_exit_2(tmp_path, cli, change, expected):
+    """(issue 29: a privacy.json missing keys ended in `internal error`, exit 1)"""
+    folder = tmp_path / "run"
+    _reported_run(folder)
+    privacy = json.loads((folder / "privacy.json").read_text())
+    change(privacy)
+    (folder / "privacy.json").write_text(json.dumps(privacy))
+    result = cli("report", folder)
+    assert result.code == 2 and expected in result.err and "internal error" not in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not (folder / "privacy_report.json").exists()
 
 
 # --- the run folder -----------------------------------------------------------------------------------------------

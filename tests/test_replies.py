@@ -37,6 +37,7 @@ def _reply(metrics: dict, arrays: bool = True, status: str | None = None) -> Mes
         ({"seconds": -1.0}, "seconds -1.0 is out of range"),
         ({"train-loss": None}, "train-loss missing"),
         ({"train-loss": math.inf}, "train-loss inf is not a finite number"),
+        ({"train-loss": 1e308}, "train-loss 1e+308 is out of range"),
         ({"steps": 2.5}, "steps 2.5 is not a whole number"),
         ({"declined": 2}, "declined 2 is neither 0 nor 1"),
         ({"declined": 1}, "declined, yet sends arrays"),
@@ -185,6 +186,18 @@ def test_a_refused_update_is_accounted_from_the_plan_or_the_costlier_claim():
     assert "1" not in server.clients
 
 
+def test_a_reply_that_trained_and_sends_no_update_is_named():
+    """(issue 29: such a reply vanished from the round without a line)"""
+    from fedseqrec.server.replies import ReplyRules, update_problem
+
+    current = ArrayRecord({"w": torch.ones(2)})
+    rules = ReplyRules.for_arrays(current)
+    problem = update_problem(_reply(GOOD, arrays=False), rules, current)
+    assert problem == "no update, though it trained on 40 examples and did not decline"
+    declined = {"num-examples": 0, "partition-id": 0, "declined": 1}
+    assert update_problem(_reply(declined, arrays=False), rules, current) is None
+
+
 def test_a_huge_update_is_refused_by_default_relative_to_the_model():
     from fedseqrec.server.replies import ReplyRules, update_problem
 
@@ -203,3 +216,17 @@ def test_a_huge_update_is_refused_by_default_relative_to_the_model():
     assert "over 100 times the global model's" in problem and "--max-update-ratio" in problem
     unbounded = ReplyRules.for_arrays(current, max_update_ratio=0.0)
     assert update_problem(reply([1e30, 1.0, 1.0, 1.0]), unbounded, current) is None
+
+
+@pytest.mark.slow
+def test_a_round_short_of_updates_by_rejections_does_not_send_the_user_to_resume(cli, tmp_path):
+    """(issue 29: after a ×1e30 update the message said to resume, and a resumed run failed the same way forever)"""
+    from helpers import TINY_FLAGS
+
+    out = tmp_path / "run"
+    attack = ["--attack", "scale", "--attack-scale", "1e30", "--attack-fraction", "0.34", "--min-clients", "3"]
+    result = cli("simulate", *TINY_FLAGS, "--rounds", "2", *attack, "--out", out)
+    assert result.code == 1, result.err
+    assert "over 100 times the global model's" in result.out + result.err
+    assert "reject them again" in result.err and "start a new run with a lower --min-clients" in result.err
+    assert "continue with --resume" not in result.err

@@ -4,6 +4,7 @@ Both take the run's options from :class:`fedseqrec.federated.config.RunConfig`, 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from fedseqrec.cli.common import add_command, unset_defaults
@@ -111,7 +112,10 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     print_results(results, out)
-    return run_audit(out) if RunFolder(out).config().data.audited else 0
+    if not RunFolder(out).config().data.audited:
+        return 0
+    made = out / "audit.json"  # (by the ServerApp: `flwr run` audits the run it ran)
+    return run_audit(out, found=json.loads(made.read_text()) if made.is_file() else None)
 
 
 def cmd_deploy_app(args: argparse.Namespace) -> int:

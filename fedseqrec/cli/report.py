@@ -40,32 +40,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if report["flags"] else 0
 
 
-def run_audit(folder: Path, data: str | None = None) -> int:
-    """Audit a finished run and say what was found; exit status 1 when the bound exceeds the claimed ε."""
-    from fedseqrec.results.audit import audit_folder  # torch: not for building the parsers
+def run_audit(folder: Path, data: str | None = None, found: dict | None = None) -> int:
+    """Audit a finished run (``found``: the audit its ServerApp already made) and say what was found; exit status 1
+    when the bound exceeds the claimed ε."""
+    from fedseqrec.results.audit import audit_folder, audit_lines  # torch: not for building the parsers
 
-    found = audit_folder(folder, data)
-    claimed = found["claimed"]["epsilon"]
-    parts = []
-    for part, words in (("canaries", "canaries"), ("real_users", "real users")):
-        if part in found:
-            f = found[part]
-            parts.append(
-                f"{words}: {f['correct']}/{f['guesses']} guesses right, ε ≥ {f['epsilon_lower_bound']:.3f}, "
-                f"attack AUC {f['auc']:.3f}, TPR at 1% FPR {f['tpr_at_fpr_0.01']:.3f}"
-            )
-    print(f"privacy audit ({found['confidence']:.0%} confidence): " + "; ".join(parts))
-    claim = f"{claimed:.3f}" if claimed is not None else "none (no DP)"
-    print(
-        f"empirical ε ≥ {found['epsilon_lower_bound']:.3f}; claimed ε {claim}; written {folder / 'audit.json'}, "
-        "audit.png"
-    )
-    if found["consistent"] is False:
-        print(
-            "flagged: the empirical lower bound exceeds the claimed ε: a mechanism does not do what it is "
-            "accounted for",
-            file=sys.stderr,
-        )
+    found = found if found is not None else audit_folder(folder, data)
+    lines, flag = audit_lines(found)
+    print("\n".join(lines) + f"; written {folder / 'audit.json'}, audit.png")
+    if flag is not None:
+        print(f"flagged: {flag}", file=sys.stderr)
         return 1
     return 0
 

@@ -92,6 +92,28 @@ def _separation(scores: np.ndarray, coins: np.ndarray, delta: float) -> dict:
     }
 
 
+def audit_lines(found: dict) -> tuple[list[str], str | None]:
+    """What an audit found, in two lines, and the flag when its bound exceeds the claimed ε (None: consistent)."""
+    claimed = found["claimed"]["epsilon"]
+    parts = []
+    for part, words in (("canaries", "canaries"), ("real_users", "real users")):
+        if part in found:
+            f = found[part]
+            parts.append(
+                f"{words}: {f['correct']}/{f['guesses']} guesses right, ε ≥ {f['epsilon_lower_bound']:.3f}, "
+                f"attack AUC {f['auc']:.3f}, TPR at 1% FPR {f['tpr_at_fpr_0.01']:.3f}"
+            )
+    claim = f"{claimed:.3f}" if claimed is not None else "none (no DP)"
+    lines = [
+        f"privacy audit ({found['confidence']:.0%} confidence): " + "; ".join(parts),
+        f"empirical ε ≥ {found['epsilon_lower_bound']:.3f}; claimed ε {claim}",
+    ]
+    flag = None
+    if found["consistent"] is False:
+        flag = "the empirical lower bound exceeds the claimed ε: a mechanism does not do what it is accounted for"
+    return lines, flag
+
+
 def _claimed(folder: Path, ds: Dataset) -> dict:
     """The ε the run claims (None without DP) and its δ (without DP: the δ our runs default to for its users)."""
     path = folder / "privacy_report.json"

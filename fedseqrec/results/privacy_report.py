@@ -45,12 +45,55 @@ def _read_json(path: Path):
         raise UserError(f"{path}: unreadable ({err})") from err
 
 
+CLIENT_FIELDS = {
+    "epsilon": (int, float),
+    "epsilon_checked": (int, float),
+    "delta": (int, float),
+    "accountant": str,
+    "budget": (int, float, type(None)),
+    "status": str,
+    "ledger": list,
+}
+RECORD_FIELDS = ("round", "noise_multiplier", "sample_rate", "steps")
+
+
+def privacy_record_problem(privacy) -> str | None:
+    """What ``privacy.json`` lacks of what the report reads (None: nothing): its clients, each with its figures
+    and ledger records, and its per-round history."""
+    if not isinstance(privacy, dict):
+        return "not a JSON object"
+    if not isinstance(privacy.get("clients"), dict):
+        return "no 'clients' object"
+    if not isinstance(privacy.get("history"), list) or any(
+        not isinstance(h, dict) or "max_epsilon" not in h for h in privacy["history"]
+    ):
+        return "no 'history' list of rounds with their max_epsilon"
+    for client, entry in privacy["clients"].items():
+        if not str(client).isdigit() or not isinstance(entry, dict):
+            return f"client {client!r} is not a client's record"
+        for field, kinds in CLIENT_FIELDS.items():
+            if field not in entry:
+                return f"client {client}: no {field!r}"
+            if not isinstance(entry[field], kinds) or isinstance(entry[field], bool):
+                return f"client {client}: {field!r} is {entry[field]!r}"
+        for record in entry["ledger"]:
+            if not isinstance(record, dict) or any(k not in record for k in RECORD_FIELDS):
+                return f"client {client}: a ledger record without {', '.join(RECORD_FIELDS)}"
+    return None
+
+
 def build_privacy_report(folder: Path) -> dict:
     privacy_options = recorded_run(folder).privacy  # (refuses what is not a federated run folder, saying why)
     privacy_path = folder / "privacy.json"
     if not privacy_path.exists():
         raise UserError(f"{folder}: this run has no privacy ledger (it was not run with --privacy)")
     privacy = _read_json(privacy_path)
+    problem = privacy_record_problem(privacy)
+    if problem is not None:
+        raise UserError(
+            f"{privacy_path}: {problem}: not a privacy record as fedseqrec writes it (edited, or cut short); the "
+            "run's own ledger files and state.pt are what a report can be rebuilt from"
+        )
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
     clients, flags = [], []
     audit = _audit_summary(folder)

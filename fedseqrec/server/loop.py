@@ -229,7 +229,8 @@ class Federation:
             self.mechanism.too_few_updates(server_round, privacy.get("declined", []), len(updates))
             raise RunError(
                 f"round {server_round}: {len(updates)} of {len(chosen)} clients returned an update, fewer than "
-                f"--min-clients {algorithm.min_clients} (failed: {', '.join(failed) or 'none'}); {self._resumable()}"
+                f"--min-clients {algorithm.min_clients} (failed: {', '.join(failed) or 'none'}); "
+                + self._what_now(failed)
             )
         trained = self.mechanism.to_aggregate(updates)
         figures = _train_figures([r.content["metrics"] for r in trained])
@@ -326,6 +327,18 @@ class Federation:
         self.folder.save_tensors(STATE, state)
         self.folder.save_tensors("model_last.pt", state["arrays"])
         self.progress.on_round(record)
+
+    def _what_now(self, failed: list[str]) -> str:
+        """After a round with too few updates: resume, unless every failure was a rejection — a resumed run asks the
+        same clients the same round, and their updates would be rejected again."""
+        if failed and all(f.endswith(("(rejected)", "(refused)")) for f in failed):
+            done = f"rounds 1-{self.round} are saved" if self.round else "no round completed"
+            return (
+                "resuming would ask the same clients the same round and reject them again (the reasons are above): "
+                "start a new run with a lower --min-clients, or with what rejected them changed (--max-update-ratio, "
+                f"--max-update-norm, a robust --strategy); {done} in {self.folder.path}"
+            )
+        return self._resumable()
 
     def _resumable(self) -> str:
         done = f"rounds 1-{self.round} are saved" if self.round else "no round completed"

@@ -18,6 +18,8 @@ from flwr.app import ArrayRecord, Message
 from fedseqrec.checks import number_problem
 
 ARRAYS = "arrays"
+MAX_LOSS = 1e6  # far above any loss of a model that learns (a cross-entropy starts near ln(items)): the round's
+# mean loss weighs each by its examples, and 1e308 × examples overflows to a null figure
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,21 @@ def metrics_problem(reply: Message, partition: int) -> str | None:
         arrays = reply.content.array_records
         return "declined, yet sends arrays" if arrays or int(examples) else None
     return (
-        number_problem(metrics, "train-loss")
+        number_problem(metrics, "train-loss", high=MAX_LOSS)
         or number_problem(metrics, "seconds", low=0.0)
         or (number_problem(metrics, "steps", low=0.0, whole=True, needed=False))
     )
 
 
 def update_problem(reply: Message, rules: ReplyRules, current: ArrayRecord) -> str | None:
-    """Why the reply's arrays may not be aggregated (None: they may). A reply without arrays (a client declining
-    for lack of privacy budget) has nothing to check."""
+    """Why the reply's arrays may not be aggregated (None: they may). A reply without arrays has nothing to check
+    if its client declined (no privacy budget left) or had no examples; one that trained must send its update."""
     records = reply.content.array_records
+    metrics = reply.content["metrics"]
+    examples = int(metrics["num-examples"])
     if not records:
-        return None
-    examples = int(reply.content["metrics"]["num-examples"])
+        trained = examples > 0 and not metrics.get("declined", 0)
+        return f"no update, though it trained on {examples} examples and did not decline" if trained else None
     if examples > rules.max_examples:
         return f"num-examples {examples} exceeds the {rules.max_examples} users of the federation"
     if list(records) != [ARRAYS]:

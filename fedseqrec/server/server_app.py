@@ -14,7 +14,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedseqrec.data.tasks import task_of
+from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.results.audit import audit_folder, audit_lines
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.summary import format_round, released_round
 from fedseqrec.server.loop import Federation, Progress
@@ -47,8 +49,22 @@ def make_server_app(
             f"{released_round(results, task.selection)}: test {task.headline_of(test)}; "
             f"run folder {run_folder.path.resolve()}"
         )
+        if cfg is None and run_cfg.data.audited:  # `flwr run`: no command of ours is left to audit the run
+            audit(run_folder, reporter)
 
     return app
+
+
+def audit(folder: RunFolder, reporter: Progress) -> None:
+    """The privacy audit of the finished run, in the log; a run whose audit cannot be made (its data is not on the
+    server's host) is still a finished run: the log says to run `fedseqrec audit` where the data is."""
+    try:
+        lines, flag = audit_lines(audit_folder(folder.path))
+    except UserError as err:
+        reporter.on_message(f"privacy audit not made here ({err}): run `fedseqrec audit RUN_DIR --data DATA`")
+        return
+    for line in [*lines, *([f"flagged: {flag}"] if flag else [])]:
+        reporter.on_message(line)
 
 
 app = make_server_app()
