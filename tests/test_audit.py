@@ -256,3 +256,5 @@ def test_the_audit_runs_after_every_mechanism(cli, tmp_path, privacy):
     report = json.loads((out / "privacy_report.json").read_text())
     assert found["claimed"]["epsilon"] == pytest.approx(report["max_epsilon"]) and found["consistent"] is True
     assert found["claimed"]["delta"] == pytest.approx(report["delta"])
+    overlap = report["users_in_several_clients"]  # what a user held by several clients gets, for this mechanism
+    assert overlap.startswith("each silo clips" if "user-level" in privacy else "the unit is one client's update")

@@ -12,16 +12,24 @@ from fedseqrec.data.tasks import Task, task_of
 from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
 from fedseqrec.privacy.accounting import epsilon
+from fedseqrec.privacy.config import DP_FEDAVG, USER_LEVEL
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
 from fedseqrec.results.folder import RunFolder, data_identity, recorded_data, recorded_run
 from fedseqrec.results.ledger_copies import check_against_other_copies
 from fedseqrec.results.privacy_plots import fmt, plot_epsilon, plot_utility, pyplot
 
+ONE_CLIENT_EACH = " The partitions built here put every user in exactly one client."
 OVERLAP = (
     "the guarantee is per silo: a user whose events are held by k clients is covered by each of those clients' "
     "guarantees separately, and their total privacy loss is bounded only by composition — up to the sum of those "
-    "clients' ε (and of their δ). The partitions built here put every user in exactly one client."
+    "clients' ε (and of their δ)." + ONE_CLIENT_EACH
 )
+OVERLAP_BY_MECHANISM = {  # (DP-SGD at every client: OVERLAP)
+    DP_FEDAVG: "the unit is one client's update: a user whose events are held by k clients is k units, covered "
+    "only by group privacy of size k (ε grows about k-fold)." + ONE_CLIENT_EACH,
+    USER_LEVEL: "each silo clips a user's gradient on its own: a user whose events are held by k silos contributes k "
+    "clipped gradients and is covered only by group privacy of size k (ε grows about k-fold)." + ONE_CLIENT_EACH,
+}
 
 
 def _recomputer():
@@ -146,7 +154,7 @@ def build_privacy_report(folder: Path) -> dict:
         "privacy_unit": privacy.get("privacy_unit", PRIVACY_UNIT),
         "client_sampling": privacy.get("sampling", SAMPLING),
         "trust": privacy.get("trust", "each client runs its own mechanism; the server sees each client's update"),
-        "users_in_several_clients": OVERLAP,
+        "users_in_several_clients": OVERLAP_BY_MECHANISM.get(privacy_options.mechanism, OVERLAP),
         "public_users": privacy.get("public_users"),
         "public_only_test": (metrics.get("initial") or {}).get("test"),
         "item_selection": _without_rows(privacy.get("item_selection")),
