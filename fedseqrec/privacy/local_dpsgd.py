@@ -185,11 +185,11 @@ class LocalDPSGD(PrivacyMechanism):
             client = str(int(metrics["partition-id"]))
             if "epsilon" not in metrics:
                 continue
+            # (its records are the server's: they extend what it held, and this round's is its plan)
             entry = ledger_from_metrics(metrics, self.privacy.accountant)
-            held = self.clients.get(client, {})
-            entry["ledger"] = held.get("ledger", []) + entry["ledger"][len(held.get("ledger", [])) :]
-            if held.get("refusals"):
-                entry["refusals"] = held["refusals"]
+            refusals = self.clients.get(client, {}).get("refusals")
+            if refusals:
+                entry["refusals"] = refusals
             entry["epsilon_checked"] = self.recompute(entry)
             if entry["epsilon"] < entry["epsilon_checked"] * (1 - TOLERANCE):
                 self.run.warn(

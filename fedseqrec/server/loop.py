@@ -220,11 +220,7 @@ class Federation:
         asked = {m.metadata.message_id: (route[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages}
         ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
         privacy = self.mechanism.observe(server_round, [reply for reply, _ in ok])  # every release is accounted
-        refused = privacy.pop("refused", {})
-        for partition, reason in refused.items():
-            failed.append(f"client {partition} (refused)")
-            self.progress.on_message(f"round {server_round}: client {partition} refused: {reason}")
-        updates = self._checked_updates([(r, p) for r, p in ok if p not in refused], failed, server_round, secure)
+        updates = self._checked_updates(ok, failed, server_round, secure)
         if len(updates) < self.mechanism.min_updates(len(chosen)):
             self.mechanism.too_few_updates(server_round, privacy.get("declined", []), len(updates))
             raise RunError(
@@ -331,7 +327,7 @@ class Federation:
     def _what_now(self, failed: list[str]) -> str:
         """After a round with too few updates: resume, unless every failure was a rejection — a resumed run asks the
         same clients the same round, and their updates would be rejected again."""
-        if failed and all(f.endswith(("(rejected)", "(refused)")) for f in failed):
+        if failed and all(f.endswith("(rejected)") for f in failed):
             done = f"rounds 1-{self.round} are saved" if self.round else "no round completed"
             return (
                 "resuming would ask the same clients the same round and reject them again (the reasons are above): "

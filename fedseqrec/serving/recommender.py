@@ -41,7 +41,6 @@ class Recommendation:
     unknown: list[str] = field(default_factory=list)  # history items the model does not know (ignored)
     truncated: int = 0  # oldest history items dropped to fit the model's length
     explanations: list[list[dict]] | None = None  # per item: the history items that contributed most
-    indices: torch.Tensor | None = field(default=None, repr=False)  # the items' ids in the model
 
     def to_dict(self) -> dict:
         found = {
@@ -116,9 +115,9 @@ class Recommender:
         scores = self._scores([ids for ids, _, _ in parsed], words)
         results = []
         for row, (ids, unknown, truncated) in enumerate(parsed):
-            found, ranked = self._ranked(scores[row], ids, unknown, truncated, k, exclude_seen)
+            found, items, ranked = self._ranked(scores[row], ids, unknown, truncated, k, exclude_seen)
             if explain:
-                found.explanations = self._explain(ids, found.indices, ranked, None if words is None else words[row])
+                found.explanations = self._explain(ids, items, ranked, None if words is None else words[row])
             results.append(found)
         return results
 
@@ -154,9 +153,9 @@ class Recommender:
 
     def _ranked(
         self, scores: torch.Tensor, ids: np.ndarray, unknown: list[str], truncated: int, k: int, exclude_seen: bool
-    ) -> tuple[Recommendation, torch.Tensor]:
+    ) -> tuple[Recommendation, torch.Tensor, torch.Tensor]:
         """The top ``k`` of one history's scores (never more than the items left to recommend: a seen item is not
-        one, its score is -inf), and the scores they were ranked by."""
+        one, its score is -inf), their ids in the model, and the scores they were ranked by."""
         ranked = scores.clone()
         if exclude_seen:
             ranked[torch.from_numpy(np.unique(ids))] = -math.inf
@@ -164,8 +163,7 @@ class Recommender:
         found = Recommendation(
             [str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown, truncated
         )
-        found.indices = top.indices
-        return found, ranked
+        return found, top.indices, ranked
 
     def score_ads(self, history: list[str], ads: list[str]) -> dict:
         """An ad model's (``--task ctr``) click and purchase probabilities for ``ads`` shown after ``history``."""
