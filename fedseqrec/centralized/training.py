@@ -26,6 +26,7 @@ from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import BASELINES, ModelConfig
+from fedseqrec.models.device import check_precision, device_name, resolve_device
 from fedseqrec.models.optim import LinearSchedule, adamw
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.text_match import TextMatch
@@ -63,12 +64,14 @@ def train_centralized(
         model_cfg.validate()
         baseline = _popularity_results if model_cfg.name == "pop" else _text_match_results
         return _write_results(out, baseline(ds, model_cfg, cfg), data_cfg, model_cfg, cfg, ds.sequences.n_items)
-    model = build_model(model_cfg.name, model_cfg, ds.sequences)
+    device = resolve_device(cfg.hardware.device)
+    check_precision(device, cfg.hardware.precision)
+    model = build_model(model_cfg.name, model_cfg, ds.sequences).to(device)
     out.mkdir(parents=True, exist_ok=True)
     (out / SEALED).unlink(missing_ok=True)  # a new run in an old folder: its own coins
     seal(out, ds.audit)
     history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg)
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    model.load_state_dict(torch.load(out / "model.pt", map_location=device, weights_only=True))
     calibration = None
     if hasattr(model, "fit_calibration"):  # ad models: Platt scaling on the validation slates
         calibration = model.fit_calibration(slate_batches(ds.sequences, ds.split, "valid", max_len=model_cfg.max_len))
@@ -84,6 +87,7 @@ def train_centralized(
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(1, len(history)), 3),
+        "device": device_name(device),
         **({"calibration": calibration} if calibration is not None else {}),
         **poisoning_figures(model, ds.sequences, ds.split, ds.options, model_cfg.max_len),
     }
@@ -108,7 +112,14 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
             start = time.perf_counter()
             left = None if cfg.max_seconds is None else cfg.max_seconds - train_seconds
             loss, _ = train_epoch(
-                model, loader, optimizer, windows.batch_of, on_step=schedule, stop=_time_limit(start, left), packed=True
+                model,
+                loader,
+                optimizer,
+                windows.batch_of,
+                on_step=schedule,
+                stop=_time_limit(start, left),
+                packed=True,
+                precision=cfg.hardware.precision,
             )
             train_seconds += time.perf_counter() - start
             record = {"epoch": epoch, "loss": round(loss, 5), "train_seconds": round(train_seconds, 2)}

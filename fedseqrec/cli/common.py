@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from fedseqrec.cli.examples import examples_of
 from fedseqrec.cli.parser import Formatter
 from fedseqrec.data.dataset import PARTITION, DataConfig
-from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.config import DeviceConfig, ModelConfig
 from fedseqrec.options import add_options, declared, from_args
 
 Handler = Callable[[argparse.Namespace], int]
@@ -53,6 +53,11 @@ def add_data_location(parser: argparse.ArgumentParser) -> None:
         help="where the run's data is now (default: the path the run recorded); refused unless it holds the same "
         "files (the run records their fingerprint)",
     )
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device`` for a command that only scores (evaluate, audit, recommend, serve): where the model runs."""
+    add_options(parser, DeviceConfig(), exclude=("precision",))
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, truncate: bool, partition: bool | str) -> None:

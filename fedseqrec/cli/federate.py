@@ -82,6 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         resume=resume,
         rounds=args.rounds if resume is not None else None,
         client_cpus=args.client_cpus,
+        client_gpus=args.client_gpus,
         progress=Progress(on_round=on_round, on_message=on_message),
         verbose=args.verbose,
         stop_on_signals=True,
@@ -164,6 +165,13 @@ def register_simulate(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="CPUs per simulated client: clients run side by side on (CPUs / this) Ray workers",
+    )
+    r.add_argument(
+        "--client-gpus",
+        type=float,
+        default=None,
+        help="share of a GPU per simulated client, when --device puts them on one (default: as many clients side by "
+        "side on the GPUs as on the CPUs; 0: clients on the CPU, the server's evaluation on the GPU)",
     )
     r.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedseqrec.cli.common import add_command, add_data_location
+from fedseqrec.cli.common import add_command, add_data_location, add_device_option
 from fedseqrec.errors import UserError
 from fedseqrec.results.privacy_report import compare_runs, write_privacy_report
 
@@ -40,12 +40,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 1 if report["flags"] else 0
 
 
-def run_audit(folder: Path, data: str | None = None, found: dict | None = None) -> int:
+def run_audit(folder: Path, data: str | None = None, found: dict | None = None, device: str = "auto") -> int:
     """Audit a finished run (``found``: the audit its ServerApp already made) and say what was found; exit status 1
     when the bound exceeds the claimed ε."""
     from fedseqrec.results.audit import audit_folder, audit_lines  # torch: not for building the parsers
 
-    found = found if found is not None else audit_folder(folder, data)
+    found = found if found is not None else audit_folder(folder, data, device)
     lines, flag = audit_lines(found)
     print("\n".join(lines) + f"; written {folder / 'audit.json'}, audit.png")
     if flag is not None:
@@ -63,13 +63,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     and TPR at low FPR. Writes audit.json and audit.png (and the privacy report of a private run). `train` and
     `simulate` run it themselves when they end; exit 1 when the bound exceeds the claimed ε.
     """
-    return run_audit(Path(args.run), args.data)
+    return run_audit(Path(args.run), args.data, device=args.device)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     audit = add_command(commands, "audit", cmd_audit)
     audit.add_argument("run", metavar="RUN_DIR", help="a run folder trained with --audit-canaries / --audit-users")
     add_data_location(audit)
+    add_device_option(audit)
     report = add_command(commands, "report", cmd_report)
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s)")
     report.add_argument("--compare", action="store_true", help="privacy-utility curve of several runs")

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from fedseqrec.cli.common import add_command, add_data_location
+from fedseqrec.cli.common import add_command, add_data_location, add_device_option
 from fedseqrec.errors import UserError
 
 
@@ -28,7 +28,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     given = [args.user is not None, args.history is not None, args.input is not None]
     if sum(given) != 1:
         raise UserError("give one of --user, --history or --input")
-    recommender = load_recommender(Path(args.run), args.weights, args.data)
+    recommender = load_recommender(Path(args.run), args.weights, args.data, device=args.device, int8=args.int8)
     if args.ads is not None:
         if args.input is not None:
             raise UserError("--ads scores one history's ads: give --user or --history")
@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fedseqrec.serving.app import make_app
 
     _check_port_free(args.host, args.port)
-    app = make_app(Path(args.run), args.weights, args.poll, data=args.data)
+    app = make_app(Path(args.run), args.weights, args.poll, data=args.data, device=args.device, int8=args.int8)
     described = app.state.holder.current.describe()
     print(
         f"serving {described['model']} from {Path(args.run).resolve()} (round {described['round']}) on "
@@ -144,6 +144,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN_DIR", help="a folder `fedseqrec train` or `simulate` wrote")
     parser.add_argument("--weights", default="model.pt", help="model.pt (the best, default) or model_last.pt")
     add_data_location(parser)
+    add_device_option(parser)
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="score with int8 weights in the linear and recurrent layers (dynamic quantization, CPU): faster, "
+        "scores off by the weights' rounding (benchmarks/serving.py measures the ranking it costs)",
+    )
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from fedseqrec.centralized.config import TrainConfig
-from fedseqrec.cli.common import add_command, add_data_options, data_config, model_config, unset_defaults
+from fedseqrec.cli.common import (
+    add_command,
+    add_data_options,
+    add_device_option,
+    data_config,
+    model_config,
+    unset_defaults,
+)
 from fedseqrec.cli.report import run_audit
 from fedseqrec.data.cleaning import cleaning_summary
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
@@ -121,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     folder = Path(args.checkpoint)
     data = checkpoint_data(folder, args)
     ds = load_dataset(data)
-    name, model = load_checkpoint(folder, ds.sequences)
+    name, model = load_checkpoint(folder, ds.sequences, device=args.device)
     protocol = getattr(args, "protocol", "full")
     options = {"max_len": model.cfg.max_len, "protocol": protocol}
     results = {
@@ -154,3 +161,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--checkpoint", required=True, metavar="DIR", help="folder holding model.pt and model.json")
     add_options(evaluation, EvaluationConfig(), exclude=("eval_every",))
     evaluation.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_device_option(evaluation)

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -26,6 +27,7 @@ from fedseqrec.client.secure_aggregation import secure_aggregation_mod
 from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
+from fedseqrec.federated.compression import encode, is_compressible
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import client_mods, mechanism_of
 from fedseqrec.federated.messages import (
@@ -43,6 +45,7 @@ from fedseqrec.federated.task import (
     load_client_data,
     load_exported_client,
 )
+from fedseqrec.models.device import on_cpu
 
 # Keys the server adds to the run config in a message's ConfigRecord: ours, and those of Flower's strategies
 # (FedProx's proximal term, the clipping norm of the client-side DP wrappers).
@@ -109,6 +112,30 @@ def refusing(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
     return handle
 
 
+def reply_arrays(
+    state: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor] | None,
+    cfg: RunConfig,
+    context: Context,
+    client: int,
+) -> ArrayRecord:
+    """What goes back: ``state`` as it is, or under ``--compression`` encoded as the update from ``reference``
+    (the global weights; None: ``state`` is an update already), with the error feedback kept in the node's state,
+    by client (a pooled simulated node serves several)."""
+    mode = cfg.algorithm.compression
+    if mode == "none":
+        return ArrayRecord(state)
+    arrays = {k: v.numpy() for k, v in state.items()}
+    if reference is not None:
+        arrays = {k: a - reference[k].numpy() if is_compressible(a) else a for k, a in arrays.items()}
+    key = f"compression-residual:{client}"
+    held = context.state.get(key, {})
+    sent, kept = encode(arrays, mode, cfg.algorithm.topk_share, {name: held[name].numpy() for name in held})
+    if kept:
+        context.state[key] = ArrayRecord(array_dict={k: Array(v) for k, v in kept.items()})
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in sent.items()})
+
+
 def make_client_app(mods: list | None = None) -> ClientApp:
     app = ClientApp(mods=mods or [])
 
@@ -128,7 +155,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context, sent)
-        model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
+        global_weights = msg.content["arrays"].to_torch_state_dict()
+        model = build_global_model(data.sequences, cfg.model, global_weights, cfg.fit.hardware)
         server_round = int(sent[ROUND_KEY])
         client_round = mechanism_of(cfg.privacy).client_half()
         # --lr-schedule: this round's learning rate
@@ -151,7 +179,9 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         )
         if cfg.algorithm.item_weighted:
             metrics[ITEM_COUNTS_KEY] = item_counts(data)
-        arrays = ArrayRecord(model.state_dict() if outcome.update is None else outcome.update)
+        sent_back = on_cpu(model.state_dict()) if outcome.update is None else outcome.update
+        reference = global_weights if outcome.update is None else None  # weights go back as their update
+        arrays = reply_arrays(sent_back, reference, cfg, context, data.client)
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
@@ -161,7 +191,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         """Metric sums and the number of targets, so the server divides once over all clients."""
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context, sent)
-        model = build_global_model(data.sequences, cfg.model, msg.content["arrays"].to_torch_state_dict())
+        global_weights = msg.content["arrays"].to_torch_state_dict()
+        model = build_global_model(data.sequences, cfg.model, global_weights, cfg.fit.hardware)
         sums = evaluate_locally(model, data, cfg.evaluation.protocol, str(sent.get(WHICH_KEY, "valid")))
         metrics = {"num-examples": sums.count, "partition-id": data.client}
         metrics.update({f"sum:{name}": value for name, value in sums.sums.items()})

@@ -20,6 +20,7 @@ from fedseqrec.evaluation.ads import ad_sums
 from fedseqrec.evaluation.metrics import KS, MetricSums
 from fedseqrec.evaluation.protocols import PROTOCOLS
 from fedseqrec.models.batching import evaluation_batches, slate_batches
+from fedseqrec.models.device import device_of, scores_on_cpu
 from fedseqrec.models.pop import Popularity
 
 
@@ -54,7 +55,7 @@ def evaluate_sums(
     rng = np.random.default_rng(seed)
     weights = _popularity(data, split) if protocol == "sampled-pop" else None
     for chunk in evaluation_batches(data, split, which, users, max_len, batch_size):
-        scores = model.full_sort_predict(chunk.batch)
+        scores = scores_on_cpu(model, chunk.batch)
         if protocol == "full-history-removed":
             scores = _remove_history(scores, chunk, data, split, which)
         elif protocol != "full":
@@ -68,7 +69,9 @@ def evaluate_sums(
 def _ad_sums(model, data: SequenceData, split: Split, which: str, users, max_len: int, batch_size: int) -> MetricSums:
     total = MetricSums()
     for chunk in slate_batches(data, split, which, users=users, max_len=max_len, batch_size=batch_size):
-        p_click, p_purchase = (p.numpy() for p in model.predict_ads(chunk.batch, chunk.ads))
+        device = device_of(model)
+        predicted = model.predict_ads(chunk.batch.to(device), chunk.ads.to(device))
+        p_click, p_purchase = (p.float().cpu().numpy() for p in predicted)
         at = chunk.ads.numpy() > 0
         slates = np.repeat(chunk.users[:, None], at.shape[1], axis=1)
         sums = ad_sums(p_click[at], p_purchase[at], chunk.clicked[at], chunk.bought[at], slates[at])
@@ -142,7 +145,7 @@ def item_exposure(
     model.eval()
     hits = users = 0
     for chunk in evaluation_batches(data, split, which, None, max_len, 256):
-        scores = model.full_sort_predict(chunk.batch)
+        scores = scores_on_cpu(model, chunk.batch)
         for row, user in enumerate(chunk.users):
             start = data.offsets[user]
             history = data.items[start : start + positions[user]]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fedseqrec.models.batching import history_batch
+from fedseqrec.models.device import scores_on_cpu
 
 
 def sequence_scores(
@@ -35,7 +36,7 @@ def sequence_scores(
         for begin in range(0, len(prefixes), batch_size):
             chunk = prefixes[begin : begin + batch_size]
             batch = history_batch([items for items, _ in chunk], event, [times for _, times in chunk])
-            scores = model.full_sort_predict(batch)
+            scores = scores_on_cpu(model, batch)
             chosen = torch.tensor(targets[begin : begin + batch_size])
             likelihood = torch.log_softmax(scores, dim=-1).gather(1, chosen.view(-1, 1)).squeeze(1).double()
             np.add.at(totals, owners[begin : begin + batch_size], likelihood.numpy())

@@ -25,6 +25,8 @@ from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.federated.config import LocalTrainingConfig, RunConfig
 from fedseqrec.models.base import ModelConfig, SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows, training_loader
+from fedseqrec.models.config import DeviceConfig
+from fedseqrec.models.device import check_precision, resolve_device
 from fedseqrec.models.optim import adamw, optimizer_moments, restore_moments
 from fedseqrec.models.registry import build_model, model_config_for
 from fedseqrec.models.training import TrainResult, round_seed, train_epoch
@@ -97,8 +99,16 @@ def load_client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> 
     return ClientData(partition_id, ds.sequences, ds.split, users)
 
 
-def build_global_model(data: SequenceData, cfg: ModelConfig, state: dict | None = None) -> SequentialRecommender:
+def build_global_model(
+    data: SequenceData, cfg: ModelConfig, state: dict | None = None, hardware: DeviceConfig | None = None
+) -> SequentialRecommender:
+    """The global model for ``data``, with the weights ``state`` when given, on the device ``hardware`` names
+    (the CPU without one)."""
     model = build_model(cfg.name, model_config_for(data, cfg), data)
+    if hardware is not None:
+        device = resolve_device(hardware.device)
+        check_precision(device, hardware.precision)
+        model.to(device)
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -141,7 +151,14 @@ def train_locally(
     while (epochs is not None and len(losses) < epochs) or (epochs is None and steps < fit.local_steps):
         left = None if epochs is not None else fit.local_steps - steps
         loss, taken = train_epoch(
-            model, loader, optimizer, windows.batch_of, max_steps=left, penalty=penalty, packed=True
+            model,
+            loader,
+            optimizer,
+            windows.batch_of,
+            max_steps=left,
+            penalty=penalty,
+            packed=True,
+            precision=fit.hardware.precision,
         )
         losses.append((loss, taken))
         steps += taken

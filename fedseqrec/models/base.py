@@ -40,6 +40,13 @@ class SeqBatch:
     # table (privacy.tied_table); ``None``: looked up by the model.
     item_vectors: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> SeqBatch:
+        """The batch on ``device`` (itself when it is there already: the CPU's common case costs nothing)."""
+        if self.items.device == device:
+            return self
+        moved = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return SeqBatch(**{f: None if t is None else t.to(device, non_blocking=True) for f, t in moved.items()})
+
 
 def _init_embedding(table: nn.Embedding, std: float = 0.02) -> None:
     """N(0, 0.02²) as RecBole and Hugging Face initialise every embedding (torch's default is N(0, 1)): at unit

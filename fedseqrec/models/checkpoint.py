@@ -13,6 +13,7 @@ import torch
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import ModelConfig, SequentialRecommender
+from fedseqrec.models.device import resolve_device
 from fedseqrec.models.registry import build_model
 
 
@@ -44,8 +45,11 @@ def save_checkpoint(
     (folder / "model.json").write_text(json.dumps(describe(name, model, data), indent=2) + "\n")
 
 
-def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt") -> tuple[str, SequentialRecommender]:
-    """The model saved in ``folder``; refused when it was built for another vocabulary or its weights don't fit."""
+def load_checkpoint(
+    folder: Path, data: SequenceData, weights: str = "model.pt", device: str = "cpu"
+) -> tuple[str, SequentialRecommender]:
+    """The model saved in ``folder``, on ``device`` (``--device``: auto, cpu, cuda, cuda:N); refused when it was
+    built for another vocabulary or its weights don't fit."""
     try:
         info = json.loads((folder / "model.json").read_text())
         cfg = ModelConfig.from_dict(info["config"])
@@ -69,4 +73,4 @@ def load_checkpoint(folder: Path, data: SequenceData, weights: str = "model.pt")
         model.load_state_dict(state)
     except (OSError, RuntimeError) as err:
         raise UserError(f"{folder / weights}: weights do not fit a {name} model ({err})") from err
-    return name, model
+    return name, model.to(resolve_device(device))

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from fedseqrec.errors import UserError
-from fedseqrec.options import check, non_negative, non_negative_int, option, positive, positive_int, within
+from fedseqrec.options import (
+    check,
+    non_negative,
+    non_negative_int,
+    option,
+    positive,
+    positive_int,
+    section,
+    within,
+)
 
 # pop: the most-popular baseline; text-match: the query's words against the items' (--task search); din-esmm and lr:
 # ad click and conversion (--task ctr)
@@ -16,6 +25,35 @@ ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hi
 FREEZE = ("none", "items")
 MODEL = "model"
 FIT = "training"
+HARDWARE = "hardware"
+PRECISIONS = ("fp32", "bf16")
+
+
+def device_spec(value: str) -> str | None:
+    """auto, cpu, cuda or cuda:N (whether that device exists is asked of torch when the run starts)."""
+    head, _, index = value.partition(":")
+    if value in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+        return None
+    return "must be auto, cpu, cuda or cuda:N"
+
+
+@dataclass
+class DeviceConfig:
+    """Where a model computes and in what precision; data is always prepared on the CPU."""
+
+    device: str = option(
+        "auto",
+        "where models train and score: auto (the first CUDA GPU when torch sees one, else the CPU), cpu, cuda, cuda:N",
+        check=device_spec,
+        group=HARDWARE,
+    )
+    precision: str = option(
+        "fp32",
+        "bf16: the forward pass and the loss under bfloat16 autocast (GPUs; CPUs with AVX-512 BF16), weights and "
+        "optimiser in float32; fp32: no autocast",
+        choices=PRECISIONS,
+        group=HARDWARE,
+    )
 
 
 @dataclass
@@ -127,6 +165,7 @@ class FitConfig:
         group=FIT,
     )
     threads: int = option(1, "torch CPU threads (0: torch's default)", check=non_negative_int, group=FIT)
+    hardware: DeviceConfig = section(DeviceConfig)
 
     @property
     def random_window(self) -> bool:

@@ -95,8 +95,8 @@ def optimizer_moments(model: torch.nn.Module, optimizer: AdamW) -> dict[str, tor
     for name, param in model.named_parameters():
         state = optimizer.state.get(param)
         if state:
-            saved[f"{name}:exp_avg"] = state["exp_avg"].detach().clone()
-            saved[f"{name}:exp_avg_sq"] = state["exp_avg_sq"].detach().clone()
+            saved[f"{name}:exp_avg"] = state["exp_avg"].detach().cpu().clone()
+            saved[f"{name}:exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().clone()
             saved[f"{name}:step"] = torch.tensor([float(state["step"])], dtype=torch.float64)
     return saved
 
@@ -111,8 +111,8 @@ def restore_moments(model: torch.nn.Module, optimizer: AdamW, saved: dict[str, t
         exp_avg, exp_avg_sq, step = kept
         optimizer.state[param] = {
             "step": int(step.reshape(-1)[0]),
-            "exp_avg": exp_avg.to(param.dtype).clone(),
-            "exp_avg_sq": exp_avg_sq.to(param.dtype).clone(),
+            "exp_avg": exp_avg.to(param.device, param.dtype).clone(),
+            "exp_avg_sq": exp_avg_sq.to(param.device, param.dtype).clone(),
         }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from fedseqrec.models.base import SeqBatch, SequentialRecommender
+from fedseqrec.models.device import autocast, device_of
 
 
 @dataclass
@@ -36,6 +37,7 @@ def train_epoch(
     empty_step: Callable[[], None] | None = None,
     stop: Callable[[], bool] | None = None,
     packed: bool = False,
+    precision: str = "fp32",
 ) -> tuple[float, int]:
     """Mean training loss over the steps taken, and the number of steps.
 
@@ -43,17 +45,21 @@ def train_epoch(
     ``empty_step``: what an empty Poisson batch does instead (DP-SGD: a noise-only step).
     ``stop``: asked after every step; True ends the epoch there (a time limit).
     ``packed``: the model's :meth:`packed_loss` (the same objective, without the padding's work): plain
-    training only, never under DP-SGD's per-sample gradients."""
+    training only, never under DP-SGD's per-sample gradients.
+    ``precision``: ``bf16`` computes the forward pass and the loss under bfloat16 autocast (``--precision``).
+    Batches are moved to the model's device (``--device``)."""
     model.train()
+    device = device_of(model)
     total, steps = 0.0, 0
     for tensors in loader:
-        batch = to_batch(tensors)
+        batch = to_batch(tensors).to(device)
         if batch.items.shape[0] == 0:  # Poisson sampling can draw an empty batch: still a step for DP
             optimizer.zero_grad(set_to_none=True)
             empty_step() if empty_step is not None else optimizer.step()
         else:
             optimizer.zero_grad(set_to_none=True)
-            loss = model.packed_loss(batch) if packed else model.calculate_loss(batch, criterion)
+            with autocast(device, precision):
+                loss = model.packed_loss(batch) if packed else model.calculate_loss(batch, criterion)
             (loss + penalty() if penalty is not None else loss).backward()
             optimizer.step()
             total += float(loss.detach() if hasattr(loss, "detach") else loss)

@@ -34,6 +34,7 @@ def replace_unsupported_layers(model: nn.Module) -> nn.Module:
         if name and original is not None and type(module) is not type(original):
             # Loaded module by module: Opacus' renamed parameters only map back at the layer itself.
             module.load_state_dict(original.state_dict())
+            module.to(next(original.parameters()).device)  # Opacus builds its layers on the CPU
     errors = ModuleValidator.validate(fixed, strict=False)
     if errors:
         raise UserError(f"{type(model).__name__} has layers Opacus cannot train: {errors}")

@@ -140,5 +140,5 @@ def _noise_only_step(optimizer, model: torch.nn.Module, mode: str) -> None:
         if p.requires_grad:
             p.grad = torch.zeros_like(p)
             if mode == "hooks":
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     optimizer.step()

@@ -27,6 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedseqrec.models.base import SeqBatch, SequenceLoss, SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows
+from fedseqrec.models.device import device_of
 from fedseqrec.privacy import tied_table
 from fedseqrec.privacy.compat import replace_unsupported_layers
 
@@ -73,7 +74,8 @@ def clipped_update_sum(
     work.train()
     wrapped = _ViewLoss(work)
     names = _own_names(model, work)
-    masks = {n: row_masks[names[n]] for n in names if names[n] in (row_masks or {})}
+    device = device_of(model)
+    masks = {n: row_masks[names[n]].to(device) for n in names if names[n] in (row_masks or {})}
     trained = {n: p.detach() for n, p in wrapped.named_parameters() if p.requires_grad}
     fixed = {n: p.detach() for n, p in wrapped.named_parameters() if not p.requires_grad}
     fixed.update(dict(wrapped.named_buffers()))
@@ -100,6 +102,7 @@ def clipped_update_sum(
     for start in range(0, len(chosen), CHUNK):
         part = chosen[order[start : start + CHUNK]]
         batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[int(i)] for i in part), strict=True)])
+        batch = batch.to(device)
         if factored:
             view = _view_tensors(wrapped, batch)[:5]  # (a search's words: only a query-aware scorer reads them)
             chunk, norm, losses = tied_table.clipped_chunk(work, trained, fixed, view, wrapped.width, rule.clip, masks)
@@ -110,10 +113,10 @@ def clipped_update_sum(
             factor, norm = _clip_factors(update, budgets)
             for n in total:
                 total[n] += torch.einsum("b,b...->...", factor[n], update[n])
-        norms.append(norm)
+        norms.append(norm.cpu())
         loss_sum += float(losses.sum())
-    return (
-        {names[n]: t for n, t in total.items()},
+    return (  # on the CPU: the noise is drawn there, and Flower sends numpy arrays
+        {names[n]: t.cpu() for n, t in total.items()},
         _in_order(torch.cat(norms).numpy() if norms else np.empty(0), order),
         (loss_sum / max(1, len(chosen))),
     )

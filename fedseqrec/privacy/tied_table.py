@@ -77,7 +77,7 @@ def clipped_chunk(
         in_dims=(None, 0, None, 0, 0, 0, 0, 0),
         randomness="different",
     )
-    offset = torch.zeros(items.shape[1], scores, dtype=table.dtype)
+    offset = torch.zeros(items.shape[1], scores, dtype=table.dtype, device=table.device)
     with warnings.catch_warnings():  # "no batching rule" for CPU flash attention: a slower loop, still exact
         warnings.filterwarnings("ignore", message=".*batching rule.*")
         (body_grads, vector_grads, score_grads), (losses, hidden) = step(

@@ -100,7 +100,7 @@ def silo_contribution(
         total, norms, loss = clipped_update_sum(model, windows, chosen, rule, masks)
         unclipped = float((norms <= rule.clip).sum()) - len(chosen) / 2  # centred: one user moves it by ½
     else:
-        total = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
+        total = {n: torch.zeros_like(p, device="cpu") for n, p in trainable(model).items()}
     if noise_std > 0:
         generator = torch.Generator().manual_seed(secrets.randbits(63))
         noise = {n: torch.normal(0.0, noise_std, t.shape, generator=generator) for n, t in total.items()}

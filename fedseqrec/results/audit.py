@@ -33,7 +33,7 @@ CONFIDENCE = 0.95
 FPRS = (0.01, 0.001)
 
 
-def audit_folder(folder: Path, data: str | None = None) -> dict:
+def audit_folder(folder: Path, data: str | None = None, device: str = "auto") -> dict:
     """``data``: ``--data``, where the run's data is now (checked against what the run recorded)."""
     folder, started = Path(folder), time.perf_counter()
     data = recorded_data(folder, data)
@@ -45,7 +45,7 @@ def audit_folder(folder: Path, data: str | None = None) -> dict:
         raise UserError(f"{folder}: no model.pt (the run did not finish): nothing to audit")
     plan = json.loads((folder / SEALED).read_text())
     ds = cached_dataset(data)
-    _, model = load_checkpoint(folder, ds.sequences)
+    _, model = load_checkpoint(folder, ds.sequences, device=device)
     claimed = _claimed(folder, ds)
     result = {"claimed": claimed, "confidence": CONFIDENCE, "method": METHOD}
     canaries, users = plan["canaries"], plan["users"]

@@ -13,17 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from fedseqrec.data.canaries import seal
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import RunError, UserError
+from fedseqrec.federated.compression import decode, is_compressible, payload_bytes
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
 from fedseqrec.models.checkpoint import describe
+from fedseqrec.models.device import on_cpu
 from fedseqrec.privacy.config import LAST
 from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
@@ -64,7 +67,7 @@ class Federation:
                 "`fedseqrec data export-partitions`?): set evaluation = federated, or give the server the dataset"
             )
         torch.manual_seed(cfg.data.seed)  # the initial global model
-        self.model = build_global_model(self.ds.sequences, cfg.model)
+        self.model = build_global_model(self.ds.sequences, cfg.model, hardware=cfg.fit.hardware)
         facts = RunFacts(
             cfg.algorithm.clients_per_round,
             cfg.algorithm.min_clients,
@@ -101,7 +104,7 @@ class Federation:
         self.releases_last = cfg.privacy.released == LAST
         self.stopped: str | None = None
         self._saved_privacy: str | None = None
-        self.arrays = ArrayRecord(self.model.state_dict())
+        self.arrays = ArrayRecord(on_cpu(self.model.state_dict()))
         keys, weights = self.mechanism.reply_arrays(list(self.arrays.keys()))
         self.secure: SecAggSettings | None = None  # set once the clients are known (run)
         self.rules = ReplyRules.for_arrays(
@@ -133,7 +136,7 @@ class Federation:
             self.model, self.ds.sequences, self.ds.split, cfg.fit, cfg.data.seed, cfg.evaluation.protocol
         )
         if done:
-            self.arrays = ArrayRecord(self.model.state_dict())
+            self.arrays = ArrayRecord(on_cpu(self.model.state_dict()))
             self.folder.save_tensors(INITIAL, self.arrays.to_torch_state_dict())
             self.progress.on_message(done)
         # A run stopped before its first round may have made the release already: it is reused, never redrawn.
@@ -193,6 +196,7 @@ class Federation:
     def train_round(self, server_round: int) -> dict:
         started = time.perf_counter()
         algorithm = self.cfg.algorithm
+        self._upload_bytes: list[int] = []  # each reply's arrays, as sent (see _decompressed)
         available = self.directory.available(max(algorithm.min_clients, algorithm.clients_per_round or 1))
         if len(available) < algorithm.min_clients:
             raise RunError(
@@ -246,6 +250,7 @@ class Federation:
             **privacy,
             **figures,
             "exchange_seconds": round(exchange_seconds, 3),
+            **({"update_bytes": round(float(np.mean(self._upload_bytes)))} if self._upload_bytes else {}),
         }
 
     def _secure_round(self) -> SecureRound | None:
@@ -272,6 +277,8 @@ class Federation:
             answered.add(partition)
             problem = reply.error.reason if reply.has_error() else self._reply_problem(reply, partition, server_round)
             if problem is None:
+                problem = self._decompressed(reply)
+            if problem is None:
                 ok.append((reply, partition))
                 continue
             failed.append(f"client {partition}" + ("" if reply.has_error() else " (rejected)"))
@@ -284,6 +291,26 @@ class Federation:
             self.progress.on_message(f"round {server_round}: client {partition} did not reply in time")
         ok.sort(key=lambda pair: pair[1])
         return ok, failed
+
+    def _decompressed(self, reply: Message) -> str | None:
+        """The reply's bytes counted (the round's ``update_bytes``) and, under ``--compression``, its arrays decoded
+        in place into the full arrays every later check and the aggregation read; why not, when they don't decode."""
+        if not reply.content.array_records:
+            return None
+        arrays = reply.content["arrays"]
+        sent = {key: arrays[key].numpy() for key in arrays}
+        self._upload_bytes.append(payload_bytes(sent))
+        mode = self.cfg.algorithm.compression
+        if mode == "none":
+            return None
+        try:
+            update = decode(sent, self.rules.expected, mode)
+        except ValueError as err:
+            return f"--compression {mode}: {err}"
+        if self.rules.weights:  # the update is from the weights sent
+            update = {k: self.arrays[k].numpy() + u if is_compressible(u) else u for k, u in update.items()}
+        reply.content["arrays"] = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(u)) for k, u in update.items()})
+        return None
 
     def _reply_problem(self, reply: Message, partition: int, server_round: int) -> str | None:
         problem = metrics_problem(reply, partition)

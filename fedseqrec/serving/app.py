@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import threading
 from collections.abc import Callable
@@ -72,10 +73,13 @@ class ModelHolder:
         poll_seconds: float,
         warn: Callable[[str], None] = print,
         data: str | None = None,
+        device: str = "cpu",
+        int8: bool = False,
     ):
         self.folder, self.weights, self.poll_seconds, self.warn = Path(folder), weights, poll_seconds, warn
-        self.data = data  # --data: where the run's data is now
-        self.current: Recommender = load_recommender(folder, weights, data)
+        # --data: where the run's data is now; --device, --int8: how the model scores
+        self.load = functools.partial(load_recommender, folder, weights, data, device=device, int8=int8)
+        self.current: Recommender = self.load()
         _out_of_the_collectors_way()
         self._seen = self._stamp()
         self._stop = threading.Event()
@@ -100,7 +104,7 @@ class ModelHolder:
             if stamp is None or stamp == self._seen:
                 continue
             try:
-                fresh = load_recommender(self.folder, self.weights, self.data)
+                fresh = self.load()
             except UserError as err:  # half-written or refused: keep serving the old model, try again later
                 self.warn(f"new weights not loaded yet: {err}")
                 continue
@@ -216,8 +220,10 @@ def make_app(
     poll_seconds: float = 1.0,
     max_body: int = MAX_BODY,
     data: str | None = None,
+    device: str = "cpu",
+    int8: bool = False,
 ) -> FastAPI:
-    holder = ModelHolder(folder, weights, poll_seconds, data=data)
+    holder = ModelHolder(folder, weights, poll_seconds, data=data, device=device, int8=int8)
     worker = ModelWorker()
 
     @contextlib.asynccontextmanager

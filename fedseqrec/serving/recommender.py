@@ -29,6 +29,8 @@ from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.base import SequentialRecommender
 from fedseqrec.models.batching import asking, history_batch
 from fedseqrec.models.checkpoint import load_checkpoint
+from fedseqrec.models.device import device_name, device_of, scores_on_cpu
+from fedseqrec.models.quantization import int8_for_serving, is_int8
 from fedseqrec.results.folder import recorded_data
 
 MODEL_INFO = "model_info.json"  # which round's weights model.pt holds (a federation writes it beside them)
@@ -149,7 +151,7 @@ class Recommender:
 
     def _scores(self, histories: list[np.ndarray], words: np.ndarray | None) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.full_sort_predict(self._batch(histories, words))
+            return scores_on_cpu(self.model, self._batch(histories, words))
 
     def _ranked(
         self, scores: torch.Tensor, ids: np.ndarray, unknown: list[str], truncated: int, k: int, exclude_seen: bool
@@ -176,8 +178,10 @@ class Recommender:
         if not known:
             raise UserError(f"none of the ads {ads} is an item the model knows")
         with torch.no_grad():
-            batch = history_batch([ids], self.event)
-            p_click, p_purchase = self.model.predict_ads(batch, torch.tensor([[self.index[str(a)] for a in known]]))
+            device = device_of(self.model)
+            batch = history_batch([ids], self.event).to(device)
+            asked = torch.tensor([[self.index[str(a)] for a in known]], device=device)
+            p_click, p_purchase = (p.float().cpu() for p in self.model.predict_ads(batch, asked))
         scored = [
             {"item": str(a), "p_click": round(float(c), 6), "p_purchase": round(float(b), 6)}
             for a, c, b in zip(known, p_click[0], p_purchase[0], strict=True)
@@ -223,7 +227,7 @@ class Recommender:
         without = [np.delete(ids, position) for position in range(len(ids))]
         asked = None if words is None else np.repeat(words[None], len(without), axis=0)
         with torch.no_grad():
-            reduced = self.model.full_sort_predict(self._batch(without, asked))[:, items]  # (L, k)
+            reduced = scores_on_cpu(self.model, self._batch(without, asked))[:, items]  # (L, k)
         drops = (scores[items].unsqueeze(0) - reduced).numpy()
         explained = []
         for column in range(len(items)):
@@ -253,6 +257,8 @@ class Recommender:
             "model": self.model.name,
             "weights": self.weights,
             "sha256": self.digest,
+            "device": device_name(device_of(self.model)),
+            "int8": is_int8(self.model),
             "round": info.get("round") if same else None,
             # the validation figure that chose these weights, under the task's metric (valid_NDCG@10, valid_AUC)
             **{key: value if same else None for key, value in info.items() if key.startswith("valid_")},
@@ -269,9 +275,12 @@ class Recommender:
         }
 
 
-def load_recommender(path: str | Path, weights: str = "model.pt", data: str | None = None) -> Recommender:
+def load_recommender(
+    path: str | Path, weights: str = "model.pt", data: str | None = None, device: str = "cpu", int8: bool = False
+) -> Recommender:
     """The model a run folder holds, ready to recommend (``weights``: ``model.pt``, the released weights;
-    ``model_last.pt``; ``data``: where the run's data is now, ``--data``)."""
+    ``model_last.pt``; ``data``: where the run's data is now, ``--data``; ``device``: where it scores; ``int8``:
+    its linear and recurrent layers with int8 weights, on the CPU)."""
     folder = Path(path)
     if not (folder / weights).is_file() or not (folder / "model.json").is_file():
         raise UserError(
@@ -280,11 +289,14 @@ def load_recommender(path: str | Path, weights: str = "model.pt", data: str | No
         )
     ds = cached_dataset(recorded_data(folder, data))
     raw = (folder / weights).read_bytes()  # once: the digest names exactly the weights loaded
-    _, model = load_checkpoint(folder, ds.sequences, weights)  # (checks model.json against the vocabulary)
+    # (checks model.json against the vocabulary)
+    _, model = load_checkpoint(folder, ds.sequences, weights, device=device)
     try:
-        model.load_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(io.BytesIO(raw), map_location=device_of(model), weights_only=True))
     except (RuntimeError, ValueError, EOFError) as err:
         raise UserError(f"{folder / weights}: unreadable weights ({err})") from err
+    if int8:
+        model = int8_for_serving(model)
     return Recommender(folder, model, ds, weights, hashlib.sha256(raw).hexdigest())
 
 

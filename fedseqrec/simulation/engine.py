@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from flwr.simulation import run_simulation
 
 from fedseqrec.client.client_app import app as default_client_app
@@ -21,6 +22,8 @@ from fedseqrec.client.client_app import make_client_app, partition_of
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.environment import FLOWER_ENVIRONMENT
+from fedseqrec.models.config import DeviceConfig
+from fedseqrec.models.device import resolve_device
 from fedseqrec.processes import watched_by_a_watchdog
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.loop import Progress
@@ -49,6 +52,7 @@ def simulate(
     rounds: int | None = None,
     client_cpus: float = 1.0,
     progress: Progress | None = None,
+    client_gpus: float | None = None,
     client_app=None,
     verbose: bool = False,
     stop_on_signals: bool = False,
@@ -69,7 +73,7 @@ def simulate(
     if attacked:
         client_app = _attacked_client_app(attack, cfg, folder, n_clients, progress)
     backend = {
-        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+        "client_resources": client_resources(cfg.fit.hardware, client_cpus, client_gpus),
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
     }
 
@@ -94,6 +98,45 @@ def simulate(
         folder.release()
     metrics = folder.path / "metrics.json"
     return json.loads(metrics.read_text()), folder
+
+
+def client_resources(
+    hardware: DeviceConfig,
+    client_cpus: float,
+    client_gpus: float | None = None,
+    cpus: int | None = None,
+    gpus: int | None = None,
+) -> dict[str, float]:
+    """What each simulated client asks of Ray. Ray hides every GPU from a client that asks for none, so a run on
+    a GPU gives each client a share of one: ``client_gpus``, or by default as many clients side by side on the GPUs
+    as the CPUs hold (``gpus × client_cpus / cpus``). ``cpus`` and ``gpus``: this machine's (asked of the system and
+    torch when not given)."""
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    device = hardware.device
+    if client_gpus is not None and not 0 <= client_gpus <= 1:
+        raise UserError(f"--client-gpus must be in [0, 1] (a share of one GPU), got {client_gpus:g}")
+    if client_gpus == 0 and device.startswith("cuda"):
+        raise UserError(f"--client-gpus 0 hides the GPUs from the clients, and --device {device} needs one: use auto")
+    if client_gpus is not None and client_gpus > 0:
+        if device == "cpu" or gpus == 0:
+            why = "--device cpu keeps the clients on the CPU" if device == "cpu" else "torch sees no GPU here"
+            raise UserError(f"--client-gpus {client_gpus:g}: {why}")
+        share = client_gpus
+    elif device == "cpu" or client_gpus == 0:
+        share = 0.0
+    elif gpus == 0:
+        if device != "auto":
+            resolve_device(device)  # refused with the reason
+        share = 0.0
+    else:
+        share = min(1.0, gpus * client_cpus / cpus)
+    if share > 0 and device.startswith("cuda:") and device != "cuda:0":
+        raise UserError(
+            f"--device {device}: Ray shows each simulated client only the GPU it is given, as cuda:0; use --device "
+            "cuda or auto (CUDA_VISIBLE_DEVICES chooses the GPUs of a simulation)"
+        )
+    return {"num_cpus": client_cpus, "num_gpus": share}
 
 
 def _attacked_client_app(attack: AttackConfig, cfg: RunConfig, folder: RunFolder, n_clients: int, progress):

@@ -1,0 +1,155 @@
+"""Compressed client updates (``--compression``): what a client sends back in fewer bytes than float32 weights.
+
+A client sends its update (its trained weights minus the global weights it was sent; under user-level DP, the
+update it already sends), encoded:
+
+- ``fp16``: every float array in float16 (2× fewer bytes; the update is small beside the weights, so its rounding is
+  far below the weights' own precision);
+- ``int8``: every float array in 8 bits, one float16 scale per row (the first axis: an item's row of a table), values
+  rounded to the nearest of 255 levels of the row's largest magnitude (≈ 4× fewer bytes);
+- ``topk``: the ``--topk-share`` largest-magnitude entries of each float array, as int32 positions and float16
+  values (``4 / (6 · share)``× fewer bytes).
+
+``int8`` and ``topk`` keep what they leave out for the client's next round (error feedback, as in Seide et al. 2014
+and Stich et al. 2018): nothing of an update is lost, only delayed. The server decodes each reply back into full
+arrays before any check or aggregation, so every strategy, robust rule and privacy mechanism sees what it always saw.
+A reply that does not decode into the global model's shapes is rejected with the reason.
+
+This module is numpy only: both the ClientApp and the ServerApp use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+COMPRESSIONS = ("none", "fp16", "int8", "topk")
+WITH_FEEDBACK = ("int8", "topk")  # modes that keep a residual at the client
+SCALE, INDEX, VALUE = "::scale", "::index", "::value"
+LEVELS = 127  # int8: values -127..127 (symmetric: -128 is never used, so 0 is exact)
+
+
+def is_compressible(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating) and array.size > 0
+
+
+def encode(
+    update: Mapping[str, np.ndarray], mode: str, share: float = 0.1, residual: Mapping[str, np.ndarray] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the arrays to send, the residual to keep for the next round). ``residual``: what earlier rounds left out,
+    added to this update first (``int8``, ``topk``); non-float arrays go as they are."""
+    sent: dict[str, np.ndarray] = {}
+    kept: dict[str, np.ndarray] = {}
+    for key, array in update.items():
+        if mode == "none" or not is_compressible(array):
+            sent[key] = array
+            continue
+        full = array.astype(np.float32)
+        if not np.isfinite(full).all():  # a diverged client: sent as it is, for the server to reject by name
+            sent[key] = full
+            continue
+        if residual is not None and key in residual and residual[key].shape == full.shape:
+            full = full + residual[key]
+        if mode == "fp16":
+            sent[key] = full.astype(np.float16)
+        elif mode == "int8":
+            values, scale = _int8(full)
+            sent[key], sent[key + SCALE] = values, scale
+            kept[key] = full - _from_int8(values, scale)
+        elif mode == "topk":
+            index, value = _top(full, share)
+            sent[key + INDEX], sent[key + VALUE] = index, value
+            rest = full.copy().reshape(-1)
+            rest[index] -= value.astype(np.float32)
+            kept[key] = rest.reshape(full.shape)
+        else:
+            raise ValueError(f"unknown compression {mode!r}")
+    return sent, kept
+
+
+def decode(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[int, ...], np.dtype]], mode: str):
+    """The full update from a compressed reply, each array of the ``expected`` shape and dtype; ``ValueError`` with
+    what is wrong when the reply is not a valid encoding of one."""
+    decoded: dict[str, np.ndarray] = {}
+    for key, (shape, dtype) in expected.items():
+        if mode == "none" or not np.issubdtype(dtype, np.floating) or math.prod(shape) == 0:
+            if key not in arrays:
+                raise ValueError(f"array {key!r} missing")
+            decoded[key] = arrays[key]
+        elif mode == "fp16":
+            decoded[key] = _checked(arrays, key, shape, np.float16).astype(dtype)
+        elif mode == "int8":
+            values = _checked(arrays, key, shape, np.int8)
+            scale = _checked(arrays, key + SCALE, (_rows(shape),), np.float16)
+            decoded[key] = _from_int8(values, scale).astype(dtype)
+        else:
+            decoded[key] = _from_top(arrays, key, shape).astype(dtype)
+    extra = set(arrays) - {k for key in expected for k in (key, key + SCALE, key + INDEX, key + VALUE)}
+    if extra:
+        raise ValueError(f"arrays the model does not have: {', '.join(sorted(extra)[:3])}")
+    return decoded
+
+
+def payload_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Bytes of the arrays' data (what grows with the model; Flower's framing of each array is a few bytes more)."""
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    return shape[0] if len(shape) >= 2 else 1
+
+
+def _int8(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = full.reshape(_rows(full.shape), -1)
+    # float16 scales: the largest magnitude / 127, never 0 (a zero row stays zero); a scale is rounded up to what
+    # float16 holds, so no value leaves the range
+    top = np.abs(rows).max(axis=1)
+    scale = np.maximum(top / LEVELS, np.float32(2.0**-24)).astype(np.float16)
+    scale = np.where(scale.astype(np.float32) * LEVELS < top, np.nextafter(scale, np.float16(np.inf)), scale)
+    values = np.clip(np.rint(rows / scale.astype(np.float32)[:, None]), -LEVELS, LEVELS).astype(np.int8)
+    return values.reshape(full.shape), scale
+
+
+def _from_int8(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    rows = values.reshape(len(scale), -1).astype(np.float32) * scale.astype(np.float32)[:, None]
+    return rows.reshape(values.shape)
+
+
+def _top(full: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+    flat = full.reshape(-1)
+    k = max(1, math.ceil(share * flat.size))
+    index = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :] if k < flat.size else np.arange(flat.size)
+    index = np.sort(index).astype(np.int32)
+    return index, flat[index].astype(np.float16)
+
+
+def _from_top(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    size = math.prod(shape)
+    index = arrays.get(key + INDEX)
+    value = arrays.get(key + VALUE)
+    if index is None or value is None:
+        raise ValueError(f"array {key!r}: positions or values missing")
+    index, value = np.asarray(index), np.asarray(value)
+    if index.dtype != np.int32 or value.dtype != np.float16 or index.ndim != 1 or index.shape != value.shape:
+        raise ValueError(f"array {key!r}: expected int32 positions and float16 values of one length")
+    if len(index) > size or (len(index) and (index.min() < 0 or index.max() >= size)):
+        raise ValueError(f"array {key!r}: positions outside its {size} entries")
+    if len(np.unique(index)) != len(index):
+        raise ValueError(f"array {key!r}: a position given twice")
+    flat = np.zeros(size, dtype=np.float32)
+    flat[index] = value.astype(np.float32)
+    return flat.reshape(shape)
+
+
+def _checked(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    array = arrays.get(key)
+    if array is None:
+        raise ValueError(f"array {key!r} missing")
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f"array {key!r}: non-finite values (a diverged client)")
+    if array.shape != tuple(shape) or array.dtype != dtype:
+        raise ValueError(f"array {key!r}: {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+    return array

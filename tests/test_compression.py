@@ -1,0 +1,170 @@
+"""Compressed client updates (``--compression``) and int8 serving weights (``--int8``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, client_context, message
+from flwr.app import ArrayRecord
+
+from fedseqrec.client.client_app import make_client_app
+from fedseqrec.data.dataset import load_dataset
+from fedseqrec.errors import UserError
+from fedseqrec.federated.compression import decode, encode, payload_bytes
+from fedseqrec.federated.task import build_global_model
+from fedseqrec.models.batching import evaluation_batches
+from fedseqrec.models.quantization import int8_for_serving, is_int8
+from fedseqrec.models.registry import build_model, model_config_for
+from fedseqrec.simulation.engine import simulate
+
+SHAPES = {"table": (300, 16), "bias": (300,), "steps": (1,)}
+
+
+def _update(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    update = {k: rng.standard_t(3, size=s).astype(np.float32) * 0.01 for k, s in SHAPES.items() if k != "steps"}
+    return {**update, "steps": np.array([7], dtype=np.int64)}
+
+
+def _expected(update):
+    return {k: (v.shape, v.dtype) for k, v in update.items()}
+
+
+def test_fp16_halves_the_bytes_and_rounds_each_value_to_float16():
+    update = _update()
+    sent, kept = encode(update, "fp16")
+    assert kept == {} and payload_bytes(sent) == payload_bytes(update) - 2 * (300 * 16 + 300)
+    back = decode(sent, _expected(update), "fp16")
+    assert back["table"].dtype == np.float32 and np.array_equal(back["steps"], update["steps"])
+    assert np.allclose(back["table"], update["table"], rtol=2**-11, atol=2**-24)  # (float16 subnormals)
+
+
+def test_int8_is_within_half_a_step_of_each_rows_scale_and_four_times_smaller():
+    update = _update()
+    sent, kept = encode(update, "int8")
+    back = decode(sent, _expected(update), "int8")
+    step = np.abs(update["table"]).max(axis=1) / 127
+    assert (np.abs(back["table"] - update["table"]) <= step[:, None] * 0.5 * (1 + 2**-10) + 1e-12).all()
+    assert np.allclose(back["table"] + kept["table"], update["table"], atol=1e-7)  # nothing lost: kept for later
+    # a byte a value, and a float16 scale a row (the bias: one row); the int64 step count as it is
+    assert payload_bytes(sent) == (300 * 16 + 2 * 300) + (300 + 2) + 8
+
+
+def test_topk_sends_the_largest_entries_and_keeps_the_rest():
+    update = _update()
+    sent, kept = encode(update, "topk", share=0.05)
+    index = sent["table::index"]
+    assert len(index) == 240 and sent["table::value"].dtype == np.float16
+    magnitudes = np.abs(update["table"]).reshape(-1)
+    assert magnitudes[index].min() >= np.delete(magnitudes, index).max()
+    back = decode(sent, _expected(update), "topk")
+    assert np.count_nonzero(back["table"]) <= 240
+    assert np.allclose(back["table"] + kept["table"], update["table"], atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["int8", "topk"])
+def test_error_feedback_delivers_every_update_in_the_end(mode):
+    """Σ of what the server decoded over rounds = Σ of the updates − what the client still holds: nothing lost."""
+    residual, delivered, total = None, 0.0, 0.0
+    for seed in range(6):
+        update = _update(seed)
+        sent, residual = encode(update, mode, share=0.1, residual=residual)
+        delivered = delivered + decode(sent, _expected(update), mode)["table"]
+        total = total + update["table"]
+    assert np.allclose(delivered + residual["table"], total, atol=1e-6)
+    assert np.abs(residual["table"]).max() < np.abs(total).max()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        (lambda s: s.update({"table": s["table"].astype(np.int16)}), "int16.*expected int8"),
+        (lambda s: s.update({"table::scale": np.ones(7, dtype=np.float16)}), "expected float16\\[300\\]"),
+        (lambda s: s.pop("bias"), "'bias' missing"),
+        (lambda s: s.update({"other": np.zeros(1)}), "arrays the model does not have: other"),
+        (lambda s: s.update({"bias": np.full(300, np.nan, dtype=np.float32)}), "non-finite values"),
+    ],
+)
+def test_a_reply_that_is_no_valid_int8_encoding_is_refused_with_the_reason(tamper, problem):
+    update = _update()
+    sent, _ = encode(update, "int8")
+    tamper(sent)
+    with pytest.raises(ValueError, match=problem):
+        decode(sent, _expected(update), "int8")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        (lambda s: s["table::index"].__setitem__(0, 10**6), "positions outside its 4800 entries"),
+        (lambda s: s["table::index"].__setitem__(1, s["table::index"][0]), "a position given twice"),
+        (lambda s: s.update({"table::value": s["table::value"][:-1]}), "of one length"),
+        (lambda s: s.pop("table::index"), "positions or values missing"),
+    ],
+)
+def test_a_reply_that_is_no_valid_topk_encoding_is_refused_with_the_reason(tamper, problem):
+    update = _update()
+    sent, _ = encode(update, "topk", share=0.1)
+    tamper(sent)
+    with pytest.raises(ValueError, match=problem):
+        decode(sent, _expected(update), "topk")
+
+
+def test_compression_is_refused_where_the_maths_does_not_allow_it():
+    with pytest.raises(UserError, match="--compression int8 does not combine with --secure-aggregation"):
+        TINY.replace(compression="int8", secure_aggregation=True).validate()
+    with pytest.raises(UserError, match="--compression fp16 does not combine with --privacy dp-fedavg"):
+        TINY.replace(compression="fp16", mechanism="dp-fedavg", noise_multiplier=1.0).validate()
+    with pytest.raises(UserError, match="--noise-shares server"):
+        TINY.replace(compression="topk", mechanism="user-level", noise_multiplier=1.0).validate()
+    with pytest.raises(UserError, match="with --partition per-user a client is one user"):
+        TINY.replace(compression="int8", partition="per-user", clients=None).validate()
+    TINY.replace(compression="int8", mechanism="dp-sgd", noise_multiplier=1.0).validate()  # post-processing
+    TINY.replace(compression="fp16", partition="per-user", clients=None).validate()
+
+
+def test_a_client_sends_its_update_compressed_and_keeps_the_residual(tmp_path):
+    cfg = TINY.replace(compression="int8", out=str(tmp_path))
+    ds = load_dataset(cfg.data)
+    arrays = ArrayRecord(build_global_model(ds.sequences, cfg.model).state_dict())
+    context = client_context(cfg, 0)
+    app = make_client_app()
+    reply = app(message("train", arrays, cfg), context)  # the ClientApp as Flower calls it
+    sent = reply.content["arrays"]
+    assert sent["scorer.weight"].numpy().dtype == np.int8 and "scorer.weight::scale" in sent
+    assert "compression-residual:0" in context.state
+    full = sum(a.numpy().nbytes for a in arrays.values())
+    assert full / payload_bytes({k: sent[k].numpy() for k in sent}) > 3.5
+
+
+@pytest.mark.slow
+def test_a_simulation_with_compressed_updates_learns_and_counts_its_bytes(tmp_path):
+    plain, packed = tmp_path / "plain", tmp_path / "int8"
+    simulate(TINY.replace(rounds=2), out=plain)
+    simulate(TINY.replace(rounds=2, compression="int8"), out=packed)
+    rounds = {f: [json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()] for f in (plain, packed)}
+    assert all(r["failed"] == [] and r["clients"] == 3 for f in rounds for r in rounds[f])
+    assert rounds[plain][1]["update_bytes"] / rounds[packed][1]["update_bytes"] > 3.5
+    # round 1 trains from the same weights: the same loss; the aggregate differs only by the rounding
+    assert rounds[packed][0]["loss"] == pytest.approx(rounds[plain][0]["loss"])
+    ndcg = [rounds[f][-1]["valid"]["NDCG@10"] for f in (plain, packed)]
+    assert ndcg[1] == pytest.approx(ndcg[0], rel=0.1, abs=0.01)
+
+
+def test_int8_serving_weights_score_like_the_float_model():
+    ds = load_dataset(TINY.data)
+    for tie in (True, False):
+        cfg = model_config_for(ds.sequences, TINY.model.__class__.from_dict({**TINY.model.to_dict(), "tie_items": tie}))
+        model = build_model("sasrec", cfg, ds.sequences).eval()
+        quantized = int8_for_serving(model)
+        assert is_int8(quantized) and not is_int8(model)
+        chunk = next(iter(evaluation_batches(ds.sequences, ds.split, "test", None, cfg.max_len, 64)))
+        with torch.no_grad():
+            exact, rounded = model.full_sort_predict(chunk.batch), quantized.full_sort_predict(chunk.batch)
+        spread = exact[:, 1:].abs().max()
+        assert (exact[:, 1:] - rounded[:, 1:]).abs().max() < 0.05 * spread
+    with pytest.raises(UserError, match="--int8: dynamic int8 quantization runs on the CPU"):
+        int8_for_serving(model.to("meta"))
