@@ -1,0 +1,128 @@
+"""int8 serving weights (`fedseqrec serve --int8`) against float32: throughput, latency, quality.
+
+    python benchmarks/int8_serving.py RUN_DIR [RUN_DIR ...] [--requests 400] [--batches 40] [--clients 50]
+                                      [--seconds 10] [--out benchmarks/results/int8_serving.json]
+
+Each RUN_DIR is a folder `fedseqrec train` wrote (a model trained to its quality: the ranking int8 costs is
+measured on weights that learnt something). For float32 and int8 weights of the same model, on the CPU:
+- quality: test NDCG@10 / HR@10 of the run's own protocol, every test user (`fedseqrec evaluate`'s figures);
+- the model's throughput: users per second of `Recommender.recommend_batch` on batches of 256 real histories;
+- one request's latency in the process: p50 / p99 of `recommend` on one history at a time;
+- over HTTP: `fedseqrec serve [--int8]` under `--clients` concurrent connections (benchmarks/http_load.py),
+  requests per second and p99.
+Targets (issue 30): ≥ 1.5× throughput at ≤ 1 % relative loss of test NDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from benchmark_report import write_report
+from serving import Client, concurrent_load, free_port
+
+from fedseqrec.evaluation.evaluator import evaluate
+from fedseqrec.serving.recommender import load_recommender
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def serve(folder: Path, int8: bool) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    extra = ["--int8"] if int8 else []
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(port), "--device", "cpu", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(600):
+        try:
+            Client(port).get("/health")
+            return process, port
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(process.stderr.read().decode())
+
+
+def measure(folder: Path, int8: bool, options: argparse.Namespace, tmp: Path) -> dict:
+    recommender = load_recommender(folder, device="cpu", int8=int8)
+    ds, model = recommender.ds, recommender.model
+    protocol = json.loads((folder / "metrics.json").read_text()).get("protocol", "full")
+    test = evaluate(model, ds.sequences, ds.split, "test", max_len=model.cfg.max_len, protocol=protocol)
+    users = list(recommender.users)[:4096]
+    histories = [recommender.history_of(u) for u in users]
+    recommender.recommend_batch(histories[:256])  # warm-up
+    start = time.perf_counter()
+    for b in range(options.batches):
+        recommender.recommend_batch([histories[(b * 256 + j) % len(histories)] for j in range(256)])
+    throughput = options.batches * 256 / (time.perf_counter() - start)
+    latencies = []
+    for i in range(options.requests):
+        started = time.perf_counter()
+        recommender.recommend(histories[i % len(histories)])
+        latencies.append((time.perf_counter() - started) * 1000)
+    process, port = serve(folder, int8)
+    try:
+        http = concurrent_load(port, histories, options.clients, options.seconds, tmp)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    return {
+        "run": folder.name,
+        "model": model.name,
+        "weights": "int8" if int8 else "float32",
+        "weights_bytes": model_bytes(model),
+        "test": {k: round(test[k], 4) for k in ("NDCG@10", "HR@10")},
+        "protocol": protocol,
+        "batched_users_per_second": round(throughput, 1),
+        "latency_ms": {
+            "p50": round(float(np.percentile(latencies, 50)), 2),
+            "p99": round(float(np.percentile(latencies, 99)), 2),
+        },
+        "http": http,
+    }
+
+
+def compare(full: dict, int8: dict) -> dict:
+    return {
+        "run": full["run"],
+        "throughput_ratio": round(int8["batched_users_per_second"] / full["batched_users_per_second"], 2),
+        "http_ratio": round(int8["http"]["requests_per_second"] / full["http"]["requests_per_second"], 2),
+        "relative_ndcg_loss": round(1 - int8["test"]["NDCG@10"] / full["test"]["NDCG@10"], 4),
+        "bytes_ratio": round(full["weights_bytes"] / int8["weights_bytes"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_serving.json")
+    options = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in options.runs:
+            pair = [measure(folder, int8, options, Path(tmp)) for int8 in (False, True)]
+            rows.append({"float32": pair[0], "int8": pair[1], "compared": compare(*pair)})
+            print(json.dumps(rows[-1]["compared"]), flush=True)
+    write_report(options.out, "int8_serving", "python benchmarks/int8_serving.py " + " ".join(sys.argv[1:]), rows)
+
+
+if __name__ == "__main__":
+    main()
