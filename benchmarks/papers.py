@@ -192,14 +192,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (SEED/MODEL)")
     options = parser.parse_args()
     out = options.out or ROOT / "benchmarks" / "results" / f"papers_{options.dataset}.json"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folders = options.keep or Path(tmp)
         for name in options.models:
             runs = []
             for seed in options.seeds:
-                runs.append(run_seed(name, options.file, options.preset, seed, options, Path(tmp) / str(seed)))
+                runs.append(run_seed(name, options.file, options.preset, seed, options, folders / str(seed)))
                 print(json.dumps({"model": name, **{k: v for k, v in runs[-1].items() if k != "curve"}}), flush=True)
             rows.append(summary(name, runs))
     report = json.loads(out.read_text()) if out.exists() else {"rows": []}

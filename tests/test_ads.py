@@ -42,11 +42,11 @@ def test_labelled_rows_become_impressions_and_slates_split_by_hand(tmp_path):
     assert ds.split.valid_pos.tolist() == [-1, 2, -1] and ds.split.test_pos.tolist() == [-1, 5, 1]
     assert ds.split.train_end.tolist() == [0, 2, 1]
     slate = next(slate_batches(seq, ds.split, "test"))
-    assert slate.users.tolist() == [1, 2] and slate.batch.lengths.tolist() == [5, 1]
+    assert slate.users.tolist() == [2, 1] and slate.batch.lengths.tolist() == [1, 5]  # shortest history first
     item = {str(t): i for i, t in enumerate(seq.vocab.items)}
-    assert slate.ads.tolist() == [[item["z"], item["w"]], [item["y"], 0]]
+    assert slate.ads.tolist() == [[item["y"], 0], [item["z"], item["w"]]]
     assert slate.clicked.tolist() == [[True, False], [True, False]]
-    assert slate.bought.tolist() == [[True, False], [False, False]]
+    assert slate.bought.tolist() == [[False, False], [True, False]]
 
 
 @pytest.mark.parametrize(

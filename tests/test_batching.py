@@ -1,13 +1,20 @@
 """Training windows and evaluation inputs built from sequences."""
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 from test_cleaning import log_of
 
 from fedseqrec.data.cleaning import clean
+from fedseqrec.data.dataset import DataConfig, load_dataset
 from fedseqrec.data.sequences import build_sequences
+from fedseqrec.data.shop import ShopConfig
 from fedseqrec.data.splits import leave_one_out_split
+from fedseqrec.models.base import SeqBatch
 from fedseqrec.models.batching import LengthBatches, TrainingWindows, evaluation_batches, training_loader
+from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.registry import build_model, model_config_for
 
 
 def long_user(n=200):
@@ -46,13 +53,29 @@ def test_random_windows_cover_recent_positions_at_least_as_often_as_the_middle()
 def test_evaluation_inputs_end_right_before_the_target():
     seq, split = long_user()
     batch = next(evaluation_batches(seq, split, "test", max_len=10))
+    assert batch.users.tolist() == [2, 1]  # shortest history first
     a = seq.sequence(1)
-    assert batch.targets.tolist()[0] == a[-1]
-    assert batch.batch.items[0].tolist() == a[-11:-1].tolist() and batch.batch.lengths[0] == 10
+    assert batch.targets.tolist()[1] == a[-1]
+    assert batch.batch.items[1].tolist() == a[-11:-1].tolist() and batch.batch.lengths[1] == 10
     b = seq.sequence(2)
-    assert batch.targets.tolist()[1] == b[-1]
-    assert batch.batch.items[1, :2].tolist() == b[:2].tolist() and (batch.batch.items[1, 2:] == 0).all()
-    assert torch.equal(batch.batch.lengths, torch.tensor([10, 2]))
+    assert batch.targets.tolist()[0] == b[-1]
+    assert batch.batch.items[0, :2].tolist() == b[:2].tolist() and (batch.batch.items[0, 2:] == 0).all()
+    assert torch.equal(batch.batch.lengths, torch.tensor([2, 10]))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
+def test_evaluation_batches_as_wide_as_their_longest_history_score_as_the_full_window(name):
+    shop = load_dataset(DataConfig(data="shop", shop=ShopConfig(users=60, items=40, days=10)))
+    model = build_model(name, model_config_for(shop.sequences, ModelConfig(name=name, hidden=16, max_len=30))).eval()
+    chunks = list(evaluation_batches(shop.sequences, shop.split, "test", max_len=30, batch_size=8))
+    assert any(c.batch.items.shape[1] < 30 for c in chunks)
+    for chunk in chunks:
+        cut = chunk.batch
+        lengths = cut.lengths.tolist()
+        assert cut.items.shape[1] == max(lengths) and lengths == sorted(lengths)
+        padded = SeqBatch(*(F.pad(x, (0, 30 - x.shape[1])) for x in (cut.items, cut.events, cut.gaps)), cut.lengths)
+        with torch.no_grad():
+            assert torch.allclose(model.full_sort_predict(cut), model.full_sort_predict(padded), atol=1e-5)
 
 
 def test_length_batches_hold_every_user_once_with_similar_lengths():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, client_context, message
 from flwr.app import ArrayRecord
+from helpers import TINY, client_context, message
 
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.data.dataset import load_dataset

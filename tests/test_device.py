@@ -158,7 +158,9 @@ def test_bf16_is_refused_where_per_user_gradients_are_clipped():
             cfg.validate()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch: the GPU path runs where one is")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU visible to torch: the GPU path runs where one is"
+)
 def test_on_a_gpu_training_scoring_and_user_level_dp_match_the_cpu():
     from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
 

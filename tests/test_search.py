@@ -84,11 +84,11 @@ def test_evaluation_batches_carry_the_targets_query_at_the_last_position():
     seq = hand_data()
     split = search_split(seq)
     chunk = next(evaluation_batches(seq, split, "test", max_len=4))
-    assert chunk.users.tolist() == [1, 2]
-    assert chunk.batch.lengths.tolist() == [4, 1]
+    assert chunk.users.tolist() == [2, 1]  # shortest history first
+    assert chunk.batch.lengths.tolist() == [1, 4]
     shoe, red = (int(np.flatnonzero(seq.tokens.vocabulary == w)[0]) for w in ("shoe", "red"))
     asked = chunk.batch.target_queries
-    assert asked[0, 3, :2].tolist() == [red, shoe] and asked[1, 0, :1].tolist() == [shoe]
+    assert asked[1, 3, :2].tolist() == [red, shoe] and asked[0, 0, :1].tolist() == [shoe]
     assert int(asked.count_nonzero()) == 3  # nothing anywhere else
 
 

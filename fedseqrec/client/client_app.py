@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -27,7 +26,7 @@ from fedseqrec.client.secure_aggregation import secure_aggregation_mod
 from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
-from fedseqrec.federated.compression import encode, is_compressible
+from fedseqrec.federated.compression import reply_arrays
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import client_mods, mechanism_of
 from fedseqrec.federated.messages import (
@@ -112,30 +111,6 @@ def refusing(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
     return handle
 
 
-def reply_arrays(
-    state: dict[str, torch.Tensor],
-    reference: dict[str, torch.Tensor] | None,
-    cfg: RunConfig,
-    context: Context,
-    client: int,
-) -> ArrayRecord:
-    """What goes back: ``state`` as it is, or under ``--compression`` encoded as the update from ``reference``
-    (the global weights; None: ``state`` is an update already), with the error feedback kept in the node's state,
-    by client (a pooled simulated node serves several)."""
-    mode = cfg.algorithm.compression
-    if mode == "none":
-        return ArrayRecord(state)
-    arrays = {k: v.numpy() for k, v in state.items()}
-    if reference is not None:
-        arrays = {k: a - reference[k].numpy() if is_compressible(a) else a for k, a in arrays.items()}
-    key = f"compression-residual:{client}"
-    held = context.state.get(key, {})
-    sent, kept = encode(arrays, mode, cfg.algorithm.topk_share, {name: held[name].numpy() for name in held})
-    if kept:
-        context.state[key] = ArrayRecord(array_dict={k: Array(v) for k, v in kept.items()})
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in sent.items()})
-
-
 def make_client_app(mods: list | None = None) -> ClientApp:
     app = ClientApp(mods=mods or [])
 
@@ -181,7 +156,13 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             metrics[ITEM_COUNTS_KEY] = item_counts(data)
         sent_back = on_cpu(model.state_dict()) if outcome.update is None else outcome.update
         reference = global_weights if outcome.update is None else None  # weights go back as their update
-        arrays = reply_arrays(sent_back, reference, cfg, context, data.client)
+        arrays = reply_arrays(
+            {k: v.numpy() for k, v in sent_back.items()},
+            None if reference is None else {k: v.numpy() for k, v in reference.items()},
+            cfg.compression,
+            context.state,
+            data.client,
+        )
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 

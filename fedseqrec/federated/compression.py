@@ -15,20 +15,107 @@ and Stich et al. 2018): nothing of an update is lost, only delayed. The server d
 arrays before any check or aggregation, so every strategy, robust rule and privacy mechanism sees what it always saw.
 A reply that does not decode into the global model's shapes is rejected with the reason.
 
-This module is numpy only: both the ClientApp and the ServerApp use it.
+Both the ClientApp (:func:`reply_arrays`) and the ServerApp (:func:`decoded_reply`) use this module.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
+from flwr.app import Array, ArrayRecord
 
+from fedseqrec.options import option, within
+
+FEDERATION = "federation"
 COMPRESSIONS = ("none", "fp16", "int8", "topk")
 WITH_FEEDBACK = ("int8", "topk")  # modes that keep a residual at the client
 SCALE, INDEX, VALUE = "::scale", "::index", "::value"
 LEVELS = 127  # int8: values -127..127 (symmetric: -128 is never used, so 0 is exact)
+
+
+@dataclass
+class CompressionConfig:
+    compression: str = option(
+        "none",
+        "what a client sends back: none (float32), fp16 (its update in float16), int8 (8 bits and a scale per row), "
+        "topk (the --topk-share largest entries of each array); int8 and topk carry what they leave out into the "
+        "client's next round (error feedback)",
+        choices=COMPRESSIONS,
+        group=FEDERATION,
+    )
+    topk_share: float = option(
+        0.1,
+        "--compression topk: share of each array's entries sent",
+        check=within(0, 1, low_open=True, high_open=False),
+        group=FEDERATION,
+    )
+
+    def problem(self, secure: bool, mechanism: str, noise_shares: str, partition: str) -> str | None:
+        """Why the rest of the run's configuration rules this compression out (None: it does not)."""
+        mode = self.compression
+        if mode == "none":
+            return None
+        clash = (
+            "--secure-aggregation (its masked values are field elements of a fixed size: compressing before "
+            "masking saves nothing, and a masked value cannot be compressed)"
+            if secure
+            else "--privacy dp-fedavg (its noise is calibrated to the clipped update, and the rounding after "
+            "clipping changes the update's norm)"
+            if mechanism == "dp-fedavg"
+            else "--privacy user-level --noise-shares server (the server's noise is calibrated to the clipped sums, "
+            "and rounding them, or carrying a rounding error into the next round, changes their norm); with "
+            "--noise-shares clients each silo compresses what it already releases"
+            if mechanism == "user-level" and noise_shares == "server"
+            else None
+        )
+        if clash is not None:
+            return f"--compression {mode} does not combine with {clash}"
+        if mode in WITH_FEEDBACK and partition == "per-user":
+            return (
+                f"--compression {mode} keeps what it leaves out at each client for its next round; with --partition "
+                "per-user a client is one user, sampled a few times in a run: use fp16, or silos"
+            )
+        return None
+
+
+def reply_arrays(
+    state: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray] | None,
+    cfg: CompressionConfig,
+    node_state,
+    client: int,
+) -> ArrayRecord:
+    """What a client sends back: ``state`` as it is, or encoded as the update from ``reference`` (the global weights;
+    None: ``state`` is an update already), with the error feedback kept in the node's state (Flower's
+    ``context.state``) by client — a pooled simulated node serves several."""
+    if cfg.compression == "none":
+        return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    arrays = dict(state)
+    if reference is not None:
+        arrays = {k: a - reference[k] if is_compressible(a) else a for k, a in arrays.items()}
+    key = f"compression-residual:{client}"
+    held = node_state.get(key, {})
+    sent, kept = encode(arrays, cfg.compression, cfg.topk_share, {name: held[name].numpy() for name in held})
+    if kept:
+        node_state[key] = ArrayRecord(array_dict={k: Array(v) for k, v in kept.items()})
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in sent.items()})
+
+
+def decoded_reply(
+    sent: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    mode: str,
+    reference: Mapping[str, np.ndarray] | None,
+) -> ArrayRecord:
+    """The server's side: a reply's arrays decoded into full arrays (weights again when ``reference``, the weights
+    sent, is given); ``ValueError`` with what is wrong when they are not a valid encoding."""
+    update = decode(sent, expected, mode)
+    if reference is not None:
+        update = {k: reference[k] + u if is_compressible(u) else u for k, u in update.items()}
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(u)) for k, u in update.items()})
 
 
 def is_compressible(array: np.ndarray) -> bool:

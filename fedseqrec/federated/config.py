@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from fedseqrec.data.dataset import DataConfig
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EVALUATION, EvaluationConfig
-from fedseqrec.federated.compression import COMPRESSIONS, WITH_FEEDBACK
+from fedseqrec.federated.compression import CompressionConfig
 from fedseqrec.models.config import FIT, TRAINABLE_MODELS, FitConfig, ModelConfig, linear_decay
 from fedseqrec.options import (
     check,
@@ -127,20 +127,6 @@ class AlgorithmConfig:
     beta_1: float = option(0.9, "fedadam/fedyogi: first-moment decay", check=within(0, 1), group=FEDERATION)
     beta_2: float = option(0.99, "fedadam/fedyogi: second-moment decay", check=within(0, 1), group=FEDERATION)
     tau: float = option(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity", check=positive, group=FEDERATION)
-    compression: str = option(
-        "none",
-        "what a client sends back: none (float32), fp16 (its update in float16), int8 (8 bits and a scale per row), "
-        "topk (the --topk-share largest entries of each array); int8 and topk carry what they leave out into the "
-        "client's next round (error feedback)",
-        choices=COMPRESSIONS,
-        group=FEDERATION,
-    )
-    topk_share: float = option(
-        0.1,
-        "--compression topk: share of each array's entries sent",
-        check=within(0, 1, low_open=True, high_open=False),
-        group=FEDERATION,
-    )
 
 
 def robust_minimum(strategy: str, byzantine: int) -> int:
@@ -214,6 +200,7 @@ class RunConfig:
     evaluation: FederatedEvaluationConfig = section(FederatedEvaluationConfig)
     privacy: PrivacyConfig = section(PrivacyConfig)
     secure: SecureAggregationConfig = section(SecureAggregationConfig)
+    compression: CompressionConfig = section(CompressionConfig)
     out: str | None = option(None, "run folder (default: runs/STRATEGY-MODEL-TIME)", metavar="DIR", group="run")
 
     @classmethod
@@ -260,8 +247,11 @@ class RunConfig:
         self._validate_keep_optimizer()
         self._validate_item_weighted()
         self._validate_lr_schedule()
-        self._validate_precision()
-        self._validate_compression()
+        compression_problem = self.compression.problem(
+            self.secure.secure_aggregation, self.privacy.mechanism, self.privacy.noise_shares, self.data.partition
+        )
+        if compression_problem:
+            raise UserError(compression_problem)
         self.privacy.validate(
             algorithm.strategy,
             algorithm.clients_per_round,
@@ -269,6 +259,7 @@ class RunConfig:
             self._ghost_safe,
             self.model.loss,
             tied=self.model.tie_items,
+            precision=self.fit.hardware.precision,
         )
         if self.privacy.item_rows is not None and self.model.freeze != "none":
             raise UserError(
@@ -337,39 +328,6 @@ class RunConfig:
             raise UserError(
                 f"--lr-schedule {self.fit.lr_schedule} sets the clients' local learning rate; under --privacy "
                 "user-level the clients send clipped gradients and the server takes the step (--server-lr)"
-            )
-
-    def _validate_compression(self) -> None:
-        mode = self.algorithm.compression
-        if mode == "none":
-            return
-        clash = (
-            "--secure-aggregation (its masked values are field elements of a fixed size: compressing before "
-            "masking saves nothing, and a masked value cannot be compressed)"
-            if self.secure.secure_aggregation
-            else "--privacy dp-fedavg (its noise is calibrated to the clipped update, and the rounding after "
-            "clipping changes the update's norm)"
-            if self.privacy.mechanism == DP_FEDAVG
-            else "--privacy user-level --noise-shares server (the server's noise is calibrated to the clipped sums, "
-            "and rounding them, or carrying a rounding error into the next round, changes their norm); with "
-            "--noise-shares clients each silo compresses what it already releases"
-            if self.privacy.mechanism == USER_LEVEL and self.privacy.noise_shares == "server"
-            else None
-        )
-        if clash is not None:
-            raise UserError(f"--compression {mode} does not combine with {clash}")
-        if mode in WITH_FEEDBACK and self.data.partition == "per-user":
-            raise UserError(
-                f"--compression {mode} keeps what it leaves out at each client for its next round; with --partition "
-                "per-user a client is one user, sampled a few times in a run: use fp16, or silos"
-            )
-
-    def _validate_precision(self) -> None:
-        if self.fit.hardware.precision != "fp32" and self.privacy.mechanism in (LOCAL_DPSGD, USER_LEVEL):
-            raise UserError(
-                f"--precision {self.fit.hardware.precision} with --privacy {self.privacy.mechanism}: per-user "
-                "gradients are clipped and noised in float32 (a bfloat16 norm is off by up to 1 %, and the clipping "
-                "bound is what the privacy guarantee rests on); use --precision fp32"
             )
 
     def for_round(self, server_round: int) -> RunConfig:

@@ -183,12 +183,25 @@ class PrivacyConfig:
         return replace(cfg, release=cfg.released)
 
     def validate(
-        self, strategy: str, clients_per_round: int | None, model: str, ghost_safe, loss: str, tied: bool = False
+        self,
+        strategy: str,
+        clients_per_round: int | None,
+        model: str,
+        ghost_safe,
+        loss: str,
+        tied: bool = False,
+        precision: str = "fp32",
     ) -> None:
         """``ghost_safe``: a callable telling whether ``model`` may use ghost clipping (it imports the model);
-        ``tied``: the model scores items with its embedding table (``--tie-items``)."""
+        ``tied``: the model scores items with its embedding table (``--tie-items``); ``precision``: ``--precision``."""
         check(self)
         self._refuse_others_options()
+        if precision != "fp32" and self.mechanism in (LOCAL_DPSGD, USER_LEVEL):
+            raise UserError(
+                f"--precision {precision} with --privacy {self.mechanism}: per-user gradients are clipped and noised "
+                "in float32 (a bfloat16 norm is off by up to 1 %, and the clipping bound is what the privacy "
+                "guarantee rests on); use --precision fp32"
+            )
         if self.mechanism == DP_FEDAVG:
             self._validate_dp_fedavg(strategy, clients_per_round)
             return

@@ -13,15 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from fedseqrec.data.canaries import seal
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import RunError, UserError
-from fedseqrec.federated.compression import decode, is_compressible, payload_bytes
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import build_global_model, cached_dataset, expected_clients, server_data
@@ -33,7 +31,7 @@ from fedseqrec.results.folder import STATE, RunFolder
 from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
 from fedseqrec.server.evaluation import GlobalEvaluation
 from fedseqrec.server.finish import INITIAL, Finaliser, RunEnd
-from fedseqrec.server.replies import ReplyRules, metrics_problem, update_problem
+from fedseqrec.server.replies import ReplyRules, decompressed, metrics_problem, update_problem
 from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, secure_settings
 from fedseqrec.server.strategies import (
     build_strategy,
@@ -196,7 +194,7 @@ class Federation:
     def train_round(self, server_round: int) -> dict:
         started = time.perf_counter()
         algorithm = self.cfg.algorithm
-        self._upload_bytes: list[int] = []  # each reply's arrays, as sent (see _decompressed)
+        self._sizes: list[int] = []  # bytes of each reply's arrays, as sent
         available = self.directory.available(max(algorithm.min_clients, algorithm.clients_per_round or 1))
         if len(available) < algorithm.min_clients:
             raise RunError(
@@ -250,7 +248,7 @@ class Federation:
             **privacy,
             **figures,
             "exchange_seconds": round(exchange_seconds, 3),
-            **({"update_bytes": round(float(np.mean(self._upload_bytes)))} if self._upload_bytes else {}),
+            **({"update_bytes": round(sum(self._sizes) / len(self._sizes))} if self._sizes else {}),
         }
 
     def _secure_round(self) -> SecureRound | None:
@@ -277,7 +275,7 @@ class Federation:
             answered.add(partition)
             problem = reply.error.reason if reply.has_error() else self._reply_problem(reply, partition, server_round)
             if problem is None:
-                problem = self._decompressed(reply)
+                problem = decompressed(reply, self.rules, self.arrays, self.cfg.compression.compression, self._sizes)
             if problem is None:
                 ok.append((reply, partition))
                 continue
@@ -291,26 +289,6 @@ class Federation:
             self.progress.on_message(f"round {server_round}: client {partition} did not reply in time")
         ok.sort(key=lambda pair: pair[1])
         return ok, failed
-
-    def _decompressed(self, reply: Message) -> str | None:
-        """The reply's bytes counted (the round's ``update_bytes``) and, under ``--compression``, its arrays decoded
-        in place into the full arrays every later check and the aggregation read; why not, when they don't decode."""
-        if not reply.content.array_records:
-            return None
-        arrays = reply.content["arrays"]
-        sent = {key: arrays[key].numpy() for key in arrays}
-        self._upload_bytes.append(payload_bytes(sent))
-        mode = self.cfg.algorithm.compression
-        if mode == "none":
-            return None
-        try:
-            update = decode(sent, self.rules.expected, mode)
-        except ValueError as err:
-            return f"--compression {mode}: {err}"
-        if self.rules.weights:  # the update is from the weights sent
-            update = {k: self.arrays[k].numpy() + u if is_compressible(u) else u for k, u in update.items()}
-        reply.content["arrays"] = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(u)) for k, u in update.items()})
-        return None
 
     def _reply_problem(self, reply: Message, partition: int, server_round: int) -> str | None:
         problem = metrics_problem(reply, partition)

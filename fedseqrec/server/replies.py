@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedseqrec.checks import number_problem
+from fedseqrec.federated.compression import decoded_reply, payload_bytes
 
 ARRAYS = "arrays"
 MAX_LOSS = 1e6  # far above any loss of a model that learns (a cross-entropy starts near ln(items)): the round's
@@ -122,3 +123,21 @@ def _listed(what: str, keys: list[str]) -> str:
         return ""
     shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     return f"{what} {shown}"
+
+
+def decompressed(reply: Message, rules: ReplyRules, current: ArrayRecord, mode: str, sizes: list[int]) -> str | None:
+    """The reply's bytes counted (appended to ``sizes``) and, under ``--compression``, its arrays decoded in place
+    into the full arrays every later check and the aggregation read; why not, when they don't decode."""
+    if not reply.content.array_records:
+        return None
+    arrays = reply.content[ARRAYS]
+    sent = {key: arrays[key].numpy() for key in arrays}
+    sizes.append(payload_bytes(sent))
+    if mode == "none":
+        return None
+    reference = {k: current[k].numpy() for k in current} if rules.weights else None
+    try:
+        reply.content[ARRAYS] = decoded_reply(sent, rules.expected, mode, reference)
+    except ValueError as err:
+        return f"--compression {mode}: {err}"
+    return None
