@@ -6,15 +6,18 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader
 
 from fedseqrec.data import DataConfig, ShopConfig, load_dataset
 from fedseqrec.errors import UserError
-from fedseqrec.models.base import SeqBatch
+from fedseqrec.models import base
+from fedseqrec.models.base import SeqBatch, SequentialRecommender
 from fedseqrec.models.batching import TrainingWindows, evaluation_batches
 from fedseqrec.models.config import ModelConfig
-from fedseqrec.models.registry import MODELS, build_model
+from fedseqrec.models.fused_ce import fused_cross_entropy_sum
+from fedseqrec.models.registry import MODELS, build_model, model_config_for
 from fedseqrec.privacy.compat import dp_compatible
 from fedseqrec.privacy.dpsgd import make_private
 
@@ -251,3 +254,42 @@ def test_beats_popularity_on_planted_structure(name):
     model = train_quickly(ds, name, epochs=50 if name == "bert4rec" else 12)  # the cloze objective learns slower
     learned = evaluate(model, seq, split, "valid", max_len=20)
     assert learned["NDCG@10"] > 2 * pop["NDCG@10"], (learned["NDCG@10"], pop["NDCG@10"])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_fused_cross_entropy_is_plain_cross_entropy_with_its_gradients(smoothing, bias):
+    """Loss and every gradient as ``F.cross_entropy(F.linear(h, W, b), t, reduction="sum")``, in blocks smaller
+    than the rows (so blocks join up), the table a view of a larger one (the tied item table)."""
+    torch.manual_seed(0)
+    table = torch.randn(40, 8, requires_grad=True)
+    b = torch.randn(37, requires_grad=True) if bias else None
+    hidden = torch.randn(23, 8, requires_grad=True)
+    targets = torch.randint(1, 37, (23,))
+
+    def grads(loss):
+        wanted = [hidden, table] + ([b] if bias else [])
+        return loss, torch.autograd.grad(2.5 * loss, wanted)
+
+    fused, fused_grads = grads(fused_cross_entropy_sum(hidden, table[:37], b, targets, smoothing, block=5))
+    plain = F.cross_entropy(F.linear(hidden, table[:37], b), targets, reduction="sum", label_smoothing=smoothing)
+    plain, plain_grads = grads(plain)
+    assert torch.allclose(fused, plain, rtol=1e-5)
+    for mine, theirs in zip(fused_grads, plain_grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+def test_the_packed_loss_takes_the_fused_path_with_the_same_gradients(monkeypatch):
+    shop = load_dataset(DataConfig(data="shop", shop=ShopConfig(users=60, items=40, days=10)))
+    cfg = model_config_for(shop.sequences, ModelConfig(name="sasrec", hidden=16, max_len=20, dropout=0.0))
+    model = build_model("sasrec", cfg)
+    windows = TrainingWindows(shop.sequences, shop.split, max_len=20)
+    batch = windows.batch_of([torch.stack(c) for c in zip(*(windows[i] for i in range(16)), strict=True)])
+    calls = []
+    real = base.fused_cross_entropy_sum
+    monkeypatch.setattr(base, "fused_cross_entropy_sum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = torch.autograd.grad(model.packed_loss(batch), model.scorer.weight)[0]
+    assert calls == [1]
+    monkeypatch.setattr(SequentialRecommender, "_scores_by_table", lambda self: False)
+    plain = torch.autograd.grad(model.packed_loss(batch), model.scorer.weight)[0]
+    assert calls == [1] and torch.allclose(fused, plain, atol=1e-6)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.fused_ce import fused_cross_entropy_sum
 
 N_GAP_BUCKETS = 34  # 0 = padding, 1 = unknown gap (first event), 2.. = 2 + floor(log2(1 + seconds)), capped
 
@@ -217,12 +218,21 @@ class SequentialRecommender(nn.Module):
         hidden, targets = hidden[at], view.targets[at]
         asked = None if view.target_queries is None else view.target_queries[at]
         if self.cfg.loss == "sampled":
-            per_token = self._sampled_token_losses(hidden, targets)
+            total = self._sampled_token_losses(hidden, targets).sum()
+        elif self._scores_by_table() and not torch.is_autocast_enabled(hidden.device.type):
+            scorer = self.scorer
+            total = fused_cross_entropy_sum(hidden, scorer.weight, scorer.bias, targets, self.cfg.label_smoothing)
         else:
-            per_token = F.cross_entropy(
-                self.item_scores(hidden, asked), targets, reduction="none", label_smoothing=self.cfg.label_smoothing
+            total = F.cross_entropy(
+                self.item_scores(hidden, asked), targets, reduction="sum", label_smoothing=self.cfg.label_smoothing
             )
-        return per_token.sum() / (width * view.items.shape[0])
+        return total / (width * view.items.shape[0])
+
+    def _scores_by_table(self) -> bool:
+        """Whether the item scores are the scorer's table times the hidden state, nothing else (the fused loss)."""
+        return type(self).item_scores is SequentialRecommender.item_scores and isinstance(
+            self.scorer, nn.Linear | TiedScorer
+        )
 
     def _sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Softmax over the target and shared random negatives. It indexes the scorer's weight outside a module
