@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
-from beauty import PRESET_FIT, PRESET_MODEL
 from benchmark_report import portable
+from papers import AMAZON_FIT, AMAZON_MODEL
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.centralized.training import train_centralized
@@ -98,7 +98,7 @@ def settings(data: str) -> tuple[str, dict, dict, int, int]:
     """(path, model options, fit options, rounds, centralized epochs or 0 for early stopping)."""
     if data == "ml-100k":
         return str(DATA / "ml-100k"), {}, {"batch_size": 16}, 100, 0
-    return str(DATA / "amazon-beauty" / "Beauty.txt"), dict(PRESET_MODEL), dict(PRESET_FIT), 20, 20
+    return str(DATA / "amazon-beauty" / "Beauty.txt"), dict(AMAZON_MODEL), dict(AMAZON_FIT), 20, 20
 
 
 def central(data: str, seed: int, rounds: int, tmp: Path) -> dict:

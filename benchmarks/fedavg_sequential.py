@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from beauty import PRESET_MODEL
+from papers import AMAZON_MODEL
 
 import fedseqrec.federated.task as task
 from fedseqrec.data.dataset import DataConfig, load_dataset
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     path = str(DATA / "amazon-beauty" / "Beauty.txt")
     ds = load_dataset(DataConfig(data=path, partition="iid", clients=10, seed=0))
     torch.manual_seed(0)
-    model = task.build_global_model(ds.sequences, ModelConfig(**PRESET_MODEL))
+    model = task.build_global_model(ds.sequences, ModelConfig(**AMAZON_MODEL))
     fit = LocalTrainingConfig(
         lr=args.lr, batch_size=args.batch_size, weight_decay=0.0, batching="length", local_epochs=args.local_epochs
     )

@@ -87,11 +87,23 @@ def _cell(value) -> str:
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _spread(value: dict) -> str:
+    return f"{value['mean']:.4g} ± {value['std']:.2g}"
+
+
 def _flat(row: dict) -> dict:
-    """A result row with its metric dicts spread (``test`` → ``test NDCG@10``, the headline figures only)."""
+    """A result row with its metric dicts spread (``test`` → ``test NDCG@10``, the headline figures only); a figure
+    over seeds as mean ± standard deviation, the runs behind it left to the JSON."""
     flat = {}
     for key, value in row.items():
-        if isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
+        if key == "runs":
+            continue
+        if isinstance(value, dict) and {"mean", "std"} <= set(value):
+            flat[key] = _spread(value)
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) and "mean" in v for v in value.values()):
+            shown = [k for k in value if k in ("NDCG@10", "HR@10")] or list(value)[:2]
+            flat.update({f"{key} {k}": _spread(value[k]) for k in shown})
+        elif isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
             shown = [k for k in value if k in ("NDCG@10", "HR@10", "CTR-AUC", "CVR-AUC")] or list(value)[:4]
             flat.update({f"{key} {k}": value[k] for k in shown})
         else:

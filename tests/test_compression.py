@@ -168,3 +168,10 @@ def test_int8_serving_weights_score_like_the_float_model():
         assert (exact[:, 1:] - rounded[:, 1:]).abs().max() < 0.05 * spread
     with pytest.raises(UserError, match="--int8: dynamic int8 quantization runs on the CPU"):
         int8_for_serving(model.to("meta"))
+
+
+def test_an_attack_and_compressed_updates_are_refused_together(tmp_path):
+    from fedseqrec.simulation.attacks import AttackConfig
+
+    with pytest.raises(UserError, match="--attack does not combine with --compression int8"):
+        simulate(TINY.replace(compression="int8"), out=tmp_path / "x", attack=AttackConfig(attack="scale"))

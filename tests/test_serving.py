@@ -297,3 +297,14 @@ def test_requests_that_arrive_together_share_a_forward_pass_and_keep_their_own_a
             continue
         alone = recommender.recommend_batch([h], k, seen)[0]
         assert answer.items == alone.items and answer.scores == pytest.approx(alone.scores, abs=1e-5)
+
+
+def test_int8_weights_recommend_nearly_the_same_items_and_say_so(trained, cli):
+    history = known_items(trained)
+    exact = load_recommender(trained).recommend(history, k=10).items
+    rounded = load_recommender(trained, int8=True)
+    assert rounded.describe()["int8"] is True and load_recommender(trained).describe()["int8"] is False
+    assert rounded.describe()["device"] == "cpu"
+    assert len(set(rounded.recommend(history, k=10).items) & set(exact)) >= 8
+    result = cli("recommend", trained, "--history", *history, "--int8", "--device", "cpu")
+    assert result.code == 0 and len(json.loads(result.out)["items"]) == 10

@@ -68,6 +68,11 @@ def simulate(
             "--attack does not combine with --secure-aggregation: the attacks measure robust aggregation, which needs "
             "each update in the clear"
         )
+    if attacked and cfg.compression.compression != "none":
+        raise UserError(
+            f"--attack does not combine with --compression {cfg.compression.compression}: the attacks rewrite a "
+            "client's float32 weights"
+        )
     os.environ.update(FLOWER_ENVIRONMENT)
     cfg, folder, n_clients = prepare_run(cfg, out, resume, rounds)
     if attacked:
