@@ -92,7 +92,8 @@ class AdModel(SequentialRecommender):
         with torch.no_grad():
             for chunk in slates:
                 shown = chunk.ads > 0
-                logits.append(self._shown_after(chunk.batch, chunk.ads)[shown])
+                device = self.calibration.device
+                logits.append(self._shown_after(chunk.batch.to(device), chunk.ads.to(device))[shown.to(device)].cpu())
                 clicked.append(torch.from_numpy(chunk.clicked)[shown])
                 bought.append(torch.from_numpy(chunk.bought)[shown])
         raw, clicked, bought = torch.cat(logits), torch.cat(clicked), torch.cat(bought)
