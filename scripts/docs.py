@@ -266,7 +266,7 @@ def _efficiency_rows(beauty_runs: list[dict]) -> list[tuple]:
             (
                 f"Beauty FedAvg, client updates `--compression {best['mode']}`: bytes ÷ float32",
                 best["bytes_ratio"],
-                "{:.1f}× fewer",
+                "{:.2f}× fewer",
                 "`python benchmarks/compressed_updates.py`",
                 (4, "issue 30"),
             ),
