@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchmark_report import write_report
-from serving import Client, concurrent_load, free_port
+from serving import concurrent_load, serve
 
 from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.serving.recommender import load_recommender
@@ -38,23 +37,6 @@ def model_bytes(model: torch.nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
-
-
-def serve(folder: Path, int8: bool) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    extra = ["--int8"] if int8 else []
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(port), "--device", "cpu", *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    for _ in range(600):
-        try:
-            Client(port).get("/health")
-            return process, port
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(process.stderr.read().decode())
 
 
 def measure(folder: Path, int8: bool, options: argparse.Namespace, tmp: Path) -> dict:
@@ -74,7 +56,7 @@ def measure(folder: Path, int8: bool, options: argparse.Namespace, tmp: Path) ->
         started = time.perf_counter()
         recommender.recommend(histories[i % len(histories)])
         latencies.append((time.perf_counter() - started) * 1000)
-    process, port = serve(folder, int8)
+    process, port = serve(folder, "--device", "cpu", *(["--int8"] if int8 else []))
     try:
         http = concurrent_load(port, histories, options.clients, options.seconds, tmp)
     finally:

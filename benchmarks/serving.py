@@ -60,10 +60,11 @@ class Client:
         return json.loads(self.connection.getresponse().read())
 
 
-def serve(folder: Path) -> tuple[subprocess.Popen, int]:
+def serve(folder: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    """`fedseqrec serve FOLDER` on a free port (``extra``: more flags), once it answers /health."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(port), "--poll", "0.2"],
+        [sys.executable, "-m", "fedseqrec.cli", "serve", str(folder), "--port", str(port), "--poll", "0.2", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
