@@ -1,7 +1,7 @@
 """Where a model computes (``--device``) and in what precision (``--precision``).
 
 Models and their optimisers live on the chosen device; data is prepared on the CPU (numpy, the loaders) and each
-batch follows its model there (:func:`on_model_device`). Everything a model hands back to the rest of the package
+batch follows its model there (``SeqBatch.to``). Everything a model hands back to the rest of the package
 (weights for Flower, scores for the metrics, checkpoints) comes back to the CPU first, so the layers above never
 see a device.
 """

@@ -128,7 +128,7 @@ def _listed(what: str, keys: list[str]) -> str:
 def decompressed(reply: Message, rules: ReplyRules, current: ArrayRecord, mode: str, sizes: list[int]) -> str | None:
     """The reply's bytes counted (appended to ``sizes``) and, under ``--compression``, its arrays decoded in place
     into the full arrays every later check and the aggregation read; why not, when they don't decode."""
-    if not reply.content.array_records:
+    if ARRAYS not in reply.content.array_records:  # declined, or a SecAgg+ stage (no compression there)
         return None
     arrays = reply.content[ARRAYS]
     sent = {key: arrays[key].numpy() for key in arrays}
