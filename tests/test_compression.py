@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from helpers import TINY, client_context, message
 
 from fedseqrec.client.client_app import make_client_app
@@ -175,3 +175,36 @@ def test_an_attack_and_compressed_updates_are_refused_together(tmp_path):
 
     with pytest.raises(UserError, match="--attack does not combine with --compression int8"):
         simulate(TINY.replace(compression="int8"), out=tmp_path / "x", attack=AttackConfig(attack="scale"))
+
+
+def test_the_server_decodes_only_replies_that_carry_arrays():
+    """A SecAgg+ stage reply or a declined client has no ``arrays`` record: nothing to count or decode (a
+    regression: the server once looked it up and stopped the round)."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from fedseqrec.server.replies import ReplyRules, decompressed
+
+    current = ArrayRecord({"w": torch.zeros(3)})
+    rules = ReplyRules.for_arrays(current)
+    sizes: list[int] = []
+    stage = Message(
+        RecordDict({"fitres.parameters": ArrayRecord(), "metrics": MetricRecord({"x": 1})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    assert decompressed(stage, rules, current, "int8", sizes) is None and sizes == []
+    sent, _ = encode({"w": np.array([0.5, -1.0, 0.25], dtype=np.float32)}, "int8")
+    reply = Message(
+        RecordDict({"arrays": ArrayRecord(array_dict={k: Array(v) for k, v in sent.items()})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    assert decompressed(reply, rules, current, "int8", sizes) is None and sizes == [3 + 2]
+    assert np.allclose(reply.content["arrays"]["w"].numpy(), [0.5, -1.0, 0.25], atol=1 / 127)
+    sent["w"] = sent["w"][:2]
+    broken = Message(
+        RecordDict({"arrays": ArrayRecord(array_dict={k: Array(v) for k, v in sent.items()})}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    assert "--compression int8: array 'w'" in decompressed(broken, rules, current, "int8", sizes)
