@@ -28,6 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedseqrec.options import option, within
+from fedseqrec.privacy.config import DP_FEDAVG, USER_LEVEL
 
 FEDERATION = "federation"
 COMPRESSIONS = ("none", "fp16", "int8", "topk")
@@ -64,11 +65,11 @@ class CompressionConfig:
             if secure
             else "--privacy dp-fedavg (its noise is calibrated to the clipped update, and the rounding after "
             "clipping changes the update's norm)"
-            if mechanism == "dp-fedavg"
+            if mechanism == DP_FEDAVG
             else "--privacy user-level --noise-shares server (the server's noise is calibrated to the clipped sums, "
             "and rounding them, or carrying a rounding error into the next round, changes their norm); with "
             "--noise-shares clients each silo compresses what it already releases"
-            if mechanism == "user-level" and noise_shares == "server"
+            if mechanism == USER_LEVEL and noise_shares == "server"
             else None
         )
         if clash is not None:
@@ -182,6 +183,18 @@ def decode(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[
 def payload_bytes(arrays: Mapping[str, np.ndarray]) -> int:
     """Bytes of the arrays' data (what grows with the model; Flower's framing of each array is a few bytes more)."""
     return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """:func:`payload_bytes` of a received record, from each array's shape and dtype (nothing deserialised); an
+    array whose dtype is no numpy dtype counts its raw bytes (the reply is refused later)."""
+    total = 0
+    for array in record.values():
+        try:
+            total += math.prod(array.shape) * np.dtype(array.dtype).itemsize
+        except (TypeError, ValueError):
+            total += len(array.data)
+    return total
 
 
 def _rows(shape: tuple[int, ...]) -> int:

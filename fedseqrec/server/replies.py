@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedseqrec.checks import number_problem
-from fedseqrec.federated.compression import decoded_reply, payload_bytes
+from fedseqrec.federated.compression import decoded_reply, record_bytes
 
 ARRAYS = "arrays"
 MAX_LOSS = 1e6  # far above any loss of a model that learns (a cross-entropy starts near ln(items)): the round's
@@ -130,11 +130,11 @@ def decompressed(reply: Message, rules: ReplyRules, current: ArrayRecord, mode: 
     into the full arrays every later check and the aggregation read; why not, when they don't decode."""
     if ARRAYS not in reply.content.array_records:  # declined, or a SecAgg+ stage (no compression there)
         return None
-    arrays = reply.content[ARRAYS]
-    sent = {key: arrays[key].numpy() for key in arrays}
-    sizes.append(payload_bytes(sent))
+    sizes.append(record_bytes(reply.content[ARRAYS]))
     if mode == "none":
         return None
+    arrays = reply.content[ARRAYS]
+    sent = {key: arrays[key].numpy() for key in arrays}
     reference = {k: current[k].numpy() for k in current} if rules.weights else None
     try:
         reply.content[ARRAYS] = decoded_reply(sent, rules.expected, mode, reference)
