@@ -2,6 +2,8 @@
 else follows from it — the CLI flags (:func:`add_options`), the flat run config of Flower
 (``[tool.flwr.app.config]``, :func:`flatten` / :func:`unflatten`) and validation (:func:`check`).
 
+An option may also carry where ``fedseqrec tune`` searches it (``search=``: a :class:`Space`).
+
 Configs nest (a run holds data, model, fit, algorithm, evaluation and privacy sections); an option's flag and
 run-config key are its field name with hyphens (or ``key=``), and keys are unique across a nested config, so the
 flat run config stays what it always was. TOML has no null: an unset optional option is ``""`` in the run config.
@@ -23,6 +25,38 @@ from fedseqrec.errors import UserError
 Check = Callable[[object], str | None]  # the problem with a value, or None
 
 
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """Where ``fedseqrec tune`` searches an option: a range (``log``: on a log scale, as rates are) or a list of
+    values. Integers in a range stay integers."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    values: tuple = ()
+
+    def __post_init__(self):
+        if not self.values and (self.low is None or self.high is None or not self.low < self.high):
+            raise ValueError(f"a search range needs low < high, got {self.low}, {self.high}")
+        if self.log and not self.values and self.low <= 0:
+            raise ValueError(f"a log-scale search range must be positive, got {self.low}")
+
+    def describe(self) -> str:
+        if self.values:
+            return ",".join(str(v) for v in self.values)
+        return f"{self.low:g}:{self.high:g}" + (":log" if self.log else "")
+
+
+def span(low: float, high: float, *, log: bool = False) -> Space:
+    """A search range from ``low`` to ``high`` (both included)."""
+    return Space(low, high, log)
+
+
+def one_of(*values) -> Space:
+    """A search over these values only."""
+    return Space(values=tuple(values))
+
+
 def option(
     default,
     help: str,
@@ -33,9 +67,12 @@ def option(
     group: str | None = None,
     metavar: str | None = None,
     run_config: bool = True,
+    search: Space | None = None,
 ) -> dataclasses.Field:
-    """A config field that is also a CLI flag and (unless ``run_config=False``) a run-config key."""
+    """A config field that is also a CLI flag and (unless ``run_config=False``) a run-config key; ``search``:
+    where ``fedseqrec tune`` searches it."""
     meta = {
+        "search": search,
         "help": help,
         "choices": tuple(choices) if choices is not None else None,
         "check": check,
@@ -266,7 +303,7 @@ def add_options(
     narrower choices for an option."""
     groups = {} if groups is None else groups
     for d in declared(config):
-        if _excluded(d, exclude):
+        if excluded(d, exclude):
             continue
         title = d.meta["group"] or "options"
         if title not in groups:
@@ -285,17 +322,34 @@ def add_options(
         target.add_argument(d.flag, type=d.base_type, default=d.default, choices=allowed, **kwargs)
 
 
-def _excluded(d: Declared, exclude: Sequence[str]) -> bool:
+def excluded(d: Declared, exclude: Sequence[str]) -> bool:
     return d.name in exclude or d.meta["group"] in exclude or ".".join(d.path) in exclude
 
 
 def from_args(config, args: argparse.Namespace, exclude: Sequence[str] = ()):
     """``config`` with every declared option that ``args`` holds (see :func:`add_options`)."""
     for d in declared(config):
-        if _excluded(d, exclude) or not hasattr(args, d.dest):
+        if excluded(d, exclude) or not hasattr(args, d.dest):
             continue
         value = getattr(args, d.dest)
         if value is None and not d.optional:  # a flag the command parses as unset (see cli.common.unset_defaults)
             continue
         config = _with(config, d.path, value)
     return config
+
+
+def to_argv(config, exclude: Sequence[str] = ()) -> list[str]:
+    """The flags that rebuild ``config`` from its class's defaults (see :func:`add_options`): one per option whose
+    value differs from its default. An unset optional option whose default is set has no flag: refused."""
+    defaults = {d.path: d.default for d in declared(type(config))}
+    argv: list[str] = []
+    for d in declared(config):
+        if excluded(d, exclude) or d.default == defaults[d.path]:
+            continue
+        if d.base_type is bool:
+            argv.append(f"--no-{d.key}" if defaults[d.path] else d.flag)
+        elif d.default is None:
+            raise ValueError(f"{d.flag}: unset, and no flag unsets it (its default is {defaults[d.path]!r})")
+        else:
+            argv += [d.flag, str(d.default)]
+    return argv

@@ -37,6 +37,7 @@ from fedseqrec.privacy.popularity import private_popularity
 
 SPLITS = ("valid", "test")
 EpochProgress = Callable[[dict], None]  # called after every epoch with its record (see _fit)
+StopRule = Callable[[dict], str | None]  # after every epoch: why to stop now (``fedseqrec tune``'s pruning), or None
 
 
 def train_centralized(
@@ -46,8 +47,10 @@ def train_centralized(
     out: Path,
     progress: EpochProgress | None = None,
     on_data: Callable[[Dataset], None] | None = None,
+    stop_rule: StopRule | None = None,
 ) -> dict:
-    """``progress``: called after every epoch; ``on_data``: called once the data is loaded (before training)."""
+    """``progress``: called after every epoch; ``on_data``: called once the data is loaded (before training);
+    ``stop_rule``: asked after every epoch whether to stop (the run then ends as after --patience)."""
     check(cfg)
     model_cfg.check_options()
     if out.exists() and not out.is_dir():
@@ -70,7 +73,7 @@ def train_centralized(
     out.mkdir(parents=True, exist_ok=True)
     (out / SEALED).unlink(missing_ok=True)  # a new run in an old folder: its own coins
     seal(out, ds.audit)
-    history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg)
+    history, train_seconds, best, stopped = _fit(model, ds, model_cfg, cfg, out, progress, data_cfg, stop_rule)
     model.load_state_dict(torch.load(out / "model.pt", map_location=device, weights_only=True))
     calibration = None
     if hasattr(model, "fit_calibration"):  # ad models: Platt scaling on the validation slates
@@ -94,7 +97,9 @@ def train_centralized(
     return _write_results(out, results, data_cfg, model_cfg, cfg, ds.sequences.n_items)
 
 
-def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, data_cfg: DataConfig):
+def _fit(
+    model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, progress, data_cfg: DataConfig, stop_rule
+):
     """Epochs until ``--epochs``, ``--patience`` or ``--max-seconds`` (checked after every step, so training
     ends within one step of the limit): (history, training seconds, best, why it stopped early or None)."""
     seed, chosen = data_cfg.seed, task_of(data_cfg.task).selection
@@ -145,6 +150,8 @@ def _fit(model, ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path
                 )
             elif stale >= cfg.patience:
                 stopped = f"no better validation {chosen} in {cfg.patience} evaluations (--patience)"
+            elif stop_rule is not None and epoch < cfg.epochs:
+                stopped = stop_rule(record)
             if stopped:
                 break
     return history, train_seconds, best, stopped

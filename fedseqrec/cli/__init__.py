@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedseqrec import __version__
-from fedseqrec.cli import data, federate, report, serve, train
-from fedseqrec.cli.common import Handler, debug_option
+from fedseqrec.cli import data, federate, report, serve, train, tune
+from fedseqrec.cli.common import Handler, debug_option, with_config_file
 from fedseqrec.cli.examples import examples_of
 from fedseqrec.cli.parser import Formatter, Parser
 from fedseqrec.errors import RunError, UserError
@@ -40,14 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     federate.register_deploy(commands)
     report.register(commands)
     serve.register(commands)
+    tune.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Handler = args.handler
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # (`tune --jobs N` starts its workers with it)
     try:
+        args = with_config_file(parser, args, args.argv)
+        handler: Handler = args.handler
         return handler(args)
     except UserError as err:
         if args.debug:

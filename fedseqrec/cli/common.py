@@ -4,14 +4,23 @@ into the typed configs the commands run with (the flags themselves come from the
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fedseqrec.cli.examples import examples_of
 from fedseqrec.cli.parser import Formatter
 from fedseqrec.data.dataset import PARTITION, DataConfig
+from fedseqrec.errors import UserError
 from fedseqrec.models.config import DeviceConfig, ModelConfig
 from fedseqrec.options import add_options, declared, from_args
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # (Python 3.10: the same parser, as a package)
+    import tomli as tomllib
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -91,3 +100,69 @@ def unset_defaults(parser: argparse.ArgumentParser, config, names: Sequence[str]
             elif defaults[action.dest] not in (False, True):
                 shown = "none" if defaults[action.dest] is None else defaults[action.dest]
                 action.help = f"{action.help} (default: {shown})"
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``: options from a TOML file (``fedseqrec tune`` writes one for its best trial)."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML file of options, one `key = value` line each, keys as the flags without -- (the best.toml "
+        "`fedseqrec tune` writes); flags on the command line win over it",
+    )
+    parser.set_defaults(config_parser=parser)
+
+
+def with_config_file(top: argparse.ArgumentParser, args: argparse.Namespace, argv) -> argparse.Namespace:
+    """``args`` again, with the options of ``--config FILE`` as the defaults of its command's flags."""
+    path = getattr(args, "config", None)
+    if not path:
+        return args
+    command = args.config_parser
+    command.set_defaults(**read_config_file(Path(path), command))
+    again = top.parse_args(argv)
+    again.argv = args.argv
+    return again
+
+
+def read_config_file(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """The flags' values a config file sets, checked against ``parser``'s flags (name, type and choices)."""
+    try:
+        values = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"--config {path}: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"--config {path}: not TOML ({err})") from err
+    flags = {s[2:]: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
+    found = {}
+    for key, value in values.items():
+        action = flags.get(key) or flags.get(f"no-{key}")
+        if action is None or key in ("config", "out", "help", "debug"):
+            near = difflib.get_close_matches(key, list(flags), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise UserError(f"--config {path}: {key} is not an option of this command{hint}")
+        found[action.dest] = _config_value(path, key, value, action)
+    return found
+
+
+def _config_value(path: Path, key: str, value, action: argparse.Action):
+    where = f"--config {path}: {key} = {value!r}"
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false")
+        return value
+    if isinstance(value, dict | list | bool):
+        raise UserError(f"{where}: expected a {getattr(action.type, '__name__', 'value')}")
+    if value == "":
+        return None
+    kind = action.type or str
+    if kind is int and isinstance(value, float) or kind is str and not isinstance(value, str):
+        raise UserError(f"{where}: expected {kind.__name__}")
+    try:
+        value = kind(value)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: expected {kind.__name__}") from err
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{where}: expected one of {', '.join(map(str, action.choices))}")
+    return value

@@ -48,6 +48,20 @@ EXAMPLES = {
         "fedseqrec recommend runs/shop --history i3 i9 i12 --explain",
         "fedseqrec recommend runs/shop --input histories.jsonl --output top10.jsonl",
     ],
+    "fedseqrec tune": [
+        f"fedseqrec tune train --data {ML} --model sasrec --trials 50 --out runs/tune-sasrec",
+        f"fedseqrec tune simulate --data {ML} --clients 10 --privacy user-level --epsilon 8 --trials 10",
+    ],
+    "fedseqrec tune train": [
+        f"fedseqrec tune train --data {ML} --trials 50 --search lr --search dropout=0.1:0.5 --out runs/tune",
+        f"fedseqrec tune train --data {ML} --sampler grid --search hidden --search layers --trials 9",
+        f"fedseqrec tune train --data {ML} --storage postgresql://db/tuning --study-name sasrec --jobs 2",
+    ],
+    "fedseqrec tune simulate": [
+        f"fedseqrec tune simulate --data {ML} --clients 10 --rounds 20 --trials 20 --out runs/tune-fed",
+        f"fedseqrec tune simulate --data {ML} --clients 10 --privacy user-level --users-per-round 300 --epsilon 8 "
+        "--strategy fedadam --trials 10 --search server-lr --search max-grad-norm",
+    ],
     "fedseqrec serve": [
         "fedseqrec serve runs/shop --port 8000",
         'curl -s localhost:8000/recommend -H \'content-type: application/json\' -d \'{"history": ["i3", "i9"]}\'',

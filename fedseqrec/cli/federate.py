@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedseqrec.cli.common import add_command, unset_defaults
+from fedseqrec.cli.common import add_command, add_config_option, unset_defaults
 from fedseqrec.cli.report import run_audit
 from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
@@ -23,10 +23,11 @@ Run federations on Flower's deployment engine. See docs/deployment.md for separa
 NOT_A_FLAG = ("data.max_len",)  # the data's own truncation; a run has the model's --max-len
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """What a federated run is made of: data, partition (IID by default), model, training, federation, privacy."""
-    add_options(parser, RunConfig(), exclude=NOT_A_FLAG, choices={"name": TRAINABLE_MODELS})
+    add_options(parser, RunConfig(), exclude=NOT_A_FLAG + exclude, choices={"name": TRAINABLE_MODELS})
     unset_defaults(parser, RunConfig(), ("rounds",))  # --resume keeps a run's own number of rounds unless given
+    add_config_option(parser)
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

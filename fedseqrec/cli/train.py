@@ -10,6 +10,7 @@ from pathlib import Path
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.cli.common import (
     add_command,
+    add_config_option,
     add_data_options,
     add_device_option,
     data_config,
@@ -154,6 +155,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_options(train, ModelConfig())
     add_options(train, TrainConfig())
     train.add_argument("--out", default=None, metavar="DIR", help="results folder (default: runs/train-MODEL)")
+    add_config_option(train)
 
     evaluation = add_command(commands, "evaluate", cmd_evaluate)
     add_data_options(evaluation, truncate=False, partition=False)

@@ -9,10 +9,12 @@ from fedseqrec.options import (
     check,
     non_negative,
     non_negative_int,
+    one_of,
     option,
     positive,
     positive_int,
     section,
+    span,
     within,
 )
 
@@ -65,11 +67,13 @@ class ModelConfig:
     n_events: int = 0
     n_query_tokens: int = 0  # words of the data's search queries and item texts (data/text.py)
     ad_events: tuple = ()  # event ids of (impression, ad click, ad conversion) in data with ads, -1 where absent
-    hidden: int = option(64, "embedding and hidden size", check=positive_int, group=MODEL)
-    layers: int = option(2, "Transformer blocks or recurrent layers", check=positive_int, group=MODEL)
+    hidden: int = option(64, "embedding and hidden size", check=positive_int, group=MODEL, search=one_of(32, 64, 128))
+    layers: int = option(
+        2, "Transformer blocks or recurrent layers", check=positive_int, group=MODEL, search=span(1, 3)
+    )
     heads: int = option(2, "attention heads (sasrec, bert4rec)", check=positive_int, group=MODEL)
     inner: int = option(256, "feed-forward width (sasrec, bert4rec)", check=positive_int, group=MODEL)
-    dropout: float = option(0.5, "dropout probability", check=within(0, 1), group=MODEL)
+    dropout: float = option(0.5, "dropout probability", check=within(0, 1), group=MODEL, search=span(0.1, 0.7))
     max_len: int = option(
         50,
         "window of most recent events the model sees (one training example per user)",
@@ -79,7 +83,13 @@ class ModelConfig:
     side_info: bool = option(
         True, "no event-type and time-gap embeddings (default: use them where the data has them)", group=MODEL
     )
-    mask_ratio: float = option(0.2, "bert4rec: share of items masked", check=within(0, 1, low_open=True), group=MODEL)
+    mask_ratio: float = option(
+        0.2,
+        "bert4rec: share of items masked",
+        check=within(0, 1, low_open=True),
+        group=MODEL,
+        search=span(0.1, 0.6),
+    )
     loss: str = option(
         "ce",
         "full softmax cross-entropy, or sampled negatives for very large catalogues",
@@ -91,6 +101,7 @@ class ModelConfig:
         "label smoothing of the cross-entropy (regularises the item scores on small data)",
         check=within(0, 1),
         group=MODEL,
+        search=span(0.0, 0.4),
     )
     negatives: int = option(100, "sampled loss: negatives per batch", check=positive_int, group=MODEL)
     tie_items: bool = option(
@@ -138,10 +149,12 @@ def linear_decay(step: int, total: int) -> float:
 class FitConfig:
     """How a model is fitted on a set of users: batches of users, AdamW, one training window per user."""
 
-    batch_size: int = option(32, "users per batch", check=positive_int, group=FIT)
-    lr: float = option(2e-3, "AdamW learning rate", check=positive, group=FIT)
+    batch_size: int = option(32, "users per batch", check=positive_int, group=FIT, search=one_of(32, 64, 128, 256))
+    lr: float = option(2e-3, "AdamW learning rate", check=positive, group=FIT, search=span(1e-4, 1e-2, log=True))
     # Decoupled (AdamW): with label smoothing, what keeps a small dataset from overfitting.
-    weight_decay: float = option(1.0, "AdamW weight decay", check=non_negative, group=FIT)
+    weight_decay: float = option(
+        1.0, "AdamW weight decay", check=non_negative, group=FIT, search=span(1e-3, 2.0, log=True)
+    )
     lr_schedule: str = option(
         "constant",
         "learning rate: constant, or falling linearly to 0 over the run: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fedseqrec.errors import UserError
-from fedseqrec.options import check, option, positive, positive_int, within
+from fedseqrec.options import check, option, positive, positive_int, span, within
 
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks")
@@ -71,7 +71,9 @@ class PrivacyConfig:
         check=positive_int,
         group=DPSGD,
     )
-    max_grad_norm: float = option(1.0, "per-user gradient clipping norm", check=positive, group=DPSGD)
+    max_grad_norm: float = option(
+        1.0, "per-user gradient clipping norm", check=positive, group=DPSGD, search=span(0.05, 5.0, log=True)
+    )
     delta: float | None = option(
         None, "δ (default: min(1e-5, 0.1 / users in the client))", check=within(0, 1, low_open=True), group=DPSGD
     )
@@ -92,7 +94,9 @@ class PrivacyConfig:
         group=CENTRAL,
     )
     central_noise: float | None = option(None, "noise multiplier z of the aggregate", group=CENTRAL)
-    clipping_norm: float = option(1.0, "update norm (adaptive: initial)", check=positive, group=CENTRAL)
+    clipping_norm: float = option(
+        1.0, "update norm (adaptive: initial)", check=positive, group=CENTRAL, search=span(0.05, 5.0, log=True)
+    )
     central_clipping: str = option("server", "where updates are clipped", choices=CLIPPING_SIDES, group=CENTRAL)
     target_quantile: float = option(0.5, "adaptive: unclipped share", check=within(0, 1, low_open=True), group=CENTRAL)
     clip_lr: float = option(0.2, "adaptive: clipping norm learning rate", check=positive, group=CENTRAL)
@@ -113,8 +117,15 @@ class PrivacyConfig:
         "= user-level DP-FedAvg (the mean gradient along the steps is what is clipped)",
         check=positive_int,
         group=USER,
+        search=span(1, 4),
     )
-    user_lr: float = option(0.1, "rate of those local steps (with --user-steps > 1)", check=positive, group=USER)
+    user_lr: float = option(
+        0.1,
+        "rate of those local steps (with --user-steps > 1)",
+        check=positive,
+        group=USER,
+        search=span(0.01, 1.0, log=True),
+    )
     clipping: str = option(
         "flat",
         "clip each user's contribution as a whole, or per layer (each top-level module to C·√(its share of the "

@@ -47,6 +47,7 @@ class Progress:
 
     on_round: Callable[[dict], None] = lambda record: None
     on_message: Callable[[str], None] = lambda text: log(INFO, "%s", text)
+    stop_rule: Callable[[dict], str | None] = lambda record: None  # after a round: why to end the run now, or None
 
 
 @dataclass
@@ -185,6 +186,10 @@ class Federation:
                     self._save_best()
             record["seconds"] = round(time.perf_counter() - record.pop("_start"), 3)
             self._complete(server_round, record)
+            self.stopped = self.progress.stop_rule(record) if server_round < algorithm.rounds else None
+            if self.stopped:
+                self.progress.on_message(f"run ended: {self.stopped}")
+                break
         return self.finish()
 
     def _save_best(self) -> None:
