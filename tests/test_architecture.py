@@ -29,6 +29,7 @@ LAYERS = [
     {"results"},
     {"client", "server"},
     {"simulation", "deployment", "serving"},
+    {"tuning"},
     {"cli"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
@@ -40,6 +41,7 @@ DEFERRED = {
     "fedseqrec/cli/report.py": "torch (the audit loads a model): the parsers of every command are built at start",
     "fedseqrec/cli/serve.py": "torch, uvicorn and FastAPI: the parsers of every command are built at start",
     "fedseqrec/cli/train.py": "torch: the parsers of every command are built at start",
+    "fedseqrec/cli/tune.py": "Optuna, torch and Flower's runtimes: the parsers of every command are built at start",
     "fedseqrec/federated/config.py": "torch (the model class): the parsers are built from the configs",
 }
 
@@ -159,6 +161,9 @@ def test_the_command_tree_is_what_the_readme_documents():
         "report",
         "recommend",
         "serve",
+        "tune",
+        "tune train",
+        "tune simulate",
     ]
 
 

@@ -84,7 +84,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _start_worker(argv: list[str], index: int) -> subprocess.Popen:
     """Another process on the same study (``--jobs``): this command again, as worker ``index``."""
-    return subprocess.Popen([sys.executable, "-m", "fedseqrec", *argv, "--worker", str(index)])
+    return subprocess.Popen([sys.executable, "-m", "fedseqrec.cli", *argv, "--worker", str(index)])
 
 
 def _config_type(name: str) -> type:

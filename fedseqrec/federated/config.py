@@ -46,7 +46,7 @@ class LocalTrainingConfig(FitConfig):
     """A client's training in one round: epochs (or steps) over its own users."""
 
     local_epochs: int = option(
-        1, "passes over the client's users per round", check=positive_int, group=FIT, search=span(1, 3)
+        1, "passes over the client's users a round", check=positive_int, group=FIT, search=span(1, 3)
     )
     local_steps: int | None = option(None, "steps per round instead of --local-epochs", check=positive_int, group=FIT)
     # A fresh AdamW each round restarts its moments: its first steps are full-size steps in the direction of a few
@@ -119,13 +119,7 @@ class AlgorithmConfig:
         "hold that item, the rest by their users; clients report their item counts (no DP, no secure aggregation)",
         group=FEDERATION,
     )
-    proximal_mu: float = option(
-        0.01,
-        "fedprox: weight of the proximal term",
-        check=non_negative,
-        group=FEDERATION,
-        search=span(1e-4, 1.0, log=True),
-    )
+    proximal_mu: float = option(0.01, "fedprox: weight of the proximal term", check=non_negative, group=FEDERATION)
     server_lr: float | None = option(
         None,
         "server learning rate: eta of fedadam/fedyogi/fedadagrad (default 0.01), fedavgm (default 1.0)",
@@ -133,9 +127,7 @@ class AlgorithmConfig:
         group=FEDERATION,
         search=span(1e-3, 2.0, log=True),
     )
-    server_momentum: float = option(
-        0.9, "fedavgm: server momentum", check=within(0, 1), group=FEDERATION, search=span(0.0, 0.95)
-    )
+    server_momentum: float = option(0.9, "fedavgm: server momentum", check=within(0, 1), group=FEDERATION)
     beta_1: float = option(0.9, "fedadam/fedyogi: first-moment decay", check=within(0, 1), group=FEDERATION)
     beta_2: float = option(0.99, "fedadam/fedyogi: second-moment decay", check=within(0, 1), group=FEDERATION)
     tau: float = option(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity", check=positive, group=FEDERATION)

@@ -3,7 +3,8 @@ differential privacy", ICLR 2022).
 
 Each trial is a private run whose validation score is itself released with Gaussian noise; the search runs a random
 number K of trials, K drawn once from a truncated negative binomial distribution TNB(η, γ) (η = 0: the logarithmic
-distribution, η = 1: the geometric), and releases the trial with the best noised score. If one trial is
+distribution, η = 1: the geometric; η ≥ 0 here, as dp-accounting's RepeatAndSelectDpEvent, which the tests check
+against), and releases the trial with the best noised score. If one trial is
 (λ, ε(λ))-RDP at every order, the search is (λ, ε'(λ))-RDP with (their Theorem 2)
 
     ε'(λ) = ε(λ) + min over λ̂ ≥ 1 of [(1 + η)(1 − 1/λ̂) ε(λ̂) + (1 + η) log(1/γ) / λ̂] + log(E[K]) / (λ − 1).
@@ -27,29 +28,31 @@ Record = tuple[float, float, int]  # (noise multiplier, sample rate, steps): one
 
 
 def orders() -> tuple[float, ...]:
+    """Opacus' Rényi orders (ascending): those of every RDP ε fedseqrec prints."""
     from opacus.accountants import RDPAccountant
 
     return tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
-def rdp_of(records: Iterable[Record]) -> np.ndarray:
-    """The RDP curve (one value per order of :func:`orders`) of composed Poisson-subsampled Gaussian releases."""
+def rdp_of(records: Iterable[Record], alphas: Sequence[float] | None = None) -> np.ndarray:
+    """The RDP curve (one value per order) of composed Poisson-subsampled Gaussian releases."""
     from opacus.accountants.analysis import rdp as analysis
 
-    total = np.zeros(len(orders()))
+    alphas = list(alphas or orders())
+    total = np.zeros(len(alphas))
     for noise, rate, steps in records:
         if steps > 0:
-            total += np.asarray(analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=orders()))
+            total += np.asarray(analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=alphas))
     return total
 
 
-def epsilon_of_rdp(rdp: np.ndarray, delta: float) -> float:
+def epsilon_of_rdp(rdp: np.ndarray, delta: float, alphas: Sequence[float] | None = None) -> float:
     """(ε at δ) of an RDP curve, by Opacus' conversion."""
     from opacus.accountants.analysis import rdp as analysis
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        eps, _ = analysis.get_privacy_spent(orders=list(orders()), rdp=rdp, delta=delta)
+        eps, _ = analysis.get_privacy_spent(orders=list(alphas or orders()), rdp=rdp, delta=delta)
     return float(eps)
 
 
@@ -83,12 +86,16 @@ def draw_trials(eta: float, gamma: float, rng: np.random.Generator | None = None
             return k
 
 
-def search_rdp(trial_rdp: Sequence[float], eta: float, gamma: float) -> np.ndarray:
-    """The RDP curve of the whole search (the formula above), at every order of :func:`orders`."""
-    alphas = np.asarray(orders())
+def search_rdp(
+    trial_rdp: Sequence[float], eta: float, gamma: float, alphas: Sequence[float] | None = None
+) -> np.ndarray:
+    """The RDP curve of the whole search (the formula above), at the same orders (ascending) as ``trial_rdp``."""
+    alphas = np.asarray(alphas or orders())
     trial = np.asarray(trial_rdp, dtype=float)
     selection = np.min((1 + eta) * (1 - 1 / alphas) * trial + (1 + eta) * math.log(1 / gamma) / alphas)
-    return trial + selection + math.log(expected_trials(eta, gamma)) / (alphas - 1)
+    bound = trial + selection + math.log(expected_trials(eta, gamma)) / (alphas - 1)
+    # RDP grows with the order: a higher order's bound holds at every lower one.
+    return np.minimum.accumulate(bound[::-1])[::-1]
 
 
 def score_record(noise_multiplier: float) -> Record:

@@ -69,8 +69,8 @@ class PrivateSearch:
 
     @classmethod
     def draw(cls, mean_trials: float, eta: float, score_noise: float, rng=None) -> PrivateSearch:
-        if not eta > -1:
-            raise UserError(f"--trials-eta must be above -1, got {eta:g}")
+        if not eta >= 0:
+            raise UserError(f"--trials-eta must be >= 0 (0: logarithmic, 1: geometric), got {eta:g}")
         if not score_noise > 0:
             raise UserError(f"--score-noise must be positive, got {score_noise:g}")
         gamma = gamma_for(mean_trials, eta)

@@ -61,9 +61,9 @@ def open_study(settings: StudySettings, dims: list[Dimension], identity: dict) -
     a stored study made by another command is refused."""
     settings.out.mkdir(parents=True, exist_ok=True)
     # A trial of a private search is never retried: it has spent its privacy, and the number of trials is drawn.
-    retry = None if settings.search is not None else optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # (heartbeats: "experimental")
+        retry = None if settings.search else optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
         storage = optuna.storages.RDBStorage(
             settings.storage_url,
             heartbeat_interval=HEARTBEAT_SECONDS,
@@ -139,7 +139,13 @@ def budget(study: optuna.Study, settings: StudySettings) -> int:
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
+    """The trials the budget counts: completed, pruned, or failed for a reason of their own — not one that was
+    interrupted, or whose worker died (it is run again)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if t.state != optuna.trial.TrialState.FAIL or "failed" in t.user_attrs
+    ]
 
 
 @dataclass

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedseqrec.centralized.config import TrainConfig
+from fedseqrec.centralized.training import train_centralized
 from fedseqrec.data.dataset import PARTITION, DataConfig
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import section
+from fedseqrec.server.loop import Progress
+from fedseqrec.simulation.engine import simulate
 
 # Reported after each evaluation: (step, validation figure) → why to stop the trial now, or None.
 Report = Callable[[int, float], str | None]
@@ -69,8 +72,6 @@ class Command:
 
 
 def _train(config: TrainRun, out: Path, report: Report) -> dict:
-    from fedseqrec.centralized.training import train_centralized
-
     chosen = task_of(config.data.task).selection
 
     def stop_rule(record: dict) -> str | None:
@@ -83,9 +84,6 @@ def _train(config: TrainRun, out: Path, report: Report) -> dict:
 def _simulate(
     config: RunConfig, out: Path, report: Report, settings: SimulationSettings, on_message: Callable[[str], None]
 ) -> dict:
-    from fedseqrec.server.loop import Progress
-    from fedseqrec.simulation.engine import simulate
-
     chosen = task_of(config.data.task).selection
 
     def stop_rule(record: dict) -> str | None:

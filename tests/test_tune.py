@@ -1,0 +1,228 @@
+"""`fedseqrec tune`: search spaces from the declarations, a study that runs, resumes, prunes and records failures,
+and a best trial whose command line and config file reproduce its figures exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from fedseqrec.cli import build_parser
+from fedseqrec.federated.config import RunConfig
+from fedseqrec.options import Space, declared, from_args, to_argv, with_values
+from fedseqrec.tuning.space import default_search, parse_space, search_space
+from fedseqrec.tuning.trials import NOT_FLAGS, TrainRun
+
+SMALL = ["--shop-users", "300", "--shop-items", "200", "--hidden", "16", "--heads", "1", "--inner", "32"]
+TRAIN = ["tune", "train", *SMALL, "--epochs", "3"]
+
+
+def _study(folder):
+    return json.loads((folder / "study.json").read_text())
+
+
+# --- the search space -----------------------------------------------------------------------------------------------
+
+
+def test_declared_ranges_and_ranges_given_on_the_command_line():
+    dims = {d.key: d for d in search_space(TrainRun(), ["lr", "dropout=0.1:0.3", "hidden=16,32"], ())}
+    assert dims["lr"].space == Space(1e-4, 1e-2, log=True)  # declared beside the option
+    assert dims["dropout"].space == Space(0.1, 0.3)
+    assert dims["hidden"].space.values == (16, 32) and all(isinstance(v, int) for v in dims["hidden"].space.values)
+    assert dims["lr"].grid(3) == pytest.approx([1e-4, 1e-3, 1e-2])  # log-spaced
+    assert dims["dropout"].grid(3) == pytest.approx([0.1, 0.2, 0.3])
+    layers = search_space(TrainRun(), ["layers=1:3"], ())[0]
+    assert layers.grid(5) == [1, 2, 3]  # distinct integers
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        (["learning-rate"], "no option learning-rate"),
+        (["lr", "lr"], "twice"),
+        (["heads"], "declares no range"),
+        (["dropout=0.5:0.1"], "low < high"),
+        (["lr=0:1:log"], "must be positive"),
+        (["tie-items=1:2"], "true,false"),
+        (["lr=1:2:lin"], "LOW:HIGH:log"),
+    ],
+)
+def test_a_bad_search_is_refused_with_its_reason(given, words):
+    from fedseqrec.errors import UserError
+
+    with pytest.raises((UserError, ValueError), match=words):
+        search_space(TrainRun(), given, ())
+
+
+def test_the_default_search_follows_the_run():
+    assert default_search("train", TrainRun()) == ("lr", "weight-decay", "dropout", "label-smoothing")
+    private = with_values(RunConfig(), {"privacy": "user-level", "strategy": "fedadam"})
+    assert default_search("simulate", private) == ("max-grad-norm", "server-lr", "dropout")
+    assert default_search("simulate", with_values(RunConfig(), {"privacy": "dp-sgd"}))[1] == "max-grad-norm"
+
+
+def test_a_range_is_typed_as_its_option():
+    option = next(d for d in declared(TrainRun()) if d.key == "layers")
+    assert parse_space("1:4", option) == Space(1, 4.0)
+
+
+@pytest.mark.parametrize("config", [TrainRun(), RunConfig()])
+def test_flags_rebuild_a_config_exactly(config):
+    changed = with_values(config, {"lr": 0.000123456789, "tie-items": True, "side-info": False, "dropout": 0.25})
+    command = "train" if isinstance(config, TrainRun) else "simulate"
+    argv = to_argv(changed, exclude=NOT_FLAGS[command])
+    assert "--no-side-info" in argv and "--tie-items" in argv and "0.000123456789" in argv
+    args = build_parser().parse_args([command, *argv])
+    assert from_args(type(config)(), args, exclude=NOT_FLAGS[command]) == changed
+
+
+# --- --config FILE ----------------------------------------------------------------------------------------------------
+
+
+def test_a_config_file_sets_options_and_flags_win(cli, tmp_path):
+    config = tmp_path / "best.toml"
+    config.write_text('lr = 0.004\ndropout = 0.3\ntie-items = true\nside-info = false\nmin-rating = ""\n')
+    argv = ["train", "--config", str(config), "--dropout", "0.2"]
+    from fedseqrec.cli.common import with_config_file
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args = with_config_file(parser, args, argv)
+    assert (args.lr, args.dropout, args.tie_items, args.side_info, args.min_rating) == (0.004, 0.2, True, False, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("drop-out = 0.1\n", "drop-out is not an option of this command; did you mean dropout?"),
+        ('lr = "fast"\n', "expected float"),
+        ("epochs = 2.5\n", "expected int"),
+        ('model = "transformer"\n', "expected one of"),
+        ("tie-items = 1\n", "expected true or false"),
+        ("lr = \n", "not TOML"),
+        ('partition = "iid"\n', "partition is not an option of this command"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_exit_2(cli, tmp_path, text, words):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = cli("train", "--config", config, "--out", tmp_path / "run")
+    assert result.code == 2 and words in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "run").exists()
+
+
+# --- studies ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_study_runs_and_its_best_command_reproduces_the_best_trial(cli, tmp_path, monkeypatch):
+    out = tmp_path / "tune"
+    result = cli(*TRAIN, "--trials", "3", "--pruner", "none", "--search", "lr", "--search", "dropout", "--out", out)
+    assert result.code == 0, result.err
+    lines = [line for line in result.out.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 3 and all("best " in line for line in lines)
+    study = _study(out)
+    assert [t["state"] for t in study["trials"]] == ["complete"] * 3
+    for trial in study["trials"]:  # each an ordinary run folder
+        assert (tmp_path / trial["run_folder"] / "metrics.json").is_file()
+        assert (tmp_path / trial["run_folder"] / "model.pt").is_file()
+    best = study["best"]
+    assert best["value"] == max(t["value"] for t in study["trials"])
+    line = shlex.split((out / "best.txt").read_text())
+    assert line[:2] == ["fedseqrec", "train"] and best["command"] == (out / "best.txt").read_text().strip()
+    line[line.index("--out") + 1] = str(tmp_path / "again")
+    assert cli(*line[1:]).code == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["test"] == best["test"] and again["valid"]["NDCG@10"] == best["value"]  # exactly
+    assert cli("train", "--config", out / "best.toml", "--out", tmp_path / "from-file").code == 0
+    assert json.loads((tmp_path / "from-file" / "metrics.json").read_text())["test"] == best["test"]
+    evaluated = cli("evaluate", "--checkpoint", best["run_folder"], "--json")
+    assert json.loads(evaluated.out)["test"] == best["test"]
+
+
+def test_the_same_command_continues_the_study_and_another_is_refused(cli, tmp_path):
+    out = tmp_path / "tune"
+    args = [*TRAIN, "--search", "lr", "--pruner", "none", "--out", out]
+    assert cli(*args, "--trials", "2").code == 0
+    assert cli(*args, "--trials", "3").code == 0
+    assert [t["trial"] for t in _study(out)["trials"]] == [0, 1, 2]
+    done = cli(*args, "--trials", "3")
+    assert done.code == 0 and "its 3 trials are done" in done.out
+    other = cli(*TRAIN, "--search", "dropout", "--out", out, "--trials", "4")
+    assert other.code == 2 and "was made by another command" in other.err and "space" in other.err
+
+
+def test_a_planted_bad_trial_is_pruned(cli, tmp_path):
+    out = tmp_path / "tune"
+    good = "lr=0.005"
+    result = cli(
+        *TRAIN, "--search", "lr", "--trials", "3", "--startup-trials", "2", "--sampler", "random",
+        "--enqueue", good, "--enqueue", "lr=0.0049", "--enqueue", "lr=0.0001", "--out", out,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    states = [(t["params"]["lr"], t["state"]) for t in _study(out)["trials"]]
+    assert states == [(0.005, "complete"), (0.0049, "complete"), (0.0001, "pruned")]
+    pruned = _study(out)["trials"][2]
+    assert pruned["last_step"] == 1  # stopped after its first epoch, and its run folder is whole
+    metrics = json.loads((tmp_path / pruned["run_folder"] / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["stopped"].startswith("pruned by the study")
+
+
+def test_a_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(cli, tmp_path):
+    out = tmp_path / "tune"
+    result = cli(*TRAIN, "--search", "heads=1,3", "--trials", "2", "--enqueue", "heads=3", "--enqueue", "heads=1",
+                 "--out", out)  # fmt: skip
+    assert result.code == 0
+    first, second = _study(out)["trials"]
+    assert first["state"] == "fail" and "divisible by --heads 3" in first["failed"]
+    assert "failed: --hidden 16 must be divisible" in result.out
+    assert second["state"] == "complete" and _study(out)["best"]["trial"] == 1
+
+
+def test_grid_search_tries_every_point_once(cli, tmp_path):
+    out = tmp_path / "tune"
+    result = cli(*TRAIN, "--sampler", "grid", "--search", "hidden=8,16", "--search", "dropout=0.1,0.3",
+                 "--trials", "50", "--pruner", "none", "--out", out)  # fmt: skip
+    assert result.code == 0
+    points = sorted((t["params"]["hidden"], t["params"]["dropout"]) for t in _study(out)["trials"])
+    assert points == [(8, 0.1), (8, 0.3), (16, 0.1), (16, 0.3)]
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_resumes_from_its_database(tmp_path):
+    out = tmp_path / "tune"
+    argv = [sys.executable, "-m", "fedseqrec.cli", *TRAIN, "--epochs", "80", "--patience", "80", "--search", "lr",
+            "--pruner", "none", "--trials", "3", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in process.stdout:  # interrupted during its second trial
+        if line.startswith("trial   0"):
+            time.sleep(1.0)
+            process.send_signal(signal.SIGINT)
+            break
+    assert process.wait(timeout=120) == 130
+    storage = f"sqlite:///{out / 'study.db'}"
+    trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]  # the interrupted one is not counted
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "trial   2" in done.stdout and "trial   3" in done.stdout
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(cli, tmp_path):
+    out = tmp_path / "tune"
+    result = cli(*TRAIN, "--search", "lr", "--pruner", "none", "--trials", "4", "--jobs", "2", "--out", out)
+    assert result.code == 0, result.err
+    trials = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    assert len(trials) >= 4 and sum(t.state.name == "COMPLETE" for t in trials) >= 4
+    assert len({t.params["lr"] for t in trials}) == len(trials)  # the workers' samplers differ
