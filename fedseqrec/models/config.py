@@ -79,6 +79,7 @@ class ModelConfig:
         "window of most recent events the model sees (one training example per user)",
         check=positive_int,
         group=MODEL,
+        search=one_of(50, 100, 200),
     )
     side_info: bool = option(
         True, "no event-type and time-gap embeddings (default: use them where the data has them)", group=MODEL
