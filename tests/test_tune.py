@@ -226,3 +226,33 @@ def test_two_workers_share_one_study(cli, tmp_path):
     trials = optuna.load_study(study_name="tune", storage=f"sqlite:///{out / 'study.db'}").get_trials()
     assert len(trials) >= 4 and sum(t.state.name == "COMPLETE" for t in trials) >= 4
     assert len({t.params["lr"] for t in trials}) == len(trials)  # the workers' samplers differ
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_was_killed_is_run_again(tmp_path):
+    from fedseqrec.tuning.study import GRACE_SECONDS
+
+    out = tmp_path / "tune"
+    argv = [sys.executable, "-m", "fedseqrec.cli", *TRAIN, "--epochs", "200", "--patience", "200", "--search", "lr",
+            "--pruner", "none", "--trials", "1", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # killed once its trial is running
+        time.sleep(1)
+        try:
+            trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
+        except Exception:  # (the study is not made yet)
+            continue
+        if trials and trials[0].state.name == "RUNNING":
+            break
+    process.kill()
+    process.wait()
+    killed = optuna.load_study(study_name="tune", storage=storage).get_trials()[0]
+    assert killed.state.name == "RUNNING"  # as the database last heard of it
+    time.sleep(GRACE_SECONDS + 5)  # its heartbeat goes stale
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)  # the same command again
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
+    assert trials[0].state.name == "FAIL" and "failed" not in trials[0].user_attrs  # not counted
+    assert trials[1].params == killed.params and trials[1].state.name == "COMPLETE"  # run again

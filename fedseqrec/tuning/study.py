@@ -5,6 +5,7 @@ recorded as failed, with its reason, and the study goes on."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -126,15 +127,12 @@ def _pruner(settings: StudySettings):
     return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=0)
 
 
-def budget(study: optuna.Study, settings: StudySettings) -> int:
+def budget(settings: StudySettings, dims: list[Dimension]) -> int:
     """The number of trials the study runs in all: --trials, the grid's size, or the K of a private search."""
     if settings.search is not None:
         return settings.search.trials
-    if isinstance(study.sampler, optuna.samplers.GridSampler):
-        size = 1
-        for values in study.sampler._search_space.values():  # (Optuna keeps the grid there; no public accessor)
-            size *= len(values)
-        return min(settings.trials, size)
+    if settings.sampler == "grid":
+        return min(settings.trials, math.prod(len(d.grid(settings.grid_points)) for d in dims))
     return settings.trials
 
 
@@ -159,7 +157,7 @@ class Study:
     on_line: Callable[[str], None]
 
     def run(self, study: optuna.Study) -> None:
-        total = budget(study, self.settings)
+        total = budget(self.settings, self.dims)
         left = total - len(finished(study))
         if left <= 0:
             self.on_line(f"study {self.settings.name}: its {total} trials are done")
