@@ -24,29 +24,33 @@ GROUP = "tuning"
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fedseqrec.tuning.runner import TuneRequest, tune  # Optuna and torch: not for building the parsers
+    # Optuna, torch and Flower: not for building the parsers
+    from fedseqrec.tuning.runner import TuneRequest, tune
+    from fedseqrec.tuning.study import StudySettings
+    from fedseqrec.tuning.trials import SimulationSettings
 
     request = TuneRequest(
         command=args.tune_command,
         base=from_args(_config_type(args.tune_command)(), args, exclude=("data.max_len", "out")),
+        study=StudySettings(
+            out=Path(args.out or f"runs/tune-{args.tune_command}-{args.model}"),
+            trials=args.trials,
+            timeout=args.timeout,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            startup_trials=args.startup_trials,
+            grid_points=args.grid_points,
+            storage=args.storage,
+            study_name=args.study_name,
+            seed=args.sampler_seed,
+            worker=args.worker,
+        ),
         search=args.search or [],
         enqueue=args.enqueue or [],
-        out=Path(args.out or f"runs/tune-{args.tune_command}-{args.model}"),
-        trials=args.trials,
-        timeout=args.timeout,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        startup_trials=args.startup_trials,
-        grid_points=args.grid_points,
-        storage=args.storage,
-        study_name=args.study_name,
-        sampler_seed=args.sampler_seed,
-        worker=args.worker,
         tuning_privacy=args.tuning_privacy,
         trials_eta=args.trials_eta,
         score_noise=args.score_noise,
-        client_cpus=getattr(args, "client_cpus", 1.0),
-        client_gpus=getattr(args, "client_gpus", None),
+        simulation=SimulationSettings(getattr(args, "client_cpus", 1.0), getattr(args, "client_gpus", None)),
     )
     check(request.base)
     if args.jobs < 1:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from fedseqrec.errors import UserError
 from fedseqrec.options import declared
@@ -20,24 +19,13 @@ from fedseqrec.tuning.trials import Command, SimulationSettings
 class TuneRequest:
     command: str  # train | simulate
     base: object  # the command's config, as its flags gave it
-    out: Path
-    trials: float = 20
+    study: StudySettings
     search: list[str] = field(default_factory=list)
     enqueue: list[str] = field(default_factory=list)
-    timeout: float | None = None
-    sampler: str = "auto"
-    pruner: str = "auto"
-    startup_trials: int = 5
-    grid_points: int = 3
-    storage: str | None = None
-    study_name: str | None = None
-    sampler_seed: int = 0
-    worker: int = 0
     tuning_privacy: str | None = "accounted"
     trials_eta: float = 0.0
     score_noise: float = 3.0
-    client_cpus: float = 1.0
-    client_gpus: float | None = None
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
 
 
 def tune(
@@ -45,12 +33,12 @@ def tune(
 ) -> dict:
     """Run (or continue) the study; its summary (``study.json``). ``on_open``: called once the study is in its
     storage (other workers may join it from then on)."""
-    command = Command(request.command, SimulationSettings(request.client_cpus, request.client_gpus))
+    command = Command(request.command, request.simulation)
     privacy = request.tuning_privacy if command.private(request.base) else None
     accounted = privacy == "accounted"
     default = default_search(command.name, request.base)
     dims = search_space(request.base, request.search, default, exclude=command.not_flags)
-    settings = _settings(request, accounted, dims)
+    settings = replace(request.study, search=_private_search(request, accounted, dims))
     identity = {
         "command": command.name,
         "fixed": {d.key: d.default for d in declared(request.base) if d.key not in {x.key for x in dims}},
@@ -58,52 +46,39 @@ def tune(
         "tuning_privacy": privacy,
     }
     study = open_study(settings, dims, identity)
-    for text in request.enqueue if request.worker == 0 and not study.get_trials(deepcopy=False) else []:
+    for text in request.enqueue if settings.worker == 0 and not study.get_trials(deepcopy=False) else []:
         study.enqueue_trial(_values(text, dims), skip_if_exists=True)
     if on_open is not None:
         on_open()
     if accounted:
         on_line(
             f"accounted private search: {settings.search.trials} trials (drawn from a truncated negative binomial "
-            f"of mean {request.trials:g}), validation scores noised with σ = {settings.search.score_noise:g}"
+            f"of mean {settings.trials:g}), validation scores noised with σ = {settings.search.score_noise:g}"
         )
     Study(command, request.base, dims, settings, on_line).run(study)
     ledger = private_ledger(study, settings)
     return write_summary(settings.out, study, command, request.base, privacy, ledger)
 
 
-def _settings(request: TuneRequest, accounted: bool, dims: list[Dimension]) -> StudySettings:
-    if request.trials < 1 or (not accounted and request.trials != int(request.trials)):
-        raise UserError(f"--trials must be a whole number of at least 1, got {request.trials:g}")
-    search = None
-    if accounted:
-        check_searchable([d.key for d in dims])
-        if request.timeout is not None:
-            raise UserError(
-                "--timeout: an accounted private search runs the number of trials it drew (a time limit would cut "
-                "it by how long private trials take); interrupt it and run the same command to continue instead"
-            )
-        if request.base.privacy.released != LAST:
-            raise UserError(
-                "--release best-validation picks a round on validation items read in the clear: an accounted "
-                "private search releases each trial's last round"
-            )
-        search = PrivateSearch.draw(request.trials, request.trials_eta, request.score_noise)
-    return StudySettings(
-        out=request.out,
-        trials=int(request.trials),
-        timeout=request.timeout,
-        sampler=request.sampler,
-        pruner=request.pruner,
-        startup_trials=request.startup_trials,
-        grid_points=request.grid_points,
-        storage=request.storage,
-        study_name=request.study_name,
-        seed=request.sampler_seed,
-        worker=request.worker,
-        privacy=request.tuning_privacy,
-        search=search,
-    )
+def _private_search(request: TuneRequest, accounted: bool, dims: list[Dimension]) -> PrivateSearch | None:
+    """The settings of an accounted search (K drawn; a stored study keeps its own), after what it refuses."""
+    trials = request.study.trials
+    if trials < 1 or (not accounted and trials != int(trials)):
+        raise UserError(f"--trials must be a whole number of at least 1, got {trials:g}")
+    if not accounted:
+        return None
+    check_searchable([d.key for d in dims])
+    if request.study.timeout is not None:
+        raise UserError(
+            "--timeout: an accounted private search runs the number of trials it drew (a time limit would cut "
+            "it by how long private trials take); interrupt it and run the same command to continue instead"
+        )
+    if request.base.privacy.released != LAST:
+        raise UserError(
+            "--release best-validation picks a round on validation items read in the clear: an accounted "
+            "private search releases each trial's last round"
+        )
+    return PrivateSearch.draw(trials, request.trials_eta, request.score_noise)
 
 
 def _values(text: str, dims: list[Dimension]) -> dict:

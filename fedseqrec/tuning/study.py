@@ -35,7 +35,7 @@ HEARTBEAT_SECONDS, GRACE_SECONDS = 20, 60  # a trial whose worker was killed is 
 @dataclass
 class StudySettings:
     out: Path
-    trials: int
+    trials: float  # an accounted private search: their mean
     timeout: float | None = None
     sampler: str = "auto"
     pruner: str = "auto"
@@ -45,7 +45,6 @@ class StudySettings:
     study_name: str | None = None
     seed: int = 0
     worker: int = 0
-    privacy: str = "accounted"  # for private runs: accounted | clear | proxy
     search: PrivateSearch | None = None  # an accounted private search (drawn once; the stored one wins)
 
     @property
@@ -132,8 +131,8 @@ def budget(settings: StudySettings, dims: list[Dimension]) -> int:
     if settings.search is not None:
         return settings.search.trials
     if settings.sampler == "grid":
-        return min(settings.trials, math.prod(len(d.grid(settings.grid_points)) for d in dims))
-    return settings.trials
+        return min(int(settings.trials), math.prod(len(d.grid(settings.grid_points)) for d in dims))
+    return int(settings.trials)
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
