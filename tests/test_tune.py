@@ -163,7 +163,7 @@ def test_a_planted_bad_trial_is_pruned(cli, tmp_path):
     out = tmp_path / "tune"
     good = "lr=0.005"
     result = cli(
-        *TRAIN, "--search", "lr", "--trials", "3", "--startup-trials", "2", "--sampler", "random",
+        *TRAIN, "--search", "lr", "--trials", "3", "--startup-trials", "2", "--prune-after", "1", "--sampler", "random",
         "--enqueue", good, "--enqueue", "lr=0.0049", "--enqueue", "lr=0.0001", "--out", out,
     )  # fmt: skip
     assert result.code == 0, result.err

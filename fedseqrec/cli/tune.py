@@ -39,6 +39,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             sampler=args.sampler,
             pruner=args.pruner,
             startup_trials=args.startup_trials,
+            prune_after=args.prune_after,
             grid_points=args.grid_points,
             storage=args.storage,
             study_name=args.study_name,
@@ -127,7 +128,14 @@ def _add_tune_options(parser: argparse.ArgumentParser, command: str) -> None:
     group.add_argument("--grid-points", type=int, default=3, help="--sampler grid: values tried over each range")
     group.add_argument("--pruner", default="auto", choices=("auto", "median", "none"), help="auto: median")
     group.add_argument(
-        "--startup-trials", type=int, default=5, help="trials completed before pruning (and TPE's model) starts"
+        "--startup-trials", type=int, default=10, help="trials completed before pruning (and TPE's model) starts"
+    )
+    group.add_argument(
+        "--prune-after",
+        type=int,
+        default=10,
+        metavar="STEPS",
+        help="epochs (train) or rounds (simulate) a trial runs before it may be pruned",
     )
     group.add_argument("--sampler-seed", type=int, default=0, help="seed of the sampler")
     group.add_argument(
