@@ -133,9 +133,10 @@ def _add_tune_options(parser: argparse.ArgumentParser, command: str) -> None:
     group.add_argument(
         "--prune-after",
         type=int,
-        default=10,
+        default=30,
         metavar="STEPS",
-        help="epochs (train) or rounds (simulate) a trial runs before it may be pruned",
+        help="epochs (train) or rounds (simulate) a trial runs before it may be pruned (an early figure says little "
+        "of where a run ends)",
     )
     group.add_argument("--sampler-seed", type=int, default=0, help="seed of the sampler")
     group.add_argument(

@@ -40,7 +40,7 @@ class StudySettings:
     sampler: str = "auto"
     pruner: str = "auto"
     startup_trials: int = 10
-    prune_after: int = 10  # epochs or rounds a trial runs before it may be pruned
+    prune_after: int = 30  # epochs or rounds a trial runs before it may be pruned
     grid_points: int = 3
     storage: str | None = None
     study_name: str | None = None
@@ -132,10 +132,9 @@ def _pruner(settings: StudySettings):
         return optuna.pruners.NopPruner()
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
-    # Not before --prune-after epochs or rounds: a first epoch's figure says little of where a run ends (pruning at
-    # step 1 stopped 45 of 50 ml-100k trials, benchmark-notes.md).
-    warmup = settings.prune_after - 1
-    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=warmup)
+    # Not before --prune-after epochs or rounds: an early figure says little of where a run ends (on ml-100k, the
+    # configurations that end best start slowest; benchmark-notes.md, issue 31).
+    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.prune_after)
 
 
 def budget(settings: StudySettings, dims: list[Dimension]) -> int:
