@@ -81,7 +81,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if best is None:
         print("no trial completed")
         return 1
-    print(f"best: trial {best['trial']} (valid {best['value']:.4f}), run folder {best['run_folder']}")
+    score = "noised validation score" if summary.get("privacy") else "valid"
+    print(f"best: trial {best['trial']} ({score} {best['value']:.4f}), run folder {best['run_folder']}")
     print(f"reproduce it: {best['command']}")
     print(f"or: fedseqrec {args.tune_command} --config {best['config_file']}")
     return 0

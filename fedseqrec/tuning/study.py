@@ -243,7 +243,7 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     seconds = trial.user_attrs.get("seconds", 0.0)
     state = trial.state
     if state == optuna.trial.TrialState.COMPLETE:
-        outcome = f"valid {trial.value:.4f}"
+        outcome = f"{'noised valid' if 'noised_score' in trial.user_attrs else 'valid'} {trial.value:.4f}"
     elif state == optuna.trial.TrialState.PRUNED:
         outcome = f"pruned at step {trial.last_step}"
     else:
