@@ -324,14 +324,14 @@ def _tuning_rows() -> list[tuple]:
                 f"ml-100k, user-level ε = 8: an accounted search over {search['search']['trials']} trials (mean "
                 f"{search['search']['mean_trials']:g}), its ε ÷ one run's",
                 search["ratio_to_single_run"],
-                "{:.2f}×",
+                "{:.5f}×",
                 "`python benchmarks/tune.py private-ml-100k`",
                 (1.5, "issue 31", "at most"),
             ),
             (
                 "the same: the released model's test NDCG@10 ÷ the untuned private default's",
                 private["best_test_NDCG@10"] / private["untuned_default"]["test_NDCG@10"],
-                "{:.2f}×",
+                "{:.3f}×",
                 "`python benchmarks/tune.py private-ml-100k`",
                 (1.0, "issue 31: beats it"),
             ),
