@@ -8,6 +8,7 @@ number of trials is drawn once, when the study is made, and kept in the study. T
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,8 +116,6 @@ def trial_ledger(folder: Path) -> dict:
 
 
 def _read(path: Path) -> dict:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:

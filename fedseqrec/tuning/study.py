@@ -195,11 +195,9 @@ class Study:
             config = with_values(self.base, values)
             check(config)
             results = self.command.run(config, folder, self._reporter(trial), self.on_line)
-        except (UserError, RunError) as err:
-            trial.set_user_attr("failed", str(err))
-            raise
-        except Exception as err:
-            trial.set_user_attr("failed", f"{type(err).__name__}: {err}")
+        except Exception as err:  # recorded, and the study goes on (optimize's catch)
+            ours = isinstance(err, UserError | RunError)
+            trial.set_user_attr("failed", str(err) if ours else f"{type(err).__name__}: {err}")
             raise
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
