@@ -27,11 +27,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # Optuna, torch and Flower: not for building the parsers
     from fedseqrec.tuning.runner import TuneRequest, tune
     from fedseqrec.tuning.study import StudySettings
-    from fedseqrec.tuning.trials import SimulationSettings
+    from fedseqrec.tuning.trials import Command, SimulationSettings
 
+    kind = Command(args.tune_command)
     request = TuneRequest(
         command=args.tune_command,
-        base=from_args(_config_type(args.tune_command)(), args, exclude=("data.max_len", "out")),
+        base=from_args(kind.config_type(), args, exclude=kind.not_flags),
         study=StudySettings(
             out=Path(args.out or f"runs/tune-{args.tune_command}-{args.model}"),
             trials=args.trials,
@@ -91,13 +92,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def _start_worker(argv: list[str], index: int) -> subprocess.Popen:
     """Another process on the same study (``--jobs``): this command again, as worker ``index``."""
     return subprocess.Popen([sys.executable, "-m", "fedseqrec.cli", *argv, "--worker", str(index)])
-
-
-def _config_type(name: str) -> type:
-    from fedseqrec.federated.config import RunConfig
-    from fedseqrec.tuning.trials import TrainRun
-
-    return TrainRun if name == "train" else RunConfig
 
 
 def _add_tune_options(parser: argparse.ArgumentParser, command: str) -> None:
