@@ -1,6 +1,6 @@
 """Compressed client updates (`--compression`) against float32 on a FedAvg federation of Amazon Beauty.
 
-    python benchmarks/compressed_updates.py [--modes none fp16 int8 topk:0.1 topk:0.05] [--rounds 8] [--seed 0]
+    python benchmarks/compressed_updates.py [--modes none fp16 int8 int4 topk:0.1 topk:0.05] [--rounds 8] [--seed 0]
                                             [--out benchmarks/results/compressed_updates.json]
 
 `fedseqrec simulate --partition iid --clients 10` on Beauty with the Beauty preset (papers.py's amazon flags for
@@ -59,7 +59,7 @@ def run(mode: str, rounds: int, seed: int, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["none", "fp16", "int8", "topk:0.1", "topk:0.05"])
+    parser.add_argument("--modes", nargs="+", default=["none", "fp16", "int8", "int4", "topk:0.1", "topk:0.05"])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compressed_updates.json")

@@ -53,6 +53,31 @@ def test_int8_is_within_half_a_step_of_each_rows_scale_and_four_times_smaller():
     assert payload_bytes(sent) == (300 * 16 + 2 * 300) + (300 + 2) + 8
 
 
+def test_int4_is_within_half_a_step_two_values_a_byte():
+    update = {**_update(), "odd": np.array([[0.3, -0.1, 0.05], [0.0, 0.0, 0.0]], dtype=np.float32)}
+    sent, kept = encode(update, "int4")
+    assert sent["table"].dtype == np.uint8 and sent["table"].shape == (300, 8) and sent["odd"].shape == (2, 2)
+    back = decode(sent, _expected(update), "int4")
+    for key in ("table", "odd"):
+        step = np.abs(update[key]).max(axis=1) / 7
+        assert (np.abs(back[key] - update[key]) <= step[:, None] * 0.5 * (1 + 2**-10) + 1e-12).all()
+        assert np.allclose(back[key] + kept[key], update[key], atol=1e-7)
+    assert np.array_equal(back["odd"][1], np.zeros(3))
+    assert back["odd"][0, 0] == 7 * sent["odd::scale"][0].astype(np.float32)
+    # half a byte a value (the odd rows' spare half bytes included), a float16 scale a row; the step count as it is
+    assert payload_bytes(sent) == (300 * 8 + 2 * 300) + (150 + 2) + (2 * 2 + 2 * 2) + 8
+
+
+def test_int4_refuses_the_code_no_encoder_writes_and_a_wrong_width():
+    update = _update()
+    sent, _ = encode(update, "int4")
+    broken = dict(sent, table=sent["table"] & np.uint8(0xF0))  # a low half byte of 0: the value -8
+    with pytest.raises(ValueError, match="4-bit value outside -7..7"):
+        decode(broken, _expected(update), "int4")
+    with pytest.raises(ValueError, match=r"expected uint8\[300, 8\]"):
+        decode(dict(sent, table=sent["table"][:, :7]), _expected(update), "int4")
+
+
 def test_topk_sends_the_largest_entries_and_keeps_the_rest():
     update = _update()
     sent, kept = encode(update, "topk", share=0.05)
@@ -65,7 +90,7 @@ def test_topk_sends_the_largest_entries_and_keeps_the_rest():
     assert np.allclose(back["table"] + kept["table"], update["table"], atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ["int8", "topk"])
+@pytest.mark.parametrize("mode", ["int8", "int4", "topk"])
 def test_error_feedback_delivers_every_update_in_the_end(mode):
     """Σ of what the server decoded over rounds = Σ of the updates − what the client still holds: nothing lost."""
     residual, delivered, total = None, 0.0, 0.0
@@ -126,28 +151,30 @@ def test_compression_is_refused_where_the_maths_does_not_allow_it():
     TINY.replace(compression="fp16", partition="per-user", clients=None).validate()
 
 
-def test_a_client_sends_its_update_compressed_and_keeps_the_residual(tmp_path):
-    cfg = TINY.replace(compression="int8", out=str(tmp_path))
+@pytest.mark.parametrize(("mode", "dtype", "fewer"), [("int8", np.int8, 3.5), ("int4", np.uint8, 6.0)])
+def test_a_client_sends_its_update_compressed_and_keeps_the_residual(tmp_path, mode, dtype, fewer):
+    cfg = TINY.replace(compression=mode, out=str(tmp_path))
     ds = load_dataset(cfg.data)
     arrays = ArrayRecord(build_global_model(ds.sequences, cfg.model).state_dict())
     context = client_context(cfg, 0)
     app = make_client_app()
     reply = app(message("train", arrays, cfg), context)  # the ClientApp as Flower calls it
     sent = reply.content["arrays"]
-    assert sent["scorer.weight"].numpy().dtype == np.int8 and "scorer.weight::scale" in sent
+    assert sent["scorer.weight"].numpy().dtype == dtype and "scorer.weight::scale" in sent
     assert "compression-residual:0" in context.state
     full = sum(a.numpy().nbytes for a in arrays.values())
-    assert full / payload_bytes({k: sent[k].numpy() for k in sent}) > 3.5
+    assert full / payload_bytes({k: sent[k].numpy() for k in sent}) > fewer
 
 
 @pytest.mark.slow
-def test_a_simulation_with_compressed_updates_learns_and_counts_its_bytes(tmp_path):
-    plain, packed = tmp_path / "plain", tmp_path / "int8"
+@pytest.mark.parametrize(("mode", "fewer"), [("int8", 3.5), ("int4", 6.0)])
+def test_a_simulation_with_compressed_updates_learns_and_counts_its_bytes(tmp_path, mode, fewer):
+    plain, packed = tmp_path / "plain", tmp_path / mode
     simulate(TINY.replace(rounds=2), out=plain)
-    simulate(TINY.replace(rounds=2, compression="int8"), out=packed)
+    simulate(TINY.replace(rounds=2, compression=mode), out=packed)
     rounds = {f: [json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()] for f in (plain, packed)}
     assert all(r["failed"] == [] and r["clients"] == 3 for f in rounds for r in rounds[f])
-    assert rounds[plain][1]["update_bytes"] / rounds[packed][1]["update_bytes"] > 3.5
+    assert rounds[plain][1]["update_bytes"] / rounds[packed][1]["update_bytes"] > fewer
     # round 1 trains from the same weights: the same loss; the aggregate differs only by the rounding
     assert rounds[packed][0]["loss"] == pytest.approx(rounds[plain][0]["loss"])
     ndcg = [rounds[f][-1]["valid"]["NDCG@10"] for f in (plain, packed)]

@@ -7,12 +7,14 @@ update it already sends), encoded:
   far below the weights' own precision);
 - ``int8``: every float array in 8 bits, one float16 scale per row (the first axis: an item's row of a table), values
   rounded to the nearest of 255 levels of the row's largest magnitude (≈ 4× fewer bytes);
+- ``int4``: the same with 15 levels (-7..7), two values a byte (≈ 7.5× fewer bytes for 64-wide rows);
 - ``topk``: the ``--topk-share`` largest-magnitude entries of each float array, as int32 positions and float16
   values (``4 / (6 · share)``× fewer bytes).
 
-``int8`` and ``topk`` keep what they leave out for the client's next round (error feedback, as in Seide et al. 2014
-and Stich et al. 2018): nothing of an update is lost, only delayed. The server decodes each reply back into full
-arrays before any check or aggregation, so every strategy, robust rule and privacy mechanism sees what it always saw.
+``int8``, ``int4`` and ``topk`` keep what they leave out for the client's next round (error feedback, as in Seide et
+al. 2014 and Stich et al. 2018): nothing of an update is lost, only delayed. The server decodes each reply back into
+full arrays before any check or aggregation, so every strategy, robust rule and privacy mechanism sees what it always
+saw.
 A reply that does not decode into the global model's shapes is rejected with the reason.
 
 Both the ClientApp (:func:`reply_arrays`) and the ServerApp (:func:`decoded_reply`) use this module.
@@ -31,10 +33,11 @@ from fedseqrec.options import option, within
 from fedseqrec.privacy.config import DP_FEDAVG, USER_LEVEL
 
 FEDERATION = "federation"
-COMPRESSIONS = ("none", "fp16", "int8", "topk")
-WITH_FEEDBACK = ("int8", "topk")  # modes that keep a residual at the client
+COMPRESSIONS = ("none", "fp16", "int8", "int4", "topk")
+WITH_FEEDBACK = ("int8", "int4", "topk")  # modes that keep a residual at the client
 SCALE, INDEX, VALUE = "::scale", "::index", "::value"
-LEVELS = 127  # int8: values -127..127 (symmetric: -128 is never used, so 0 is exact)
+# values -L..L, symmetric (the lowest code is never used, so 0 is exact); int4's go two to a byte, each as value + 8
+LEVELS = {"int8": 127, "int4": 7}
 
 
 @dataclass
@@ -42,8 +45,8 @@ class CompressionConfig:
     compression: str = option(
         "none",
         "what a client sends back: none (float32), fp16 (its update in float16), int8 (8 bits and a scale per row), "
-        "topk (the --topk-share largest entries of each array); int8 and topk carry what they leave out into the "
-        "client's next round (error feedback)",
+        "int4 (4 bits and a scale per row), topk (the --topk-share largest entries of each array); int8, int4 and "
+        "topk carry what they leave out into the client's next round (error feedback)",
         choices=COMPRESSIONS,
         group=FEDERATION,
     )
@@ -142,10 +145,10 @@ def encode(
             full = full + residual[key]
         if mode == "fp16":
             sent[key] = full.astype(np.float16)
-        elif mode == "int8":
-            values, scale = _int8(full)
-            sent[key], sent[key + SCALE] = values, scale
-            kept[key] = full - _from_int8(values, scale)
+        elif mode in LEVELS:
+            values, scale = _quantized(full, LEVELS[mode])
+            sent[key], sent[key + SCALE] = _packed(values) if mode == "int4" else values, scale
+            kept[key] = full - _from_levels(values, scale)
         elif mode == "topk":
             index, value = _top(full, share)
             sent[key + INDEX], sent[key + VALUE] = index, value
@@ -168,10 +171,13 @@ def decode(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[
             decoded[key] = arrays[key]
         elif mode == "fp16":
             decoded[key] = _checked(arrays, key, shape, np.float16).astype(dtype)
-        elif mode == "int8":
-            values = _checked(arrays, key, shape, np.int8)
+        elif mode in LEVELS:
             scale = _checked(arrays, key + SCALE, (_rows(shape),), np.float16)
-            decoded[key] = _from_int8(values, scale).astype(dtype)
+            if mode == "int8":
+                values = _checked(arrays, key, shape, np.int8)
+            else:
+                values = _unpacked(key, _checked(arrays, key, _packed_shape(shape), np.uint8), shape)
+            decoded[key] = _from_levels(values, scale).astype(dtype)
         else:
             decoded[key] = _from_top(arrays, key, shape).astype(dtype)
     extra = set(arrays) - {k for key in expected for k in (key, key + SCALE, key + INDEX, key + VALUE)}
@@ -201,20 +207,43 @@ def _rows(shape: tuple[int, ...]) -> int:
     return shape[0] if len(shape) >= 2 else 1
 
 
-def _int8(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _quantized(full: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values in -levels..levels of the shape of ``full``, and a float16 scale a row."""
     rows = full.reshape(_rows(full.shape), -1)
-    # float16 scales: the largest magnitude / 127, never 0 (a zero row stays zero); a scale is rounded up to what
+    # float16 scales: the largest magnitude / levels, never 0 (a zero row stays zero); a scale is rounded up to what
     # float16 holds, so no value leaves the range
     top = np.abs(rows).max(axis=1)
-    scale = np.maximum(top / LEVELS, np.float32(2.0**-24)).astype(np.float16)
-    scale = np.where(scale.astype(np.float32) * LEVELS < top, np.nextafter(scale, np.float16(np.inf)), scale)
-    values = np.clip(np.rint(rows / scale.astype(np.float32)[:, None]), -LEVELS, LEVELS).astype(np.int8)
+    scale = np.maximum(top / levels, np.float32(2.0**-24)).astype(np.float16)
+    scale = np.where(scale.astype(np.float32) * levels < top, np.nextafter(scale, np.float16(np.inf)), scale)
+    values = np.clip(np.rint(rows / scale.astype(np.float32)[:, None]), -levels, levels).astype(np.int8)
     return values.reshape(full.shape), scale
 
 
-def _from_int8(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _from_levels(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
     rows = values.reshape(len(scale), -1).astype(np.float32) * scale.astype(np.float32)[:, None]
     return rows.reshape(values.shape)
+
+
+def _packed_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """int4: a row's values two to a byte (an odd row ends with a half-used byte)."""
+    rows = _rows(shape)
+    return rows, -(-math.prod(shape) // rows // 2)
+
+
+def _packed(values: np.ndarray) -> np.ndarray:
+    rows = values.reshape(_rows(values.shape), -1).astype(np.int16) + 8
+    if rows.shape[1] % 2:
+        rows = np.pad(rows, ((0, 0), (0, 1)), constant_values=8)  # the spare half byte holds a 0
+    return (rows[:, 0::2] | (rows[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _unpacked(key: str, packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    codes = np.empty((packed.shape[0], 2 * packed.shape[1]), dtype=np.int16)
+    codes[:, 0::2], codes[:, 1::2] = packed & 15, packed >> 4
+    codes = codes[:, : math.prod(shape) // packed.shape[0]]
+    if (codes == 0).any():  # -8: a code no encoder writes
+        raise ValueError(f"array {key!r}: a 4-bit value outside -7..7")
+    return (codes - 8).astype(np.int8).reshape(shape)
 
 
 def _top(full: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
