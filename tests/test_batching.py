@@ -11,8 +11,8 @@ from fedseqrec.data.dataset import DataConfig, load_dataset
 from fedseqrec.data.sequences import build_sequences
 from fedseqrec.data.shop import ShopConfig
 from fedseqrec.data.splits import leave_one_out_split
-from fedseqrec.models.base import SeqBatch
-from fedseqrec.models.batching import LengthBatches, TrainingWindows, evaluation_batches, training_loader
+from fedseqrec.models.base import SeqBatch, gap_buckets
+from fedseqrec.models.batching import LengthBatches, TrainingWindows, evaluation_batches, history_batch, training_loader
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.registry import build_model, model_config_for
 
@@ -96,3 +96,16 @@ def test_length_loader_serves_the_training_windows():
     assert windows.window_lengths().tolist() == [11]
     (items, _, _, length) = next(iter(training_loader(windows, 4, seed=0, by_length=True)))
     assert items.shape == (1, 11) and length.tolist() == [11]
+
+
+def test_a_history_batch_is_right_padded_with_each_gap_from_its_own_timestamps():
+    histories = [np.array([5, 6, 7]), np.array([9]), np.array([2, 3])]
+    seconds = [np.array([0.0, 10.0, 4000.0]), None, np.array([100.0, 100.0])]
+    batch = history_batch(histories, event=2, seconds=seconds)
+    assert batch.items.tolist() == [[5, 6, 7], [9, 0, 0], [2, 3, 0]] and batch.lengths.tolist() == [3, 1, 2]
+    assert batch.events.tolist() == [[2, 2, 2], [2, 0, 0], [2, 2, 0]]
+    unknown = int(gap_buckets(torch.tensor([-1.0]))[0])
+    known = gap_buckets(torch.tensor([10.0, 3990.0, 0.0], dtype=torch.float64)).tolist()
+    assert batch.gaps.tolist() == [[unknown, *known[:2]], [unknown, 0, 0], [unknown, known[2], 0]]
+    plain = history_batch(histories, event=2)
+    assert plain.gaps.tolist() == [[unknown] * 3, [unknown, 0, 0], [unknown] * 2 + [0]]

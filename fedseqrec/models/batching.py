@@ -223,15 +223,17 @@ def asking(batch: SeqBatch, words: np.ndarray) -> SeqBatch:
 def history_batch(histories: list[np.ndarray], event: int, seconds: list[np.ndarray | None] | None = None) -> SeqBatch:
     """Histories given as item ids (oldest first), right-padded into one batch: every position of event type
     ``event``; gaps from ``seconds`` (each history's timestamps) where given, else unknown."""
-    length = max(len(items) for items in histories)
-    items = torch.zeros(len(histories), length, dtype=torch.long)
-    gaps = torch.zeros(len(histories), length, dtype=torch.long)
+    sizes = np.fromiter((len(sequence) for sequence in histories), dtype=np.int64, count=len(histories))
+    items = np.zeros((len(histories), int(sizes.max())), dtype=np.int64)
     for row, sequence in enumerate(histories):
-        items[row, : len(sequence)] = torch.from_numpy(np.asarray(sequence, dtype=np.int64))
-        times = seconds[row] if seconds is not None else None
-        delta = torch.full((len(sequence),), -1.0, dtype=torch.float64)  # unknown
-        if times is not None:
-            delta[1:] = torch.from_numpy(np.diff(np.asarray(times, dtype=np.float64)))
-        gaps[row, : len(sequence)] = gap_buckets(delta)
-    lengths = torch.tensor([max(1, len(sequence)) for sequence in histories])
+        items[row, : len(sequence)] = sequence
+    filled = np.arange(items.shape[1])[None, :] < sizes[:, None]
+    unknown = int(gap_buckets(torch.tensor([-1.0], dtype=torch.float64))[0])
+    gaps = torch.from_numpy(np.where(filled, unknown, 0))  # every gap unknown, found per history below if known
+    for row, times in enumerate(seconds or []):
+        if times is not None and len(times) > 1:
+            delta = torch.from_numpy(np.diff(np.asarray(times, dtype=np.float64)))
+            gaps[row, 1 : len(times)] = gap_buckets(delta)
+    items = torch.from_numpy(items)
+    lengths = torch.from_numpy(np.maximum(sizes, 1))
     return SeqBatch(items=items, events=torch.where(items > 0, event, 0), gaps=gaps, lengths=lengths)

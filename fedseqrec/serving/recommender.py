@@ -115,11 +115,13 @@ class Recommender:
             raise UserError(f"history {empty[0]} holds no item the model knows")
         words = self._words(queries, len(histories))
         scores = self._scores([ids for ids, _, _ in parsed], words)
+        ranked, top = self._ranked(scores, parsed, [(k, exclude_seen)] * len(parsed))
         results = []
-        for row, (ids, unknown, truncated) in enumerate(parsed):
-            found, items, ranked = self._ranked(scores[row], ids, unknown, truncated, k, exclude_seen)
+        for row, (ids, _, _) in enumerate(parsed):
+            found = self._found(ranked, top, parsed, row, k)
             if explain:
-                found.explanations = self._explain(ids, items, ranked, None if words is None else words[row])
+                items = top.indices[row, : len(found.items)]
+                found.explanations = self._explain(ids, items, ranked[row], None if words is None else words[row])
             results.append(found)
         return results
 
@@ -139,10 +141,12 @@ class Recommender:
             except UserError as err:
                 answers[i] = err
         if parsed:
-            scores = self._scores([ids for ids, _, _ in parsed.values()], None)
-            for row, (i, (ids, unknown, truncated)) in enumerate(parsed.items()):
-                _, k, exclude_seen = requests[i]
-                answers[i] = self._ranked(scores[row], ids, unknown, truncated, k, exclude_seen)[0]
+            histories = list(parsed.values())
+            scores = self._scores([ids for ids, _, _ in histories], None)
+            asked = [requests[i][1:] for i in parsed]
+            ranked, top = self._ranked(scores, histories, asked)
+            for row, i in enumerate(parsed):
+                answers[i] = self._found(ranked, top, histories, row, asked[row][0])
         return answers
 
     def _check_k(self, k: int) -> None:
@@ -154,18 +158,25 @@ class Recommender:
             return scores_on_cpu(self.model, self._batch(histories, words))
 
     def _ranked(
-        self, scores: torch.Tensor, ids: np.ndarray, unknown: list[str], truncated: int, k: int, exclude_seen: bool
-    ) -> tuple[Recommendation, torch.Tensor, torch.Tensor]:
-        """The top ``k`` of one history's scores (never more than the items left to recommend: a seen item is not
-        one, its score is -inf), their ids in the model, and the scores they were ranked by."""
+        self, scores: torch.Tensor, parsed: list[tuple[np.ndarray, list[str], int]], asked: list[tuple[int, bool]]
+    ) -> tuple[torch.Tensor, torch.return_types.topk]:
+        """Every row's scores with its seen items at -inf where its request excludes them (a seen item is not one to
+        recommend), and the top ``k`` of every row, for the largest ``k`` asked: one batched ``topk``, not one a
+        history."""
         ranked = scores.clone()
-        if exclude_seen:
-            ranked[torch.from_numpy(np.unique(ids))] = -math.inf
-        top = torch.topk(ranked, min(k, int(torch.isfinite(ranked).sum())))
-        found = Recommendation(
-            [str(self.tokens[i]) for i in top.indices.tolist()], top.values.tolist(), unknown, truncated
-        )
-        return found, top.indices, ranked
+        seen = [np.unique(ids) for (ids, _, _), (_, exclude) in zip(parsed, asked, strict=True) if exclude]
+        if seen:
+            rows = [row for row, (_, exclude) in enumerate(asked) if exclude]
+            at = torch.from_numpy(np.repeat(rows, [len(s) for s in seen]))
+            ranked[at, torch.from_numpy(np.concatenate(seen))] = -math.inf
+        return ranked, torch.topk(ranked, max(k for k, _ in asked), dim=1)
+
+    def _found(self, ranked: torch.Tensor, top, parsed: list, row: int, k: int) -> Recommendation:
+        """Row ``row``'s top ``k``: never more than the items left to recommend (those with a finite score)."""
+        _, unknown, truncated = parsed[row]
+        keep = min(k, int(torch.isfinite(ranked[row]).sum()))
+        items, values = top.indices[row, :keep].tolist(), top.values[row, :keep].tolist()
+        return Recommendation([str(self.tokens[i]) for i in items], values, unknown, truncated)
 
     def score_ads(self, history: list[str], ads: list[str]) -> dict:
         """An ad model's (``--task ctr``) click and purchase probabilities for ``ads`` shown after ``history``."""
