@@ -66,6 +66,14 @@ def gap_buckets(seconds: torch.Tensor) -> torch.Tensor:
     return torch.where(seconds < 0, torch.ones_like(buckets), buckets.clamp(max=N_GAP_BUCKETS - 1))
 
 
+def positions_from_end(batch: SeqBatch) -> torch.Tensor:
+    """(B, T) position ids counted back from each sequence's last item (0), as left-padded windows have them: the
+    slot after the last item is always the same position, and every item's position is how recent it is. Padding
+    gets 0 too: it is never attended to and never a target."""
+    steps = torch.arange(batch.items.shape[1], device=batch.items.device)
+    return (batch.lengths[:, None] - 1 - steps).clamp(min=0)
+
+
 class SequenceLoss(nn.Module):
     """Cross-entropy summed over a sequence's target positions and divided by the window width, averaged over
     the batch: one term per user (the privacy unit), in which each target counts the same, as in RecBole where

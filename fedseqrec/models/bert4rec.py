@@ -13,7 +13,7 @@ import math
 import torch
 from transformers import BertConfig, BertModel
 
-from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
+from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender, positions_from_end
 
 
 class BERT4Rec(SequentialRecommender):
@@ -49,7 +49,10 @@ class BERT4Rec(SequentialRecommender):
         )
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:
-        positions = self._positions_from_end(batch)
+        # Counted from the end: the slot to fill at prediction (the appended [MASK]) is always position 0; counted
+        # from the first item it would sit at a different position in every sequence, and a bidirectional encoder
+        # could only tell it is the last by comparing its position with everyone else's.
+        positions = positions_from_end(batch)
         output = self.bert(
             inputs_embeds=self.embed(batch),
             attention_mask=self._padding_mask(batch.items),
@@ -57,18 +60,6 @@ class BERT4Rec(SequentialRecommender):
             token_type_ids=torch.zeros_like(batch.items),
         )
         return self.head(output.last_hidden_state)
-
-    @staticmethod
-    def _positions_from_end(batch: SeqBatch) -> torch.Tensor:
-        """Position ids counted back from each sequence's last item (0), as the BERT4Rec authors' left-padded
-        sequences have them. Counted from the first item, the slot to fill at prediction (the appended [MASK])
-        sits at a different position in every sequence, and a bidirectional encoder can only tell that it is the
-        last one by comparing its position with everyone else's; counted from the end it is always position 0,
-        and every item's position is how recent it is. Padding gets 0 too: it is never attended to and never a
-        target."""
-        t = batch.items.shape[1]
-        steps = torch.arange(t, device=batch.items.device)
-        return (batch.lengths[:, None] - 1 - steps).clamp(min=0)
 
     @staticmethod
     def _padding_mask(items: torch.Tensor) -> torch.Tensor:

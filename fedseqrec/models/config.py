@@ -111,6 +111,14 @@ class ModelConfig:
         "which sparse catalogues need (Amazon Beauty); not under client-local DP-SGD",
         group=MODEL,
     )
+    positions: str = option(
+        "from-start",
+        "sasrec: position ids counted from the window's first item (RecBole), or back from its last, as the SASRec "
+        "authors' left-padded windows have them (the item to predict always after position 0; bert4rec always "
+        "counts from the end)",
+        choices=("from-start", "from-end"),
+        group=MODEL,
+    )
     freeze: str = option(
         "none",
         "parameters never trained: items = the item embedding table and the scorer (keeps them out of DP's noise; "

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
+from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender, positions_from_end
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,7 +70,10 @@ class SASRec(SequentialRecommender):
     def forward(self, batch: SeqBatch) -> torch.Tensor:
         b, t = batch.items.shape
         # Batch-sized, contiguous position ids: Opacus needs a per-sample input for every embedding.
-        positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
+        if self.cfg.positions == "from-end":
+            positions = positions_from_end(batch)
+        else:
+            positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
         x = self.dropout(self.norm(self.embed(batch) + self.position_embedding(positions)))
         for block in self.blocks:
             x = block(x)
