@@ -156,6 +156,29 @@ def test_bert4rec_counts_positions_from_the_end(shop):
     assert torch.allclose(model.full_sort_predict(alone), model.full_sort_predict(batch)[:1], atol=1e-5)
 
 
+def test_sasrec_from_end_counts_positions_back_from_the_last_item_and_stays_causal(shop):
+    model = build_model("sasrec", small_config(shop, positions="from-end")).eval()
+    seen = []
+    model.position_embedding.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    items = torch.tensor([[5, 6, 7, 0, 0], [8, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    batch = SeqBatch(items, torch.ones_like(items), torch.ones_like(items), torch.tensor([3, 1, 5]))
+    scores = model.full_sort_predict(batch)
+    assert seen[-1][:, :3].tolist() == [[2, 1, 0], [0, 0, 0], [4, 3, 2]] and seen[-1][2].tolist() == [4, 3, 2, 1, 0]
+    # a sequence's scores do not depend on the padding after it
+    alone = SeqBatch(items[:1, :3], torch.ones_like(items[:1, :3]), torch.ones_like(items[:1, :3]), batch.lengths[:1])
+    assert torch.allclose(model.full_sort_predict(alone), scores[:1], atol=1e-5)
+    # an earlier position never sees which item comes later (only how many do)
+    swapped = items.clone()
+    swapped[2, 4] = 9
+    hidden = model(SeqBatch(swapped, torch.ones_like(items), torch.ones_like(items), batch.lengths))
+    assert torch.allclose(hidden[2, :4], model(batch)[2, :4], atol=1e-6) and not torch.allclose(
+        hidden[2, 4], model(batch)[2, 4]
+    )
+    plain = build_model("sasrec", small_config(shop))
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain.eval().full_sort_predict(batch), scores)  # the option changes the model
+
+
 def test_bad_hyper_parameters_are_refused(shop):
     for bad in ({"hidden": 0}, {"dropout": 1.0}, {"max_len": -1}, {"loss": "bpr"}):
         with pytest.raises(UserError):
