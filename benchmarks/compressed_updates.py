@@ -1,14 +1,17 @@
-"""Compressed client updates (`--compression`) against float32 on a FedAvg federation of Amazon Beauty.
+"""Compressed client updates and downloads (`--compression`, `--download-compression`) against float32 on a FedAvg
+federation of Amazon Beauty.
 
-    python benchmarks/compressed_updates.py [--modes none fp16 int8 int4 topk:0.1 topk:0.05] [--rounds 8] [--seed 0]
-                                            [--out benchmarks/results/compressed_updates.json]
+    python benchmarks/compressed_updates.py [--modes none fp16 int8 int4 int4/int4 topk:0.1 topk:0.05] [--rounds 8]
+                                            [--seed 0] [--out benchmarks/results/compressed_updates.json]
 
-`fedseqrec simulate --partition iid --clients 10` on Beauty with the Beauty preset (papers.py's amazon flags for
-SASRec, constant rate), 4 local epochs at batch 64 a round as the FedAvg benchmark's best plain variant, the same
-seed for every mode: the same partition, initial model and batches, so the modes differ only by what the clients
-send. For each mode: the mean bytes of a client's reply a round (the arrays' data, as the server received them),
-the bytes a round (all clients; the server's float32 weights sent to them are the same in every mode and listed
-apart), test NDCG@10 of the best validation round, and its loss relative to `none`.
+A mode is `UP[:SHARE][/DOWN]`: `--compression UP` (`--topk-share SHARE`) and `--download-compression DOWN` (none
+when not given). `fedseqrec simulate --partition iid --clients 10` on Beauty with the Beauty preset (papers.py's
+amazon flags for SASRec, constant rate), 4 local epochs at batch 64 a round as the FedAvg benchmark's best plain
+variant, the same seed for every mode: the same partition, initial model and batches, so the modes differ only by
+what is sent. For each mode: the mean bytes of a client's reply a round (the arrays' data, as the server received
+them) and of what the server sent it (`broadcast_bytes`: round 1 sends whole weights), the bytes of a round both
+ways over the 10 clients, test NDCG@10 of the best validation round, and its loss relative to `none`. Rows are
+merged into the JSON by mode (every mode runs from the same seed, so modes can be measured one at a time).
 Targets (issue 30): ≥ 4× fewer bytes a round at ≤ 1 % relative loss of test NDCG@10.
 """
 
@@ -22,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from benchmark_report import write_report
 from papers import AMAZON_FIT, AMAZON_MODEL
 
@@ -35,21 +37,26 @@ BEAUTY = str(DATA / "amazon-beauty" / "Beauty.txt")
 
 
 def run(mode: str, rounds: int, seed: int, tmp: Path) -> dict:
-    name, _, share = mode.partition(":")
-    compression = {"compression": name, **({"topk_share": float(share)} if share else {})}
+    up, _, down = mode.partition("/")
+    name, _, share = up.partition(":")
+    compression = {"compression": name, "download_compression": down or "none"}
+    compression |= {"topk_share": float(share)} if share else {}
     federation = {"partition": "iid", "clients": 10, "rounds": rounds, "eval_every": 2}
     fit = {**AMAZON_FIT, "batch_size": 64, "local_epochs": 4, "protocol": "full-history-removed", "threads": 1}
     cfg = RunConfig.of(data=BEAUTY, seed=seed, **AMAZON_MODEL, **fit, **federation, **compression)
     start = time.perf_counter()
-    results, folder = simulate(cfg, out=tmp / mode.replace(":", "-"))
+    results, folder = simulate(cfg, out=tmp / mode.replace(":", "-").replace("/", "-"))
     rounds_run = list(folder.rounds())
-    weights = torch.load(folder.path / "model.pt", weights_only=True)  # what the server sends each client
     uploads = [r["update_bytes"] for r in rounds_run if "update_bytes" in r]
+    downloads = [r["broadcast_bytes"] for r in rounds_run if "broadcast_bytes" in r]
+    reply, sent = round(sum(uploads) / len(uploads)), round(sum(downloads) / len(downloads))
     return {
         "mode": mode,
-        "client_reply_bytes": round(sum(uploads) / len(uploads)),
-        "round_upload_bytes": round(sum(uploads) / len(uploads)) * 10,
-        "round_download_bytes": 10 * sum(v.numel() * v.element_size() for v in weights.values()),
+        "client_reply_bytes": reply,
+        "client_download_bytes": sent,
+        "round_upload_bytes": reply * 10,
+        "round_download_bytes": sent * 10,
+        "round_bytes": (reply + sent) * 10,
         "test": {k: round(results["test"][k], 4) for k in ("NDCG@10", "HR@10")},
         "best_round": results["best_round"],
         "valid_by_round": [[r["round"], round(r["valid"]["NDCG@10"], 4)] for r in rounds_run if "valid" in r],
@@ -57,9 +64,23 @@ def run(mode: str, rounds: int, seed: int, tmp: Path) -> dict:
     }
 
 
+def merged(out: Path, rows: list[dict]) -> list[dict]:
+    """The rows already in ``out`` (by mode; a row measured before downloads were counted sent whole float32
+    weights), with ``rows`` in place of those of their modes."""
+    earlier = json.loads(out.read_text())["rows"] if out.exists() else []
+    fresh = {row["mode"] for row in rows}
+    kept = [row for row in earlier if row["mode"] not in fresh]
+    for row in kept:
+        if "round_bytes" not in row:
+            row["client_download_bytes"] = row["round_download_bytes"] // 10
+            row["round_bytes"] = row["round_upload_bytes"] + row["round_download_bytes"]
+    return kept + rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["none", "fp16", "int8", "int4", "topk:0.1", "topk:0.05"])
+    modes = ["none", "fp16", "int8", "int4", "int4/int4", "topk:0.1", "topk:0.05"]
+    parser.add_argument("--modes", nargs="+", default=modes)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compressed_updates.json")
@@ -69,15 +90,21 @@ def main() -> None:
         for mode in options.modes:
             rows.append(run(mode, options.rounds, options.seed, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
+    for row in rows:
+        row["command"] = " ".join(["python benchmarks/compressed_updates.py", *sys.argv[1:]])
+    rows = merged(options.out, rows)
     base = next((r for r in rows if r["mode"] == "none"), None)
     if base is not None:
         for row in rows:
             row["bytes_ratio"] = round(base["client_reply_bytes"] / row["client_reply_bytes"], 2)
+            row["round_bytes_ratio"] = round(base["round_bytes"] / row["round_bytes"], 2)
             row["relative_ndcg_loss"] = round(1 - row["test"]["NDCG@10"] / base["test"]["NDCG@10"], 4)
-    command = "python benchmarks/compressed_updates.py " + " ".join(sys.argv[1:])
-    write_report(options.out, "compressed_updates", command, rows)
+    for row in rows:  # rows measured before rows named their command: by the defaults of that day
+        row.setdefault("command", "python benchmarks/compressed_updates.py")
+    # the defaults measure every row again
+    write_report(options.out, "compressed_updates", "python benchmarks/compressed_updates.py", rows)
     for row in rows:
-        print(row["mode"], row.get("bytes_ratio"), row["test"]["NDCG@10"], row.get("relative_ndcg_loss"))
+        print(row["mode"], row.get("round_bytes_ratio"), row["test"]["NDCG@10"], row.get("relative_ndcg_loss"))
 
 
 if __name__ == "__main__":

@@ -7,17 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from helpers import TINY, client_context, message
 
 from fedseqrec.client.client_app import make_client_app
 from fedseqrec.data.dataset import load_dataset
 from fedseqrec.errors import UserError
-from fedseqrec.federated.compression import decode, encode, payload_bytes
+from fedseqrec.federated.compression import decode, encode, payload_bytes, received_weights, record_bytes
 from fedseqrec.federated.task import build_global_model
 from fedseqrec.models.batching import evaluation_batches
 from fedseqrec.models.quantization import int8_for_serving, is_int8
 from fedseqrec.models.registry import build_model, model_config_for
+from fedseqrec.server.broadcast import Broadcast
 from fedseqrec.simulation.engine import simulate
 
 SHAPES = {"table": (300, 16), "bias": (300,), "steps": (1,)}
@@ -167,14 +168,25 @@ def test_a_client_sends_its_update_compressed_and_keeps_the_residual(tmp_path, m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "fewer"), [("int8", 3.5), ("int4", 6.0)])
-def test_a_simulation_with_compressed_updates_learns_and_counts_its_bytes(tmp_path, mode, fewer):
+@pytest.mark.parametrize(
+    ("mode", "download", "fewer"), [("int8", "none", 3.5), ("int4", "none", 6.0), ("int4", "int4", 6.0)]
+)
+def test_a_simulation_with_compressed_updates_learns_and_counts_its_bytes(tmp_path, mode, download, fewer):
     plain, packed = tmp_path / "plain", tmp_path / mode
     simulate(TINY.replace(rounds=2), out=plain)
-    simulate(TINY.replace(rounds=2, compression=mode), out=packed)
+    simulate(TINY.replace(rounds=2, compression=mode, download_compression=download), out=packed)
     rounds = {f: [json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()] for f in (plain, packed)}
     assert all(r["failed"] == [] and r["clients"] == 3 for f in rounds for r in rounds[f])
     assert rounds[plain][1]["update_bytes"] / rounds[packed][1]["update_bytes"] > fewer
+    # round 1: nobody holds weights, all are sent whole; round 2: the change from them
+    assert (
+        rounds[packed][0]["broadcast_bytes"]
+        == rounds[plain][0]["broadcast_bytes"]
+        == rounds[plain][1]["broadcast_bytes"]
+    )
+    assert rounds[plain][1]["broadcast_bytes"] / rounds[packed][1]["broadcast_bytes"] > (
+        fewer if download != "none" else 1 - 1e-9
+    )
     # round 1 trains from the same weights: the same loss; the aggregate differs only by the rounding
     assert rounds[packed][0]["loss"] == pytest.approx(rounds[plain][0]["loss"])
     ndcg = [rounds[f][-1]["valid"]["NDCG@10"] for f in (plain, packed)]
@@ -235,3 +247,63 @@ def test_the_server_decodes_only_replies_that_carry_arrays():
         message_type="train",
     )
     assert "--compression int8: array 'w'" in decompressed(broken, rules, current, "int8", sizes)
+
+
+def _round(broadcast, weights, chosen, states, server_round):
+    """One round's download: the server addresses ``chosen`` clients (node 100 + client), each client takes what it
+    was sent; (what each client now holds, or its refusal; the bytes each was sent)."""
+    record = ArrayRecord(array_dict={k: Array(v) for k, v in weights.items()})
+    messages = [
+        Message(
+            RecordDict({"arrays": record, "config": ConfigRecord({"server-round": server_round})}), 100 + c, "train"
+        )
+        for c in chosen
+    ]
+    messages = broadcast.address(messages, {100 + c: c for c in chosen}, record, server_round)
+    held = {}
+    for c, m in zip(chosen, messages, strict=True):
+        try:
+            held[c] = received_weights(m.content["arrays"], m.content["config"], broadcast.mode, states[c], c)
+        except UserError as err:
+            held[c] = err
+    return held, [record_bytes(m.content["arrays"]) for m in messages]
+
+
+def test_download_compression_keeps_every_client_on_the_servers_copy_and_delivers_the_rounding_later():
+    rng = np.random.default_rng(0)
+    weights = {"table": rng.normal(size=(50, 64)).astype(np.float32), "steps": np.array([3], dtype=np.int64)}
+    broadcast, states = Broadcast("int4"), {c: RecordDict() for c in range(3)}
+    held, sizes = _round(broadcast, weights, [0, 1, 2], states, 1)  # nobody holds weights yet: all whole
+    assert all(np.array_equal(held[c]["table"], weights["table"]) for c in held) and len(set(sizes)) == 1
+    broadcast.delivered([0, 1, 2])
+    weights = {"table": weights["table"] + 0.01 * rng.normal(size=(50, 64)).astype(np.float32), "steps": np.array([4])}
+    held, sizes = _round(broadcast, weights, [0, 1], states, 2)
+    assert sizes[0] < (50 * 64 * 4) / 7 and np.array_equal(held[0]["steps"], [4])
+    for c in (0, 1):  # the same bits as the server's copy, within a rounding step of the global model
+        assert all(np.array_equal(held[c][k], broadcast.copy[k]) for k in weights)
+    step = np.abs(weights["table"] - held[0]["table"]).max()
+    assert 0 < step <= 0.01 * 5 / 7
+    broadcast.delivered([0])  # client 1's reply failed: it is sent whole weights next time
+    held, sizes = _round(broadcast, weights, [0, 1, 2], states, 3)
+    assert sizes[0] < sizes[1] == sizes[2] and all(
+        np.array_equal(held[c]["table"], broadcast.copy["table"]) for c in held
+    )
+    errors = []
+    for r in range(4, 7):  # the global model stands still: what each change left out goes out with the next
+        broadcast.delivered([0, 1, 2])
+        held, _ = _round(broadcast, weights, [0, 1, 2], states, r)
+        errors.append(np.abs(held[0]["table"] - weights["table"]).max())
+    assert errors[1] < errors[0] / 7 and errors[2] < errors[1] / 7 and errors[2] < 1e-6  # down to float32's last bits
+
+
+def test_a_client_that_does_not_hold_the_weights_a_change_applies_to_refuses_the_round():
+    weights = {"table": np.ones((4, 8), dtype=np.float32)}
+    broadcast, states = Broadcast("int8"), {0: RecordDict(), 1: RecordDict()}
+    _round(broadcast, weights, [0, 1], states, 1)
+    broadcast.delivered([0, 1])
+    states[1] = RecordDict()  # node 1 restarted and lost what it held
+    held, _ = _round(broadcast, {"table": weights["table"] * 2}, [0, 1], states, 2)
+    assert isinstance(held[1], UserError) and "holds none" in str(held[1])
+    assert np.allclose(held[0]["table"], 2.0, rtol=1 / 127)
+    with pytest.raises(UserError, match="--download-compression int4 keeps the weights each client holds"):
+        TINY.replace(download_compression="int4", partition="per-user", clients=None).validate()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -26,7 +27,7 @@ from fedseqrec.client.secure_aggregation import secure_aggregation_mod
 from fedseqrec.data.export import exported_client
 from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
-from fedseqrec.federated.compression import reply_arrays
+from fedseqrec.federated.compression import received_weights, reply_arrays
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import client_mods, mechanism_of
 from fedseqrec.federated.messages import (
@@ -130,7 +131,10 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context, sent)
-        global_weights = msg.content["arrays"].to_torch_state_dict()
+        received = received_weights(
+            msg.content["arrays"], sent, cfg.compression.download_compression, context.state, data.client
+        )
+        global_weights = {k: torch.from_numpy(np.array(v)) for k, v in received.items()}
         model = build_global_model(data.sequences, cfg.model, global_weights, cfg.fit.hardware)
         server_round = int(sent[ROUND_KEY])
         client_round = mechanism_of(cfg.privacy).client_half()

@@ -17,7 +17,14 @@ full arrays before any check or aggregation, so every strategy, robust rule and 
 saw.
 A reply that does not decode into the global model's shapes is rejected with the reason.
 
-Both the ClientApp (:func:`reply_arrays`) and the ServerApp (:func:`decoded_reply`) use this module.
+``--download-compression`` does the same for what the server sends: the change from the weights a client already
+holds (the broadcast weights of the round it last trained in), encoded as above; the server keeps the broadcast
+copy (what every client that holds weights holds) and moves it by the decoded change, so the copy tracks the global
+model to one rounding step without any residual. A client that holds no copy, or an older one, gets the copy whole
+in float32; a client whose copy is not the one the change applies to (a restarted node) refuses the round.
+
+Both the ClientApp (:func:`reply_arrays`, :func:`received_weights`) and the ServerApp (:func:`decoded_reply`,
+``fedseqrec.server.broadcast``) use this module.
 """
 
 from __future__ import annotations
@@ -27,13 +34,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from fedseqrec.errors import UserError
+from fedseqrec.federated.messages import BASE_KEY, VERSION_KEY
 from fedseqrec.options import option, within
 from fedseqrec.privacy.config import DP_FEDAVG, USER_LEVEL
 
 FEDERATION = "federation"
 COMPRESSIONS = ("none", "fp16", "int8", "int4", "topk")
+DOWNLOADS = ("none", "fp16", "int8", "int4")
 WITH_FEEDBACK = ("int8", "int4", "topk")  # modes that keep a residual at the client
 SCALE, INDEX, VALUE = "::scale", "::index", "::value"
 # values -L..L, symmetric (the lowest code is never used, so 0 is exact); int4's go two to a byte, each as value + 8
@@ -50,6 +60,13 @@ class CompressionConfig:
         choices=COMPRESSIONS,
         group=FEDERATION,
     )
+    download_compression: str = option(
+        "none",
+        "what the server sends a client: none (float32 weights), or the change from the weights the client holds "
+        "in fp16, int8 or int4 (a client without them gets them whole)",
+        choices=DOWNLOADS,
+        group=FEDERATION,
+    )
     topk_share: float = option(
         0.1,
         "--compression topk: share of each array's entries sent",
@@ -59,6 +76,11 @@ class CompressionConfig:
 
     def problem(self, secure: bool, mechanism: str, noise_shares: str, partition: str) -> str | None:
         """Why the rest of the run's configuration rules this compression out (None: it does not)."""
+        if self.download_compression != "none" and partition == "per-user":
+            return (
+                f"--download-compression {self.download_compression} keeps the weights each client holds; with "
+                "--partition per-user a client is one user, sampled a few times in a run: use silos"
+            )
         mode = self.compression
         if mode == "none":
             return None
@@ -106,6 +128,42 @@ def reply_arrays(
     if kept:
         node_state[key] = ArrayRecord(array_dict={k: Array(v) for k, v in kept.items()})
     return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in sent.items()})
+
+
+def received_weights(
+    arrays: ArrayRecord, sent: ConfigRecord, mode: str, node_state, client: int
+) -> dict[str, np.ndarray]:
+    """The weights a client trains from: ``arrays`` as they are, or under ``--download-compression`` the weights it
+    holds (kept in the node's state by client) moved by the change ``arrays`` encodes; kept for the next round.
+    ``UserError`` when the change applies to weights this client does not hold."""
+    if mode == "none":
+        return {k: arrays[k].numpy() for k in arrays}
+    key = f"broadcast:{client}"
+    received = {k: arrays[k].numpy() for k in arrays}
+    if BASE_KEY in sent:
+        base = int(sent[BASE_KEY])
+        held_version = node_state[key + ":version"]["round"] if key + ":version" in node_state else None
+        if held_version != base:
+            holds = "none" if held_version is None else f"round {held_version}'s"
+            raise UserError(
+                f"--download-compression: the server sent the change from round {base}'s weights and this client "
+                f"holds {holds} (a restarted node?); it is sent whole weights next round"
+            )
+        held = {k: node_state[key][k].numpy() for k in node_state[key]}
+        try:
+            change = decode(received, {k: (v.shape, v.dtype) for k, v in held.items()}, mode)
+        except ValueError as err:
+            raise UserError(f"--download-compression {mode}: {err}") from err
+        received = moved(held, change)
+    node_state[key] = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in received.items()})
+    node_state[key + ":version"] = ConfigRecord({"round": int(sent[VERSION_KEY])})
+    return received
+
+
+def moved(held: Mapping[str, np.ndarray], change: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights ``held`` moved by a decoded ``change`` (an array that is no float is sent as it is): the same
+    operations on the server's copy and at every client, so both hold the same bits."""
+    return {k: (held[k] + change[k]).astype(held[k].dtype) if is_compressible(held[k]) else change[k] for k in held}
 
 
 def decoded_reply(

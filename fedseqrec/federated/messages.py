@@ -20,6 +20,8 @@ ITEM_ROWS_KEY = "item-rows"
 HELD_LEDGER_KEY = "held-ledger"
 # Secure aggregation: the reply is a sum the server adds up as it is (weight 1), not weights averaged by examples.
 SECURE_SUM_KEY = "secagg-sum"
+# --download-compression: the arrays are the change from round N's weights (absent: whole weights) / round N's weights.
+BASE_KEY, VERSION_KEY = "broadcast-base", "broadcast-version"
 SERVER_KEYS = (
     ROUND_KEY,
     WHICH_KEY,
@@ -32,6 +34,8 @@ SERVER_KEYS = (
     ITEM_ROWS_KEY,
     HELD_LEDGER_KEY,
     SECURE_SUM_KEY,
+    BASE_KEY,
+    VERSION_KEY,
 )
 
 

@@ -28,6 +28,7 @@ from fedseqrec.models.device import on_cpu
 from fedseqrec.privacy.config import LAST
 from fedseqrec.privacy.mechanism import BudgetExhausted, RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
+from fedseqrec.server.broadcast import Broadcast
 from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, choose_clients
 from fedseqrec.server.evaluation import GlobalEvaluation
 from fedseqrec.server.finish import INITIAL, Finaliser, RunEnd
@@ -106,6 +107,7 @@ class Federation:
         self.arrays = ArrayRecord(on_cpu(self.model.state_dict()))
         keys, weights = self.mechanism.reply_arrays(list(self.arrays.keys()))
         self.secure: SecAggSettings | None = None  # set once the clients are known (run)
+        self.broadcast = Broadcast(cfg.compression.download_compression)
         self.rules = ReplyRules.for_arrays(
             self.arrays,
             keys,
@@ -215,6 +217,7 @@ class Federation:
         config = ConfigRecord(self.client_config())
         messages = self.strategy.configure_train(server_round, self.arrays, config, ChosenNodes(self.grid, route))
         messages = self._with_client_config(self.directory.address(list(messages), route), route)
+        messages = self.broadcast.address(messages, route, self.arrays, server_round)
         exchange_start = time.perf_counter()
         secure = self._secure_round()
         if secure is not None:
@@ -226,6 +229,7 @@ class Federation:
         # to clients through the message they answer.
         asked = {m.metadata.message_id: (route[m.metadata.dst_node_id], m.metadata.dst_node_id) for m in messages}
         ok, failed = self._sorted_replies(replies, asked, chosen, server_round)
+        self.broadcast.delivered([partition for _, partition in ok])
         privacy = self.mechanism.observe(server_round, [reply for reply, _ in ok])  # every release is accounted
         updates = self._checked_updates(ok, failed, server_round, secure)
         if len(updates) < self.mechanism.min_updates(len(chosen)):
@@ -254,6 +258,7 @@ class Federation:
             **figures,
             "exchange_seconds": round(exchange_seconds, 3),
             **({"update_bytes": round(sum(self._sizes) / len(self._sizes))} if self._sizes else {}),
+            **self.broadcast.figures(),
         }
 
     def _secure_round(self) -> SecureRound | None:
