@@ -307,3 +307,5 @@ def test_a_client_that_does_not_hold_the_weights_a_change_applies_to_refuses_the
     assert np.allclose(held[0]["table"], 2.0, rtol=1 / 127)
     with pytest.raises(UserError, match="--download-compression int4 keeps the weights each client holds"):
         TINY.replace(download_compression="int4", partition="per-user", clients=None).validate()
+    with pytest.raises(UserError, match="--download-compression int8 does not combine with --privacy dp-fedavg"):
+        TINY.replace(download_compression="int8", mechanism="dp-fedavg").validate()

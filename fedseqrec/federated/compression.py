@@ -76,10 +76,17 @@ class CompressionConfig:
 
     def problem(self, secure: bool, mechanism: str, noise_shares: str, partition: str) -> str | None:
         """Why the rest of the run's configuration rules this compression out (None: it does not)."""
-        if self.download_compression != "none" and partition == "per-user":
+        down = self.download_compression
+        if down != "none" and partition == "per-user":
             return (
-                f"--download-compression {self.download_compression} keeps the weights each client holds; with "
-                "--partition per-user a client is one user, sampled a few times in a run: use silos"
+                f"--download-compression {down} keeps the weights each client holds; with --partition per-user a "
+                "client is one user, sampled a few times in a run: use silos"
+            )
+        if down != "none" and mechanism == DP_FEDAVG:
+            return (
+                f"--download-compression {down} does not combine with --privacy dp-fedavg (its clipping, Flower's mod "
+                "at the client or the server's, measures an update from the weights in the message, which would be "
+                "the encoded change)"
             )
         mode = self.compression
         if mode == "none":
