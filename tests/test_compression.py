@@ -309,3 +309,16 @@ def test_a_client_that_does_not_hold_the_weights_a_change_applies_to_refuses_the
         TINY.replace(download_compression="int4", partition="per-user", clients=None).validate()
     with pytest.raises(UserError, match="--download-compression int8 does not combine with --privacy dp-fedavg"):
         TINY.replace(download_compression="int8", mechanism="dp-fedavg").validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "private",
+    [{"secure_aggregation": True}, {"mechanism": "user-level", "users_per_round": 40, "noise_multiplier": 1.0}],
+    ids=["secure-aggregation", "user-level"],
+)
+def test_compressed_downloads_combine_with_secure_aggregation_and_user_level_dp(tmp_path, private):
+    simulate(TINY.replace(rounds=2, download_compression="int4", **private), out=tmp_path / "run")
+    rounds = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["failed"] == [] and r["clients"] == 3 for r in rounds)
+    assert rounds[0]["broadcast_bytes"] / rounds[1]["broadcast_bytes"] > 6  # whole weights, then the int4 change

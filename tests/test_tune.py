@@ -202,11 +202,16 @@ def test_an_interrupted_study_resumes_from_its_database(tmp_path):
             "--pruner", "none", "--trials", "3", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    for line in process.stdout:  # interrupted during its second trial
-        if line.startswith("trial   0"):
-            time.sleep(1.0)
-            process.send_signal(signal.SIGINT)
+    for line in process.stdout:  # (a warning on stderr may share the line)
+        if "trial   0" in line:
             break
+    else:
+        pytest.fail("the study ended without printing trial 0's line")
+    second = out / "trials" / "trial-0001" / "metrics.jsonl"  # interrupted once its second trial has an epoch
+    deadline = time.monotonic() + 60
+    while not (second.exists() and second.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 130
     storage = f"sqlite:///{out / 'study.db'}"
     trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
