@@ -19,8 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedseqrec.federated.compression import decode, encode, is_compressible, moved, record_bytes
 from fedseqrec.federated.messages import BASE_KEY, VERSION_KEY
-
-ARRAYS = "arrays"
+from fedseqrec.server.replies import ARRAYS
 
 
 class Broadcast:
