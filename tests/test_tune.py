@@ -201,7 +201,12 @@ def test_an_interrupted_study_resumes_from_its_database(tmp_path):
     argv = [sys.executable, "-m", "fedseqrec.cli", *TRAIN, "--epochs", "80", "--patience", "80", "--search", "lr",
             "--pruner", "none", "--trials", "3", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Ctrl-C as a terminal sends it, even where this test runs in a background job (which ignores SIGINT, and a
+    # Python started with SIGINT ignored never raises KeyboardInterrupt)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=default_sigint
+    )
     for line in process.stdout:  # (a warning on stderr may share the line)
         if "trial   0" in line:
             break
