@@ -179,6 +179,20 @@ def test_sasrec_from_end_counts_positions_back_from_the_last_item_and_stays_caus
     assert not torch.allclose(plain.eval().full_sort_predict(batch), scores)  # the option changes the model
 
 
+@pytest.mark.parametrize("positions", ["from-start", "from-end"])
+def test_sasrec_ranks_from_the_last_position_alone_with_the_full_forwards_figures(shop, positions):
+    """The last block computes only each sequence's last position when ranking: the same hidden state as every
+    position's forward pass, for sequences of every length in one padded batch."""
+    model = build_model("sasrec", small_config(shop, positions=positions, layers=2)).eval()
+    items = torch.tensor([[5, 6, 7, 0, 0], [8, 0, 0, 0, 0], [1, 2, 3, 4, 5], [9, 3, 0, 0, 0]])
+    batch = SeqBatch(items, torch.ones_like(items), torch.ones_like(items), torch.tensor([3, 1, 5, 2]))
+    with torch.no_grad():
+        full = model(batch)[torch.arange(4), batch.lengths - 1]
+        last = model.last_hidden(batch)
+    assert last.shape == full.shape and torch.allclose(last, full, atol=1e-5)
+    assert not torch.allclose(last[0], model(batch)[0, 1], atol=1e-3)  # not some other position's state
+
+
 def test_bad_hyper_parameters_are_refused(shop):
     for bad in ({"hidden": 0}, {"dropout": 1.0}, {"max_len": -1}, {"loss": "bpr"}):
         with pytest.raises(UserError):

@@ -272,13 +272,13 @@ def test_requests_that_arrive_together_share_a_forward_pass_and_keep_their_own_a
     history = known_items(trained, 6)
     requests = [(history, 3, True), (history[:2], 7, False), (["no-such-item"], 3, True), (history[1:], 1, True)]
     calls = []
-    original = recommender._scores
+    original = recommender._ranked_together
 
-    def counted(histories, words):
-        calls.append(len(histories))
-        return original(histories, words)
+    def counted(parsed, asked, words):
+        calls.append(len(parsed))
+        return original(parsed, asked, words)
 
-    recommender._scores = counted
+    recommender._ranked_together = counted
 
     async def together():
         worker = ModelWorker()
@@ -296,6 +296,29 @@ def test_requests_that_arrive_together_share_a_forward_pass_and_keep_their_own_a
             assert isinstance(answer, UserError) and "no item the model knows" in str(answer)
             continue
         alone = recommender.recommend_batch([h], k, seen)[0]
+        assert answer.items == alone.items and answer.scores == pytest.approx(alone.scores, abs=1e-5)
+
+
+def test_a_batch_scored_in_groups_of_similar_length_answers_each_history_as_alone(trained, monkeypatch):
+    """Histories of many lengths, more than one group holds: each answer where its history was, the same as alone."""
+    from fedseqrec.serving import recommender as serving
+
+    monkeypatch.setattr(serving, "SCORED_TOGETHER", 4)
+    recommender = load_recommender(trained)
+    items = known_items(trained, 12)
+    histories = [items[: 1 + (7 * i) % 12] for i in range(19)]
+    calls = []
+    original = recommender._ranked_together
+
+    def counted(parsed, asked, words):
+        calls.append(sorted(len(ids) for ids, _, _ in parsed))
+        return original(parsed, asked, words)
+
+    recommender._ranked_together = counted
+    together = recommender.recommend_batch(histories, k=5)
+    assert len(calls) == 4 and [n for call in calls for n in call] == sorted(len(h) for h in histories)
+    for history, answer in zip(histories, together, strict=True):
+        alone = recommender.recommend(history, k=5)
         assert answer.items == alone.items and answer.scores == pytest.approx(alone.scores, abs=1e-5)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fedseqrec.errors import UserError
-from fedseqrec.models.base import ModelConfig, SeqBatch
+from fedseqrec.models.base import ModelConfig, SeqBatch, SequentialRecommender
 from fedseqrec.models.sasrec import SASRec, _init_weights
 
 LEXICAL_PRIOR = 3.0  # logits per query word found in an item's text, before learning
@@ -77,6 +77,10 @@ class QuerySASRec(SASRec):
         found = asked @ self.item_words.T  # (..., items): query words in each item's text
         w = self.lexical(torch.zeros(found.shape[0], 1, dtype=torch.long, device=found.device))  # (B, 1, 1)
         return scores + LEXICAL_PRIOR * found * (1 + w.view(found.shape[0], *([1] * (found.dim() - 1))))
+
+    def last_hidden(self, batch: SeqBatch) -> torch.Tensor:
+        # The query recalls every earlier state: SASRec's shortcut through the last position alone does not hold.
+        return SequentialRecommender.last_hidden(self, batch)
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:  # (B, T, H)
         hidden = super().forward(batch)

@@ -23,21 +23,23 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """Every position's output, or with ``last`` (B,) only that position's of each sequence (B, 1, H)."""
         b, t, h = x.shape
 
-        def split(proj: nn.Linear) -> torch.Tensor:
-            return proj(x).view(b, t, self.heads, h // self.heads).transpose(1, 2)
+        def split(proj: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+            return proj(inputs).view(b, inputs.shape[1], self.heads, h // self.heads).transpose(1, 2)
 
-        # Causal masking alone is enough with right padding: real positions never see the padding after them.
-        attended = F.scaled_dot_product_attention(
-            split(self.query),
-            split(self.key),
-            split(self.value),
-            is_causal=True,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.out(attended.transpose(1, 2).reshape(b, t, h))
+        keys, values = split(self.key, x), split(self.value, x)
+        if last is None:
+            # Causal masking alone is enough with right padding: real positions never see the padding after them.
+            attended = F.scaled_dot_product_attention(
+                split(self.query, x), keys, values, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:
+            seen = (torch.arange(t, device=x.device) <= last[:, None]).view(b, 1, 1, t)
+            attended = F.scaled_dot_product_attention(split(self.query, _at(x, last)), keys, values, attn_mask=seen)
+        return self.out(attended.transpose(1, 2).reshape(b, -1, h))
 
 
 class TransformerBlock(nn.Module):
@@ -51,8 +53,9 @@ class TransformerBlock(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x)))
+    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        residual = x if last is None else _at(x, last)
+        x = self.attention_norm(residual + self.dropout(self.attention(x, last)))
         return self.feed_forward_norm(x + self.feed_forward(x))
 
 
@@ -68,16 +71,32 @@ class SASRec(SequentialRecommender):
         self.apply(_init_weights)
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:
+        x = self._embedded(batch)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def last_hidden(self, batch: SeqBatch) -> torch.Tensor:
+        """The output after each sequence's last item. The last block computes that position alone (its keys and
+        values still read every position): the same figures as :meth:`forward`, for much less work when ranking."""
+        x = self._embedded(batch)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.blocks[-1](x, batch.lengths - 1).squeeze(1)
+
+    def _embedded(self, batch: SeqBatch) -> torch.Tensor:
         b, t = batch.items.shape
         # Batch-sized, contiguous position ids: Opacus needs a per-sample input for every embedding.
         if self.cfg.positions == "from-end":
             positions = positions_from_end(batch)
         else:
             positions = torch.arange(t, device=batch.items.device).repeat(b, 1)
-        x = self.dropout(self.norm(self.embed(batch) + self.position_embedding(positions)))
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.dropout(self.norm(self.embed(batch) + self.position_embedding(positions)))
+
+
+def _at(x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Each sequence's vector at position ``last`` (B,), as (B, 1, H)."""
+    return x.gather(1, last.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))
 
 
 def _init_weights(module: nn.Module) -> None:
