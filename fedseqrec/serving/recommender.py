@@ -172,6 +172,8 @@ class Recommender:
         """Each history's ranking, in the order given. Histories are scored in groups of similar length, each padded
         only to its own longest: a batch of real histories (Amazon Beauty: 8.9 items on average, up to 50) padded to
         one width would spend most of the encoder's work on padding."""
+        if len(parsed) <= SCORED_TOGETHER:
+            return self._ranked_together(parsed, asked, words)
         order = np.argsort([len(ids) for ids, _, _ in parsed], kind="stable")
         ranked: list[Ranked] = [None] * len(parsed)  # type: ignore[list-item]
         for group in np.array_split(order, max(1, len(order) // SCORED_TOGETHER)):
@@ -195,7 +197,8 @@ class Recommender:
             scores[at, torch.from_numpy(np.concatenate(seen))] = -math.inf
         top = torch.topk(scores, max(k for k, _ in asked), dim=1)
         left = (scores > -math.inf).sum(1).tolist()
-        return [Ranked(*row) for row in zip(scores, top.indices.tolist(), top.values.tolist(), left, strict=True)]
+        rows = zip(scores.unbind(0), top.indices.tolist(), top.values.tolist(), left, strict=True)
+        return [Ranked(*row) for row in rows]
 
     def _found(self, ranked: Ranked, parsed: Parsed, k: int) -> Recommendation:
         """A row's top ``k``: never more than the items left to recommend (those with a finite score)."""
