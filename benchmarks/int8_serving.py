@@ -1,12 +1,13 @@
 """int8 serving weights (`fedseqrec serve --int8`) against float32: throughput, latency, quality.
 
-    python benchmarks/int8_serving.py RUN_DIR [RUN_DIR ...] [--requests 400] [--batches 40] [--clients 50]
-                                      [--seconds 10] [--out benchmarks/results/int8_serving.json]
+    python benchmarks/int8_serving.py RUN_DIR [RUN_DIR ...] [--requests 400] [--batches 40] [--repeats 7]
+                                      [--clients 50] [--seconds 10] [--out benchmarks/results/int8_serving.json]
 
 Each RUN_DIR is a folder `fedseqrec train` wrote (a model trained to its quality: the ranking int8 costs is
 measured on weights that learnt something). For float32 and int8 weights of the same model, on the CPU:
 - quality: test NDCG@10 / HR@10 of the run's own protocol, every test user (`fedseqrec evaluate`'s figures);
-- the model's throughput: users per second of `Recommender.recommend_batch` on batches of 256 real histories;
+- the model's throughput: users per second of `Recommender.recommend_batch` on batches of 256 real histories
+  (median of `--repeats`, float32 and int8 alternating);
 - one request's latency in the process: p50 / p99 of `recommend` on one history at a time;
 - over HTTP: `fedseqrec serve [--int8]` under `--clients` concurrent connections (benchmarks/http_load.py),
   requests per second and p99.
@@ -39,43 +40,66 @@ def model_bytes(model: torch.nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def measure(folder: Path, int8: bool, options: argparse.Namespace, tmp: Path) -> dict:
-    recommender = load_recommender(folder, device="cpu", int8=int8)
-    ds, model = recommender.ds, recommender.model
+def measure(folder: Path, options: argparse.Namespace, tmp: Path) -> list[dict]:
+    """float32 and int8 weights of one run. Their throughput and latency are taken in alternating repetitions
+    (median of each), so that a busy spell of the shared machine falls on both."""
+    recommenders = [load_recommender(folder, device="cpu", int8=int8) for int8 in (False, True)]
     protocol = json.loads((folder / "metrics.json").read_text()).get("protocol", "full")
-    test = evaluate(model, ds.sequences, ds.split, "test", max_len=model.cfg.max_len, protocol=protocol)
-    users = list(recommender.users)[:4096]
-    histories = [recommender.history_of(u) for u in users]
-    recommender.recommend_batch(histories[:256])  # warm-up
+    users = list(recommenders[0].users)[:4096]
+    histories = [recommenders[0].history_of(u) for u in users]
+    speeds: list[list[float]] = [[], []]
+    latencies: list[list[float]] = [[], []]
+    for _ in range(options.repeats):
+        for which, recommender in enumerate(recommenders):
+            speeds[which].append(users_per_second(recommender, histories, options.batches))
+            latencies[which].extend(latencies_ms(recommender, histories, options.requests))
+    rows = []
+    for which, recommender in enumerate(recommenders):
+        model, ds = recommender.model, recommender.ds
+        test = evaluate(model, ds.sequences, ds.split, "test", max_len=model.cfg.max_len, protocol=protocol)
+        process, port = serve(folder, "--device", "cpu", *(["--int8"] if which else []))
+        try:
+            http = concurrent_load(port, histories, options.clients, options.seconds, tmp)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        rows.append(
+            {
+                "run": folder.name,
+                "model": model.name,
+                "weights": "int8" if which else "float32",
+                "weights_bytes": model_bytes(model),
+                "test": {k: round(test[k], 4) for k in ("NDCG@10", "HR@10")},
+                "protocol": protocol,
+                "batched_users_per_second": round(float(np.median(speeds[which])), 1),
+                "batched_users_per_second_each": [round(x, 1) for x in speeds[which]],
+                "latency_ms": {
+                    "p50": round(float(np.percentile(latencies[which], 50)), 2),
+                    "p99": round(float(np.percentile(latencies[which], 99)), 2),
+                },
+                "http": http,
+            }
+        )
+    return rows
+
+
+def users_per_second(recommender, histories: list[list[str]], batches: int) -> float:
+    """``recommend_batch`` on ``batches`` batches of 256 real histories, after one for warm-up."""
+    recommender.recommend_batch(histories[:256])
     start = time.perf_counter()
-    for b in range(options.batches):
+    for b in range(batches):
         recommender.recommend_batch([histories[(b * 256 + j) % len(histories)] for j in range(256)])
-    throughput = options.batches * 256 / (time.perf_counter() - start)
+    return batches * 256 / (time.perf_counter() - start)
+
+
+def latencies_ms(recommender, histories: list[list[str]], requests: int) -> list[float]:
+    """One ``recommend`` at a time, ``requests`` times."""
     latencies = []
-    for i in range(options.requests):
+    for i in range(requests):
         started = time.perf_counter()
         recommender.recommend(histories[i % len(histories)])
         latencies.append((time.perf_counter() - started) * 1000)
-    process, port = serve(folder, "--device", "cpu", *(["--int8"] if int8 else []))
-    try:
-        http = concurrent_load(port, histories, options.clients, options.seconds, tmp)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    return {
-        "run": folder.name,
-        "model": model.name,
-        "weights": "int8" if int8 else "float32",
-        "weights_bytes": model_bytes(model),
-        "test": {k: round(test[k], 4) for k in ("NDCG@10", "HR@10")},
-        "protocol": protocol,
-        "batched_users_per_second": round(throughput, 1),
-        "latency_ms": {
-            "p50": round(float(np.percentile(latencies, 50)), 2),
-            "p99": round(float(np.percentile(latencies, 99)), 2),
-        },
-        "http": http,
-    }
+    return latencies
 
 
 def compare(full: dict, int8: dict) -> dict:
@@ -93,6 +117,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=7, help="alternating repetitions of the in-process timings")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_serving.json")
@@ -100,7 +125,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for folder in options.runs:
-            pair = [measure(folder, int8, options, Path(tmp)) for int8 in (False, True)]
+            pair = measure(folder, options, Path(tmp))
             rows.append({"float32": pair[0], "int8": pair[1], "compared": compare(*pair)})
             print(json.dumps(rows[-1]["compared"]), flush=True)
     write_report(options.out, "int8_serving", "python benchmarks/int8_serving.py " + " ".join(sys.argv[1:]), rows)
