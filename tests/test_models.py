@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from opacus.validators import ModuleValidator
+from torch import nn
 from torch.utils.data import DataLoader
 
 from fedseqrec.data import DataConfig, ShopConfig, load_dataset
@@ -179,11 +180,11 @@ def test_sasrec_from_end_counts_positions_back_from_the_last_item_and_stays_caus
     assert not torch.allclose(plain.eval().full_sort_predict(batch), scores)  # the option changes the model
 
 
-@pytest.mark.parametrize("positions", ["from-start", "from-end"])
-def test_sasrec_ranks_from_the_last_position_alone_with_the_full_forwards_figures(shop, positions):
+@pytest.mark.parametrize("options", [{"positions": "from-start"}, {"positions": "from-end"}, {"low_pass": 0.4}])
+def test_sasrec_ranks_from_the_last_position_alone_with_the_full_forwards_figures(shop, options):
     """The last block computes only each sequence's last position when ranking: the same hidden state as every
     position's forward pass, for sequences of every length in one padded batch."""
-    model = build_model("sasrec", small_config(shop, positions=positions, layers=2)).eval()
+    model = build_model("sasrec", small_config(shop, layers=2, low_pass_width=2, **options)).eval()
     items = torch.tensor([[5, 6, 7, 0, 0], [8, 0, 0, 0, 0], [1, 2, 3, 4, 5], [9, 3, 0, 0, 0]])
     batch = SeqBatch(items, torch.ones_like(items), torch.ones_like(items), torch.tensor([3, 1, 5, 2]))
     with torch.no_grad():
@@ -191,6 +192,30 @@ def test_sasrec_ranks_from_the_last_position_alone_with_the_full_forwards_figure
         last = model.last_hidden(batch)
     assert last.shape == full.shape and torch.allclose(last, full, atol=1e-5)
     assert not torch.allclose(last[0], model(batch)[0, 1], atol=1e-3)  # not some other position's state
+
+
+def test_the_causal_low_pass_filter_averages_the_last_width_states_and_never_a_later_one(shop):
+    from fedseqrec.models.sasrec import causal_mean
+
+    x = torch.tensor([[1.0, 2.0, 4.0, 8.0, 0.0]]).unsqueeze(-1)  # one sequence of 4 items, then padding
+    assert causal_mean(x, 2).squeeze().tolist() == [1.0, 1.5, 3.0, 6.0, 4.0]
+    assert causal_mean(x, 10).squeeze().tolist() == pytest.approx([1.0, 1.5, 7 / 3, 3.75, 3.0])
+    model = build_model("sasrec", small_config(shop, low_pass=0.5, low_pass_width=3, layers=2)).eval()
+    assert sum(isinstance(m, nn.LayerNorm) for m in model.modules()) == 2 * 3 + 1  # a filter's norm a block
+    items = torch.tensor([[1, 2, 3, 4, 5], [5, 6, 0, 0, 0]])
+    batch = SeqBatch(items, torch.ones_like(items), torch.ones_like(items), torch.tensor([5, 2]))
+    swapped = items.clone()
+    swapped[0, 4] = 9
+    hidden = model(SeqBatch(swapped, torch.ones_like(items), torch.ones_like(items), batch.lengths))
+    assert torch.allclose(hidden[0, :4], model(batch)[0, :4], atol=1e-6)  # causal: later items unseen
+    assert not torch.allclose(hidden[0, 4], model(batch)[0, 4])
+    alone = SeqBatch(items[1:, :2], torch.ones_like(items[1:, :2]), torch.ones_like(items[1:, :2]), batch.lengths[1:])
+    assert torch.allclose(model.full_sort_predict(alone), model.full_sort_predict(batch)[1:], atol=1e-5)
+    plain = build_model("sasrec", small_config(shop, layers=2))
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(plain.eval().full_sort_predict(batch), model.full_sort_predict(batch))
+    with pytest.raises(UserError, match="--low-pass"):
+        build_model("gru4rec", small_config(shop, low_pass=0.5))
 
 
 def test_bad_hyper_parameters_are_refused(shop):
@@ -216,10 +241,12 @@ first_batch_cache = {}
 
 
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
-@pytest.mark.parametrize("name", NAMES)
-def test_trains_under_opacus_with_per_sample_gradients_for_every_parameter(shop, name, mode):
+@pytest.mark.parametrize(
+    "name, options", [(name, {}) for name in NAMES] + [("sasrec", {"low_pass": 0.5, "low_pass_width": 3})]
+)
+def test_trains_under_opacus_with_per_sample_gradients_for_every_parameter(shop, name, options, mode):
     torch.manual_seed(0)
-    cfg = small_config(shop)
+    cfg = small_config(shop, **options)
     plain = build_model(name, cfg, shop.sequences)
     first_batch_cache["batch"] = plain.training_view(first_batch(shop, cfg)[1])
     model = dp_ready(plain)

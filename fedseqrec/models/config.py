@@ -119,6 +119,19 @@ class ModelConfig:
         choices=("from-start", "from-end"),
         group=MODEL,
     )
+    low_pass: float = option(
+        0.0,
+        "sasrec: weight of a causal low-pass filter mixed with each block's attention (BSARec's inductive bias, "
+        "Shin et al. 2024, with a causal mean for its Fourier filter); 0: attention alone",
+        check=within(0, 1),
+        group=MODEL,
+    )
+    low_pass_width: int = option(
+        10,
+        "sasrec with --low-pass: the items the causal low-pass filter averages over",
+        check=positive_int,
+        group=MODEL,
+    )
     freeze: str = option(
         "none",
         "parameters never trained: items = the item embedding table and the scorer (keeps them out of DP's noise; "
@@ -132,6 +145,8 @@ class ModelConfig:
         check(self)
         if self.name in ATTENTION_MODELS and self.hidden % self.heads:
             raise UserError(f"--hidden {self.hidden} must be divisible by --heads {self.heads}")
+        if self.low_pass and self.name not in ("sasrec", "query-sasrec"):
+            raise UserError(f"--low-pass mixes a filter into SASRec's blocks; {self.name} has none: leave it at 0")
 
     def validate(self) -> None:
         self.check_options()

@@ -42,9 +42,42 @@ class CausalSelfAttention(nn.Module):
         return self.out(attended.transpose(1, 2).reshape(b, -1, h))
 
 
+class LowPassFilter(nn.Module):
+    """BSARec's inductive bias (Shin et al., AAAI 2024), made causal: a position's low-frequency part is the mean of
+    the last ``width`` states up to it (BSARec keeps the lowest Fourier components of the whole sequence, which reads
+    later positions, and every position here is a training target), its high-frequency part what remains; the
+    output rescales the high part by a learnt β² per channel. β is a one-row embedding looked up once a sequence, so
+    that Opacus sees a layer it can clip per user."""
+
+    def __init__(self, hidden: int, width: int, dropout: float):
+        super().__init__()
+        self.width = width
+        self.beta = nn.Embedding(1, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        low = causal_mean(x, self.width)
+        if last is not None:
+            x, low = _at(x, last), _at(low, last)
+        beta = self.beta(torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device))  # (B, 1, H)
+        return self.norm(x + self.dropout(low + beta**2 * (x - low)))
+
+
+def causal_mean(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Each position's mean of the ``width`` states ending at it (fewer at the start). With right padding a real
+    position never averages padding, which comes after it."""
+    total = torch.cumsum(x, dim=1)
+    before = F.pad(total, (0, 0, width, 0))[:, : x.shape[1]]
+    count = torch.arange(1, x.shape[1] + 1, device=x.device).clamp(max=width).view(1, -1, 1)
+    return (total - before) / count
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.mix = cfg.low_pass
+        self.low_pass = LowPassFilter(cfg.hidden, cfg.low_pass_width, cfg.dropout) if cfg.low_pass else None
         self.attention = CausalSelfAttention(cfg.hidden, cfg.heads, cfg.dropout)
         self.attention_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
         self.feed_forward = nn.Sequential(
@@ -55,8 +88,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
         residual = x if last is None else _at(x, last)
-        x = self.attention_norm(residual + self.dropout(self.attention(x, last)))
-        return self.feed_forward_norm(x + self.feed_forward(x))
+        mixed = self.attention_norm(residual + self.dropout(self.attention(x, last)))
+        if self.low_pass is not None:
+            mixed = self.mix * self.low_pass(x, last) + (1 - self.mix) * mixed
+        return self.feed_forward_norm(mixed + self.feed_forward(mixed))
 
 
 class SASRec(SequentialRecommender):
@@ -110,3 +145,5 @@ def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.LayerNorm):
         module.weight.data.fill_(1.0)
         module.bias.data.zero_()
+    if isinstance(module, LowPassFilter):
+        module.beta.weight.data.fill_(1.0)  # β² = 1: the filter starts as the identity and learns its mix
