@@ -51,14 +51,17 @@ PROTOCOL = "full-history-removed"
 # amazon: chosen on Beauty's validation split. Regularisation tuned for ml-100k's 943 users (weight decay 1.0, label
 # smoothing 0.2) holds 22k users back; tied item embeddings halve the item parameters, which a catalogue of 12k items
 # seen 16 times each needs. SASRec: the learning rate falling linearly to 0 over 36 epochs, positions counted back from
-# the last item (the SASRec authors' left padding). BERT4Rec: its paper's ρ = 0.6 and dropout 0.1, a lower rate for a
-# post-LN BERT, weight decay 0.1.
+# the last item (the SASRec authors' left padding), a causal low-pass filter mixed into each block (BSARec's).
+# BERT4Rec: its paper's ρ = 0.6 and dropout 0.1, a lower rate for a post-LN BERT, weight decay 0.1.
 AMAZON_MODEL = {"loss": "ce", "label_smoothing": 0.0, "tie_items": True}
 AMAZON_FIT = {"weight_decay": 0.0, "lr": 0.002, "batch_size": 128, "batching": "length"}
 PRESETS: dict[str, dict[str, tuple[dict, dict]]] = {
     "amazon": {
         "pop": ({}, {}),
-        "sasrec": ({**AMAZON_MODEL, "positions": "from-end"}, {**AMAZON_FIT, "lr_schedule": "linear", "epochs": 36}),
+        "sasrec": (
+            {**AMAZON_MODEL, "positions": "from-end", "low_pass": 0.3, "low_pass_width": 10},
+            {**AMAZON_FIT, "lr_schedule": "linear", "epochs": 36},
+        ),
         "gru4rec": (AMAZON_MODEL, AMAZON_FIT),
         "lstm": (AMAZON_MODEL, AMAZON_FIT),
         "bert4rec": (
