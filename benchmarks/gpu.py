@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchmark_report import write_report
-from papers import AMAZON_FIT, AMAZON_MODEL
+from papers import PRESETS
 
 from fedseqrec.centralized.config import TrainConfig
 from fedseqrec.centralized.training import train_centralized
@@ -52,12 +52,15 @@ def synchronised(device: torch.device) -> float:
     return time.perf_counter()
 
 
+SASREC_MODEL, SASREC_FIT = PRESETS["amazon"]["sasrec"]  # the preset benchmarks/papers.py runs on Beauty
+
+
 def epoch_seconds(ds, device: torch.device, precision: str, epochs: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = build_model("sasrec", model_config_for(ds.sequences, ModelConfig(**AMAZON_MODEL))).to(device)
+    model = build_model("sasrec", model_config_for(ds.sequences, ModelConfig(**SASREC_MODEL))).to(device)
     windows = TrainingWindows(ds.sequences, ds.split, max_len=50, random_window=True)
-    loader = training_loader(windows, 128, 0, True)
-    optimizer = adamw(model.parameters(), lr=AMAZON_FIT["lr"], weight_decay=0.0)
+    loader = training_loader(windows, SASREC_FIT["batch_size"], 0, True)
+    optimizer = adamw(model.parameters(), lr=SASREC_FIT["lr"], weight_decay=0.0)
     times = []
     for epoch in range(epochs + 1):
         start = synchronised(device)
@@ -71,7 +74,7 @@ def epoch_seconds(ds, device: torch.device, precision: str, epochs: int) -> tupl
 
 def dp_round_seconds(ds, device: torch.device, users: int) -> float:
     torch.manual_seed(0)
-    model = build_model("sasrec", model_config_for(ds.sequences, ModelConfig(**AMAZON_MODEL))).to(device)
+    model = build_model("sasrec", model_config_for(ds.sequences, ModelConfig(**SASREC_MODEL))).to(device)
     windows = TrainingWindows(ds.sequences, ds.split, max_len=50)
     chosen = np.sort(np.random.default_rng(0).choice(len(windows), users, replace=False))
     clipped_update_sum(model, windows, chosen[:256], Contribution(1.0))  # warm-up
@@ -81,12 +84,11 @@ def dp_round_seconds(ds, device: torch.device, users: int) -> float:
 
 
 def full_preset(device: str, tmp: Path) -> dict:
-    fit = {**AMAZON_FIT, "lr_schedule": "linear", "epochs": 36}
     train = TrainConfig(
-        hardware=DeviceConfig(device), evaluation=EvaluationConfig(protocol="full-history-removed"), **fit
+        hardware=DeviceConfig(device), evaluation=EvaluationConfig(protocol="full-history-removed"), **SASREC_FIT
     )
     start = time.perf_counter()
-    result = train_centralized(DataConfig(data=BEAUTY), ModelConfig(**AMAZON_MODEL), train, tmp / "sasrec")
+    result = train_centralized(DataConfig(data=BEAUTY), ModelConfig(**SASREC_MODEL), train, tmp / "sasrec")
     return {
         "wall_seconds": round(time.perf_counter() - start, 1),
         "train_seconds": result["train_seconds"],
