@@ -43,7 +43,14 @@ def test_each_users_term_is_clipped_for_the_cloze_model_too():
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("sasrec", {}), ("gru4rec", {}), ("lstm", {}), ("query-sasrec", {}), ("sasrec", {"tie_items": True})],
+    [
+        ("sasrec", {}),
+        ("gru4rec", {}),
+        ("lstm", {}),
+        ("query-sasrec", {}),
+        ("sasrec", {"tie_items": True}),
+        ("sasrec", {"low_pass": 0.3, "low_pass_width": 3}),
+    ],
 )
 def test_the_sum_is_the_sum_of_each_users_own_clipped_gradient(name, options):
     """Exact against plain autograd on each user's full window: the vectorised sum computes users of like length
