@@ -247,16 +247,17 @@ def test_a_trial_whose_worker_was_killed_is_run_again(tmp_path):
             "--pruner", "none", "--trials", "1", "--out", str(out)]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     storage = f"sqlite:///{out / 'study.db'}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # killed once its trial is running
+    deadline = time.monotonic() + 240  # a busy machine takes its time to import and load the data
+    running = False
+    while not running and time.monotonic() < deadline:  # killed once its trial is running
         time.sleep(1)
         try:
             trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
         except Exception:  # (the study is not made yet)
             continue
-        if trials and trials[0].state.name == "RUNNING":
-            break
+        running = bool(trials) and trials[0].state.name == "RUNNING"
     process.kill()
+    assert running, "the study's first trial was not running within 240 s"
     process.wait()
     killed = optuna.load_study(study_name="tune", storage=storage).get_trials()[0]
     assert killed.state.name == "RUNNING"  # as the database last heard of it

@@ -37,7 +37,7 @@ from fedseqrec.results.folder import recorded_data
 MODEL_INFO = "model_info.json"  # which round's weights model.pt holds (a federation writes it beside them)
 
 
-SCORED_TOGETHER = 32  # histories a group of similar length holds (see Recommender._scores)
+SCORED_TOGETHER = 32  # histories a group of similar length holds (see Recommender._ranked)
 
 
 Parsed = tuple[np.ndarray, list[str], int]  # a history's known item ids, its unknown items, how many were cut
