@@ -181,3 +181,15 @@ def test_on_a_gpu_training_scoring_and_user_level_dp_match_the_cpu():
     optimizer = adamw(gpu.parameters(), lr=1e-3, weight_decay=0.0)
     loss, steps = train_epoch(gpu, loader, optimizer, windows.batch_of, max_steps=3, packed=True, precision="bf16")
     assert steps == 3 and loss > 0 and device_of(gpu).type == "cuda"
+
+
+def test_a_simulation_refused_for_its_client_resources_lets_go_of_its_run_folder(tmp_path):
+    """The folder is held from the moment the run is planned: a refusal after that must not leave it held by this
+    process (a notebook's next run of it would be told another process has it)."""
+    from fedseqrec.results.folder import RunFolder
+    from fedseqrec.simulation.engine import simulate
+
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="--client-gpus 0.5"):
+        simulate(TINY, out=out, client_gpus=0.5)
+    RunFolder(out).lock().release()  # refused (BlockingIOError as a UserError) while the run still held it

@@ -75,17 +75,17 @@ def simulate(
         )
     os.environ.update(FLOWER_ENVIRONMENT)
     cfg, folder, n_clients = prepare_run(cfg, out, resume, rounds)
-    if attacked:
-        client_app = _attacked_client_app(attack, cfg, folder, n_clients, progress)
-    backend = {
-        "client_resources": client_resources(cfg.fit.hardware, client_cpus, client_gpus),
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
-    }
 
     def where() -> str:
         return f"the run folder keeps its last completed round: continue with --resume {folder.path}"
 
-    try:
+    try:  # the folder is held from here on: released however the run ends, a refused option included
+        if attacked:
+            client_app = _attacked_client_app(attack, cfg, folder, n_clients, progress)
+        backend = {
+            "client_resources": client_resources(cfg.fit.hardware, client_cpus, client_gpus),
+            "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": verbose},
+        }
         # (the watchdog: Ray's processes are stopped when the run ends, even by SIGKILL)
         with (
             quiet_flower(verbose),
