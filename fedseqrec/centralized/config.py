@@ -10,6 +10,7 @@ from fedseqrec.options import non_negative_int, option, positive, positive_int, 
 
 TRAINING = "training"
 PRIVATE_POP = "private popularity baseline"
+COOCCURRENCE = "co-occurrence model"
 
 
 @dataclass
@@ -43,5 +44,23 @@ class TrainConfig(FitConfig):
         "--model pop with --pop-epsilon: items a user counts for at most (the ℓ2 sensitivity is its root)",
         check=positive_int,
         group=PRIVATE_POP,
+    )
+    cooc_epsilon: float | None = option(
+        None,
+        "--model cooc: release the item choice and the pair counts with the Gaussian mechanism at this user-level ε",
+        check=positive,
+        group=COOCCURRENCE,
+    )
+    cooc_items: int = option(
+        2000,
+        "--model cooc with --cooc-epsilon: the items chosen (privately) to have pair counts; the rest score popularity",
+        check=positive_int,
+        group=COOCCURRENCE,
+    )
+    cooc_window: int = option(
+        5,
+        "--model cooc: two items count as a pair when at most this many events apart",
+        check=positive_int,
+        group=COOCCURRENCE,
     )
     evaluation: EvaluationConfig = section(EvaluationConfig)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedseqrec.centralized.config import TrainConfig
@@ -26,6 +27,7 @@ from fedseqrec.jsonio import dumps
 from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import BASELINES, ModelConfig
+from fedseqrec.models.cooccurrence import ItemCooccurrence
 from fedseqrec.models.device import check_precision, device_name, resolve_device
 from fedseqrec.models.optim import LinearSchedule, adamw
 from fedseqrec.models.registry import build_model, model_config_for
@@ -33,6 +35,7 @@ from fedseqrec.models.text_match import TextMatch
 from fedseqrec.models.training import train_epoch
 from fedseqrec.options import check
 from fedseqrec.privacy.config import default_delta
+from fedseqrec.privacy.cooccurrence import private_cooccurrence
 from fedseqrec.privacy.popularity import private_popularity
 
 SPLITS = ("valid", "test")
@@ -65,7 +68,7 @@ def train_centralized(
     model_cfg = model_config_for(ds.sequences, model_cfg)
     if model_cfg.name in BASELINES:
         model_cfg.validate()
-        baseline = _popularity_results if model_cfg.name == "pop" else _text_match_results
+        baseline = {"pop": _popularity_results, "cooc": _cooccurrence_results}.get(model_cfg.name, _text_match_results)
         return _write_results(out, baseline(ds, model_cfg, cfg), data_cfg, model_cfg, cfg, ds.sequences.n_items)
     device = resolve_device(cfg.hardware.device)
     check_precision(device, cfg.hardware.precision)
@@ -174,6 +177,24 @@ def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
         results = {w: evaluate(model, seq, split, w, max_len=model_cfg.max_len, protocol=protocol) for w in SPLITS}
         results["privacy"] = record
     return {"model": "pop", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
+
+
+def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
+    start = time.perf_counter()
+    seq, split = ds.sequences, ds.split
+    results = {}
+    if cfg.cooc_epsilon is None:
+        histories = (seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1))
+        prior = np.bincount(training_items(seq, split), minlength=seq.n_items + 1) * 1e-6  # orders the unpaired
+        model = ItemCooccurrence.counted(seq.n_items, histories, cfg.cooc_window, prior)
+    else:
+        delta = default_delta(seq.n_users)
+        model, results["privacy"] = private_cooccurrence(
+            seq, split, cfg.cooc_epsilon, delta, cfg.cooc_items, cfg.cooc_window
+        )
+    options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
+    results.update({w: evaluate(model, seq, split, w, **options) for w in SPLITS})
+    return {"model": "cooc", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
 def _text_match_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:

@@ -18,10 +18,10 @@ from fedseqrec.options import (
     within,
 )
 
-# pop: the most-popular baseline; text-match: the query's words against the items' (--task search); din-esmm and lr:
-# ad click and conversion (--task ctr)
-MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "din-esmm", "pop", "text-match", "lr")
-BASELINES = ("pop", "text-match")  # nothing to train
+# pop: the most-popular baseline; text-match: the query's words against the items' (--task search); cooc: item pairs
+# counted from histories (privately with --cooc-epsilon); din-esmm and lr: ad click and conversion (--task ctr)
+MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "din-esmm", "pop", "text-match", "cooc", "lr")
+BASELINES = ("pop", "text-match", "cooc")  # nothing to train: counted
 TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name not in BASELINES)
 ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hidden
 FREEZE = ("none", "items")

@@ -62,12 +62,22 @@ class ItemSelection:
 def select_items(counts: np.ndarray, k: int, noise_multiplier: float, rng: np.random.Generator | None = None):
     """The ``k`` items with the largest counts after Gaussian noise of z × sensitivity (OS randomness: a noise
     predictable from --seed would be no noise)."""
+    noisy = released_counts(counts, noise_multiplier, rng)
+    return ItemSelection(top_items(noisy, k), float(noise_multiplier))
+
+
+def released_counts(counts: np.ndarray, noise_multiplier: float, rng: np.random.Generator | None = None):
+    """The counts with Gaussian noise of z × sensitivity: the release itself (the padding entry is -inf)."""
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))
     noisy = counts + rng.normal(0.0, noise_multiplier * SENSITIVITY, counts.shape)
     noisy[0] = -np.inf  # the padding row is never an item
-    k = min(k, len(counts) - 1)
-    chosen = np.argpartition(-noisy, k - 1)[:k]
-    return ItemSelection(np.sort(chosen).astype(np.int64), float(noise_multiplier))
+    return noisy
+
+
+def top_items(noisy: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the ``k`` largest released counts, ascending (post-processing of the release)."""
+    k = min(k, len(noisy) - 1)
+    return np.sort(np.argpartition(-noisy, k - 1)[:k]).astype(np.int64)
 
 
 def row_mask(rows, size: int) -> torch.Tensor:
