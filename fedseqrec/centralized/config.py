@@ -57,6 +57,13 @@ class TrainConfig(FitConfig):
         check=positive_int,
         group=COOCCURRENCE,
     )
+    cooc_item_noise: float = option(
+        10.0,
+        "--model cooc with --cooc-epsilon: the item counts' noise multiplier × ε (smaller: better chosen items and "
+        "popularity prior, more noise on the pairs)",
+        check=positive,
+        group=COOCCURRENCE,
+    )
     cooc_window: int = option(
         5,
         "--model cooc: two items count as a pair when at most this many events apart",

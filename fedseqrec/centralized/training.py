@@ -190,7 +190,7 @@ def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig)
     else:
         delta = default_delta(seq.n_users)
         model, results["privacy"] = private_cooccurrence(
-            seq, split, cfg.cooc_epsilon, delta, cfg.cooc_items, cfg.cooc_window
+            seq, split, cfg.cooc_epsilon, delta, cfg.cooc_items, cfg.cooc_window, cfg.cooc_item_noise
         )
     options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
     results.update({w: evaluate(model, seq, split, w, **options) for w in SPLITS})

@@ -1,9 +1,10 @@
 """The private co-occurrence model: item pairs counted from users' histories and released once with the Gaussian
 mechanism, user-level.
 
-1. The K items most users hold are chosen from item counts released with noise (``item_selection``, the release
-   ``--item-rows`` uses; noise 40 / ε): the ledger's first record. The top K of a released vector is
-   post-processing.
+1. The K items most users hold are chosen from item counts released with noise z = ``--cooc-item-noise`` / ε
+   (``item_selection``, the release ``--item-rows`` uses): the ledger's first record. The top K of a released
+   vector is post-processing. A smaller z chooses the items and orders the popularity prior better and leaves
+   more noise for the pairs.
 2. Each user's pairs between chosen items (``models.cooccurrence.user_pairs``) form a vector over the K(K − 1) / 2
    unordered pairs, scaled to ℓ2 norm at most 1: adding or removing one user moves the sum by at most 1.
 3. The sum gets Gaussian noise of standard deviation σ on every pair of chosen items, once — σ the smallest that
@@ -26,7 +27,6 @@ from fedseqrec.data.splits import Split
 from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
 from fedseqrec.privacy.accounting import calibrate_noise_after, epsilon
 from fedseqrec.privacy.item_selection import item_counts, released_counts, top_items
-from fedseqrec.privacy.user_level import SELECTION_NOISE_TIMES_EPSILON
 
 MECHANISM = (
     "private co-occurrence: item counts released with Gaussian noise choose K items; each user's pairs of chosen "
@@ -63,13 +63,14 @@ def private_cooccurrence(
     delta: float,
     items: int,
     window: int,
+    item_noise_times_epsilon: float = 10.0,
     accountant: str = "rdp",
     rng: np.random.Generator | None = None,
 ) -> tuple[ItemCooccurrence, dict]:
     """The released model and its privacy record (the two releases' ledger, ε re-computed from it, δ)."""
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
     users = np.arange(1, data.n_users + 1)
-    selection_noise = SELECTION_NOISE_TIMES_EPSILON / target_epsilon
+    selection_noise = item_noise_times_epsilon / target_epsilon
     counts = item_counts(data, split, users)
     noisy_counts = released_counts(counts, selection_noise, rng)  # step 1's release: the choice and the prior
     chosen = top_items(noisy_counts, items)

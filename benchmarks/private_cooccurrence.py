@@ -1,0 +1,133 @@
+"""The privacy–utility curve of the private co-occurrence model (`fedseqrec train --model cooc --cooc-epsilon E`)
+on ml-100k or Amazon Beauty, no public users, beside the curve of user-level DP-SGD across 10 silos and private
+popularity (both from benchmarks/privacy_curve.py's results), against the best model we build without privacy.
+
+    python benchmarks/private_cooccurrence.py beauty  [--epsilons 0.5 1 2 4 8 16] [--draws 3] [--runs DIR]
+    python benchmarks/private_cooccurrence.py ml-100k [...]
+
+The release is a sum over users of clipped vectors with the noise once on the total, so 10 silos adding up their
+own users give the same release as one process: each point is one `fedseqrec train` run folder,
+DIR/cooc-eps{E}-{draw} (the plain counted model: DIR/cooc-no-dp), run when missing and rebuilt from the folder alone
+by privacy_curve.point (test NDCG@10, ε re-computed from the ledger by dp-accounting, RDP and PLD). The data and
+the options are the same for every draw; only the noise differs (it never follows --seed), so a point's mean ± its
+standard error over draws is the mechanism's spread, beside the test set's own bound √(NDCG/n). K
+(--cooc-items) and --cooc-item-noise are the dataset's, chosen on validation at ε = 8 (benchmark notes). Writes
+benchmarks/results/private_cooccurrence_{dataset}.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from benchmark_report import portable
+from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, point, run
+
+# --cooc-items and --cooc-item-noise, chosen on validation at ε = 8 (benchmark notes)
+CHOSEN = {"ml-100k": ["--cooc-items", "400", "--cooc-item-noise", "40"], "beauty": ["--cooc-items", "2000"]}
+
+
+def reference(dataset: str, plain: dict) -> dict:
+    """The best model built without privacy on the same data and protocol: the privacy curve's, any single seed of
+    benchmarks/papers.py, or the plain co-occurrence model, whichever is higher."""
+    curve = json.loads((RESULTS / f"privacy_curve_{dataset}.json").read_text())["best_non_private"]
+    candidates = [(curve["test_NDCG@10"], curve["model"])]
+    papers = RESULTS / f"papers_{dataset}.json"
+    for row in json.loads(papers.read_text())["rows"] if papers.exists() else []:
+        if row["model"] != "pop":
+            best = max(row["test"]["NDCG@10"]["per_seed"])
+            candidates.append((best, f"centralized {row['model']}, best seed (benchmarks/papers.py)"))
+    candidates.append((plain["test_NDCG@10"], "cooc counted without privacy (this benchmark)"))
+    value, name = max(candidates)
+    return {"test_NDCG@10": round(value, 4), "model": name, "candidates": [list(c) for c in candidates]}
+
+
+def summary(points: list[dict]) -> dict:
+    values = [p["test_NDCG@10"] for p in points]
+    spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return {
+        "epsilon": max(p["epsilon"] for p in points),
+        "epsilon_dp_accounting_rdp": max(p["epsilon_dp_accounting_rdp"] for p in points),
+        "epsilon_dp_accounting_pld": max(p["epsilon_dp_accounting_pld"] for p in points),
+        "noise_multiplier": points[0]["noise_multiplier"],
+        "test_NDCG@10": round(statistics.mean(values), 4),
+        "standard_error_over_draws": None if spread is None else round(spread, 4),
+        "standard_error_bound": points[0]["standard_error_bound"],
+        "valid_NDCG@10": round(statistics.mean(p["valid_NDCG@10"] for p in points), 4),
+        "draws": values,
+    }
+
+
+def plot(rows: list[dict], curve: dict, best: dict, plain: dict, dataset: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.errorbar(
+        [r["epsilon"] for r in rows],
+        [r["test_NDCG@10"] for r in rows],
+        yerr=[r["standard_error_bound"] for r in rows],
+        marker="o",
+        label="private co-occurrence (one release), no public users",
+    )
+    sgd = [r for r in curve["rows"] if r["run"].startswith("eps")]
+    pops = [r for r in curve["rows"] if r["run"].startswith("pop-")]
+    sgd_label = "user-level DP-SGD, 10 silos"
+    ax.plot([r["epsilon"] for r in sgd], [r["test_NDCG@10"] for r in sgd], marker="^", label=sgd_label)
+    ax.plot([r["epsilon"] for r in pops], [r["test_NDCG@10"] for r in pops], marker="s", label="private popularity")
+    ax.axhline(best["test_NDCG@10"], color="k", linestyle="--", label=f"best non-private: {best['model']}")
+    ax.axhline(plain["test_NDCG@10"], color="tab:blue", linestyle="-.", label="co-occurrence without privacy")
+    ax.axhline(curve["popularity_test_NDCG@10"], color="grey", linestyle=":", label="popularity, no DP")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ε (user-level)")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title(f"{dataset}: privacy–utility")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=list(SETTINGS))
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16])
+    parser.add_argument("--draws", type=int, default=3, help="releases per ε (the noise is all that differs)")
+    parser.add_argument("--runs", default=None, help="folder of the run folders (default: benchmarks/runs/DATASET)")
+    args = parser.parse_args()
+    setting, users = SETTINGS[args.dataset], SETTINGS[args.dataset]["users"]
+    runs = Path(args.runs or ROOT / "benchmarks" / "runs" / args.dataset)
+    model = ["train", *setting["pop"], "--model", "cooc"]
+    run(model, runs / "cooc-no-dp")
+    rows = []
+    for eps in args.epsilons:
+        folders = [runs / f"cooc-eps{eps:g}-{draw}" for draw in range(args.draws)]
+        for folder in folders:
+            run([*model, "--cooc-epsilon", f"{eps:g}", *CHOSEN[args.dataset]], folder)
+        rows.append(summary([point(folder, users) for folder in folders]))
+    plain = point(runs / "cooc-no-dp", users)
+    best = reference(args.dataset, plain)
+    for row in rows:
+        row["vs_best_non_private"] = round(row["test_NDCG@10"] / best["test_NDCG@10"], 3)
+    curve = json.loads((RESULTS / f"privacy_curve_{args.dataset}.json").read_text())
+    out = RESULTS / f"private_cooccurrence_{args.dataset}.json"
+    plot(rows, curve, best, plain, args.dataset, out.with_suffix(".png"))
+    report = {
+        "command": f"python benchmarks/private_cooccurrence.py {args.dataset}",
+        "flags": [*model[1:], *CHOSEN[args.dataset]],
+        "draws": args.draws,
+        "best_non_private": best,
+        "cooc_without_privacy": {k: plain[k] for k in ("test_NDCG@10", "valid_NDCG@10", "standard_error_bound")},
+        "rows": rows,
+        "plot": str(out.with_suffix(".png").relative_to(ROOT)),
+    }
+    out.write_text(json.dumps(portable(report, DATA), indent=2) + "\n")
+    print(f"written {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
