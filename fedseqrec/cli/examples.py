@@ -20,6 +20,7 @@ EXAMPLES = {
     "fedseqrec train": [
         "fedseqrec train --data shop --epochs 5 --out runs/shop",
         f"fedseqrec train --data {ML} --model gru4rec --lr 0.001 --out runs/gru",
+        f"fedseqrec train --data {ML} --model cooc --cooc-epsilon 8 --cooc-items 400 --out runs/private-cooc",
     ],
     "fedseqrec evaluate": [
         "fedseqrec evaluate --checkpoint runs/shop",
