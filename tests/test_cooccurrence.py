@@ -14,8 +14,14 @@ from fedseqrec.evaluation.evaluator import evaluate, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.base import SeqBatch
+from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
 from fedseqrec.privacy.cooccurrence import clipped_pair_sum, private_cooccurrence
+from fedseqrec.serving.recommender import load_recommender
+
+
+def config(seq) -> ModelConfig:
+    return ModelConfig(name="cooc", n_items=seq.n_items)
 
 
 def as_dict(pairs, weights) -> dict:
@@ -62,21 +68,23 @@ def test_adding_or_removing_one_user_moves_the_sum_by_at_most_one():
 def test_items_not_chosen_get_no_pair_and_no_noise():
     ds = cached_dataset(TINY.data)
     seq, split = ds.sequences, ds.split
-    model, record = private_cooccurrence(seq, split, 8.0, 1e-5, items=20, window=5)
-    assert record["item_selection"]["count"] == 20 and len(model.rows) == 20 and model.pairs.shape == (20, 20)
-    assert np.allclose(model.pairs.numpy(), model.pairs.numpy().T) and np.all(np.diag(model.pairs.numpy()) == 0)
-    others = np.setdiff1d(np.arange(1, seq.n_items + 1), model.rows)
+    model, record = private_cooccurrence(seq, split, 8.0, 1e-5, items=20, window=5, cfg=config(seq))
+    pairs, _ = model.dense()
+    assert record["item_selection"]["count"] == 20 and len(model.rows) == 20 and pairs.shape == (20, 20)
+    assert torch.equal(pairs, pairs.T) and torch.all(torch.diag(pairs) == 0)
+    assert len(model.value) == 20 * 19 // 2  # every pair of chosen items is noised, none other is kept
+    others = np.setdiff1d(np.arange(1, seq.n_items + 1), model.rows.numpy())
     history = torch.tensor([[int(model.rows[0]), int(others[0]), int(model.rows[3])]])
     batch = SeqBatch(history, torch.zeros_like(history), torch.zeros_like(history), torch.tensor([3]))
     scores = model.full_sort_predict(batch)[0].numpy()
     assert np.all(scores[others] == 0.0)  # no prior, no pair, no noise: they score nothing
-    assert np.any(scores[model.rows] != 0.0)
+    assert np.any(scores[model.rows.numpy()] != 0.0)
 
 
 @pytest.mark.parametrize("target", [1.0, 8.0])
 def test_its_two_releases_compose_and_recheck_with_an_independent_accountant(target):
     ds = cached_dataset(TINY.data)
-    _, record = private_cooccurrence(ds.sequences, ds.split, target, 1e-5, items=20, window=5)
+    _, record = private_cooccurrence(ds.sequences, ds.split, target, 1e-5, items=20, window=5, cfg=config(ds.sequences))
     records = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in record["ledger"]]
     assert len(records) == 2 and records[0][0] == pytest.approx(10.0 / target)
     assert record["max_epsilon"] <= target * 1.001
@@ -86,9 +94,9 @@ def test_its_two_releases_compose_and_recheck_with_an_independent_accountant(tar
 
 def test_the_noise_does_not_follow_the_seed():
     ds = cached_dataset(TINY.data)
-    first, _ = private_cooccurrence(ds.sequences, ds.split, 8.0, 1e-5, items=20, window=5)
-    second, _ = private_cooccurrence(ds.sequences, ds.split, 8.0, 1e-5, items=20, window=5)
-    assert not np.array_equal(first.pairs.numpy(), second.pairs.numpy())
+    first, _ = private_cooccurrence(ds.sequences, ds.split, 8.0, 1e-5, items=20, window=5, cfg=config(ds.sequences))
+    second, _ = private_cooccurrence(ds.sequences, ds.split, 8.0, 1e-5, items=20, window=5, cfg=config(ds.sequences))
+    assert not np.array_equal(first.value.numpy(), second.value.numpy())
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +119,8 @@ def planted(tmp_path_factory):
 def test_counted_and_private_models_beat_popularity_on_planted_pairs(planted):
     seq, split = planted.sequences, planted.split
     histories = [seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1)]
-    plain = ItemCooccurrence.counted(seq.n_items, histories, 5, np.zeros(seq.n_items + 1))
-    private, _ = private_cooccurrence(seq, split, 8.0, 1e-4, items=60, window=5)
+    plain = ItemCooccurrence.counted(config(seq), histories, 5, np.zeros(seq.n_items + 1))
+    private, _ = private_cooccurrence(seq, split, 8.0, 1e-4, items=60, window=5, cfg=config(seq))
     pop = popularity_baseline(seq, split, 50, "full")["test"]["NDCG@10"]
     plain_ndcg = evaluate(plain, seq, split, "test")["NDCG@10"]
     private_ndcg = evaluate(private, seq, split, "test")["NDCG@10"]
@@ -131,3 +139,22 @@ def test_train_cooc_with_an_epsilon_writes_its_privacy_record(cli, tmp_path):
     metrics = json.loads((tmp_path / "cooc" / "metrics.json").read_text())
     assert metrics["model"] == "cooc" and metrics["privacy"]["item_selection"]["count"] == 30
     assert 0.0 <= metrics["test"]["NDCG@10"] <= 1.0
+
+
+def test_a_private_release_is_saved_and_served_as_it_scored(cli, tmp_path):
+    out = tmp_path / "served"
+    result = cli(
+        "train", "--shop-users", "120", "--model", "cooc", "--cooc-epsilon", "8", "--cooc-items", "30", "--out", out
+    )
+    assert result.code == 0, result.err
+    recommender = load_recommender(out)
+    model, ds = recommender.model, recommender.ds
+    assert len(model.rows) == 30 and len(model.value) == 30 * 29 // 2  # the release, whole
+    history = ds.sequences.sequence(5)[: ds.split.train_end[5]]
+    tokens = [str(recommender.tokens[i]) for i in history]
+    found = recommender.recommend(tokens, k=5)
+    batch = SeqBatch(*(torch.from_numpy(history[None]),) * 3, torch.tensor([len(history)]))
+    scores = model.full_sort_predict(batch)[0]
+    scores[torch.from_numpy(np.unique(history))] = -float("inf")  # seen items are not recommended
+    assert found.items == [str(recommender.tokens[i]) for i in torch.topk(scores, 5).indices.tolist()]
+    assert recommender.describe()["privacy"]["max_epsilon"] <= 8.0

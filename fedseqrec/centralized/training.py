@@ -68,8 +68,11 @@ def train_centralized(
     model_cfg = model_config_for(ds.sequences, model_cfg)
     if model_cfg.name in BASELINES:
         model_cfg.validate()
-        baseline = {"pop": _popularity_results, "cooc": _cooccurrence_results}.get(model_cfg.name, _text_match_results)
-        return _write_results(out, baseline(ds, model_cfg, cfg), data_cfg, model_cfg, cfg, ds.sequences.n_items)
+        if model_cfg.name == "cooc":
+            results = _cooccurrence_results(ds, model_cfg, cfg, out)
+        else:
+            results = (_popularity_results if model_cfg.name == "pop" else _text_match_results)(ds, model_cfg, cfg)
+        return _write_results(out, results, data_cfg, model_cfg, cfg, ds.sequences.n_items)
     device = resolve_device(cfg.hardware.device)
     check_precision(device, cfg.hardware.precision)
     model = build_model(model_cfg.name, model_cfg, ds.sequences).to(device)
@@ -179,19 +182,21 @@ def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
     return {"model": "pop", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
-def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
+def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path) -> dict:
     start = time.perf_counter()
     seq, split = ds.sequences, ds.split
     results = {}
     if cfg.cooc_epsilon is None:
         histories = (seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1))
         prior = np.bincount(training_items(seq, split), minlength=seq.n_items + 1) * 1e-6  # orders the unpaired
-        model = ItemCooccurrence.counted(seq.n_items, histories, cfg.cooc_window, prior)
+        model = ItemCooccurrence.counted(model_cfg, histories, cfg.cooc_window, prior)
     else:
         delta = default_delta(seq.n_users)
         model, results["privacy"] = private_cooccurrence(
-            seq, split, cfg.cooc_epsilon, delta, cfg.cooc_items, cfg.cooc_window, cfg.cooc_item_noise
+            seq, split, cfg.cooc_epsilon, delta, cfg.cooc_items, cfg.cooc_window, model_cfg, cfg.cooc_item_noise
         )
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model, "cooc", seq)  # the release itself: what recommend and serve load
     options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
     results.update({w: evaluate(model, seq, split, w, **options) for w in SPLITS})
     return {"model": "cooc", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}

@@ -13,8 +13,18 @@ import torch
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.errors import UserError
 from fedseqrec.models.base import ModelConfig, SequentialRecommender
+from fedseqrec.models.cooccurrence import ItemCooccurrence
 from fedseqrec.models.device import resolve_device
 from fedseqrec.models.registry import build_model
+
+COUNTED = ("cooc",)  # models counted, not trained: their shapes are their state's
+
+
+def _counted(path: Path, cfg: ModelConfig) -> ItemCooccurrence:
+    try:
+        return ItemCooccurrence.from_state(cfg, torch.load(path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not the counts of a cooc model ({err})") from err
 
 
 def vocabulary_fingerprint(data: SequenceData) -> str:
@@ -61,7 +71,7 @@ def load_checkpoint(
             f"{folder}: checkpoint was built for another item vocabulary ({cfg.n_items} items, fingerprint "
             f"{info.get('vocabulary')}) than this data ({data.n_items} items, {vocabulary_fingerprint(data)})"
         )
-    model = build_model(name, cfg, data)
+    model = _counted(folder / weights, cfg) if name in COUNTED else build_model(name, cfg, data)
     saved = info.get("revision", 1)  # written since revision 2; every earlier checkpoint is revision 1
     if saved != model.revision:
         raise UserError(

@@ -15,8 +15,10 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedseqrec.models.base import SeqBatch
+from fedseqrec.models.config import ModelConfig
 
 HISTORY = 5  # the last items of a history that score the next
 RECENCY = 0.6  # each older item of those weighs this much less
@@ -43,44 +45,81 @@ def user_pairs(history: np.ndarray, window: int, decay: float = PAIR_DECAY) -> t
     return distinct, np.bincount(inverse.reshape(-1), weights=weights[apart], minlength=len(distinct))
 
 
-class ItemCooccurrence:
-    """Scores over ``n_items`` from a symmetric pair matrix over the item ids ``rows`` (the others score only their
-    prior)."""
+class ItemCooccurrence(nn.Module):
+    """Scores over ``cfg.n_items`` items from a symmetric pair matrix over the item ids ``rows`` (the others score
+    only their prior). Its state is the matrix's upper triangle as coordinates and values (``first``, ``second``:
+    positions in ``rows``; ``value``), so a run folder keeps a sparse count table small; the dense matrix is built
+    once, when it first scores."""
 
     name = "cooc"
+    reads_queries = False
+    revision = 1
+    revision_note = ""
 
-    def __init__(self, n_items: int, rows: np.ndarray, pairs: np.ndarray, prior: np.ndarray):
-        if pairs.shape != (len(rows), len(rows)) or len(prior) != n_items + 1:
-            raise ValueError(f"pairs {pairs.shape} for {len(rows)} rows, prior {len(prior)} for {n_items} items")
-        self.n_items, self.rows = n_items, np.asarray(rows, dtype=np.int64)
-        self.pairs = torch.from_numpy(np.asarray(pairs, dtype=np.float32))
-        self.prior = torch.from_numpy(np.asarray(prior, dtype=np.float32))
-        self.position = np.full(n_items + 1, -1, dtype=np.int64)  # item id → its row of ``pairs`` (-1: none)
-        self.position[self.rows] = np.arange(len(self.rows))
+    def __init__(self, cfg: ModelConfig, rows, first, second, value, prior):
+        super().__init__()
+        self.cfg = cfg
+        # copies (torch.tensor): a view would save its whole base array; positions fit int32 (half the bytes)
+        self.register_buffer("rows", torch.tensor(np.asarray(rows), dtype=torch.int64))
+        self.register_buffer("first", torch.tensor(np.asarray(first), dtype=torch.int32))
+        self.register_buffer("second", torch.tensor(np.asarray(second), dtype=torch.int32))
+        self.register_buffer("value", torch.tensor(np.asarray(value), dtype=torch.float32))
+        self.register_buffer("prior", torch.tensor(np.asarray(prior), dtype=torch.float32))
+        self._pairs: torch.Tensor | None = None
+        self._position: np.ndarray | None = None
 
     @classmethod
-    def counted(cls, n_items: int, histories, window: int, prior: np.ndarray) -> ItemCooccurrence:
+    def from_matrix(cls, cfg: ModelConfig, rows: np.ndarray, pairs: np.ndarray, prior: np.ndarray) -> ItemCooccurrence:
+        """The model of a symmetric (K, K) ``pairs`` over ``rows`` (its diagonal is not read)."""
+        if pairs.shape != (len(rows), len(rows)) or len(prior) != cfg.n_items + 1:
+            raise ValueError(f"pairs {pairs.shape} for {len(rows)} rows, prior {len(prior)} for {cfg.n_items} items")
+        first, second = np.nonzero(np.triu(pairs, k=1))
+        return cls(cfg, rows, first, second, pairs[first, second], prior)
+
+    @classmethod
+    def from_state(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> ItemCooccurrence:
+        """An empty model of the state's shapes (``load_state_dict`` then fills it)."""
+        shaped = {key: torch.zeros_like(state[key]) for key in ("rows", "first", "second", "value", "prior")}
+        return cls(cfg, **{key: value.numpy() for key, value in shaped.items()})
+
+    @classmethod
+    def counted(cls, cfg: ModelConfig, histories, window: int, prior: np.ndarray) -> ItemCooccurrence:
         """The plain model: every item a row, the pairs of ``histories`` summed as they are (not private)."""
-        pairs = np.zeros((n_items + 1, n_items + 1), dtype=np.float32)
+        pairs = np.zeros((cfg.n_items + 1, cfg.n_items + 1), dtype=np.float32)
         for history in histories:
             index, weights = user_pairs(history, window)
             np.add.at(pairs, (index[:, 0], index[:, 1]), weights)
-        return cls(n_items, np.arange(n_items + 1), pairs + pairs.T, prior)
+        return cls.from_matrix(cfg, np.arange(cfg.n_items + 1), pairs, prior)
 
-    def eval(self) -> ItemCooccurrence:
-        return self
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._pairs = self._position = None  # new counts: the dense matrix is built again
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def dense(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The symmetric (K, K) matrix, and each item id's row in it (-1: none)."""
+        if self._pairs is None:
+            size = len(self.rows)
+            pairs = torch.zeros(size, size)
+            first, second = self.first.long(), self.second.long()
+            pairs[first, second] = self.value
+            pairs[second, first] = self.value
+            position = np.full(self.cfg.n_items + 1, -1, dtype=np.int64)
+            position[self.rows.numpy()] = np.arange(size)
+            self._pairs, self._position = pairs, position
+        return self._pairs, self._position
 
     def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
+        pairs, position = self.dense()
         items, lengths = batch.items.cpu().numpy(), batch.lengths.cpu().numpy()
-        weights = torch.zeros(len(items), len(self.rows))
+        weights = torch.zeros(len(items), len(pairs))
         for b, length in enumerate(lengths):
-            last = self.position[items[b, max(0, length - HISTORY) : length]]
+            last = position[items[b, max(0, length - HISTORY) : length]]
             ages = np.arange(len(last) - 1, -1, -1)
             known = last >= 0
             weights[b].index_put_(
                 (torch.from_numpy(last[known]),), torch.from_numpy(RECENCY ** ages[known]).float(), accumulate=True
             )
         scores = self.prior.unsqueeze(0).repeat(len(items), 1)
-        scores[:, torch.from_numpy(self.rows)] += weights @ self.pairs
+        scores[:, self.rows] += weights @ pairs
         scores[:, 0] = -math.inf
         return scores

@@ -24,6 +24,7 @@ import numpy as np
 
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
+from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
 from fedseqrec.privacy.accounting import calibrate_noise_after, epsilon
 from fedseqrec.privacy.item_selection import item_counts, released_counts, top_items
@@ -63,6 +64,7 @@ def private_cooccurrence(
     delta: float,
     items: int,
     window: int,
+    cfg: ModelConfig,
     item_noise_times_epsilon: float = 10.0,
     accountant: str = "rdp",
     rng: np.random.Generator | None = None,
@@ -82,7 +84,7 @@ def private_cooccurrence(
     prior = np.zeros(data.n_items + 1)
     prior[chosen] = PRIOR_WEIGHT * sigma * np.clip(noisy_counts[chosen], 0.0, None)
     prior /= max(float(noisy_counts[chosen].max()), 1e-12)
-    model = ItemCooccurrence(data.n_items, chosen, released, prior)
+    model = ItemCooccurrence.from_matrix(cfg, chosen, released, prior)
     ledger = [
         {"round": 0, "noise_multiplier": selection_noise, "sample_rate": 1.0, "steps": 1},
         {"round": 1, "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1},
