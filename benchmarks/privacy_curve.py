@@ -198,9 +198,14 @@ def plot(rows: list[dict], reference: dict, popularity: float, dataset: str, out
     )
     ax.plot([r["epsilon"] for r in pops], [r["test_NDCG@10"] for r in pops], marker="s", label="private popularity")
     ax.axhline(reference["test_NDCG@10"], color="k", linestyle="--", label=f"best non-private: {reference['model']}")
+    finish(fig, ax, popularity, dataset, "ε (user-level, whole federation)", out)
+
+
+def finish(fig, ax, popularity: float, dataset: str, epsilon_label: str, out: Path) -> None:
+    """The popularity line, log-2 ε axis, labels and legend; the figure written to ``out``."""
     ax.axhline(popularity, color="grey", linestyle=":", label="popularity, no DP")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("ε (user-level, whole federation)")
+    ax.set_xlabel(epsilon_label)
     ax.set_ylabel("test NDCG@10")
     ax.set_title(f"{dataset}: privacy–utility")
     ax.legend(fontsize=7)

@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 
 from benchmark_report import portable
-from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, point, run
+from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, finish, point, run
 
 # --cooc-items and --cooc-item-noise, chosen on validation at ε = 8 (benchmark notes)
 CHOSEN = {"ml-100k": ["--cooc-items", "400", "--cooc-item-noise", "40"], "beauty": ["--cooc-items", "2000"]}
@@ -82,14 +82,7 @@ def plot(rows: list[dict], curve: dict, best: dict, plain: dict, dataset: str, o
     ax.plot([r["epsilon"] for r in pops], [r["test_NDCG@10"] for r in pops], marker="s", label="private popularity")
     ax.axhline(best["test_NDCG@10"], color="k", linestyle="--", label=f"best non-private: {best['model']}")
     ax.axhline(plain["test_NDCG@10"], color="tab:blue", linestyle="-.", label="co-occurrence without privacy")
-    ax.axhline(curve["popularity_test_NDCG@10"], color="grey", linestyle=":", label="popularity, no DP")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("ε (user-level)")
-    ax.set_ylabel("test NDCG@10")
-    ax.set_title(f"{dataset}: privacy–utility")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    finish(fig, ax, curve["popularity_test_NDCG@10"], dataset, "ε (user-level)", out)
 
 
 def main() -> None:
