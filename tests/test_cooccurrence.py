@@ -10,9 +10,11 @@ import torch
 from helpers import TINY, independent_epsilons
 
 from fedseqrec.data.splits import Split
+from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import evaluate, popularity_baseline
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.task import cached_dataset
+from fedseqrec.models import cooccurrence
 from fedseqrec.models.base import SeqBatch
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
@@ -158,3 +160,23 @@ def test_a_private_release_is_saved_and_served_as_it_scored(cli, tmp_path):
     scores[torch.from_numpy(np.unique(history))] = -float("inf")  # seen items are not recommended
     assert found.items == [str(recommender.tokens[i]) for i in torch.topk(scores, 5).indices.tolist()]
     assert recommender.describe()["privacy"]["max_epsilon"] <= 8.0
+
+
+def test_a_large_sparse_table_scores_as_its_dense_twin(monkeypatch):
+    n_items = 40
+    pairs = dict(first=[3, 4, 9, 1], second=[9, 7, 12, 3], value=[1.0, 2.0, 0.5, 0.25])
+    model = ItemCooccurrence(ModelConfig(name="cooc", n_items=n_items), np.arange(n_items + 1), **pairs,
+                             prior=np.arange(n_items + 1) * 1e-3)  # fmt: skip
+    batch = SeqBatch(*(torch.tensor([[3, 9, 4, 0], [7, 0, 0, 0]]),) * 3, torch.tensor([3, 1]))
+    dense = model.full_sort_predict(batch)
+    assert dense[0, 12] == pytest.approx(0.5 * 0.6 + 0.012) and dense[1, 4] == pytest.approx(2.0 + 0.004)
+    monkeypatch.setattr(cooccurrence, "DENSE_ROWS", 0)
+    model.load_state_dict(model.state_dict())  # new counts: the table is built again, sparse this time
+    assert model.dense()[0].layout == torch.sparse_csr
+    assert torch.allclose(model.full_sort_predict(batch), dense)
+
+
+def test_too_many_items_for_a_dense_release_are_refused_before_any_work():
+    ds = cached_dataset(TINY.data)
+    with pytest.raises(UserError, match="--cooc-items 20000: the release noises every pair"):
+        private_cooccurrence(ds.sequences, ds.split, 8.0, 1e-5, items=20_000, window=5, cfg=config(ds.sequences))

@@ -24,6 +24,7 @@ import numpy as np
 
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
+from fedseqrec.errors import UserError
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
 from fedseqrec.privacy.accounting import calibrate_noise_after, epsilon
@@ -35,6 +36,7 @@ MECHANISM = (
     "every pair, released once"
 )
 PRIOR_WEIGHT = 2.0  # the popularity prior's largest value, in units of σ: below a pair seen by a few users
+MOST_ITEMS = 10_000  # every pair of chosen items is noised: 5·10⁷ pairs, a few dense K² arrays of 0.8 GB
 
 
 def clipped_pair_sum(
@@ -70,6 +72,11 @@ def private_cooccurrence(
     rng: np.random.Generator | None = None,
 ) -> tuple[ItemCooccurrence, dict]:
     """The released model and its privacy record (the two releases' ledger, ε re-computed from it, δ)."""
+    if items > MOST_ITEMS:
+        raise UserError(
+            f"--cooc-items {items}: the release noises every pair of the chosen items ({items * (items - 1) // 2:,} "
+            f"pairs); choose at most {MOST_ITEMS:,}"
+        )
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
     users = np.arange(1, data.n_users + 1)
     selection_noise = item_noise_times_epsilon / target_epsilon
