@@ -160,6 +160,8 @@ def test_a_private_release_is_saved_and_served_as_it_scored(cli, tmp_path):
     scores[torch.from_numpy(np.unique(history))] = -float("inf")  # seen items are not recommended
     assert found.items == [str(recommender.tokens[i]) for i in torch.topk(scores, 5).indices.tolist()]
     assert recommender.describe()["privacy"]["max_epsilon"] <= 8.0
+    with pytest.raises(UserError, match="--int8: a cooc model has no trained weights"):
+        load_recommender(out, int8=True)
 
 
 def test_a_large_sparse_table_scores_as_its_dense_twin(monkeypatch):

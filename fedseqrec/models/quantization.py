@@ -24,7 +24,12 @@ QUANTIZED = {nn.Linear, nn.GRU, nn.LSTM}
 
 def int8_for_serving(model: SequentialRecommender) -> SequentialRecommender:
     """A copy of ``model`` (on the CPU, in eval mode) with int8 weights in its linear and recurrent layers."""
-    if next(model.parameters()).device.type != "cpu":
+    first = next(model.parameters(), None)
+    if first is None:
+        raise UserError(
+            f"--int8: a {model.name} model has no trained weights to quantize (its counts are served as saved)"
+        )
+    if first.device.type != "cpu":
         raise UserError("--int8: dynamic int8 quantization runs on the CPU; use --device cpu with it")
     if "fbgemm" not in torch.backends.quantized.supported_engines and "x86" not in (
         torch.backends.quantized.supported_engines
