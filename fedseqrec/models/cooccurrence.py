@@ -50,8 +50,8 @@ def user_pairs(history: np.ndarray, window: int, decay: float = PAIR_DECAY) -> t
 class ItemCooccurrence(nn.Module):
     """Scores over ``cfg.n_items`` items from a symmetric pair matrix over the item ids ``rows`` (the others score
     only their prior). Its state is the matrix's upper triangle as coordinates and values (``first``, ``second``:
-    positions in ``rows``; ``value``), so a run folder keeps a sparse count table small; the dense matrix is built
-    once, when it first scores."""
+    positions in ``rows``; ``value``), so a run folder keeps a sparse count table small; the scoring table is built
+    once, on the buffers' device, when it first scores."""
 
     name = "cooc"
     reads_queries = False
@@ -118,25 +118,24 @@ class ItemCooccurrence(nn.Module):
                 pairs = torch.sparse_coo_tensor(both, torch.cat([self.value, self.value]), (size, size))
                 pairs = pairs.coalesce().to_sparse_csr()
             else:
-                pairs = torch.zeros(size, size)
+                pairs = torch.zeros(size, size, device=self.value.device)
                 pairs[first, second] = self.value
                 pairs[second, first] = self.value
             position = np.full(self.cfg.n_items + 1, -1, dtype=np.int64)
-            position[self.rows.numpy()] = np.arange(size)
+            position[self.rows.cpu().numpy()] = np.arange(size)
             self._pairs, self._position = pairs, position
         return self._pairs, self._position
 
     def full_sort_predict(self, batch: SeqBatch) -> torch.Tensor:
         pairs, position = self.dense()
         items, lengths = batch.items.cpu().numpy(), batch.lengths.cpu().numpy()
-        weights = torch.zeros(len(items), len(pairs))
+        weights = np.zeros((len(items), len(self.rows)), dtype=np.float32)  # built on the CPU, sent once
         for b, length in enumerate(lengths):
             last = position[items[b, max(0, length - HISTORY) : length]]
             ages = np.arange(len(last) - 1, -1, -1)
             known = last >= 0
-            weights[b].index_put_(
-                (torch.from_numpy(last[known]),), torch.from_numpy(RECENCY ** ages[known]).float(), accumulate=True
-            )
+            np.add.at(weights[b], last[known], RECENCY ** ages[known])
+        weights = torch.from_numpy(weights).to(self.value.device)
         scores = self.prior.unsqueeze(0).repeat(len(items), 1)
         # pairs is symmetric: (P Wᵀ)ᵀ = W P, and a sparse P multiplies from the left
         scores[:, self.rows] += (pairs @ weights.T).T if pairs.layout == torch.sparse_csr else weights @ pairs
