@@ -3,7 +3,7 @@ on ml-100k or Amazon Beauty, no public users, beside the curve of user-level DP-
 popularity (both from benchmarks/privacy_curve.py's results), against the best model we build without privacy.
 
     python benchmarks/private_cooccurrence.py beauty  [--epsilons 0.5 1 2 4 8 16] [--draws 3] [--runs DIR]
-    python benchmarks/private_cooccurrence.py ml-100k [...]
+    python benchmarks/private_cooccurrence.py ml-100k [...]   [--public-share 0.1]
 
 The release is a sum over users of clipped vectors with the noise once on the total, so 10 silos adding up their
 own users give the same release as one process: each point is one `fedseqrec train` run folder,
@@ -11,7 +11,11 @@ DIR/cooc-eps{E}-{draw} (the plain counted model: DIR/cooc-no-dp), run when missi
 by privacy_curve.point (test NDCG@10, ε re-computed from the ledger by dp-accounting, RDP and PLD). The data and
 the options are the same for every draw; only the noise differs (it never follows --seed), so a point's mean ± its
 standard error over draws is the mechanism's spread, beside the test set's own bound √(NDCG/n). K
-(--cooc-items) and --cooc-item-noise are the dataset's, chosen on validation at ε = 8 (benchmark notes). Writes
+(--cooc-items) and --cooc-item-noise are the dataset's, chosen on validation at ε = 8 (benchmark notes).
+
+The same curve again with --public-share of the users declared public (--cooc-public-users: their pairs counted
+exactly choose the pairs released for the others; DIR/cooc-public{share}-eps{E}-{draw}), each point beside the
+public users' counts alone (the run folder's "initial" model) and the private users' gain over it. Writes
 benchmarks/results/private_cooccurrence_{dataset}.json and .png.
 """
 
@@ -61,20 +65,33 @@ def summary(points: list[dict]) -> dict:
     }
 
 
-def plot(rows: list[dict], curve: dict, best: dict, plain: dict, dataset: str, out: Path) -> None:
+def with_public(points: list[dict]) -> dict:
+    """A point of the public-users curve: the release over draws, and the public users' model (the same in every
+    draw: no noise) with the private users' gain over it."""
+    row = summary(points)
+    alone = points[0]["public_only_test_NDCG@10"]
+    row.update({"public_only_test_NDCG@10": alone, "gain_over_public_only": round(row["test_NDCG@10"] / alone - 1, 3)})
+    return row
+
+
+def plot(
+    rows: list[dict], public: list[dict], share: float, curve: dict, best: dict, plain: dict, dataset: str, out: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def draw(points: list[dict], marker: str, label: str) -> None:
+        eps, ndcg = [r["epsilon"] for r in points], [r["test_NDCG@10"] for r in points]
+        ax.errorbar(eps, ndcg, yerr=[r["standard_error_bound"] for r in points], marker=marker, label=label)
+
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.errorbar(
-        [r["epsilon"] for r in rows],
-        [r["test_NDCG@10"] for r in rows],
-        yerr=[r["standard_error_bound"] for r in rows],
-        marker="o",
-        label="private co-occurrence (one release), no public users",
-    )
+    draw(rows, "o", "private co-occurrence (one release), no public users")
+    if public:
+        draw(public, "D", f"private co-occurrence over the public users' pairs ({share:.0%} public)")
+        alone = public[0]["public_only_test_NDCG@10"]
+        ax.axhline(alone, color="tab:orange", linestyle=":", label="the public users' counts alone")
     sgd = [r for r in curve["rows"] if r["run"].startswith("eps")]
     pops = [r for r in curve["rows"] if r["run"].startswith("pop-")]
     sgd_label = "user-level DP-SGD, 10 silos"
@@ -91,6 +108,7 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16])
     parser.add_argument("--draws", type=int, default=3, help="releases per ε (the noise is all that differs)")
     parser.add_argument("--runs", default=None, help="folder of the run folders (default: benchmarks/runs/DATASET)")
+    parser.add_argument("--public-share", type=float, default=0.1, help="users declared public (0: no such curve)")
     args = parser.parse_args()
     setting, users = SETTINGS[args.dataset], SETTINGS[args.dataset]["users"]
     runs = Path(args.runs or ROOT / "benchmarks" / "runs" / args.dataset)
@@ -102,13 +120,19 @@ def main() -> None:
         for folder in folders:
             run([*model, "--cooc-epsilon", f"{eps:g}", *CHOSEN[args.dataset]], folder)
         rows.append(summary([point(folder, users) for folder in folders]))
+    public = []
+    for eps in args.epsilons if args.public_share > 0 else []:
+        folders = [runs / f"cooc-public{args.public_share:g}-eps{eps:g}-{draw}" for draw in range(args.draws)]
+        for folder in folders:
+            run([*model, "--cooc-epsilon", f"{eps:g}", "--cooc-public-users", f"{args.public_share:g}"], folder)
+        public.append(with_public([point(folder, users) for folder in folders]))
     plain = point(runs / "cooc-no-dp", users)
     best = reference(args.dataset, plain)
-    for row in rows:
+    for row in rows + public:
         row["vs_best_non_private"] = round(row["test_NDCG@10"] / best["test_NDCG@10"], 3)
     curve = json.loads((RESULTS / f"privacy_curve_{args.dataset}.json").read_text())
     out = RESULTS / f"private_cooccurrence_{args.dataset}.json"
-    plot(rows, curve, best, plain, args.dataset, out.with_suffix(".png"))
+    plot(rows, public, args.public_share, curve, best, plain, args.dataset, out.with_suffix(".png"))
     report = {
         "command": f"python benchmarks/private_cooccurrence.py {args.dataset}",
         "flags": [*model[1:], *CHOSEN[args.dataset]],
@@ -116,6 +140,8 @@ def main() -> None:
         "best_non_private": best,
         "cooc_without_privacy": {k: plain[k] for k in ("test_NDCG@10", "valid_NDCG@10", "standard_error_bound")},
         "rows": rows,
+        "public_share": args.public_share,
+        "public_rows": public,
         "plot": str(out.with_suffix(".png").relative_to(ROOT)),
     }
     out.write_text(json.dumps(portable(report, DATA), indent=2) + "\n")

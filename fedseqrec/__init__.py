@@ -1,3 +1,3 @@
 """fedseqrec: federated, differentially private training of sequence recommenders."""
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"

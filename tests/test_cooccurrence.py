@@ -1,6 +1,7 @@
 """The co-occurrence model and its private release: hand-counted pairs, the sensitivity of one user, rows not chosen
 left out, ε against an independent accountant, and a model that beats popularity on planted pairs."""
 
+import functools
 import json
 from dataclasses import replace
 
@@ -17,8 +18,15 @@ from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models import cooccurrence
 from fedseqrec.models.base import SeqBatch
 from fedseqrec.models.config import ModelConfig
-from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
-from fedseqrec.privacy.cooccurrence import clipped_pair_sum, private_cooccurrence
+from fedseqrec.models.cooccurrence import ItemCooccurrence, pair_table, user_pairs
+from fedseqrec.privacy import cooccurrence as private_cooc
+from fedseqrec.privacy.cooccurrence import (
+    clipped_pair_sum,
+    private_cooccurrence,
+    public_supported_cooccurrence,
+    support_pair_sum,
+)
+from fedseqrec.privacy.public import public_users
 from fedseqrec.serving.recommender import load_recommender
 
 
@@ -182,3 +190,90 @@ def test_too_many_items_for_a_dense_release_are_refused_before_any_work():
     ds = cached_dataset(TINY.data)
     with pytest.raises(UserError, match="--cooc-items 20000: the release noises every pair"):
         private_cooccurrence(ds.sequences, ds.split, 8.0, 1e-5, items=20_000, window=5, cfg=config(ds.sequences))
+
+
+def public_release(ds, target=8.0, share=0.2):
+    return public_supported_cooccurrence(ds.sequences, ds.split, target, 1e-5, share, 0, 5, config(ds.sequences))
+
+
+def public_table(ds, share=0.2):
+    seq, split = ds.sequences, ds.split
+    public = public_users(seq.n_users, share, 0)
+    return pair_table((seq.sequence(u)[: split.train_end[u]] for u in public), 5, seq.n_items + 1).tocoo()
+
+
+def test_public_users_choose_the_released_pairs_and_each_gets_noise(monkeypatch):
+    monkeypatch.setattr(private_cooc, "PRIVATE_WEIGHTS", (1.0,))  # the release added as it is
+    ds = cached_dataset(TINY.data)
+    seq, split = ds.sequences, ds.split
+    model, record, public_only = public_release(ds)
+    table = public_table(ds)
+    # the released pairs are exactly the public users' pairs: no other pair is kept, and the public counts are exact
+    for released in (model, public_only):
+        assert np.array_equal(released.first.numpy(), table.row) and np.array_equal(released.second.numpy(), table.col)
+    assert np.allclose(public_only.value.numpy(), table.data, rtol=1e-6)
+    assert record["released_pairs"] == len(table.data) > 200
+    # what the private users add is their clipped sum plus noise σ on every released pair
+    keys = table.row.astype(np.int64) * (seq.n_items + 1) + table.col
+    private = np.setdiff1d(np.arange(1, seq.n_users + 1), public_users(seq.n_users, 0.2, 0))
+    clipped, _ = support_pair_sum(seq, split, private, keys, 5)
+    noise = model.value.numpy() - public_only.value.numpy() - clipped
+    sigma = record["noise_multiplier"]
+    assert np.all(noise != 0.0) and abs(noise.mean()) < 4 * sigma / np.sqrt(len(noise))
+    assert noise.std() == pytest.approx(sigma, rel=4 / np.sqrt(len(noise)))
+
+
+def test_one_private_user_moves_the_public_pairs_release_by_at_most_one():
+    ds = cached_dataset(TINY.data)
+    seq, split = ds.sequences, ds.split
+    table = public_table(ds)
+    keys = table.row.astype(np.int64) * (seq.n_items + 1) + table.col
+    users = np.setdiff1d(np.arange(1, seq.n_users + 1), public_users(seq.n_users, 0.2, 0))
+    total, largest = support_pair_sum(seq, split, users, keys, 5)
+    assert largest > 1.0  # the bound binds for some user
+    released = set(keys.tolist())
+    for user in users[[0, 5, 40, -1]]:
+        change = total - support_pair_sum(seq, without(split, int(user)), users, keys, 5)[0]
+        pairs, weights = user_pairs(seq.sequence(int(user))[: split.train_end[int(user)]], 5)
+        inside = np.array([a * (seq.n_items + 1) + b in released for a, b in pairs], dtype=bool)
+        own = min(float(np.sqrt((weights[inside] ** 2).sum())), 1.0)  # pairs outside are left out before scaling
+        assert np.linalg.norm(change) == pytest.approx(own, abs=1e-9) and np.linalg.norm(change) <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("target", [1.0, 8.0])
+def test_the_public_pairs_release_is_one_record_that_rechecks(target):
+    _, record, _ = public_release(cached_dataset(TINY.data), target)
+    records = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in record["ledger"]]
+    assert len(records) == 1 and record["max_epsilon"] <= target * 1.001
+    rdp, pld = independent_epsilons(records, 1e-5)
+    assert record["max_epsilon"] == pytest.approx(rdp, rel=0.01) and record["max_epsilon"] >= pld * 0.99
+
+
+def test_train_cooc_with_public_users_reports_them_and_their_model(cli, tmp_path):
+    args = ["train", "--shop-users", "120", "--model", "cooc", "--cooc-public-users", "0.25"]
+    refused = cli(*args, "--out", tmp_path / "no-epsilon")
+    assert refused.code == 2 and "without --cooc-epsilon nothing is private" in refused.err
+    assert not (tmp_path / "no-epsilon").exists()
+    result = cli(*args, "--cooc-epsilon", "4", "--out", tmp_path / "cooc")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "cooc" / "privacy_report.json").read_text())
+    assert report["public_users"]["count"] == 30 and report["max_epsilon"] <= 4.0 and len(report["ledger"]) == 1
+    metrics = json.loads((tmp_path / "cooc" / "metrics.json").read_text())
+    assert set(metrics["initial"]) == {"valid", "test"}  # the public users' model alone, beside the release
+    assert 0.0 <= metrics["initial"]["test"]["NDCG@10"] <= 1.0
+
+
+def test_the_private_users_weight_is_chosen_on_the_public_users_validation_items(planted):
+    seq, split = planted.sequences, planted.split
+    public = public_users(seq.n_users, 0.25, 0)
+    release = functools.partial(public_supported_cooccurrence, seq, split, delta=1e-4, public_share=0.25, seed=0,
+                                window=5, cfg=config(seq))  # fmt: skip
+    model, record, alone = release(2.0)
+    weight = record["private_weight"]
+    scores = {float(w): v for w, v in weight["valid_scores"].items()}
+    assert set(scores) == set(private_cooc.PRIVATE_WEIGHTS) and weight["chosen"] == max(scores, key=scores.get)
+    mine = evaluate(model, seq, split, "valid", users=public)["NDCG@10"]
+    assert mine == pytest.approx(scores[weight["chosen"]], abs=1e-6)
+    # the weight 0 is the public users' model itself: the release is never kept where it ranks them worse
+    assert evaluate(alone, seq, split, "valid", users=public)["NDCG@10"] == pytest.approx(scores[0.0], abs=1e-6)
+    assert scores[weight["chosen"]] >= scores[0.0]

@@ -47,6 +47,17 @@ def test_evaluate_without_data_uses_the_checkpoints_data_and_prints_a_table(cli,
     assert f"{saved['test']['NDCG@10']:.4f}" in test_row and "| split | NDCG@10 |" in result.out
 
 
+def test_evaluate_measures_under_the_runs_own_protocol_unless_told(cli, tmp_path):
+    out = tmp_path / "removed"
+    train = cli("train", *TINY, "--model", "cooc", "--protocol", "full-history-removed", "--out", out)
+    assert train.code == 0, train.err
+    saved = json.loads((out / "metrics.json").read_text())["test"]["NDCG@10"]
+    again = json.loads(cli("evaluate", "--checkpoint", out, "--json").out)
+    assert again["protocol"] == "full-history-removed" and again["test"]["NDCG@10"] == pytest.approx(saved)
+    told = json.loads(cli("evaluate", "--checkpoint", out, "--protocol", "full", "--json").out)
+    assert told["protocol"] == "full" and told["test"]["NDCG@10"] != pytest.approx(saved)
+
+
 def test_evaluate_explains_a_missing_checkpoint_folder(cli, tmp_path):
     result = cli("evaluate", "--checkpoint", tmp_path / "nowhere")
     assert result.code == 2 and "no such folder" in result.err and "FileNotFoundError" not in result.err

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fedseqrec.evaluation.config import EvaluationConfig
 from fedseqrec.models.config import FitConfig
-from fedseqrec.options import non_negative_int, option, positive, positive_int, redefault, section
+from fedseqrec.options import non_negative_int, option, positive, positive_int, redefault, section, within
 
 TRAINING = "training"
 PRIVATE_POP = "private popularity baseline"
@@ -68,6 +68,13 @@ class TrainConfig(FitConfig):
         5,
         "--model cooc: two items count as a pair when at most this many events apart",
         check=positive_int,
+        group=COOCCURRENCE,
+    )
+    cooc_public_users: float = option(
+        0.0,
+        "--model cooc with --cooc-epsilon: share of users declared public (opted in, not covered): their pairs are "
+        "counted exactly and choose the pairs released for the others (--cooc-items and --cooc-item-noise unused)",
+        check=within(0, 1, high_open=True),
         group=COOCCURRENCE,
     )
     evaluation: EvaluationConfig = section(EvaluationConfig)

@@ -35,7 +35,7 @@ from fedseqrec.models.text_match import TextMatch
 from fedseqrec.models.training import train_epoch
 from fedseqrec.options import check
 from fedseqrec.privacy.config import default_delta
-from fedseqrec.privacy.cooccurrence import private_cooccurrence
+from fedseqrec.privacy.cooccurrence import private_cooccurrence, public_supported_cooccurrence
 from fedseqrec.privacy.popularity import private_popularity
 
 SPLITS = ("valid", "test")
@@ -69,7 +69,7 @@ def train_centralized(
     if model_cfg.name in BASELINES:
         model_cfg.validate()
         if model_cfg.name == "cooc":
-            results = _cooccurrence_results(ds, model_cfg, cfg, out)
+            results = _cooccurrence_results(ds, model_cfg, cfg, out, data_cfg.seed)
         else:
             results = (_popularity_results if model_cfg.name == "pop" else _text_match_results)(ds, model_cfg, cfg)
         return _write_results(out, results, data_cfg, model_cfg, cfg, ds.sequences.n_items)
@@ -182,14 +182,22 @@ def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
     return {"model": "pop", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 
-def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path) -> dict:
+def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, seed: int) -> dict:
+    """``seed``: the run's, which chooses the public users."""
     start = time.perf_counter()
     seq, split = ds.sequences, ds.split
-    results = {}
+    results, public_only = {}, None
+    if cfg.cooc_public_users > 0 and cfg.cooc_epsilon is None:
+        raise UserError("--cooc-public-users: without --cooc-epsilon nothing is private; drop it or give an ε")
     if cfg.cooc_epsilon is None:
         histories = (seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1))
         prior = np.bincount(training_items(seq, split), minlength=seq.n_items + 1) * 1e-6  # orders the unpaired
         model = ItemCooccurrence.counted(model_cfg, histories, cfg.cooc_window, prior)
+    elif cfg.cooc_public_users > 0:
+        epsilon, delta, share = cfg.cooc_epsilon, default_delta(seq.n_users), cfg.cooc_public_users
+        model, results["privacy"], public_only = public_supported_cooccurrence(
+            seq, split, epsilon, delta, share, seed, cfg.cooc_window, model_cfg, protocol=cfg.evaluation.protocol
+        )
     else:
         delta = default_delta(seq.n_users)
         model, results["privacy"] = private_cooccurrence(
@@ -199,6 +207,8 @@ def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig,
     save_checkpoint(out, model, "cooc", seq)  # the release itself: what recommend and serve load
     options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
     results.update({w: evaluate(model, seq, split, w, **options) for w in SPLITS})
+    if public_only is not None:  # as a federation's report keeps the public users' model: the private gain beside it
+        results["initial"] = {w: evaluate(public_only, seq, split, w, **options) for w in SPLITS}
     return {"model": "cooc", **results, "params": 0, "train_seconds": round(time.perf_counter() - start, 3)}
 
 

@@ -111,8 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_port_free(args.host, args.port)
     app = make_app(Path(args.run), args.weights, args.poll, data=args.data, device=args.device, int8=args.int8)
     described = app.state.holder.current.describe()
+    which = "" if described["round"] is None else f" (round {described['round']})"  # a train run has no rounds
     print(
-        f"serving {described['model']} from {Path(args.run).resolve()} (round {described['round']}) on "
+        f"serving {described['model']} from {Path(args.run).resolve()}{which} on "
         f"http://{args.host}:{args.port} (OpenAPI: /docs)",
         flush=True,
     )

@@ -25,7 +25,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EvaluationConfig
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.options import add_options, from_args
-from fedseqrec.results.folder import recorded_data
+from fedseqrec.results.folder import recorded_data, recorded_protocol
 
 
 class EpochPrinter:
@@ -130,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = checkpoint_data(folder, args)
     ds = load_dataset(data)
     name, model = load_checkpoint(folder, ds.sequences, device=args.device)
-    protocol = getattr(args, "protocol", "full")
+    protocol = getattr(args, "protocol", None) or recorded_protocol(folder)
     options = {"max_len": model.cfg.max_len, "protocol": protocol}
     results = {
         "model": name,
@@ -162,5 +162,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     unset_defaults(evaluation, DataConfig(), absent=argparse.SUPPRESS)
     evaluation.add_argument("--checkpoint", required=True, metavar="DIR", help="folder holding model.pt and model.json")
     add_options(evaluation, EvaluationConfig(), exclude=("eval_every",))
+    unset_defaults(evaluation, EvaluationConfig(), names=("protocol",), absent=argparse.SUPPRESS)
     evaluation.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_device_option(evaluation)

@@ -12,6 +12,7 @@ per-user contributions it can be released once with the Gaussian mechanism (``pr
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -45,6 +46,24 @@ def user_pairs(history: np.ndarray, window: int, decay: float = PAIR_DECAY) -> t
     apart = (pairs[:, 0] != pairs[:, 1]) & (pairs[:, 0] > 0)
     distinct, inverse = np.unique(pairs[apart], axis=0, return_inverse=True)
     return distinct, np.bincount(inverse.reshape(-1), weights=weights[apart], minlength=len(distinct))
+
+
+def pair_table(histories, window: int, size: int) -> sparse.csr_matrix:
+    """The pairs of ``histories`` summed as they are, as the upper triangle of a (size, size) sparse matrix over
+    item ids, indices sorted (so its coordinates are in ascending order of ``first · size + second``)."""
+    firsts, seconds, weights = [], [], []
+    for history in histories:
+        index, weight = user_pairs(history, window)
+        firsts.append(index[:, 0])
+        seconds.append(index[:, 1])
+        weights.append(weight)
+    table = sparse.coo_matrix(
+        (np.concatenate([*weights, [0.0]]), (np.concatenate([*firsts, [0]]), np.concatenate([*seconds, [0]]))),
+        shape=(size, size),
+    ).tocsr()  # duplicates summed
+    table.eliminate_zeros()
+    table.sort_indices()
+    return table
 
 
 class ItemCooccurrence(nn.Module):
@@ -85,23 +104,17 @@ class ItemCooccurrence(nn.Module):
         return cls(cfg, **{key: value.numpy() for key, value in shaped.items()})
 
     @classmethod
+    def from_pairs(cls, cfg: ModelConfig, first, second, value, prior: np.ndarray) -> ItemCooccurrence:
+        """The model whose rows are every item id, with the pairs ``(first[p], second[p])`` (item ids, each pair
+        once) worth ``value[p]``: a sparse table."""
+        return cls(cfg, np.arange(cfg.n_items + 1), first, second, value, prior)
+
+    @classmethod
     def counted(cls, cfg: ModelConfig, histories, window: int, prior: np.ndarray) -> ItemCooccurrence:
         """The plain model: every item a row, the pairs of ``histories`` summed as they are (not private), kept
         sparse (a catalogue of 100k items has 10¹⁰ pairs, few of them seen)."""
-        firsts, seconds, weights = [], [], []
-        for history in histories:
-            index, weight = user_pairs(history, window)
-            firsts.append(index[:, 0])
-            seconds.append(index[:, 1])
-            weights.append(weight)
-        size = cfg.n_items + 1
-        table = sparse.coo_matrix(
-            (np.concatenate([*weights, [0.0]]), (np.concatenate([*firsts, [0]]), np.concatenate([*seconds, [0]]))),
-            shape=(size, size),
-        ).tocsr()  # duplicates summed
-        table.eliminate_zeros()
-        table = table.tocoo()
-        return cls(cfg, np.arange(size), table.row, table.col, table.data, prior)
+        table = pair_table(histories, window, cfg.n_items + 1).tocoo()
+        return cls.from_pairs(cfg, table.row, table.col, table.data, prior)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._pairs = self._position = None  # new counts: the dense matrix is built again
@@ -115,8 +128,12 @@ class ItemCooccurrence(nn.Module):
             first, second = self.first.long(), self.second.long()
             if size > DENSE_ROWS and len(self.value) < size * size // 8:
                 both = torch.stack([torch.cat([first, second]), torch.cat([second, first])])
-                pairs = torch.sparse_coo_tensor(both, torch.cat([self.value, self.value]), (size, size))
-                pairs = pairs.coalesce().to_sparse_csr()
+                pairs = torch.sparse_coo_tensor(
+                    both, torch.cat([self.value, self.value]), (size, size), check_invariants=False
+                )
+                with warnings.catch_warnings():  # "sparse CSR support is in beta": said to every user, every time
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                    pairs = pairs.coalesce().to_sparse_csr()
             else:
                 pairs = torch.zeros(size, size, device=self.value.device)
                 pairs[first, second] = self.value

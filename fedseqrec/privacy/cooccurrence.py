@@ -14,21 +14,32 @@ The noisy counts of step 1 are the model's popularity prior, so the model is pos
 alone. The sum is a sum over users, so a federation's silos can each add up their own users' clipped vectors and
 the server noise the total once: the same release, whoever adds it up (the trust model of ``--privacy
 user-level``: the server sees the silos' sums before the noise).
+
+With users declared public (``--cooc-public-users``, opted in) the release changes shape
+(``public_supported_cooccurrence``): the public users' pairs are counted exactly, over every item, and they alone
+choose which pairs are released — the pairs some public user holds. Each private user's pairs among those, one
+vector scaled to ℓ2 norm ≤ 1, are summed and every such pair gets Gaussian noise σ once (one record: the choice
+cost the private users nothing). A row then holds a few dozen noisy cells instead of thousands, so the noise no
+longer buries the pairs that matter; the model is the public counts plus the released ones. The guarantee covers
+the private users only.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import numpy as np
 
 from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
 from fedseqrec.errors import UserError
+from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.models.config import ModelConfig
-from fedseqrec.models.cooccurrence import ItemCooccurrence, user_pairs
+from fedseqrec.models.cooccurrence import ItemCooccurrence, pair_table, user_pairs
 from fedseqrec.privacy.accounting import calibrate_noise_after, epsilon
 from fedseqrec.privacy.item_selection import item_counts, released_counts, top_items
+from fedseqrec.privacy.public import public_users
 
 MECHANISM = (
     "private co-occurrence: item counts released with Gaussian noise choose K items; each user's pairs of chosen "
@@ -39,24 +50,60 @@ PRIOR_WEIGHT = 2.0  # the popularity prior's largest value, in units of σ: belo
 MOST_ITEMS = 10_000  # every pair of chosen items is noised: 5·10⁷ pairs, a few dense K² arrays of 0.8 GB
 
 
+Cells = Callable[[np.ndarray], np.ndarray]  # a user's (P, 2) pairs of item ids → the released cell of each (-1: none)
+
+
+def _clipped_sum(
+    data: SequenceData, split: Split, users, cells: Cells, size: int, window: int
+) -> tuple[np.ndarray, float]:
+    """Σ over ``users`` of their pair vectors over the released cells, each scaled to ℓ2 norm ≤ 1 after the pairs
+    outside the cells are left out; and the largest norm before scaling."""
+    total, largest = np.zeros(size), 0.0
+    for user in users:
+        history = data.sequence(int(user))[: split.train_end[int(user)]]
+        pairs, weights = user_pairs(history, window)
+        where = cells(pairs)
+        kept = where >= 0
+        if not kept.any():
+            continue
+        norm = float(np.sqrt((weights[kept] ** 2).sum()))
+        largest = max(largest, norm)
+        np.add.at(total, where[kept], weights[kept] / max(norm, 1.0))
+    return total, largest
+
+
 def clipped_pair_sum(
     data: SequenceData, split: Split, users, chosen: np.ndarray, window: int
 ) -> tuple[np.ndarray, float]:
     """Σ over ``users`` of their pair vectors over the ``chosen`` items, each scaled to ℓ2 norm ≤ 1, as an upper
     triangular (K, K) matrix in ``chosen``'s order; and the largest norm before scaling."""
+    k = len(chosen)
     position = np.full(data.n_items + 1, -1, dtype=np.int64)
-    position[chosen] = np.arange(len(chosen))
-    total, largest = np.zeros((len(chosen), len(chosen))), 0.0
-    for user in users:
-        history = data.sequence(int(user))[: split.train_end[int(user)]]
-        kept = position[history[history > 0]]
-        pairs, weights = user_pairs(np.where(kept >= 0, kept + 1, 0), window)  # row + 1: 0 stays the gap
-        if not len(weights):
-            continue
-        norm = float(np.sqrt((weights**2).sum()))
-        largest = max(largest, norm)
-        np.add.at(total, (pairs[:, 0] - 1, pairs[:, 1] - 1), weights / max(norm, 1.0))
-    return total, largest
+    position[chosen] = np.arange(k)
+
+    def cells(pairs: np.ndarray) -> np.ndarray:
+        a, b = position[pairs[:, 0]], position[pairs[:, 1]]
+        return np.where((a >= 0) & (b >= 0), np.minimum(a, b) * k + np.maximum(a, b), -1)
+
+    total, largest = _clipped_sum(data, split, users, cells, k * k, window)
+    return total.reshape(k, k), largest
+
+
+def support_pair_sum(
+    data: SequenceData, split: Split, users, keys: np.ndarray, window: int
+) -> tuple[np.ndarray, float]:
+    """Σ over ``users`` of their pair vectors over the pairs ``keys`` (ascending ``first · (n_items + 1) +
+    second``), each scaled to ℓ2 norm ≤ 1, in ``keys``' order; and the largest norm before scaling."""
+    size = data.n_items + 1
+
+    def cells(pairs: np.ndarray) -> np.ndarray:
+        key = pairs[:, 0] * size + pairs[:, 1]
+        if not len(keys):
+            return np.full(len(key), -1)
+        at = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        return np.where(keys[at] == key, at, -1)
+
+    return _clipped_sum(data, split, users, cells, len(keys), window)
 
 
 def private_cooccurrence(
@@ -100,12 +147,87 @@ def private_cooccurrence(
         "mechanism": MECHANISM,
         "privacy_unit": "user-level: adding or removing one user with all of their events",
         "item_selection": {"count": len(chosen), "noise_multiplier": selection_noise},
+        **_release(window, sigma, delta, accountant, ledger),
+    }
+    return model, record
+
+
+def _release(window: int, sigma: float, delta: float, accountant: str, ledger: list[dict]) -> dict:
+    """What every co-occurrence release records of its noise: the pairs' σ and the ledger, ε composed from it."""
+    composed = epsilon([(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in ledger], delta, accountant)
+    return {
         "window": window,
         "noise_multiplier": sigma,
         "sensitivity_l2": 1.0,
         "delta": delta,
         "accountant": accountant,
         "ledger": ledger,
-        "max_epsilon": epsilon([(r["noise_multiplier"], 1.0, 1) for r in ledger], delta, accountant),
+        "max_epsilon": composed,
     }
-    return model, record
+
+
+PUBLIC_MECHANISM = (
+    "private co-occurrence over public pairs: the public users' pairs counted exactly choose the pairs released; each "
+    "private user's pairs among them within --cooc-window events, as one vector scaled to ℓ2 norm ≤ 1, summed over "
+    "the private users; Gaussian noise σ on every released pair, once"
+)
+PUBLIC_USE = (
+    "their pairs are counted exactly (no noise) and choose which pairs the private users' noisy counts are released "
+    "for; they are not covered by the guarantee"
+)
+PRIVATE_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0)  # the released counts' weights tried beside the public counts
+TIE_BREAK = 1e-6  # the public users' item counts, scaled below any pair: they order only the items no pair reaches
+
+
+def public_supported_cooccurrence(
+    data: SequenceData,
+    split: Split,
+    target_epsilon: float,
+    delta: float,
+    public_share: float,
+    seed: int,
+    window: int,
+    cfg: ModelConfig,
+    accountant: str = "rdp",
+    rng: np.random.Generator | None = None,
+    protocol: str = "full",
+    selection: str = "NDCG@10",
+) -> tuple[ItemCooccurrence, dict, ItemCooccurrence]:
+    """The released model, its privacy record, and the model of the public users' counts alone (what the private
+    users' release adds to). The public users are ``privacy.public.public_users(n_users, public_share, seed)``.
+    The released counts are added with the weight of ``PRIVATE_WEIGHTS`` that ranks the public users' validation
+    items best under ``protocol`` (``selection``): at small ε the noise outweighs the private users' pairs, and
+    the weight 0 keeps the public users' model."""
+    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
+    public = public_users(data.n_users, public_share, seed)
+    private = np.setdiff1d(np.arange(1, data.n_users + 1), public)
+    counts = pair_table((data.sequence(int(u))[: split.train_end[int(u)]] for u in public), window, data.n_items + 1)
+    counts = counts.tocoo()
+    keys = counts.row.astype(np.int64) * (data.n_items + 1) + counts.col  # ascending: the table's indices are sorted
+    sigma = calibrate_noise_after((), target_epsilon, delta, 1.0, 1, accountant)
+    total, _ = support_pair_sum(data, split, private, keys, window)
+    released = total + rng.normal(0.0, sigma, len(keys))
+    prior = TIE_BREAK * item_counts(data, split, public)
+    public_only = ItemCooccurrence.from_pairs(cfg, counts.row, counts.col, counts.data, prior)
+    # post-processing of the release, judged on public data: the choice costs nothing more
+    weighed = {
+        weight: ItemCooccurrence.from_pairs(cfg, counts.row, counts.col, counts.data + weight * released, prior)
+        for weight in PRIVATE_WEIGHTS
+    }
+    options = {"users": public, "max_len": cfg.max_len, "protocol": protocol}
+    scores = {weight: evaluate(m, data, split, "valid", **options).get(selection, 0.0) for weight, m in weighed.items()}
+    chosen = max(scores, key=scores.get)
+    ledger = [{"round": 1, "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1}]
+    record = {
+        "mechanism": PUBLIC_MECHANISM,
+        "privacy_unit": "user-level: adding or removing one private user with all of their events",
+        "public_users": {"count": len(public), "share": public_share, "use": PUBLIC_USE},
+        "released_pairs": len(keys),
+        "private_weight": {
+            "chosen": chosen,
+            "valid_scores": {str(w): round(v, 6) for w, v in scores.items()},
+            "chosen_by": f"the public users' validation {selection} (their data is public: the choice costs nothing)",
+        },
+        **_release(window, sigma, delta, accountant, ledger),
+    }
+    return weighed[chosen], record, public_only

@@ -81,6 +81,15 @@ def recorded_data(folder: Path, given: str | None = None, find: bool = True) -> 
     return replace(data, data=locate(data.data, config.get("data_record"), given, str(folder)))
 
 
+def recorded_protocol(folder: Path) -> str:
+    """The ranking protocol a run folder's figures were measured under (a federation's or a centralized run's),
+    so a later ``evaluate`` measures the same way unless told otherwise."""
+    config = read_config(Path(folder))
+    if "run_config" in config:
+        return recorded_run(Path(folder)).evaluation.protocol
+    return ((config.get("train") or {}).get("evaluation") or {}).get("protocol", "full")
+
+
 def data_identity(folder: Path) -> tuple:
     """What makes two runs' figures comparable: the same events (the data's fingerprint, or the generator's
     options), cleaned, split and predicted alike; partitions, audits and attacks may differ."""
