@@ -13,6 +13,10 @@ the options are the same for every draw; only the noise differs (it never follow
 standard error over draws is the mechanism's spread, beside the test set's own bound √(NDCG/n). K
 (--cooc-items) and --cooc-item-noise are the dataset's, chosen on validation at ε = 8 (benchmark notes).
 
+The target's point (ε = 8) is also released by 10 IID silos through Flower (`fedseqrec simulate --partition iid
+--clients 10 --model cooc --cooc-epsilon 8`: each silo sums its own users, the server adds the noise once;
+DIR/cooc-fed10-eps8-{draw}), the same number of draws, beside the one-process figure.
+
 The same curve again with --public-share of the users declared public (--cooc-public-users: their pairs counted
 exactly choose the pairs released for the others; DIR/cooc-public{share}-eps{E}-{draw}), each point beside the
 public users' counts alone (the run folder's "initial" model) and the private users' gain over it. Writes
@@ -75,7 +79,15 @@ def with_public(points: list[dict]) -> dict:
 
 
 def plot(
-    rows: list[dict], public: list[dict], share: float, curve: dict, best: dict, plain: dict, dataset: str, out: Path
+    rows: list[dict],
+    federated: dict,
+    public: list[dict],
+    share: float,
+    curve: dict,
+    best: dict,
+    plain: dict,
+    dataset: str,
+    out: Path,
 ) -> None:
     import matplotlib
 
@@ -88,6 +100,7 @@ def plot(
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     draw(rows, "o", "private co-occurrence (one release), no public users")
+    draw([federated], "*", "the same released by 10 silos through Flower (simulate)")
     if public:
         draw(public, "D", f"private co-occurrence over the public users' pairs ({share:.0%} public)")
         alone = public[0]["public_only_test_NDCG@10"]
@@ -120,6 +133,11 @@ def main() -> None:
         for folder in folders:
             run([*model, "--cooc-epsilon", f"{eps:g}", *CHOSEN[args.dataset]], folder)
         rows.append(summary([point(folder, users) for folder in folders]))
+    federated = []
+    for draw in range(args.draws):
+        folder = runs / f"cooc-fed10-eps8-{draw}"
+        run(["simulate", *setting["data"], "--model", "cooc", "--cooc-epsilon", "8", *CHOSEN[args.dataset]], folder)
+        federated.append(point(folder, users))
     public = []
     for eps in args.epsilons if args.public_share > 0 else []:
         folders = [runs / f"cooc-public{args.public_share:g}-eps{eps:g}-{draw}" for draw in range(args.draws)]
@@ -128,11 +146,12 @@ def main() -> None:
         public.append(with_public([point(folder, users) for folder in folders]))
     plain = point(runs / "cooc-no-dp", users)
     best = reference(args.dataset, plain)
-    for row in rows + public:
+    federated = summary(federated)
+    for row in [*rows, *public, federated]:
         row["vs_best_non_private"] = round(row["test_NDCG@10"] / best["test_NDCG@10"], 3)
     curve = json.loads((RESULTS / f"privacy_curve_{args.dataset}.json").read_text())
     out = RESULTS / f"private_cooccurrence_{args.dataset}.json"
-    plot(rows, public, args.public_share, curve, best, plain, args.dataset, out.with_suffix(".png"))
+    plot(rows, federated, public, args.public_share, curve, best, plain, args.dataset, out.with_suffix(".png"))
     report = {
         "command": f"python benchmarks/private_cooccurrence.py {args.dataset}",
         "flags": [*model[1:], *CHOSEN[args.dataset]],
@@ -140,6 +159,10 @@ def main() -> None:
         "best_non_private": best,
         "cooc_without_privacy": {k: plain[k] for k in ("test_NDCG@10", "valid_NDCG@10", "standard_error_bound")},
         "rows": rows,
+        "federated_10_silos": {
+            "command": "fedseqrec simulate --partition iid --clients 10 --model cooc …",
+            **federated,
+        },
         "public_share": args.public_share,
         "public_rows": public,
         "plot": str(out.with_suffix(".png").relative_to(ROOT)),

@@ -207,6 +207,17 @@ def _cooccurrence_rows(curves: dict[str, dict]) -> list[tuple]:
                 (targets[0], "issue 28"),
             )
         )
+        federated = cooc.get("federated_10_silos")
+        if federated:
+            rows.append(
+                (
+                    f"{name}, the same released by 10 IID silos through Flower (`simulate`), ε = 8 ÷ best non-private",
+                    federated["vs_best_non_private"],
+                    "{:.2f}×",
+                    command,
+                    (targets[0], "issue 28"),
+                )
+            )
         rows += _public_cooccurrence_rows(cooc, name, command)
         if targets[1] is not None:
             at1 = next(r for r in cooc["rows"] if round(r["epsilon"]) == 1)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from fedseqrec.evaluation.config import EvaluationConfig
 from fedseqrec.models.config import FitConfig
-from fedseqrec.options import non_negative_int, option, positive, positive_int, redefault, section, within
+from fedseqrec.options import non_negative_int, option, positive, positive_int, redefault, section
+from fedseqrec.privacy.cooccurrence_options import CooccurrenceConfig
 
 TRAINING = "training"
 PRIVATE_POP = "private popularity baseline"
-COOCCURRENCE = "co-occurrence model"
 
 
 @dataclass
@@ -45,36 +45,5 @@ class TrainConfig(FitConfig):
         check=positive_int,
         group=PRIVATE_POP,
     )
-    cooc_epsilon: float | None = option(
-        None,
-        "--model cooc: release the item choice and the pair counts with the Gaussian mechanism at this user-level ε",
-        check=positive,
-        group=COOCCURRENCE,
-    )
-    cooc_items: int = option(
-        2000,
-        "--model cooc with --cooc-epsilon: the items chosen (privately) to have pair counts; the rest score popularity",
-        check=positive_int,
-        group=COOCCURRENCE,
-    )
-    cooc_item_noise: float = option(
-        10.0,
-        "--model cooc with --cooc-epsilon: the item counts' noise multiplier × ε (smaller: better chosen items and "
-        "popularity prior, more noise on the pairs)",
-        check=positive,
-        group=COOCCURRENCE,
-    )
-    cooc_window: int = option(
-        5,
-        "--model cooc: two items count as a pair when at most this many events apart",
-        check=positive_int,
-        group=COOCCURRENCE,
-    )
-    cooc_public_users: float = option(
-        0.0,
-        "--model cooc with --cooc-epsilon: share of users declared public (opted in, not covered): their pairs are "
-        "counted exactly and choose the pairs released for the others (--cooc-items and --cooc-item-noise unused)",
-        check=within(0, 1, high_open=True),
-        group=COOCCURRENCE,
-    )
+    cooccurrence: CooccurrenceConfig = section(CooccurrenceConfig)
     evaluation: EvaluationConfig = section(EvaluationConfig)

@@ -185,23 +185,28 @@ def _popularity_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig) -
 def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, seed: int) -> dict:
     """``seed``: the run's, which chooses the public users."""
     start = time.perf_counter()
-    seq, split = ds.sequences, ds.split
+    seq, split, cooc = ds.sequences, ds.split, cfg.cooccurrence
     results, public_only = {}, None
-    if cfg.cooc_public_users > 0 and cfg.cooc_epsilon is None:
-        raise UserError("--cooc-public-users: without --cooc-epsilon nothing is private; drop it or give an ε")
-    if cfg.cooc_epsilon is None:
+    cooc.check()
+    if cooc.cooc_epsilon is None:
         histories = (seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1))
         prior = np.bincount(training_items(seq, split), minlength=seq.n_items + 1) * 1e-6  # orders the unpaired
-        model = ItemCooccurrence.counted(model_cfg, histories, cfg.cooc_window, prior)
-    elif cfg.cooc_public_users > 0:
-        epsilon, delta, share = cfg.cooc_epsilon, default_delta(seq.n_users), cfg.cooc_public_users
+        model = ItemCooccurrence.counted(model_cfg, histories, cooc.cooc_window, prior)
+    elif cooc.cooc_public_users > 0:
+        epsilon, delta, share = cooc.cooc_epsilon, default_delta(seq.n_users), cooc.cooc_public_users
         model, results["privacy"], public_only = public_supported_cooccurrence(
-            seq, split, epsilon, delta, share, seed, cfg.cooc_window, model_cfg, protocol=cfg.evaluation.protocol
+            seq, split, epsilon, delta, share, seed, cooc.cooc_window, model_cfg, protocol=cfg.evaluation.protocol
         )
     else:
-        delta = default_delta(seq.n_users)
         model, results["privacy"] = private_cooccurrence(
-            seq, split, cfg.cooc_epsilon, delta, cfg.cooc_items, cfg.cooc_window, model_cfg, cfg.cooc_item_noise
+            seq,
+            split,
+            cooc.cooc_epsilon,
+            default_delta(seq.n_users),
+            cooc.cooc_items,
+            cooc.cooc_window,
+            model_cfg,
+            cooc.cooc_item_noise,
         )
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, "cooc", seq)  # the release itself: what recommend and serve load

@@ -11,7 +11,7 @@ from fedseqrec.cli.common import add_command, add_config_option, unset_defaults
 from fedseqrec.cli.report import run_audit
 from fedseqrec.data.tasks import task_of
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.models.config import TRAINABLE_MODELS
+from fedseqrec.models.config import COUNTED_MODELS, FEDERATED_MODELS
 from fedseqrec.options import add_options, from_args
 from fedseqrec.results.folder import RunFolder, recorded_data
 from fedseqrec.results.summary import format_round, released_round, summary_table
@@ -25,7 +25,7 @@ NOT_A_FLAG = ("data.max_len",)  # the data's own truncation; a run has the model
 
 def add_run_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """What a federated run is made of: data, partition (IID by default), model, training, federation, privacy."""
-    add_options(parser, RunConfig(), exclude=NOT_A_FLAG + exclude, choices={"name": TRAINABLE_MODELS})
+    add_options(parser, RunConfig(), exclude=NOT_A_FLAG + exclude, choices={"name": FEDERATED_MODELS})
     unset_defaults(parser, RunConfig(), ("rounds",))  # --resume keeps a run's own number of rounds unless given
     add_config_option(parser)
 
@@ -67,7 +67,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     cfg = run_config(args)
     resume = Path(args.resume) if args.resume else None
-    total = {"rounds": args.rounds or cfg.algorithm.rounds}
+    counted = cfg.model.name in COUNTED_MODELS  # one release: one round (RunConfig.planned)
+    total = {"rounds": 1 if counted else args.rounds or cfg.algorithm.rounds}
     resumes_a_run = resume is not None and (resume / "config.json").is_file()  # (anything else: refused below)
     task = task_of(recorded_data(resume, find=False).task if resumes_a_run else cfg.data.task)
 

@@ -33,8 +33,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError("fedseqrec report takes one RUN_DIR (or several with --compare)")
     folder = Path(args.runs[0])
     report = write_privacy_report(folder, Path(args.reference) if args.reference else None)
-    print(f"largest ε {report['max_epsilon']:.4f} at δ ≤ {report['delta']:.3g} over {len(report['clients'])} clients")
-    print(f"written {folder / 'privacy_report.json'}, privacy_report.md, epsilon_per_round.png, ndcg_per_round.png")
+    if "clients" in report:
+        print(
+            f"largest ε {report['max_epsilon']:.4f} at δ ≤ {report['delta']:.3g} over {len(report['clients'])} clients"
+        )
+        print(f"written {folder / 'privacy_report.json'}, privacy_report.md, epsilon_per_round.png, ndcg_per_round.png")
+    else:  # one release (--model cooc): one ledger for every user
+        print(f"ε {report['max_epsilon']:.4f} at δ = {report['delta']:.3g}, one release over every silo's users")
+        print(f"written {folder / 'privacy_report.json'}, privacy_report.md")
     for flag in report["flags"]:  # the figures were recomputed from the records; say which stored ones disagree
         print(f"flagged: {flag}", file=sys.stderr)
     return 1 if report["flags"] else 0

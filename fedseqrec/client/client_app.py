@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -29,6 +29,8 @@ from fedseqrec.data.partition import ClientData
 from fedseqrec.errors import UserError
 from fedseqrec.federated.compression import received_weights, reply_arrays
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.federated.cooccurrence import ACTION as COOCCURRENCE
+from fedseqrec.federated.cooccurrence import PHASE_KEY, silo_sums
 from fedseqrec.federated.mechanisms import client_mods, mechanism_of
 from fedseqrec.federated.messages import (
     ITEM_COUNTS_KEY,
@@ -168,6 +170,19 @@ def make_client_app(mods: list | None = None) -> ClientApp:
             data.client,
         )
         metrics["seconds"] = time.perf_counter() - started  # all of this client's work for the round
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    @app.query(COOCCURRENCE)
+    @refusing
+    def cooccurrence(msg: Message, context: Context) -> Message:
+        """This silo's sums for the co-occurrence release (``--model cooc``; ``federated.cooccurrence``)."""
+        cfg, sent = message_config(msg, context)
+        data = _client_data(cfg, context, sent)
+        given = msg.content.array_records.get("arrays")
+        chosen = given["chosen"].numpy() if given is not None and "chosen" in given else None
+        sums = silo_sums(data, str(sent[PHASE_KEY]), cfg.cooccurrence.cooc_window, chosen)
+        arrays = ArrayRecord({name: Array(value) for name, value in sums.items()})
+        metrics = MetricRecord({"partition-id": data.client, "users": len(data.users)})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()

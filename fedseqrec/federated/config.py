@@ -16,7 +16,15 @@ from fedseqrec.data.dataset import DataConfig
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.config import EVALUATION, EvaluationConfig
 from fedseqrec.federated.compression import CompressionConfig
-from fedseqrec.models.config import FIT, TRAINABLE_MODELS, FitConfig, ModelConfig, linear_decay
+from fedseqrec.models.config import (
+    COUNTED_MODELS,
+    FEDERATED_MODELS,
+    FIT,
+    TRAINABLE_MODELS,
+    FitConfig,
+    ModelConfig,
+    linear_decay,
+)
 from fedseqrec.options import (
     check,
     flatten,
@@ -31,7 +39,8 @@ from fedseqrec.options import (
     with_values,
     within,
 )
-from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, NO_DP, USER_LEVEL, PrivacyConfig
+from fedseqrec.privacy.config import DP_FEDAVG, LOCAL_DPSGD, USER_LEVEL, PrivacyConfig, privacy_switches_to_mechanism
+from fedseqrec.privacy.cooccurrence_options import CooccurrenceConfig
 
 # Byzantine-robust aggregation (Flower's): a coordinate-wise median or trimmed mean, or the updates nearest the
 # others (Krum, Multi-Krum, Bulyan), instead of the weighted mean.
@@ -205,6 +214,7 @@ class RunConfig:
     privacy: PrivacyConfig = section(PrivacyConfig)
     secure: SecureAggregationConfig = section(SecureAggregationConfig)
     compression: CompressionConfig = section(CompressionConfig)
+    cooccurrence: CooccurrenceConfig = section(CooccurrenceConfig)
     out: str | None = option(None, "run folder (default: runs/STRATEGY-MODEL-TIME)", metavar="DIR", group="run")
 
     @classmethod
@@ -220,7 +230,7 @@ class RunConfig:
     def from_run_config(cls, values: Mapping) -> RunConfig:
         """From Flower's run config (hyphenated keys, ``""`` for unset); unknown keys are refused. Run configs
         written before ``--privacy`` (run folders of fedseqrec 0.1) are read too."""
-        return unflatten(cls, _privacy_switches_to_mechanism(values))
+        return unflatten(cls, privacy_switches_to_mechanism(values))
 
     def to_run_config(self) -> dict:
         return flatten(self)
@@ -230,9 +240,17 @@ class RunConfig:
         check(self)
         self.model.check_options()
         algorithm = self.algorithm
+        if self.model.name in COUNTED_MODELS:  # counted by the silos, released once (server.cooccurrence)
+            mechanism, secure, per_round = (
+                self.privacy.mechanism,
+                self.secure.secure_aggregation,
+                algorithm.clients_per_round,
+            )
+            self.cooccurrence.check_federation(mechanism, secure, self.evaluation.mode, per_round, self.data.audited)
+            return
         if self.model.name not in TRAINABLE_MODELS:
             raise UserError(
-                f"model {self.model.name!r} cannot be trained federated; expected one of {', '.join(TRAINABLE_MODELS)}"
+                f"model {self.model.name!r} cannot be trained federated; expected one of {', '.join(FEDERATED_MODELS)}"
             )
         clients = self.data.clients
         if algorithm.clients_per_round is not None and clients is not None and algorithm.clients_per_round > clients:
@@ -371,29 +389,11 @@ class RunConfig:
         """The run as every engine starts it (``simulate``, ``deploy``, ``flwr run``): each implication among the
         options applied here, once — ``--epsilon`` or ``--noise-multiplier`` without ``--privacy`` ask for DP-SGD;
         an ``--epsilon`` target is calibrated for ``--horizon`` rounds (default ``--rounds``; recorded, kept on
-        resume); an audited run's coins are drawn (recorded, so that every client builds the same canaries).
-        Planning a planned config changes nothing."""
+        resume); an audited run's coins are drawn (recorded, so that every client builds the same canaries); a
+        counted model (``--model cooc``) is one release, one round. Planning a planned config changes nothing."""
         cfg = replace(self, privacy=self.privacy.implied(), data=self.data.with_audit_seed())
+        if cfg.model.name in COUNTED_MODELS:
+            cfg = replace(cfg, algorithm=replace(cfg.algorithm, rounds=1))
         if cfg.privacy.epsilon is None or cfg.privacy.horizon is not None:
             return cfg
         return replace(cfg, privacy=replace(cfg.privacy, horizon=cfg.algorithm.rounds))
-
-
-def _privacy_switches_to_mechanism(values: Mapping) -> Mapping:
-    """fedseqrec 0.1 named the mechanism by three switches (``dp``, ``user-dp``, ``central-dp fixed|adaptive``):
-    the one ``privacy`` key that replaced them, so that older run folders are still read."""
-    old = {k: values[k] for k in ("dp", "user-dp", "central-dp") if k in values}
-    if not old:
-        return values
-    if "privacy" in values:
-        raise UserError(f"the run config has both privacy and the switches it replaced ({', '.join(old)})")
-
-    def on(key: str) -> bool:
-        return str(old.get(key, "")).lower() in ("true", "1")
-
-    central = str(old.get("central-dp", ""))
-    new = {k: v for k, v in values.items() if k not in old}
-    new["privacy"] = LOCAL_DPSGD if on("dp") else USER_LEVEL if on("user-dp") else DP_FEDAVG if central else NO_DP
-    if central:
-        new["central-norm"] = central
-    return new

@@ -22,6 +22,8 @@ HELD_LEDGER_KEY = "held-ledger"
 SECURE_SUM_KEY = "secagg-sum"
 # --download-compression: the arrays are the change from round N's weights (absent: whole weights) / round N's weights.
 BASE_KEY, VERSION_KEY = "broadcast-base", "broadcast-version"
+# --model cooc: which sums of the co-occurrence release a query asks a silo for (federated.cooccurrence).
+COOC_PHASE_KEY = "cooc-phase"
 SERVER_KEYS = (
     ROUND_KEY,
     WHICH_KEY,
@@ -36,6 +38,7 @@ SERVER_KEYS = (
     SECURE_SUM_KEY,
     BASE_KEY,
     VERSION_KEY,
+    COOC_PHASE_KEY,
 )
 
 

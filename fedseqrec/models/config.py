@@ -23,6 +23,8 @@ from fedseqrec.options import (
 MODEL_NAMES = ("gru4rec", "lstm", "sasrec", "bert4rec", "query-sasrec", "din-esmm", "pop", "text-match", "cooc", "lr")
 BASELINES = ("pop", "text-match", "cooc")  # nothing to train: counted
 TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name not in BASELINES)
+COUNTED_MODELS = ("cooc",)  # a federation counts it in its silos and releases it once (server.cooccurrence)
+FEDERATED_MODELS = (*TRAINABLE_MODELS, *COUNTED_MODELS)
 ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hidden
 FREEZE = ("none", "items")
 MODEL = "model"

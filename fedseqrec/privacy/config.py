@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fedseqrec.errors import UserError
@@ -327,3 +328,23 @@ DP_FEDAVG_ONLY = {  # options of DP-FedAvg, with their defaults
     "central_clipping": "server",
     "target_quantile": 0.5,
 }
+
+
+def privacy_switches_to_mechanism(values: Mapping) -> Mapping:
+    """fedseqrec 0.1 named the mechanism by three switches (``dp``, ``user-dp``, ``central-dp fixed|adaptive``):
+    the one ``privacy`` key that replaced them, so that older run folders are still read."""
+    old = {k: values[k] for k in ("dp", "user-dp", "central-dp") if k in values}
+    if not old:
+        return values
+    if "privacy" in values:
+        raise UserError(f"the run config has both privacy and the switches it replaced ({', '.join(old)})")
+
+    def on(key: str) -> bool:
+        return str(old.get(key, "")).lower() in ("true", "1")
+
+    central = str(old.get("central-dp", ""))
+    new = {k: v for k, v in values.items() if k not in old}
+    new["privacy"] = LOCAL_DPSGD if on("dp") else USER_LEVEL if on("user-dp") else DP_FEDAVG if central else NO_DP
+    if central:
+        new["central-norm"] = central
+    return new

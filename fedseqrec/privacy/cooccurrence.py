@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -106,6 +107,70 @@ def support_pair_sum(
     return _clipped_sum(data, split, users, cells, len(keys), window)
 
 
+@dataclass(frozen=True)
+class ItemChoice:
+    """Step 1's release: the chosen items, the noisy counts they were chosen from (the popularity prior), their
+    noise, and the σ left for the pairs within the target ε."""
+
+    chosen: np.ndarray
+    noisy_counts: np.ndarray
+    selection_noise: float
+    sigma: float
+
+
+def choose_items(
+    counts: np.ndarray,
+    target_epsilon: float,
+    delta: float,
+    items: int,
+    item_noise_times_epsilon: float,
+    accountant: str,
+    rng: np.random.Generator,
+) -> ItemChoice:
+    """Step 1 from the users' summed unit-norm item counts (``item_selection.item_counts``, over every user —
+    however many silos added them up)."""
+    if items > MOST_ITEMS:
+        raise UserError(
+            f"--cooc-items {items}: the release noises every pair of the chosen items ({items * (items - 1) // 2:,} "
+            f"pairs); choose at most {MOST_ITEMS:,}"
+        )
+    selection_noise = item_noise_times_epsilon / target_epsilon
+    noisy_counts = released_counts(counts, selection_noise, rng)  # the choice and the prior
+    sigma = calibrate_noise_after(((selection_noise, 1.0, 1),), target_epsilon, delta, 1.0, 1, accountant)
+    return ItemChoice(top_items(noisy_counts, items), noisy_counts, selection_noise, sigma)
+
+
+def release_pairs(
+    choice: ItemChoice,
+    total: np.ndarray,
+    window: int,
+    cfg: ModelConfig,
+    delta: float,
+    accountant: str,
+    rng: np.random.Generator,
+) -> tuple[ItemCooccurrence, dict]:
+    """Steps 2–3 from the users' summed clipped pair vectors (``clipped_pair_sum``'s upper triangle, over every
+    user): the released model and its privacy record (the two releases' ledger, ε re-computed from it, δ)."""
+    chosen, noisy_counts, sigma = choice.chosen, choice.noisy_counts, choice.sigma
+    upper = np.triu(total + rng.normal(0.0, sigma, total.shape), k=1)
+    released = upper + upper.T
+    prior = np.zeros(cfg.n_items + 1)
+    prior[chosen] = PRIOR_WEIGHT * sigma * np.clip(noisy_counts[chosen], 0.0, None)
+    prior /= max(float(noisy_counts[chosen].max()), 1e-12)
+    model = ItemCooccurrence.from_matrix(cfg, chosen, released, prior)
+    ledger = [
+        {"round": 0, "noise_multiplier": choice.selection_noise, "sample_rate": 1.0, "steps": 1},
+        {"round": 1, "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1},
+    ]
+    record = {
+        "mechanism": MECHANISM,
+        "privacy_unit": "user-level: adding or removing one user with all of their events",
+        "item_selection": {"count": len(chosen), "noise_multiplier": choice.selection_noise},
+        **_release(window, sigma, delta, accountant, ledger),
+    }
+    return model, record
+
+
 def private_cooccurrence(
     data: SequenceData,
     split: Split,
@@ -118,38 +183,13 @@ def private_cooccurrence(
     accountant: str = "rdp",
     rng: np.random.Generator | None = None,
 ) -> tuple[ItemCooccurrence, dict]:
-    """The released model and its privacy record (the two releases' ledger, ε re-computed from it, δ)."""
-    if items > MOST_ITEMS:
-        raise UserError(
-            f"--cooc-items {items}: the release noises every pair of the chosen items ({items * (items - 1) // 2:,} "
-            f"pairs); choose at most {MOST_ITEMS:,}"
-        )
+    """The release made in one process from every user of ``data``: the model and its privacy record."""
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
     users = np.arange(1, data.n_users + 1)
-    selection_noise = item_noise_times_epsilon / target_epsilon
     counts = item_counts(data, split, users)
-    noisy_counts = released_counts(counts, selection_noise, rng)  # step 1's release: the choice and the prior
-    chosen = top_items(noisy_counts, items)
-    prior_record = (selection_noise, 1.0, 1)
-    sigma = calibrate_noise_after((prior_record,), target_epsilon, delta, 1.0, 1, accountant)
-    total, _ = clipped_pair_sum(data, split, users, chosen, window)
-    upper = np.triu(total + rng.normal(0.0, sigma, total.shape), k=1)
-    released = upper + upper.T
-    prior = np.zeros(data.n_items + 1)
-    prior[chosen] = PRIOR_WEIGHT * sigma * np.clip(noisy_counts[chosen], 0.0, None)
-    prior /= max(float(noisy_counts[chosen].max()), 1e-12)
-    model = ItemCooccurrence.from_matrix(cfg, chosen, released, prior)
-    ledger = [
-        {"round": 0, "noise_multiplier": selection_noise, "sample_rate": 1.0, "steps": 1},
-        {"round": 1, "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1},
-    ]
-    record = {
-        "mechanism": MECHANISM,
-        "privacy_unit": "user-level: adding or removing one user with all of their events",
-        "item_selection": {"count": len(chosen), "noise_multiplier": selection_noise},
-        **_release(window, sigma, delta, accountant, ledger),
-    }
-    return model, record
+    choice = choose_items(counts, target_epsilon, delta, items, item_noise_times_epsilon, accountant, rng)
+    total, _ = clipped_pair_sum(data, split, users, choice.chosen, window)
+    return release_pairs(choice, total, window, cfg, delta, accountant, rng)
 
 
 def _release(window: int, sigma: float, delta: float, accountant: str, ledger: list[dict]) -> dict:

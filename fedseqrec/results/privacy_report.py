@@ -11,12 +11,14 @@ from pathlib import Path
 from fedseqrec.data.tasks import Task, task_of
 from fedseqrec.errors import UserError
 from fedseqrec.jsonio import dumps
+from fedseqrec.models.config import COUNTED_MODELS
 from fedseqrec.privacy.accounting import epsilon
 from fedseqrec.privacy.config import DP_FEDAVG, USER_LEVEL
 from fedseqrec.privacy.local_dpsgd import MECHANISM, PRIVACY_UNIT, SAMPLING, TOLERANCE, records_of
 from fedseqrec.results.folder import RunFolder, data_identity, recorded_data, recorded_run
 from fedseqrec.results.ledger_copies import check_against_other_copies
 from fedseqrec.results.privacy_plots import fmt, plot_epsilon, plot_utility, pyplot
+from fedseqrec.results.release_report import write_release_report
 
 ONE_CLIENT_EACH = " The partitions built here put every user in exactly one client."
 OVERLAP = (
@@ -309,6 +311,8 @@ def _audit_lines(audit: dict | None) -> list[str]:
 def write_privacy_report(folder: Path, reference: Path | None = None) -> dict:
     """``reference``: the run folder of the same federation without DP, drawn beside this run's utility."""
     folder = Path(folder)
+    if recorded_run(folder).model.name in COUNTED_MODELS:  # one release: no rounds, no per-client ledgers
+        return write_release_report(folder)
     report = build_privacy_report(folder)
     (folder / "privacy_report.json").write_text(dumps(report, indent=2) + "\n")
     (folder / "privacy_report.md").write_text(report_markdown(report))

@@ -11,6 +11,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.mechanisms import make_mechanism
 from fedseqrec.federated.task import cached_dataset, expected_clients
+from fedseqrec.models.config import COUNTED_MODELS
 from fedseqrec.privacy.config import LOCAL_DPSGD, USER_LEVEL, check_delta
 from fedseqrec.privacy.mechanism import RunFacts
 from fedseqrec.results.folder import STATE, RunFolder
@@ -85,6 +86,10 @@ def resumed_config(folder: RunFolder, rounds: int | None) -> RunConfig:
     calibrated for stays: its noise multiplier does not change when the run is extended, and the budget (by
     default the target ε) stops the run when it is spent."""
     cfg = folder.config()
+    if cfg.model.name in COUNTED_MODELS:  # its noise is drawn once; a second draw would spend the ε again
+        raise UserError(
+            f"--resume {folder.path}: a {cfg.model.name} run is one release, not rounds; start a new run instead"
+        )
     if rounds is not None:
         cfg = cfg.replace(rounds=rounds)
     return cfg

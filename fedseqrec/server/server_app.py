@@ -16,9 +16,11 @@ from flwr.serverapp import Grid, ServerApp
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import UserError
 from fedseqrec.federated.config import RunConfig
+from fedseqrec.models.config import COUNTED_MODELS
 from fedseqrec.results.audit import audit_folder, audit_lines
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.summary import format_round, released_round
+from fedseqrec.server.cooccurrence import CooccurrenceRelease
 from fedseqrec.server.loop import Federation, Progress
 from fedseqrec.server.planning import RunPlan, plan_run
 
@@ -43,7 +45,8 @@ def make_server_app(
         rounds = run_cfg.algorithm.rounds
         task = task_of(run_cfg.data.task)
         reporter = progress or Progress(on_round=lambda r: log(INFO, "%s", format_round(r, rounds, task)))
-        results = Federation(grid, run_cfg, run_folder, reporter).run()
+        runner = CooccurrenceRelease if run_cfg.model.name in COUNTED_MODELS else Federation  # counted, or trained
+        results = runner(grid, run_cfg, run_folder, reporter).run()
         test = results["test"]
         reporter.on_message(
             f"{released_round(results, task.selection)}: test {task.headline_of(test)}; "

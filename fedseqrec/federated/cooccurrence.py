@@ -1,0 +1,51 @@
+"""The silo's half of the co-occurrence release (``--model cooc`` under ``simulate``, ``deploy`` or ``flwr run``):
+what one client adds up over its own users and sends, in answer to the server's ``query.cooccurrence`` messages.
+
+- ``items``: the unit-norm item counts of its users (``item_selection.item_counts``), for the private choice of
+  items;
+- ``pairs``: the clipped pair vectors of its users over the chosen items, summed (the upper triangle of
+  ``clipped_pair_sum``), for the noisy pair release;
+- ``counted``: without ``--cooc-epsilon``, the exact pair table of its users and their item counts.
+
+Each is a sum over the silo's users, so the server's sum over silos is what one process computes from every user
+(``privacy.cooccurrence``); the noise is the server's, added once to the total (the trust of ``--privacy
+user-level --noise-shares server``: the server sees each silo's exact sum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedseqrec.data.partition import ClientData
+from fedseqrec.errors import UserError
+from fedseqrec.federated.messages import COOC_PHASE_KEY
+from fedseqrec.models.cooccurrence import pair_table
+from fedseqrec.privacy.cooccurrence import clipped_pair_sum
+from fedseqrec.privacy.item_selection import item_counts
+
+ACTION = "cooccurrence"  # the query action: message type "query.cooccurrence"
+PHASE_KEY = COOC_PHASE_KEY  # which sums a query asks for
+ITEMS, PAIRS, COUNTED = "items", "pairs", "counted"
+
+
+def silo_sums(data: ClientData, phase: str, window: int, chosen: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """What the silo sends for ``phase`` (``chosen``: the item ids of the ``pairs`` phase)."""
+    seq, split, users = data.sequences, data.split, data.users
+    if phase == ITEMS:
+        return {"counts": item_counts(seq, split, users)}
+    if phase == PAIRS:
+        if chosen is None:
+            raise UserError("the pairs of a co-occurrence release need the chosen items; none came with the message")
+        total, _ = clipped_pair_sum(seq, split, users, chosen, window)
+        return {"pairs": total[np.triu_indices(len(chosen), k=1)]}
+    if phase == COUNTED:
+        histories = [seq.sequence(int(u))[: split.train_end[int(u)]] for u in users]
+        table = pair_table(histories, window, seq.n_items + 1).tocoo()
+        trained = np.concatenate([h[h > 0] for h in histories] or [np.zeros(0, np.int64)])
+        return {
+            "first": table.row.astype(np.int64),
+            "second": table.col.astype(np.int64),
+            "value": table.data.astype(np.float64),
+            "items": np.bincount(trained, minlength=seq.n_items + 1).astype(np.float64),
+        }
+    raise UserError(f"unknown co-occurrence phase {phase!r}: expected {ITEMS}, {PAIRS} or {COUNTED}")

@@ -1,0 +1,203 @@
+"""`--model cooc` in a federation: every silo adds up its own users, the server adds up the silos and releases once
+— the same sums, and the same model, as `fedseqrec train` computes from every user in one process."""
+
+import json
+from uuid import uuid4
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from helpers import TINY, TINY_FLAGS, client_context, independent_epsilons
+from scipy import sparse
+
+from fedseqrec.client.client_app import make_client_app
+from fedseqrec.errors import RunError
+from fedseqrec.federated.task import cached_dataset
+from fedseqrec.models.config import ModelConfig
+from fedseqrec.models.cooccurrence import ItemCooccurrence, pair_table
+from fedseqrec.privacy.cooccurrence import clipped_pair_sum
+from fedseqrec.privacy.item_selection import item_counts
+from fedseqrec.results.folder import RunFolder
+from fedseqrec.server.cooccurrence import CooccurrenceRelease
+from fedseqrec.server.loop import Progress
+
+COOC = TINY.replace(model="cooc")
+
+
+class LoopbackGrid:
+    """Flower's grid with every node's ClientApp called in this process (``tamper`` may change a node's replies)."""
+
+    def __init__(self, cfg, tamper=None):
+        self.cfg, self.app, self.tamper = cfg, make_client_app(), tamper or (lambda node, reply: reply)
+        self.nodes = {partition + 10: partition for partition in range(cfg.data.clients)}
+        self.asked: list[str] = []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())  # as the SuperLink sets it
+            node = message.metadata.dst_node_id
+            self.asked.append(message.metadata.message_type)
+            context: Context = client_context(self.cfg, self.nodes[node])
+            replies.append(self.tamper(node, self.app(message, context)))
+        return replies
+
+
+def release(tmp_path, cfg, tamper=None) -> tuple[dict, RunFolder, LoopbackGrid]:
+    cfg = cfg.replace(out=str(tmp_path / "run")).planned()
+    folder = RunFolder.create(tmp_path / "run", cfg)
+    grid = LoopbackGrid(cfg, tamper)
+    try:
+        return CooccurrenceRelease(grid, cfg, folder, Progress(on_message=lambda text: None)).run(), folder, grid
+    finally:
+        folder.release()
+
+
+def every_user(ds):
+    return np.arange(1, ds.sequences.n_users + 1)
+
+
+def ask(app, phase: str, partition: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
+    """One silo's answer to the server's query for ``phase``."""
+    content = {"config": ConfigRecord({**COOC.to_run_config(), "cooc-phase": phase})}
+    if arrays:
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    message = Message(RecordDict(content), dst_node_id=1, message_type="query.cooccurrence")
+    reply = app(message, client_context(COOC, partition))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    return {name: value.numpy() for name, value in reply.content["arrays"].items()}
+
+
+def test_the_silos_sums_add_up_to_every_users():
+    app, ds = make_client_app(), cached_dataset(TINY.data)
+    seq, split = ds.sequences, ds.split
+    chosen = np.arange(2, seq.n_items + 1, 3)
+    items = sum(ask(app, "items", p)["counts"] for p in range(3))
+    assert np.allclose(items, item_counts(seq, split, every_user(ds)))
+    pairs = sum(ask(app, "pairs", p, {"chosen": chosen})["pairs"] for p in range(3))
+    whole, _ = clipped_pair_sum(seq, split, every_user(ds), chosen, 5)
+    assert np.allclose(pairs, whole[np.triu_indices(len(chosen), k=1)])
+    size = seq.n_items + 1
+    counted = [ask(app, "counted", p) for p in range(3)]
+    silos = sum(sparse.coo_matrix((c["value"], (c["first"], c["second"])), shape=(size, size)) for c in counted)
+    histories = [seq.sequence(u)[: split.train_end[u]] for u in every_user(ds)]
+    table = pair_table(histories, 5, size)
+    assert abs(silos - table).max() < 1e-9 and table.nnz > 100
+
+
+def test_a_federation_counts_the_model_one_process_counts(tmp_path):
+    results, folder, grid = release(tmp_path, COOC)
+    ds = cached_dataset(TINY.data)
+    seq, split = ds.sequences, ds.split
+    histories = [seq.sequence(u)[: split.train_end[u]] for u in every_user(ds)]
+    prior = np.bincount(np.concatenate([h[h > 0] for h in histories]), minlength=seq.n_items + 1) * 1e-6
+    alone = ItemCooccurrence.counted(ModelConfig(name="cooc", n_items=seq.n_items), histories, 5, prior)
+    saved = torch.load(folder.path / "model.pt", weights_only=True)
+    for key in ("first", "second", "value", "prior"):
+        assert np.allclose(saved[key].numpy(), getattr(alone, key).numpy()), key
+    assert results["rounds_run"] == 1 and "privacy" not in results
+    assert set(grid.asked) == {"query", "query.cooccurrence"}  # who is who, then the counts: no training round
+    assert json.loads((folder.path / "model_info.json").read_text())["round"] == 1
+
+
+def test_a_private_federated_release_records_and_rechecks_its_two_releases(tmp_path):
+    results, folder, _ = release(tmp_path, COOC.replace(cooc_epsilon=4.0, cooc_items=30))
+    report = json.loads((folder.path / "privacy_report.json").read_text())
+    records = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in report["ledger"]]
+    assert len(records) == 2 and report["item_selection"]["count"] == 30 and report["silos"] == 3
+    rdp, pld = independent_epsilons(records, report["delta"])
+    assert report["max_epsilon"] <= 4.0 * 1.001 and report["max_epsilon"] == pytest.approx(rdp, rel=0.01)
+    assert report["max_epsilon"] >= pld * 0.99 and report["flags"] == []
+    assert "the server sees every silo's exact sum" in report["trust"]
+    assert (folder.path / "privacy_report.md").exists() and results["privacy"]["max_epsilon"] == report[
+        "epsilon_reported"
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [lambda v: -v, lambda v: v[:-1], lambda v: np.where(v > 0, np.inf, v)],
+    ids=["negative counts", "a shorter vector", "not finite"],
+)
+def test_a_silo_whose_sums_cannot_be_counts_stops_the_release(tmp_path, change):
+    def tamper(node, reply):
+        if node != 11 or reply.has_error() or "arrays" not in reply.content:
+            return reply
+        arrays = ArrayRecord({k: Array(change(v.numpy())) for k, v in reply.content["arrays"].items()})
+        reply.content = RecordDict({"arrays": arrays, "metrics": reply.content["metrics"]})
+        return reply
+
+    with pytest.raises(RunError, match="co-occurrence items: client 1 sent .* expected .* finite counts ≥ 0"):
+        release(tmp_path, COOC.replace(cooc_epsilon=4.0, cooc_items=30), tamper)
+
+
+def test_a_silo_naming_pairs_outside_the_catalogue_stops_the_plain_count(tmp_path):
+    def tamper(node, reply):
+        if node == 12 and not reply.has_error() and "arrays" in reply.content and "second" in reply.content["arrays"]:
+            arrays = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+            arrays["second"] = arrays["second"] + 1000
+            record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+            reply.content = RecordDict({"arrays": record, "metrics": reply.content["metrics"]})
+        return reply
+
+    with pytest.raises(RunError, match="co-occurrence counted: client 2 sent pairs outside the catalogue"):
+        release(tmp_path, COOC, tamper)
+
+
+def test_a_release_is_not_resumed(cli, tmp_path):
+    release(tmp_path, COOC.replace(cooc_epsilon=4.0, cooc_items=30))
+    result = cli("simulate", "--resume", tmp_path / "run")
+    assert result.code == 2 and "is one release, not rounds; start a new run" in result.err
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # nothing drawn again
+
+
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        (["--privacy", "user-level", "--epsilon", "8"], "does not combine with --privacy user-level"),
+        (["--cooc-epsilon", "8", "--cooc-public-users", "0.1"], "does not combine with --cooc-public-users"),
+        (["--clients-per-round", "2"], "does not combine with --clients-per-round"),
+        (["--cooc-public-users", "0.1"], "without --cooc-epsilon nothing is private"),
+    ],
+)
+def test_options_of_training_rounds_are_refused_with_a_counted_model(cli, tmp_path, flags, refusal):
+    result = cli("simulate", *TINY_FLAGS, "--model", "cooc", *flags, "--out", tmp_path / "run")
+    assert result.code == 2 and refusal in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_simulate_releases_the_model_through_flower_and_the_folder_serves_it(cli, tmp_path):
+    out = tmp_path / "sim"
+    result = cli("simulate", *TINY_FLAGS, "--model", "cooc", "--cooc-epsilon", "4", "--cooc-items", "30", "--out", out)
+    assert result.code == 0, result.err
+    assert "released round 1 of 1" in result.out and "round   1/1" in result.out
+    metrics = json.loads((out / "metrics.json").read_text())
+    again = json.loads(cli("evaluate", "--checkpoint", out, "--json").out)
+    assert again["test"]["NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"])
+    report = cli("report", out)
+    assert report.code == 0 and "one release over every silo's users" in report.out
+    recommended = cli("recommend", out, "--user", "u000003")
+    assert recommended.code == 0 and len(json.loads(recommended.out)["items"]) == 10, recommended.err
+
+
+@pytest.mark.slow
+def test_deployed_silos_count_from_their_exported_folders_what_one_process_counts(cli, tmp_path):
+    """Real SuperLink and SuperNode processes, each node reading only its own exported folder: the counted model
+    is the one every user gives in one process (exported partitions keep the item ids)."""
+    out = tmp_path / "deployed"
+    result = cli("deploy", "local", *TINY_FLAGS, "--model", "cooc", "--insecure", "--out", out)
+    assert result.code == 0, result.err
+    trained = tmp_path / "trained"
+    assert TINY_FLAGS[:2] == ["--clients", "3"]
+    assert cli("train", *TINY_FLAGS[2:], "--model", "cooc", "--out", trained).code == 0  # every user, one process
+    deployed, alone = (torch.load(folder / "model.pt", weights_only=True) for folder in (out, trained))
+    for key in ("first", "second", "value", "prior"):
+        assert np.allclose(deployed[key].numpy(), alone[key].numpy()), key
+    assert json.loads((out / "metrics.json").read_text())["test"] == pytest.approx(
+        json.loads((trained / "metrics.json").read_text())["test"]
+    )
