@@ -17,6 +17,8 @@ The target's point (ε = 8) is also released by 10 IID silos through Flower (`fe
 --clients 10 --model cooc --cooc-epsilon 8`: each silo sums its own users, the server adds the noise once;
 DIR/cooc-fed10-eps8-{draw}), the same number of draws, beside the one-process figure.
 
+With public users too (DIR/cooc-fed10-public{share}-eps8-{draw}).
+
 The same curve again with --public-share of the users declared public (--cooc-public-users: their pairs counted
 exactly choose the pairs released for the others; DIR/cooc-public{share}-eps{E}-{draw}), each point beside the
 public users' counts alone (the run folder's "initial" model) and the private users' gain over it. Writes
@@ -133,11 +135,15 @@ def main() -> None:
         for folder in folders:
             run([*model, "--cooc-epsilon", f"{eps:g}", *CHOSEN[args.dataset]], folder)
         rows.append(summary([point(folder, users) for folder in folders]))
-    federated = []
+    federated, federated_public = [], []
+    simulate = ["simulate", *setting["data"], "--model", "cooc", "--cooc-epsilon", "8"]
     for draw in range(args.draws):
-        folder = runs / f"cooc-fed10-eps8-{draw}"
-        run(["simulate", *setting["data"], "--model", "cooc", "--cooc-epsilon", "8", *CHOSEN[args.dataset]], folder)
-        federated.append(point(folder, users))
+        run([*simulate, *CHOSEN[args.dataset]], runs / f"cooc-fed10-eps8-{draw}")
+        federated.append(point(runs / f"cooc-fed10-eps8-{draw}", users))
+        if args.public_share > 0:
+            folder = runs / f"cooc-fed10-public{args.public_share:g}-eps8-{draw}"
+            run([*simulate, "--cooc-public-users", f"{args.public_share:g}"], folder)
+            federated_public.append(point(folder, users))
     public = []
     for eps in args.epsilons if args.public_share > 0 else []:
         folders = [runs / f"cooc-public{args.public_share:g}-eps{eps:g}-{draw}" for draw in range(args.draws)]
@@ -147,7 +153,8 @@ def main() -> None:
     plain = point(runs / "cooc-no-dp", users)
     best = reference(args.dataset, plain)
     federated = summary(federated)
-    for row in [*rows, *public, federated]:
+    federated_public = with_public(federated_public) if federated_public else None
+    for row in [*rows, *public, federated, *([federated_public] if federated_public else [])]:
         row["vs_best_non_private"] = round(row["test_NDCG@10"] / best["test_NDCG@10"], 3)
     curve = json.loads((RESULTS / f"privacy_curve_{args.dataset}.json").read_text())
     out = RESULTS / f"private_cooccurrence_{args.dataset}.json"
@@ -164,6 +171,7 @@ def main() -> None:
             **federated,
         },
         "public_share": args.public_share,
+        "federated_10_silos_public": federated_public,
         "public_rows": public,
         "plot": str(out.with_suffix(".png").relative_to(ROOT)),
     }

@@ -16,7 +16,7 @@ from fedseqrec.errors import RunError
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.cooccurrence import ItemCooccurrence, pair_table
-from fedseqrec.privacy.cooccurrence import clipped_pair_sum
+from fedseqrec.privacy.cooccurrence import clipped_pair_sum, public_pairs, support_pair_sum
 from fedseqrec.privacy.item_selection import item_counts
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.server.cooccurrence import CooccurrenceRelease
@@ -61,13 +61,13 @@ def every_user(ds):
     return np.arange(1, ds.sequences.n_users + 1)
 
 
-def ask(app, phase: str, partition: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
+def ask(app, phase: str, partition: int, arrays: dict | None = None, cfg=COOC) -> dict[str, np.ndarray]:
     """One silo's answer to the server's query for ``phase``."""
-    content = {"config": ConfigRecord({**COOC.to_run_config(), "cooc-phase": phase})}
+    content = {"config": ConfigRecord({**cfg.to_run_config(), "cooc-phase": phase})}
     if arrays:
         content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     message = Message(RecordDict(content), dst_node_id=1, message_type="query.cooccurrence")
-    reply = app(message, client_context(COOC, partition))
+    reply = app(message, client_context(cfg, partition))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     return {name: value.numpy() for name, value in reply.content["arrays"].items()}
 
@@ -87,6 +87,12 @@ def test_the_silos_sums_add_up_to_every_users():
     histories = [seq.sequence(u)[: split.train_end[u]] for u in every_user(ds)]
     table = pair_table(histories, 5, size)
     assert abs(silos - table).max() < 1e-9 and table.nnz > 100
+    # with a quarter of the users public: the others' clipped pairs over the pairs the public users hold
+    public = public_pairs(seq, split, 0.25, TINY.data.seed, 5)
+    shared = COOC.replace(cooc_epsilon=4.0, cooc_public_users=0.25)
+    support = sum(ask(app, "support", p, {"keys": public.keys}, shared)["pairs"] for p in range(3))
+    others = np.setdiff1d(every_user(ds), public.users)
+    assert np.allclose(support, support_pair_sum(seq, split, others, public.keys, 5)[0]) and support.sum() > 0
 
 
 def test_a_federation_counts_the_model_one_process_counts(tmp_path):
@@ -116,6 +122,20 @@ def test_a_private_federated_release_records_and_rechecks_its_two_releases(tmp_p
     assert (folder.path / "privacy_report.md").exists() and results["privacy"]["max_epsilon"] == report[
         "epsilon_reported"
     ]
+
+
+def test_a_federation_releases_over_the_public_users_pairs_beside_their_model(tmp_path):
+    results, folder, _ = release(tmp_path, COOC.replace(cooc_epsilon=4.0, cooc_public_users=0.25))
+    report = json.loads((folder.path / "privacy_report.json").read_text())
+    ds = cached_dataset(TINY.data)
+    public = public_pairs(ds.sequences, ds.split, 0.25, TINY.data.seed, 5)
+    assert report["public_users"]["count"] == len(public.users) == 30 and len(report["ledger"]) == 1
+    assert report["released_pairs"] == len(public.keys) and report["max_epsilon"] <= 4.0 * 1.001
+    saved = torch.load(folder.path / "model.pt", weights_only=True)
+    assert np.array_equal(saved["first"].numpy(), public.first) and np.array_equal(
+        saved["second"].numpy(), public.second
+    )
+    assert set(results["initial"]) == {"valid", "test"}  # the public users' model alone, beside the release
 
 
 @pytest.mark.parametrize(
@@ -159,7 +179,6 @@ def test_a_release_is_not_resumed(cli, tmp_path):
     ("flags", "refusal"),
     [
         (["--privacy", "user-level", "--epsilon", "8"], "does not combine with --privacy user-level"),
-        (["--cooc-epsilon", "8", "--cooc-public-users", "0.1"], "does not combine with --cooc-public-users"),
         (["--clients-per-round", "2"], "does not combine with --clients-per-round"),
         (["--cooc-public-users", "0.1"], "without --cooc-epsilon nothing is private"),
     ],

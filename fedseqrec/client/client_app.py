@@ -88,10 +88,11 @@ def _client_data(cfg: RunConfig, context: Context, sent: ConfigRecord) -> Client
     torch.set_num_threads(cfg.fit.threads or torch.get_num_threads())
     folder = _exported_folder(context)
     if folder is not None:
-        if cfg.privacy.public_users > 0:
+        if cfg.privacy.public_users > 0 or cfg.cooccurrence.cooc_public_users > 0:
             raise UserError(
                 f"data-path {folder}: an exported partition renumbers its users, so the public users (drawn by id "
-                "from the whole dataset) cannot be found in it: give this node the dataset, or drop --public-users"
+                "from the whole dataset) cannot be found in it: give this node the dataset, or drop --public-users "
+                "(--cooc-public-users)"
             )
         return load_exported_client(folder, cfg)
     if "data-path" in context.node_config:
@@ -178,9 +179,9 @@ def make_client_app(mods: list | None = None) -> ClientApp:
         """This silo's sums for the co-occurrence release (``--model cooc``; ``federated.cooccurrence``)."""
         cfg, sent = message_config(msg, context)
         data = _client_data(cfg, context, sent)
-        given = msg.content.array_records.get("arrays")
-        chosen = given["chosen"].numpy() if given is not None and "chosen" in given else None
-        sums = silo_sums(data, str(sent[PHASE_KEY]), cfg.cooccurrence.cooc_window, chosen)
+        arrays = msg.content.array_records.get("arrays")
+        given = {name: array.numpy() for name, array in arrays.items()} if arrays is not None else {}
+        sums = silo_sums(data, str(sent[PHASE_KEY]), cfg.cooccurrence, cfg.data.seed, given)
         arrays = ArrayRecord({name: Array(value) for name, value in sums.items()})
         metrics = MetricRecord({"partition-id": data.client, "users": len(data.users)})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

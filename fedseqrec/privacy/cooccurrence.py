@@ -219,6 +219,78 @@ PRIVATE_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0)  # the released counts' weig
 TIE_BREAK = 1e-6  # the public users' item counts, scaled below any pair: they order only the items no pair reaches
 
 
+@dataclass(frozen=True)
+class PublicPairs:
+    """The public users' side of the release: who they are and their exact pair table, whose pairs are the ones
+    released (``keys``: ``first · (n_items + 1) + second``, ascending)."""
+
+    users: np.ndarray
+    share: float
+    first: np.ndarray
+    second: np.ndarray
+    value: np.ndarray
+    keys: np.ndarray
+
+
+def public_pairs(data: SequenceData, split: Split, share: float, seed: int, window: int) -> PublicPairs:
+    """The public users (``privacy.public.public_users(n_users, share, seed)``) and their pairs, counted exactly:
+    public data, which whoever holds it (the server of a federation, which evaluates on every user) may count."""
+    users = public_users(data.n_users, share, seed)
+    table = pair_table((data.sequence(int(u))[: split.train_end[int(u)]] for u in users), window, data.n_items + 1)
+    table = table.tocoo()
+    keys = table.row.astype(np.int64) * (data.n_items + 1) + table.col  # ascending: the table's indices are sorted
+    return PublicPairs(users, share, table.row, table.col, table.data, keys)
+
+
+def release_on_public_pairs(
+    pairs: PublicPairs,
+    total: np.ndarray,
+    data: SequenceData,
+    split: Split,
+    target_epsilon: float,
+    delta: float,
+    window: int,
+    cfg: ModelConfig,
+    accountant: str = "rdp",
+    rng: np.random.Generator | None = None,
+    protocol: str = "full",
+    selection: str = "NDCG@10",
+) -> tuple[ItemCooccurrence, dict, ItemCooccurrence]:
+    """From the private users' summed clipped vectors over the public pairs (``total``, ``support_pair_sum``):
+    the released model, its privacy record, and the model of the public users' counts alone (what the private
+    users' release adds to). The released counts are added with the weight of ``PRIVATE_WEIGHTS`` that ranks the
+    public users' validation items best under ``protocol`` (``selection``): at small ε the noise outweighs the
+    private users' pairs, and the weight 0 keeps the public users' model."""
+    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
+    sigma = calibrate_noise_after((), target_epsilon, delta, 1.0, 1, accountant)
+    released = total + rng.normal(0.0, sigma, len(pairs.keys))
+    prior = TIE_BREAK * item_counts(data, split, pairs.users)
+    first, second = pairs.first, pairs.second
+    public_only = ItemCooccurrence.from_pairs(cfg, first, second, pairs.value, prior)
+    # post-processing of the release, judged on public data: the choice costs nothing more
+    weighed = {
+        weight: ItemCooccurrence.from_pairs(cfg, first, second, pairs.value + weight * released, prior)
+        for weight in PRIVATE_WEIGHTS
+    }
+    options = {"users": pairs.users, "max_len": cfg.max_len, "protocol": protocol}
+    scores = {weight: evaluate(m, data, split, "valid", **options).get(selection, 0.0) for weight, m in weighed.items()}
+    chosen = max(scores, key=scores.get)
+    ledger = [{"round": 1, "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1}]
+    record = {
+        "mechanism": PUBLIC_MECHANISM,
+        "privacy_unit": "user-level: adding or removing one private user with all of their events",
+        "public_users": {"count": len(pairs.users), "share": pairs.share, "use": PUBLIC_USE},
+        "released_pairs": len(pairs.keys),
+        "private_weight": {
+            "chosen": chosen,
+            "valid_scores": {str(w): round(v, 6) for w, v in scores.items()},
+            "chosen_by": f"the public users' validation {selection} (their data is public: the choice costs nothing)",
+        },
+        **_release(window, sigma, delta, accountant, ledger),
+    }
+    return weighed[chosen], record, public_only
+
+
 def public_supported_cooccurrence(
     data: SequenceData,
     split: Split,
@@ -233,41 +305,10 @@ def public_supported_cooccurrence(
     protocol: str = "full",
     selection: str = "NDCG@10",
 ) -> tuple[ItemCooccurrence, dict, ItemCooccurrence]:
-    """The released model, its privacy record, and the model of the public users' counts alone (what the private
-    users' release adds to). The public users are ``privacy.public.public_users(n_users, public_share, seed)``.
-    The released counts are added with the weight of ``PRIVATE_WEIGHTS`` that ranks the public users' validation
-    items best under ``protocol`` (``selection``): at small ε the noise outweighs the private users' pairs, and
-    the weight 0 keeps the public users' model."""
-    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
-    public = public_users(data.n_users, public_share, seed)
-    private = np.setdiff1d(np.arange(1, data.n_users + 1), public)
-    counts = pair_table((data.sequence(int(u))[: split.train_end[int(u)]] for u in public), window, data.n_items + 1)
-    counts = counts.tocoo()
-    keys = counts.row.astype(np.int64) * (data.n_items + 1) + counts.col  # ascending: the table's indices are sorted
-    sigma = calibrate_noise_after((), target_epsilon, delta, 1.0, 1, accountant)
-    total, _ = support_pair_sum(data, split, private, keys, window)
-    released = total + rng.normal(0.0, sigma, len(keys))
-    prior = TIE_BREAK * item_counts(data, split, public)
-    public_only = ItemCooccurrence.from_pairs(cfg, counts.row, counts.col, counts.data, prior)
-    # post-processing of the release, judged on public data: the choice costs nothing more
-    weighed = {
-        weight: ItemCooccurrence.from_pairs(cfg, counts.row, counts.col, counts.data + weight * released, prior)
-        for weight in PRIVATE_WEIGHTS
-    }
-    options = {"users": public, "max_len": cfg.max_len, "protocol": protocol}
-    scores = {weight: evaluate(m, data, split, "valid", **options).get(selection, 0.0) for weight, m in weighed.items()}
-    chosen = max(scores, key=scores.get)
-    ledger = [{"round": 1, "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1}]
-    record = {
-        "mechanism": PUBLIC_MECHANISM,
-        "privacy_unit": "user-level: adding or removing one private user with all of their events",
-        "public_users": {"count": len(public), "share": public_share, "use": PUBLIC_USE},
-        "released_pairs": len(keys),
-        "private_weight": {
-            "chosen": chosen,
-            "valid_scores": {str(w): round(v, 6) for w, v in scores.items()},
-            "chosen_by": f"the public users' validation {selection} (their data is public: the choice costs nothing)",
-        },
-        **_release(window, sigma, delta, accountant, ledger),
-    }
-    return weighed[chosen], record, public_only
+    """The release made in one process from every user of ``data`` (``release_on_public_pairs``)."""
+    pairs = public_pairs(data, split, public_share, seed, window)
+    private = np.setdiff1d(np.arange(1, data.n_users + 1), pairs.users)
+    total, _ = support_pair_sum(data, split, private, pairs.keys, window)
+    return release_on_public_pairs(
+        pairs, total, data, split, target_epsilon, delta, window, cfg, accountant, rng, protocol, selection
+    )

@@ -64,8 +64,6 @@ class CooccurrenceConfig:
         clash = (
             f"--privacy {mechanism} (its privacy is --cooc-epsilon: one release over every silo's users)"
             if mechanism != NO_DP
-            else "--cooc-public-users (in a federation not built yet: use `fedseqrec train --model cooc`)"
-            if self.cooc_public_users > 0
             else "--secure-aggregation (not built for the release: the server sees each silo's sum)"
             if secure
             else f"--evaluation {evaluation} (the release is evaluated by the server: centralized)"

@@ -30,13 +30,13 @@ from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import RunError
 from fedseqrec.evaluation.evaluator import evaluate, popularity_baseline
 from fedseqrec.federated.config import RunConfig
-from fedseqrec.federated.cooccurrence import ACTION, COUNTED, ITEMS, PAIRS, PHASE_KEY
+from fedseqrec.federated.cooccurrence import ACTION, COUNTED, ITEMS, PAIRS, PHASE_KEY, SUPPORT
 from fedseqrec.federated.task import server_data
 from fedseqrec.models.checkpoint import describe
 from fedseqrec.models.cooccurrence import ItemCooccurrence
 from fedseqrec.models.registry import model_config_for
 from fedseqrec.privacy.config import default_delta
-from fedseqrec.privacy.cooccurrence import choose_items, release_pairs
+from fedseqrec.privacy.cooccurrence import choose_items, public_pairs, release_on_public_pairs, release_pairs
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.privacy_report import write_privacy_report
 from fedseqrec.results.summary import summary_markdown
@@ -46,6 +46,7 @@ TRUST = (
     "each silo sums its own users' clipped vectors; the server sees every silo's exact sum and adds the noise once "
     "(as --privacy user-level --noise-shares server)"
 )
+SPLITS = ("valid", "test")
 TIE_BREAK = 1e-6  # the plain model's item counts, below any pair: they order only the items no pair reaches
 
 
@@ -64,9 +65,11 @@ class CooccurrenceRelease:
         model_cfg = model_config_for(seq, cfg.model)
         self.nodes = self._all_clients()
         say(f"{len(self.nodes)} clients connected: counting the co-occurrence model in every silo")
-        cooc, privacy = cfg.cooccurrence, None
+        cooc, privacy, public_only = cfg.cooccurrence, None, None
         if cooc.cooc_epsilon is None:
             model = self._counted(model_cfg, seq.n_items + 1)
+        elif cooc.cooc_public_users > 0:
+            model, privacy, public_only = self._on_public_pairs(ds, model_cfg)
         else:
             rng = np.random.default_rng(secrets.randbits(64))  # the noise must not follow --seed
             delta = default_delta(seq.n_users)
@@ -82,7 +85,24 @@ class CooccurrenceRelease:
                 choice, total, cooc.cooc_window, model_cfg, delta, cfg.privacy.accountant, rng
             )
             say(f"released: {k} items chosen, σ = {choice.sigma:.3f} on their pairs, ε = {privacy['max_epsilon']:.3f}")
-        return self._finish(model, privacy, ds, time.perf_counter() - started)
+        return self._finish(model, privacy, public_only, ds, time.perf_counter() - started)
+
+    def _on_public_pairs(self, ds, model_cfg) -> tuple[ItemCooccurrence, dict, ItemCooccurrence]:
+        """With users declared public: their pairs, counted here (public data, which the server holds to evaluate),
+        choose the pairs released; the silos send their other users' clipped sums over those pairs."""
+        cfg, cooc = self.cfg, self.cfg.cooccurrence
+        seq, split = ds.sequences, ds.split
+        pairs = public_pairs(seq, split, cooc.cooc_public_users, cfg.data.seed, cooc.cooc_window)
+        total = self._summed(SUPPORT, {"keys": pairs.keys}, {"pairs": (len(pairs.keys),)})["pairs"]
+        found = release_on_public_pairs(
+            pairs, total, seq, split, cooc.cooc_epsilon, default_delta(seq.n_users), cooc.cooc_window, model_cfg,
+            cfg.privacy.accountant, np.random.default_rng(secrets.randbits(64)), cfg.evaluation.protocol,
+            task_of(cfg.data.task).selection,
+        )  # fmt: skip
+        self.progress.on_message(
+            f"released: {len(pairs.keys):,} pairs the public users hold, ε = {found[1]['max_epsilon']:.3f}"
+        )
+        return found
 
     def _all_clients(self) -> dict[int, int]:
         """partition → node of every client (the release needs them all)."""
@@ -147,12 +167,12 @@ class CooccurrenceRelease:
         table = table.tocoo()
         return ItemCooccurrence.from_pairs(model_cfg, table.row, table.col, table.data, TIE_BREAK * items)
 
-    def _finish(self, model: ItemCooccurrence, privacy: dict | None, ds, seconds: float) -> dict:
+    def _finish(self, model: ItemCooccurrence, privacy: dict | None, public_only, ds, seconds: float) -> dict:
         cfg, folder = self.cfg, self.folder
         seq, split = ds.sequences, ds.split
         task = task_of(cfg.data.task)
         options = {"max_len": model.cfg.max_len, "protocol": cfg.evaluation.protocol}
-        figures = {which: evaluate(model, seq, split, which, **options) for which in ("valid", "test")}
+        figures = {which: evaluate(model, seq, split, which, **options) for which in SPLITS}
         record = {"round": 1, "clients": len(self.nodes), "failed": [], "valid": figures["valid"]}
         record["seconds"] = round(seconds, 3)
         if privacy is not None:
@@ -178,6 +198,8 @@ class CooccurrenceRelease:
             "seconds": round(seconds, 2),
             "popularity": popularity_baseline(seq, split, model.cfg.max_len, cfg.evaluation.protocol),
         }
+        if public_only is not None:  # the public users' model alone: what the private users' release adds to
+            results["initial"] = {which: evaluate(public_only, seq, split, which, **options) for which in SPLITS}
         if privacy is not None:
             results["privacy"] = {**privacy, "trust": TRUST, "silos": len(self.nodes)}
         folder.write_json("metrics.json", results)
