@@ -119,6 +119,7 @@ def test_a_private_federated_release_records_and_rechecks_its_two_releases(tmp_p
     assert report["max_epsilon"] <= 4.0 * 1.001 and report["max_epsilon"] == pytest.approx(rdp, rel=0.01)
     assert report["max_epsilon"] >= pld * 0.99 and report["flags"] == []
     assert "the server sees every silo's exact sum" in report["trust"]
+    assert "- ε of the release (one ledger for every user): " in (folder.path / "summary.md").read_text()
     assert (folder.path / "privacy_report.md").exists() and results["privacy"]["max_epsilon"] == report[
         "epsilon_reported"
     ]

@@ -61,7 +61,9 @@ def summary_markdown(results: dict, rounds: list[dict], task: Task) -> str:
     if results.get("stopped"):
         lines.append(f"- stopped: {results['stopped']}")
     if results.get("privacy"):
-        lines.append(f"- largest client ε: {results['privacy']['max_epsilon']:.3f} (see privacy_report.md)")
+        privacy = results["privacy"]
+        whose = "ε of the release (one ledger for every user)" if "ledger" in privacy else "largest client ε"
+        lines.append(f"- {whose}: {privacy['max_epsilon']:.3f} (see privacy_report.md)")
     if results.get("initial"):  # the public users' model, before the private rounds
         alone = results["initial"]["test"].get(chosen, nan)
         ours = test.get(chosen, nan)
