@@ -181,3 +181,22 @@ def test_the_http_service_takes_the_runs_data_from_elsewhere_and_refuses_other_d
     copy.write_text(copy.read_text() + "u1,i2,99999\n")
     with pytest.raises(UserError, match="not the data the run"):
         make_app(trained / "run", data=str(copy))
+
+
+def test_a_released_folder_is_free_though_a_child_forked_while_it_was_held(tmp_path):
+    import os
+    import signal
+
+    from fedseqrec.results.folder import RunFolder
+
+    held = RunFolder(tmp_path).lock()
+    child = os.fork()  # (Ray and others fork helpers; the child keeps a copy of every descriptor)
+    if child == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        held.release()
+        RunFolder(tmp_path).lock().release()  # refused with "in use" if the child's copy still held the lock
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -166,7 +166,10 @@ class RunFolder:
 
     def release(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor drops the flock
+            # Unlock first: a process forked while the folder was held shares this lock through its copy of the
+            # descriptor, and closing ours alone would leave the folder held until that process ends.
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
             self._lock = None
 
     @staticmethod
