@@ -300,15 +300,11 @@ def public_supported_cooccurrence(
     seed: int,
     window: int,
     cfg: ModelConfig,
-    accountant: str = "rdp",
-    rng: np.random.Generator | None = None,
-    protocol: str = "full",
-    selection: str = "NDCG@10",
+    **options,
 ) -> tuple[ItemCooccurrence, dict, ItemCooccurrence]:
-    """The release made in one process from every user of ``data`` (``release_on_public_pairs``)."""
+    """The release made in one process from every user of ``data``: ``release_on_public_pairs`` with its
+    ``options`` (accountant, rng, protocol, selection)."""
     pairs = public_pairs(data, split, public_share, seed, window)
     private = np.setdiff1d(np.arange(1, data.n_users + 1), pairs.users)
     total, _ = support_pair_sum(data, split, private, pairs.keys, window)
-    return release_on_public_pairs(
-        pairs, total, data, split, target_epsilon, delta, window, cfg, accountant, rng, protocol, selection
-    )
+    return release_on_public_pairs(pairs, total, data, split, target_epsilon, delta, window, cfg, **options)
