@@ -3,6 +3,7 @@ and a best trial whose command line and config file reproduce its figures exactl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -249,15 +251,13 @@ def test_a_trial_whose_worker_was_killed_is_run_again(tmp_path):
     storage = f"sqlite:///{out / 'study.db'}"
     deadline = time.monotonic() + 240  # a busy machine takes its time to import and load the data
     running = False
-    while not running and time.monotonic() < deadline:  # killed once its trial is running
+    # Killed once its trial is running and has sent its first heartbeat: Optuna fails (and retries) a trial whose
+    # heartbeat went stale, and ignores one killed in the instant between its start and its first heartbeat.
+    while not running and time.monotonic() < deadline:
         time.sleep(1)
-        try:
-            trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
-        except Exception:  # (the study is not made yet)
-            continue
-        running = bool(trials) and trials[0].state.name == "RUNNING"
+        running = _has_heartbeat(out / "study.db")
     process.kill()
-    assert running, "the study's first trial was not running within 240 s"
+    assert running, "the study's first trial was not running with a heartbeat within 240 s"
     process.wait()
     killed = optuna.load_study(study_name="tune", storage=storage).get_trials()[0]
     assert killed.state.name == "RUNNING"  # as the database last heard of it
@@ -267,3 +267,19 @@ def test_a_trial_whose_worker_was_killed_is_run_again(tmp_path):
     trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
     assert trials[0].state.name == "FAIL" and "failed" not in trials[0].user_attrs  # not counted
     assert trials[1].params == killed.params and trials[1].state.name == "COMPLETE"  # run again
+
+
+def _has_heartbeat(database: Path) -> bool:
+    """Whether the study's first trial is running and its worker has recorded a heartbeat (Optuna's table)."""
+    import sqlite3
+
+    if not database.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
+            found = db.execute(
+                "SELECT COUNT(*) FROM trials JOIN trial_heartbeats USING (trial_id) WHERE trials.state = 'RUNNING'"
+            ).fetchone()
+    except sqlite3.Error:  # (the study's tables are not made yet)
+        return False
+    return bool(found and found[0])
