@@ -39,7 +39,7 @@ from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, finish, point, run
 # --cooc-items and --cooc-item-noise, chosen on validation (benchmark notes): ml-100k at ε = 8, one setting for every
 # ε; Beauty's K grows with ε, 250·ε items between 125 and 2,000 (chosen at ε = 0.5, 1, 2, 4 and 8: a small ε
 # affords the noise on the pairs of fewer items)
-CHOSEN = {"ml-100k": ["--cooc-items", "400", "--cooc-item-noise", "40"], "beauty": ["--cooc-items", "2000"]}
+CHOSEN = {"ml-100k": ["--cooc-items", "400", "--cooc-item-noise", "40"]}
 
 
 def chosen(dataset: str, epsilon: float) -> list[str]:
@@ -170,7 +170,7 @@ def main() -> None:
     plot(rows, federated, public, args.public_share, curve, best, plain, args.dataset, out.with_suffix(".png"))
     report = {
         "command": f"python benchmarks/private_cooccurrence.py {args.dataset}",
-        "flags": [*model[1:]],
+        "flags": model[1:],
         "cooc_items_by_epsilon": {f"{eps:g}": chosen(args.dataset, eps) for eps in args.epsilons},
         "draws": args.draws,
         "best_non_private": best,
