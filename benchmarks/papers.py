@@ -146,6 +146,8 @@ def run_seed(name: str, data: str, preset: str, seed: int, options: argparse.Nam
         "stopped": result.get("stopped"),
         "params": result.get("params"),
         "device": result.get("device", "cpu"),
+        "threads": options.threads,  # the run's budget and cores: rows measured apart may differ in them
+        "max_seconds": options.max_seconds,
         "curve": curve,
         "flags": {**model_options, **fit},
         "protocol": config["train"]["evaluation"]["protocol"],

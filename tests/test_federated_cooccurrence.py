@@ -2,12 +2,14 @@
 — the same sums, and the same model, as `fedseqrec train` computes from every user in one process."""
 
 import json
+import math
 from uuid import uuid4
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from helpers import TINY, TINY_FLAGS, client_context, independent_epsilons
 from scipy import sparse
 
@@ -19,8 +21,10 @@ from fedseqrec.models.cooccurrence import ItemCooccurrence, pair_table
 from fedseqrec.privacy.cooccurrence import clipped_pair_sum, public_pairs, support_pair_sum
 from fedseqrec.privacy.item_selection import item_counts
 from fedseqrec.results.folder import RunFolder
+from fedseqrec.server import cooccurrence as server_cooccurrence
 from fedseqrec.server.cooccurrence import CooccurrenceRelease
 from fedseqrec.server.loop import Progress
+from fedseqrec.server.secure_aggregation import most_levels
 
 COOC = TINY.replace(model="cooc")
 
@@ -31,7 +35,10 @@ class LoopbackGrid:
     def __init__(self, cfg, tamper=None):
         self.cfg, self.app, self.tamper = cfg, make_client_app(), tamper or (lambda node, reply: reply)
         self.nodes = {partition + 10: partition for partition in range(cfg.data.clients)}
+        self.contexts: dict[int, Context] = {node: client_context(cfg, p) for node, p in self.nodes.items()}
         self.asked: list[str] = []
+        self.stages: list[str] = []  # the SecAgg+ stage of each message that had one
+        self.replies: list[Message] = []
 
     def get_node_ids(self):
         return list(self.nodes)
@@ -42,8 +49,13 @@ class LoopbackGrid:
             message.metadata.__dict__["_message_id"] = str(uuid4())  # as the SuperLink sets it
             node = message.metadata.dst_node_id
             self.asked.append(message.metadata.message_type)
-            context: Context = client_context(self.cfg, self.nodes[node])
-            replies.append(self.tamper(node, self.app(message, context)))
+            secagg = message.content.config_records.get(RECORD_KEY_CONFIGS)
+            if secagg is not None:
+                self.stages.append(str(secagg[Key.STAGE]))
+            reply = self.tamper(node, self.app(message, self.contexts[node]))
+            if reply is not None:  # None: the node dropped out
+                replies.append(reply)
+                self.replies.append(reply)
         return replies
 
 
@@ -139,6 +151,51 @@ def test_a_federation_releases_over_the_public_users_pairs_beside_their_model(tm
     assert set(results["initial"]) == {"valid", "test"}  # the public users' model alone, beside the release
 
 
+def test_a_secure_release_adds_the_silos_sums_under_secagg_and_noises_the_quantised_sensitivity(tmp_path, monkeypatch):
+    """Under SecAgg+ the server gets masked vectors only, yet adds up what every user's sums add up to (within the
+    quantisation), and its noise is scaled to the quantised sum's sensitivity: the ledger's ε stays exact."""
+    seen = {}
+
+    def keep(name, function):
+        def kept(*args, **kwargs):
+            seen[name] = args
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(server_cooccurrence, name, kept)
+
+    keep("choose_items", server_cooccurrence.choose_items)
+    keep("release_pairs", server_cooccurrence.release_pairs)
+    results, folder, grid = release(tmp_path, COOC.replace(cooc_epsilon=4.0, cooc_items=30, secure_aggregation=True))
+    ds = cached_dataset(TINY.data)
+    seq, split = ds.sequences, ds.split
+    levels, step = most_levels(3), 2 * 1024.0 / most_levels(3)
+    assert levels == 2**30 and grid.stages.count(Stage.UNMASK) == 6  # two sums, three silos each
+    assert not any("arrays" in reply.content for reply in grid.replies)  # no silo's sum in the clear
+    counts = seen["choose_items"][0]
+    assert np.abs(counts - item_counts(seq, split, every_user(ds))).max() <= 3 * step
+    choice, total = seen["release_pairs"][:2]
+    whole, _ = clipped_pair_sum(seq, split, every_user(ds), choice.chosen, 5)
+    assert np.abs(np.triu(total - whole, k=1)).max() <= 3 * step and whole.sum() > 10
+    report = json.loads((folder.path / "privacy_report.json").read_text())
+    pairs, items = 30 * 29 // 2, seq.n_items + 1
+    assert report["sensitivity_l2"] == pytest.approx(1 + math.sqrt(pairs) * step) and report["sensitivity_l2"] > 1
+    assert report["item_selection"]["sensitivity_l2"] == pytest.approx(1 + math.sqrt(items) * step)
+    assert seen["release_pairs"][7] == report["sensitivity_l2"]  # the noise the release drew is σ times it
+    records = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in report["ledger"]]
+    assert report["max_epsilon"] == pytest.approx(independent_epsilons(records, report["delta"])[0], rel=0.01)
+    assert "never one silo's sum" in report["trust"]
+    assert results["privacy"]["secure_aggregation"]["quantisation_levels"] == levels
+
+
+def test_a_silo_dropping_out_of_a_secure_release_stops_it_before_anything_is_unmasked(tmp_path):
+    def drop(node, reply):
+        config = reply.content.config_records.get(RECORD_KEY_CONFIGS) if not reply.has_error() else None
+        return None if node == 11 and config is not None and Key.MASKED_PARAMETERS in config else reply
+
+    with pytest.raises(RunError, match=r"co-occurrence items: clients \[1\] did not answer"):
+        release(tmp_path, COOC.replace(cooc_epsilon=4.0, cooc_items=30, secure_aggregation=True), drop)
+
+
 @pytest.mark.parametrize(
     "change",
     [lambda v: -v, lambda v: v[:-1], lambda v: np.where(v > 0, np.inf, v)],
@@ -182,12 +239,30 @@ def test_a_release_is_not_resumed(cli, tmp_path):
         (["--privacy", "user-level", "--epsilon", "8"], "does not combine with --privacy user-level"),
         (["--clients-per-round", "2"], "does not combine with --clients-per-round"),
         (["--cooc-public-users", "0.1"], "without --cooc-epsilon nothing is private"),
+        (["--secure-aggregation"], "does not combine with --secure-aggregation without --cooc-epsilon"),
     ],
 )
 def test_options_of_training_rounds_are_refused_with_a_counted_model(cli, tmp_path, flags, refusal):
     result = cli("simulate", *TINY_FLAGS, "--model", "cooc", *flags, "--out", tmp_path / "run")
     assert result.code == 2 and refusal in result.err and "Traceback" not in result.err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_simulate_releases_under_secagg_through_flowers_engine(cli, tmp_path):
+    """The two sums go to the simulated SuperNodes as train messages behind Flower's secaggplus_mod, and back masked."""
+    out = tmp_path / "sim"
+    flags = ["--model", "cooc", "--cooc-epsilon", "4", "--cooc-items", "30", "--secure-aggregation"]
+    result = cli("simulate", *TINY_FLAGS, *flags, "--out", out)
+    assert result.code == 0, result.err
+    privacy = json.loads((out / "metrics.json").read_text())["privacy"]
+    phases = privacy["secure_aggregation"]["phases"]
+    assert set(phases) == {"items", "pairs"} and all(p["secagg_clients"] == 3 for p in phases.values())
+    assert privacy["max_epsilon"] <= 4.0 * 1.001 and privacy["sensitivity_l2"] > 1
+    assert (
+        "(pairs); a record's noise is its multiplier times it (above 1: SecAgg+"
+        in (out / "privacy_report.md").read_text()
+    )
 
 
 @pytest.mark.slow

@@ -16,14 +16,18 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from helpers import TINY
 
 from fedseqrec.client.secure_aggregation import secure_aggregation_mod
 from fedseqrec.errors import RunError, UserError
+from fedseqrec.federated.mechanisms import make_mechanism
+from fedseqrec.privacy.mechanism import RunFacts
+from fedseqrec.privacy.quantised_sum import quantised_sensitivity, rounding_bound
 from fedseqrec.server.loop import Progress
 from fedseqrec.server.replies import ReplyRules
-from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, aggregate_bound
+from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, aggregate_bound, most_levels
 
 SHAPES = {"emb.weight": (50, 8), "out.bias": (50,), "norm.weight": (8,)}
 
@@ -105,7 +109,7 @@ def test_weighted_mean_equals_plain_aggregation_within_the_bound():
         plain = sum(weights[n] * client_values(n)[key].astype(np.float64) for n in nodes) / total
         error = np.abs(reply.content["arrays"][key].numpy() - plain).max()
         assert 0 < error <= figures["secagg_bound"], key
-    assert figures["secagg_bound"] == aggregate_bound(len(nodes), figures["secagg_weight"], 8.0, False)
+    assert figures["secagg_bound"] == aggregate_bound(len(nodes), figures["secagg_weight"], 8.0, False, 2**22)
     assert figures["secagg_bound"] < 1e-4
     assert reply.content["metrics"]["num-examples"] == total
 
@@ -248,3 +252,42 @@ def test_user_level_noise_shares_under_secagg(tmp_path):
 def test_secure_aggregation_refuses_what_it_cannot_combine_with(options, message):
     with pytest.raises(UserError, match=message):
         TINY.replace(secure_aggregation=True, **options).validate()
+
+
+def test_quantisation_moves_neighbouring_sums_apart_by_at_most_one_step_per_changed_value():
+    """What the release's sensitivity under SecAgg+ rests on (``privacy.quantised_sum``): Flower's quantisation
+    rounds a value that does not change to the same level, and one that does to within one step of its change."""
+    rng = np.random.default_rng(0)
+    clipping_range, levels, size = 4.0, 2**10, 5000
+    step = 2 * clipping_range / levels
+    silo = rng.uniform(0, 3, size)
+    user = np.zeros(size)
+    touched = rng.choice(size, 40, replace=False)
+    user[touched] = rng.normal(0, 1, 40)
+    user /= np.linalg.norm(user)  # one user's clipped vector: norm 1
+    for seed in range(5):
+        quantised = []
+        for vector in (silo, silo + user):
+            np.random.seed(seed)  # the same draws decide the rounding in both worlds
+            quantised.append(dequantize(quantize([vector], clipping_range, levels), clipping_range, levels)[0])
+        moved = quantised[1] - quantised[0]
+        untouched = np.setdiff1d(np.arange(size), touched)
+        assert np.all(moved[untouched] == 0) and np.all(np.abs(moved[touched] - user[touched]) < step + 1e-12)
+        assert np.linalg.norm(moved) <= quantised_sensitivity(1.0, size, clipping_range, levels)
+    assert rounding_bound(4, 1.0, 4) == 1.0  # √4 values × a step of 2 · 1 / 4
+    assert most_levels(10) == 2**28 and 10 * 2**28 < 2**32 and most_levels(16) == 2**27 and most_levels(1) == 2**30
+
+
+def test_server_noise_on_a_quantised_sum_is_scaled_to_its_sensitivity():
+    """--noise-shares server under SecAgg+: the server noises a quantised sum, so its noise is z·(C + the
+    rounding's bound); with noise shares the silos' noise is the accounted z·C, and the report says what is not
+    covered."""
+    facts = RunFacts(None, 3, "iid", print, users=1000, horizon=4, secure=True, secure_rounding=0.25)
+    for shares, expected in (("server", 1.25), ("clients", 1.0)):
+        cfg = TINY.replace(mechanism="user-level", users_per_round=30, noise_multiplier=2.0, noise_shares=shares)
+        mechanism = make_mechanism(cfg.privacy, facts)
+        assert mechanism.noise_std == pytest.approx(2.0 * expected * cfg.privacy.max_grad_norm)
+        mechanism.start(3, None, 0)
+        trust = json.loads(mechanism.state())["trust"]
+        assert ("sensitivity once quantised" in trust) == (shares == "server")
+        assert ("Not accounted" in trust) == (shares == "clients")

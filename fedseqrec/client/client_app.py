@@ -115,6 +115,19 @@ def refusing(handler: Callable[[Message, Context], Message]) -> Callable[[Messag
     return handle
 
 
+def _cooccurrence_sums(msg: Message, context: Context) -> Message:
+    """This silo's sums for the phase of the co-occurrence release the message names."""
+    cfg, sent = message_config(msg, context)
+    data = _client_data(cfg, context, sent)
+    arrays = msg.content.array_records.get("arrays")
+    given = {name: array.numpy() for name, array in arrays.items()} if arrays is not None else {}
+    sums = silo_sums(data, str(sent[PHASE_KEY]), cfg.cooccurrence, cfg.data.seed, given)
+    arrays = ArrayRecord({name: Array(value) for name, value in sums.items()})
+    users = len(data.users)
+    metrics = MetricRecord({"partition-id": data.client, "users": users, "num-examples": users})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
 def make_client_app(mods: list | None = None) -> ClientApp:
     app = ClientApp(mods=mods or [])
 
@@ -133,6 +146,8 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         started = time.perf_counter()
         cfg, sent = message_config(msg, context)
+        if PHASE_KEY in sent:  # a co-occurrence sum under SecAgg+, whose mod masks only the replies to train messages
+            return _cooccurrence_sums(msg, context)
         data = _client_data(cfg, context, sent)
         received = received_weights(
             msg.content["arrays"], sent, cfg.compression.download_compression, context.state, data.client
@@ -177,14 +192,7 @@ def make_client_app(mods: list | None = None) -> ClientApp:
     @refusing
     def cooccurrence(msg: Message, context: Context) -> Message:
         """This silo's sums for the co-occurrence release (``--model cooc``; ``federated.cooccurrence``)."""
-        cfg, sent = message_config(msg, context)
-        data = _client_data(cfg, context, sent)
-        arrays = msg.content.array_records.get("arrays")
-        given = {name: array.numpy() for name, array in arrays.items()} if arrays is not None else {}
-        sums = silo_sums(data, str(sent[PHASE_KEY]), cfg.cooccurrence, cfg.data.seed, given)
-        arrays = ArrayRecord({name: Array(value) for name, value in sums.items()})
-        metrics = MetricRecord({"partition-id": data.client, "users": len(data.users)})
-        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        return _cooccurrence_sums(msg, context)
 
     @app.evaluate()
     @refusing

@@ -178,8 +178,8 @@ class SecureAggregationConfig:
         check=within(0, 1, low_open=True, high_open=False),
         group=SECURE,
     )
-    secagg_clipping_range: float = option(
-        8.0, "values are clipped to +-this before quantisation to 2^22 levels", check=positive, group=SECURE
+    secagg_clipping_range: float | None = option(
+        None, "values clipped to +-this before quantising (default 8; counts: 1024)", check=positive, group=SECURE
     )
     secagg_max_weight: int | None = option(
         None,

@@ -116,6 +116,7 @@ class ItemChoice:
     noisy_counts: np.ndarray
     selection_noise: float
     sigma: float
+    sensitivity: float = 1.0  # the counts' ℓ2 sensitivity (above 1: quantised by secure aggregation)
 
 
 def choose_items(
@@ -126,18 +127,20 @@ def choose_items(
     item_noise_times_epsilon: float,
     accountant: str,
     rng: np.random.Generator,
+    sensitivity: float = 1.0,
 ) -> ItemChoice:
     """Step 1 from the users' summed unit-norm item counts (``item_selection.item_counts``, over every user —
-    however many silos added them up)."""
+    however many silos added them up); ``sensitivity``: the sum's, 1 unless secure aggregation quantised it
+    (``privacy.quantised_sum``)."""
     if items > MOST_ITEMS:
         raise UserError(
             f"--cooc-items {items}: the release noises every pair of the chosen items ({items * (items - 1) // 2:,} "
             f"pairs); choose at most {MOST_ITEMS:,}"
         )
     selection_noise = item_noise_times_epsilon / target_epsilon
-    noisy_counts = released_counts(counts, selection_noise, rng)  # the choice and the prior
+    noisy_counts = released_counts(counts, selection_noise * sensitivity, rng)  # the choice and the prior
     sigma = calibrate_noise_after(((selection_noise, 1.0, 1),), target_epsilon, delta, 1.0, 1, accountant)
-    return ItemChoice(top_items(noisy_counts, items), noisy_counts, selection_noise, sigma)
+    return ItemChoice(top_items(noisy_counts, items), noisy_counts, selection_noise, sigma, sensitivity)
 
 
 def release_pairs(
@@ -148,14 +151,17 @@ def release_pairs(
     delta: float,
     accountant: str,
     rng: np.random.Generator,
+    sensitivity: float = 1.0,
 ) -> tuple[ItemCooccurrence, dict]:
     """Steps 2–3 from the users' summed clipped pair vectors (``clipped_pair_sum``'s upper triangle, over every
-    user): the released model and its privacy record (the two releases' ledger, ε re-computed from it, δ)."""
+    user): the released model and its privacy record (the two releases' ledger, ε re-computed from it, δ);
+    ``sensitivity``: the sum's, 1 unless secure aggregation quantised it (``privacy.quantised_sum``)."""
     chosen, noisy_counts, sigma = choice.chosen, choice.noisy_counts, choice.sigma
-    upper = np.triu(total + rng.normal(0.0, sigma, total.shape), k=1)
+    noise = sigma * sensitivity  # the pairs' standard deviation
+    upper = np.triu(total + rng.normal(0.0, noise, total.shape), k=1)
     released = upper + upper.T
     prior = np.zeros(cfg.n_items + 1)
-    prior[chosen] = PRIOR_WEIGHT * sigma * np.clip(noisy_counts[chosen], 0.0, None)
+    prior[chosen] = PRIOR_WEIGHT * noise * np.clip(noisy_counts[chosen], 0.0, None)
     prior /= max(float(noisy_counts[chosen].max()), 1e-12)
     model = ItemCooccurrence.from_matrix(cfg, chosen, released, prior)
     ledger = [
@@ -165,8 +171,12 @@ def release_pairs(
     record = {
         "mechanism": MECHANISM,
         "privacy_unit": "user-level: adding or removing one user with all of their events",
-        "item_selection": {"count": len(chosen), "noise_multiplier": choice.selection_noise},
-        **_release(window, sigma, delta, accountant, ledger),
+        "item_selection": {
+            "count": len(chosen),
+            "noise_multiplier": choice.selection_noise,
+            "sensitivity_l2": choice.sensitivity,
+        },
+        **_release(window, sigma, delta, accountant, ledger, sensitivity),
     }
     return model, record
 
@@ -192,13 +202,16 @@ def private_cooccurrence(
     return release_pairs(choice, total, window, cfg, delta, accountant, rng)
 
 
-def _release(window: int, sigma: float, delta: float, accountant: str, ledger: list[dict]) -> dict:
-    """What every co-occurrence release records of its noise: the pairs' σ and the ledger, ε composed from it."""
+def _release(
+    window: int, sigma: float, delta: float, accountant: str, ledger: list[dict], sensitivity: float = 1.0
+) -> dict:
+    """What every co-occurrence release records of its noise: the pairs' noise multiplier σ, their sensitivity
+    (the noise's standard deviation is the product) and the ledger, ε composed from it."""
     composed = epsilon([(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in ledger], delta, accountant)
     return {
         "window": window,
         "noise_multiplier": sigma,
-        "sensitivity_l2": 1.0,
+        "sensitivity_l2": sensitivity,
         "delta": delta,
         "accountant": accountant,
         "ledger": ledger,
@@ -255,15 +268,17 @@ def release_on_public_pairs(
     rng: np.random.Generator | None = None,
     protocol: str = "full",
     selection: str = "NDCG@10",
+    sensitivity: float = 1.0,
 ) -> tuple[ItemCooccurrence, dict, ItemCooccurrence]:
     """From the private users' summed clipped vectors over the public pairs (``total``, ``support_pair_sum``):
     the released model, its privacy record, and the model of the public users' counts alone (what the private
     users' release adds to). The released counts are added with the weight of ``PRIVATE_WEIGHTS`` that ranks the
     public users' validation items best under ``protocol`` (``selection``): at small ε the noise outweighs the
-    private users' pairs, and the weight 0 keeps the public users' model."""
+    private users' pairs, and the weight 0 keeps the public users' model. ``sensitivity``: the sum's, 1 unless
+    secure aggregation quantised it (``privacy.quantised_sum``)."""
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(64))  # noise must not follow --seed
     sigma = calibrate_noise_after((), target_epsilon, delta, 1.0, 1, accountant)
-    released = total + rng.normal(0.0, sigma, len(pairs.keys))
+    released = total + rng.normal(0.0, sigma * sensitivity, len(pairs.keys))
     prior = TIE_BREAK * item_counts(data, split, pairs.users)
     first, second = pairs.first, pairs.second
     public_only = ItemCooccurrence.from_pairs(cfg, first, second, pairs.value, prior)
@@ -286,7 +301,7 @@ def release_on_public_pairs(
             "valid_scores": {str(w): round(v, 6) for w, v in scores.items()},
             "chosen_by": f"the public users' validation {selection} (their data is public: the choice costs nothing)",
         },
-        **_release(window, sigma, delta, accountant, ledger),
+        **_release(window, sigma, delta, accountant, ledger, sensitivity),
     }
     return weighed[chosen], record, public_only
 

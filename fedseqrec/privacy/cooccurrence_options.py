@@ -64,8 +64,9 @@ class CooccurrenceConfig:
         clash = (
             f"--privacy {mechanism} (its privacy is --cooc-epsilon: one release over every silo's users)"
             if mechanism != NO_DP
-            else "--secure-aggregation (not built for the release: the server sees each silo's sum)"
-            if secure
+            else "--secure-aggregation without --cooc-epsilon (the plain count sends each silo's pairs as a list, "
+            "which SecAgg+ cannot add up; and it has no privacy to protect)"
+            if secure and self.cooc_epsilon is None
             else f"--evaluation {evaluation} (the release is evaluated by the server: centralized)"
             if evaluation != "centralized"
             else "--clients-per-round (every silo's users are counted)"

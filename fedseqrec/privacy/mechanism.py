@@ -40,6 +40,7 @@ class RunFacts:
     item_tables: tuple[str, ...] = ()  # its parameters whose row i belongs to item i (embedding, scorer)
     seed: int = 0  # the run seed (what the public users are drawn from)
     secure: bool = False  # the server sees only the sum of the round's replies (SecAgg+)
+    secure_rounding: float = 0.0  # what SecAgg+'s quantisation can add to a sum's ℓ2 sensitivity (quantised_sum)
     selection: str = "NDCG@10"  # the task's validation metric (what picks the public users' best epoch)
     batch_size: int = 1  # a client's local training: what a DP-SGD round's plan follows from
     local_epochs: int = 1

@@ -40,6 +40,7 @@ from fedseqrec.privacy.item_selection import ItemSelection, item_counts, row_mas
 from fedseqrec.privacy.noisy_sum import with_noisy_sum
 from fedseqrec.privacy.per_user import Contribution, clipped_update_sum
 from fedseqrec.privacy.public import pretrain_on_public, private_users, public_users
+from fedseqrec.privacy.quantised_sum import WHY
 
 # --- a silo's round ----------------------------------------------------------------------------------------------
 
@@ -182,7 +183,10 @@ class UserLevelDPFedSGD(OneReleasePerRound):
 
     @property
     def noise_std(self) -> float:
-        return self.sum_noise * self.round_clip
+        """The noise on the sum: z times its sensitivity, the clipping norm plus, when the server adds the noise to a
+        sum that secure aggregation quantised, what the rounding can add (``privacy.quantised_sum``)."""
+        rounding = self.run.secure_rounding if self.privacy.noise_shares == "server" else 0.0
+        return self.sum_noise * (self.round_clip + rounding)
 
     def message_config(self) -> dict:
         """What every silo needs: the sampling rate, this round's clipping norm, and (clients mode) the standard
@@ -252,7 +256,7 @@ class UserLevelDPFedSGD(OneReleasePerRound):
     def state(self) -> str:
         a, p = self.accountant, self.privacy
         entry = self.entry()
-        trust = _trust(p.noise_shares, self.run.secure)
+        trust = _trust(p.noise_shares, self.run.secure, self.run.secure_rounding)
         return dumps(  # (a non-finite figure is written as null)
             {
                 "mechanism": self._mechanism_text(),
@@ -334,18 +338,22 @@ def _selection_noise(privacy: PrivacyConfig) -> float:
     return SELECTION_NOISE_TIMES_EPSILON / privacy.epsilon
 
 
-def _trust(noise_shares: str, secure: bool) -> str:
+def _trust(noise_shares: str, secure: bool, rounding: float = 0.0) -> str:
     """Whom the guarantee asks users to trust, in the report's words."""
     if noise_shares == "server":
         return "trusted aggregator: the server adds the noise and sees the exact sum of clipped gradients" + (
-            " (secure aggregation hides each silo's sum, not their total)" if secure else " of every silo"
+            " (secure aggregation hides each silo's sum, not their total; the noise is σ·(C + "
+            f"{rounding:.3g}), the sum's sensitivity once quantised: {WHY})"
+            if secure
+            else " of every silo"
         )
     if secure:
         return (
             "noise shares under secure aggregation (SecAgg+): each silo adds N(0, σ²C²/K) to its sum and the server "
             "learns only the total, whose noise is the accounted σ²C²; it learns nothing of one silo's sum unless it "
             "colludes with the reconstruction threshold of silos, and a round a silo drops out of fails before the "
-            "sum is unmasked"
+            "sum is unmasked. Not accounted: SecAgg+ rounds each silo's noisy sum to its grid (at most "
+            f"{rounding:.3g} in ℓ2 a silo), after the noise, which the Gaussian mechanism's analysis does not cover"
         )
     return (
         "noise shares: each silo adds N(0, σ²C²/K) to its sum; the total is private, a single silo's sum is not — "

@@ -68,6 +68,8 @@ def release_markdown(report: dict) -> str:
             if (chosen := report.get("item_selection"))
             else []
         ),
+        f"- ℓ2 sensitivity: {_sensitivities(report)}; a record's noise is its multiplier times it"
+        + (" (above 1: SecAgg+'s quantisation, privacy/quantised_sum.py)" if report.get("secure_aggregation") else ""),
         "- released model: the release itself (one round; nothing is chosen among models)",
         *([f"- test {metric}: {test:.4f}"] if test is not None else []),
         *([f"- popularity baseline: test {metric} {report['popularity']:.4f}"] if report.get("popularity") else []),
@@ -90,3 +92,10 @@ def write_release_report(folder: Path) -> dict:
     (folder / "privacy_report.json").write_text(dumps(report, indent=2) + "\n")
     (folder / "privacy_report.md").write_text(release_markdown(report))
     return report
+
+
+def _sensitivities(report: dict) -> str:
+    """The released sums' ℓ2 sensitivities, in the ledger's order (item counts, then pairs)."""
+    chosen = report.get("item_selection") or {}
+    items = [f"{fmt(chosen.get('sensitivity_l2', 1.0))} (item counts)"] if chosen else []
+    return ", ".join([*items, f"{fmt(report.get('sensitivity_l2', 1.0))} (pairs)"])

@@ -37,14 +37,22 @@ from fedseqrec.models.cooccurrence import ItemCooccurrence
 from fedseqrec.models.registry import model_config_for
 from fedseqrec.privacy.config import default_delta
 from fedseqrec.privacy.cooccurrence import choose_items, public_pairs, release_on_public_pairs, release_pairs
+from fedseqrec.privacy.quantised_sum import WHY, quantised_sensitivity
 from fedseqrec.results.folder import RunFolder
 from fedseqrec.results.privacy_report import write_privacy_report
 from fedseqrec.results.summary import summary_markdown
 from fedseqrec.server.directory import ClientDirectory
+from fedseqrec.server.replies import ReplyRules
+from fedseqrec.server.secure_aggregation import SecureRound, release_settings
 
 TRUST = (
     "each silo sums its own users' clipped vectors; the server sees every silo's exact sum and adds the noise once "
     "(as --privacy user-level --noise-shares server)"
+)
+SECURE_TRUST = (
+    "each silo sums its own users' clipped vectors; secure aggregation (SecAgg+) gives the server the total over "
+    "the silos only, never one silo's sum (unless it colludes with the reconstruction threshold of silos), and the "
+    "server adds the noise once"
 )
 SPLITS = ("valid", "test")
 TIE_BREAK = 1e-6  # the plain model's item counts, below any pair: they order only the items no pair reaches
@@ -65,6 +73,8 @@ class CooccurrenceRelease:
         model_cfg = model_config_for(seq, cfg.model)
         self.nodes = self._all_clients()
         say(f"{len(self.nodes)} clients connected: counting the co-occurrence model in every silo")
+        self.secure = release_settings(cfg, len(self.nodes), say) if cfg.secure.secure_aggregation else None
+        self.secured: dict[str, dict] = {}  # each securely added phase's figures
         cooc, privacy, public_only = cfg.cooccurrence, None, None
         if cooc.cooc_epsilon is None:
             model = self._counted(model_cfg, seq.n_items + 1)
@@ -75,14 +85,16 @@ class CooccurrenceRelease:
             delta = default_delta(seq.n_users)
             counts = self._summed(ITEMS, {}, {"counts": (seq.n_items + 1,)})["counts"]
             choice = choose_items(
-                counts, cooc.cooc_epsilon, delta, cooc.cooc_items, cooc.cooc_item_noise, cfg.privacy.accountant, rng
-            )
+                counts, cooc.cooc_epsilon, delta, cooc.cooc_items, cooc.cooc_item_noise, cfg.privacy.accountant, rng,
+                self._sensitivity(len(counts)),
+            )  # fmt: skip
             k = len(choice.chosen)
-            upper = self._summed(PAIRS, {"chosen": choice.chosen}, {"pairs": (k * (k - 1) // 2,)})["pairs"]
+            pairs = k * (k - 1) // 2
+            upper = self._summed(PAIRS, {"chosen": choice.chosen}, {"pairs": (pairs,)})["pairs"]
             total = np.zeros((k, k))
             total[np.triu_indices(k, k=1)] = upper
             model, privacy = release_pairs(
-                choice, total, cooc.cooc_window, model_cfg, delta, cfg.privacy.accountant, rng
+                choice, total, cooc.cooc_window, model_cfg, delta, cfg.privacy.accountant, rng, self._sensitivity(pairs)
             )
             say(f"released: {k} items chosen, σ = {choice.sigma:.3f} on their pairs, ε = {privacy['max_epsilon']:.3f}")
         return self._finish(model, privacy, public_only, ds, time.perf_counter() - started)
@@ -97,7 +109,7 @@ class CooccurrenceRelease:
         found = release_on_public_pairs(
             pairs, total, seq, split, cooc.cooc_epsilon, default_delta(seq.n_users), cooc.cooc_window, model_cfg,
             cfg.privacy.accountant, np.random.default_rng(secrets.randbits(64)), cfg.evaluation.protocol,
-            task_of(cfg.data.task).selection,
+            task_of(cfg.data.task).selection, self._sensitivity(len(pairs.keys)),
         )  # fmt: skip
         self.progress.on_message(
             f"released: {len(pairs.keys):,} pairs the public users hold, ε = {found[1]['max_epsilon']:.3f}"
@@ -116,16 +128,30 @@ class CooccurrenceRelease:
             )
         return dict(sorted(nodes.items()))
 
-    def _ask(self, phase: str, arrays: dict[str, np.ndarray]) -> list[tuple[int, Message]]:
+    def _sensitivity(self, values: int) -> float:
+        """The ℓ2 sensitivity of a sum of ``values`` values: 1 (each user's vector has norm ≤ 1), plus what
+        secure aggregation's quantisation can add (``privacy.quantised_sum``)."""
+        s = self.secure
+        return 1.0 if s is None else quantised_sensitivity(1.0, values, s.clipping_range, s.levels)
+
+    def _messages(self, phase: str, arrays: dict[str, np.ndarray]) -> list[Message]:
         config = ConfigRecord({**self.cfg.to_run_config(), "out": str(self.folder.path.resolve()), PHASE_KEY: phase})
         content = {"config": config}
         if arrays:
             content["arrays"] = ArrayRecord({name: Array(value) for name, value in arrays.items()})
-        messages = [
+        return [
             Message(RecordDict(content), dst_node_id=node, message_type=f"{MessageType.QUERY}.{ACTION}")
             for node in self.nodes.values()
         ]
+
+    def _ask(self, phase: str, arrays: dict[str, np.ndarray]) -> list[tuple[int, Message]]:
+        messages = self._messages(phase, arrays)
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.algorithm.round_timeout))
+        return self._answered(phase, messages, replies)
+
+    def _answered(self, phase: str, messages: list[Message], replies: list[Message]) -> list[tuple[int, Message]]:
+        """(partition, reply) of every silo, in partition order; a silo that did not answer, or failed, stops the
+        release."""
         partition_of = {node: partition for partition, node in self.nodes.items()}
         asked = {m.metadata.message_id: partition_of[m.metadata.dst_node_id] for m in messages}  # ids set when sent
         found = ((asked.get(r.metadata.reply_to_message_id), r) for r in replies)  # (an error for no message: None)
@@ -140,10 +166,35 @@ class CooccurrenceRelease:
 
     def _summed(self, phase: str, arrays: dict, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
         """The silos' sums of ``phase`` added up, each checked: the named arrays, of these shapes, ≥ 0, finite."""
+        if self.secure is not None:
+            return self._securely_summed(phase, arrays, shapes)
         total = {name: np.zeros(shape) for name, shape in shapes.items()}
         for partition, reply in self._ask(phase, arrays):
             for name, shape in shapes.items():
                 total[name] += _counts(reply, name, shape, f"co-occurrence {phase}: client {partition}")
+        return total
+
+    def _securely_summed(self, phase: str, arrays: dict, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+        """The silos' sums of ``phase`` added up under SecAgg+: the server learns the total only. Every silo must
+        send a masked vector of the expected shapes, or the release stops before anything is unmasked."""
+        expected = ArrayRecord({name: Array(np.zeros(shape)) for name, shape in shapes.items()})
+        say = self.progress.on_message
+        secure = SecureRound(self.grid, self.secure, expected, ReplyRules.for_arrays(expected, weights=False), say)
+        sent, replies = secure.exchange(self._messages(phase, arrays), self.cfg.algorithm.round_timeout)
+        answered = self._answered(phase, sent, replies)
+        node_of = dict(self.nodes)
+        unusable = [partition for partition, _ in answered if node_of[partition] not in secure.state.masked]
+        if unusable:
+            raise RunError(f"co-occurrence {phase}: clients {unusable} sent no usable masked vector")
+        reply, figures = secure.aggregate([reply for _, reply in answered], expected)
+        clipped = sum(int(r.content["metrics"].get("secagg-clipped", 0)) for _, r in answered)
+        if clipped:
+            limit = self.secure.clipping_range
+            say(f"co-occurrence {phase}: secure aggregation clipped {clipped} values to +-{limit:g} (silos' sums)")
+        self.secured[phase] = {**figures, "clipped": clipped}
+        total = {name: reply.content["arrays"][name].numpy().astype(np.float64) for name in shapes}
+        if not all(np.all(np.isfinite(value)) for value in total.values()):
+            raise RunError(f"co-occurrence {phase}: the securely added sums are not finite")
         return total
 
     def _counted(self, model_cfg, size: int) -> ItemCooccurrence:
@@ -202,6 +253,9 @@ class CooccurrenceRelease:
             results["initial"] = {which: evaluate(public_only, seq, split, which, **options) for which in SPLITS}
         if privacy is not None:
             results["privacy"] = {**privacy, "trust": TRUST, "silos": len(self.nodes)}
+            if self.secure is not None:
+                secure = {**self.secure.describe(), "sensitivity": WHY, "phases": self.secured}
+                results["privacy"].update(trust=SECURE_TRUST, secure_aggregation=secure)
         folder.write_json("metrics.json", results)
         if privacy is not None:
             write_privacy_report(folder.path)  # (from metrics.json, ε recomputed from the ledger)

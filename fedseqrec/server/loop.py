@@ -33,7 +33,7 @@ from fedseqrec.server.directory import ChosenNodes, ClientDirectory, NodePool, c
 from fedseqrec.server.evaluation import GlobalEvaluation
 from fedseqrec.server.finish import INITIAL, Finaliser, RunEnd
 from fedseqrec.server.replies import ReplyRules, decompressed, metrics_problem, update_problem
-from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, secure_settings
+from fedseqrec.server.secure_aggregation import SecAggSettings, SecureRound, secure_settings, update_rounding
 from fedseqrec.server.strategies import (
     build_strategy,
     check_robust_round,
@@ -79,6 +79,7 @@ class Federation:
             item_tables=tuple(self.model.item_table_keys()),
             seed=cfg.data.seed,
             secure=cfg.secure.secure_aggregation,
+            secure_rounding=update_rounding(cfg, self.model),
             selection=task_of(cfg.data.task).selection,
             batch_size=cfg.fit.batch_size,
             local_epochs=cfg.fit.local_epochs,

@@ -21,6 +21,7 @@ a round that must fail (a silo's noise share missing) fails before the server ca
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -41,10 +42,14 @@ from fedseqrec.errors import RunError
 from fedseqrec.federated.config import RunConfig
 from fedseqrec.federated.messages import SECURE_SUM_KEY, summed_keys
 from fedseqrec.federated.task import largest_client
+from fedseqrec.privacy.quantised_sum import rounding_bound
 from fedseqrec.server.replies import ReplyRules, update_problem
 
 QUANTIZATION_RANGE = 2**22  # Flower's defaults: values quantised to 22 bits, masks and sums mod 2^32
 MODULUS_RANGE = 2**32
+MOST_LEVELS = 2**30  # Flower's rounding holds a quantised value in an int32
+UPDATES_RANGE = 8.0  # --secagg-clipping-range's default for model updates (Flower's)
+COUNTS_RANGE = 1024.0  # and for the sums of a co-occurrence release
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class SecAggSettings:
     clipping_range: float
     max_weight: float  # the largest weight a client may have (1 when replies are sums)
     clients: int = 3  # clients a round (what the description is for)
+    levels: int = QUANTIZATION_RANGE  # quantisation levels over [-clipping_range, clipping_range]
+
+    @property
+    def step(self) -> float:
+        return 2 * self.clipping_range / self.levels
 
     def round_shape(self, clients: int) -> tuple[int, int]:
         """(shares, threshold) for a round of ``clients``: an odd number of shares (a client and as many neighbours
@@ -74,7 +84,8 @@ class SecAggSettings:
             "collusion": f"the server learns nothing of one client's update unless it colludes with {threshold} or "
             "more clients of the round",
             "clipping_range": self.clipping_range,
-            "quantisation_step": 2 * self.clipping_range / QUANTIZATION_RANGE,
+            "quantisation_levels": self.levels,
+            "quantisation_step": self.step,
             "max_weight": self.max_weight,
         }
 
@@ -88,18 +99,54 @@ def secure_settings(cfg: RunConfig, weights: bool, clients: int, users: int, war
     if max_weight is None:
         max_weight = largest_client(cfg, clients) or users or 2**16
     per_round = cfg.algorithm.clients_per_round or clients
-    settings = SecAggSettings(
-        option.secagg_shares, option.secagg_threshold, option.secagg_clipping_range, max_weight, per_round
-    )
+    range_ = clipping_range(option)
+    settings = SecAggSettings(option.secagg_shares, option.secagg_threshold, range_, max_weight, per_round)
     warn(f"secure aggregation (SecAgg+): {settings.describe()['dropouts_tolerated']}; max weight {max_weight}")
     return settings
 
 
-def aggregate_bound(clients: int, total_weight: float, clipping_range: float, sums: bool) -> float:
+def update_rounding(cfg: RunConfig, model) -> float:
+    """What SecAgg+'s quantisation of a round's replies can add to the ℓ2 sensitivity of their sum (0 without it):
+    one step of its 2^22 levels for each trainable value (``privacy.quantised_sum``)."""
+    if not cfg.secure.secure_aggregation:
+        return 0.0
+    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return rounding_bound(values, clipping_range(cfg.secure), QUANTIZATION_RANGE)
+
+
+def release_settings(cfg: RunConfig, clients: int, warn: Callable[[str], None]) -> SecAggSettings:
+    """The settings of a one-release sum over every silo (``--model cooc``): replies are sums (weight 1), values are
+    sums of counts, quantised as finely as a sum over ``clients`` allows (the finer, the less the quantisation adds
+    to the release's sensitivity: ``privacy.quantised_sum``)."""
+    option = cfg.secure
+    range_ = clipping_range(option, counts=True)
+    settings = SecAggSettings(option.secagg_shares, option.secagg_threshold, range_, 1, clients, most_levels(clients))
+    warn(
+        f"secure aggregation (SecAgg+): {settings.describe()['dropouts_tolerated']}; values clipped to +-{range_:g}, "
+        f"{settings.levels} levels"
+    )
+    return settings
+
+
+def clipping_range(option, counts: bool = False) -> float:
+    """``--secagg-clipping-range``, or its default for model updates or for (``counts``) a release's sums over a
+    silo's users, each user adding at most 1 to a value."""
+    if option.secagg_clipping_range is not None:
+        return option.secagg_clipping_range
+    return COUNTS_RANGE if counts else UPDATES_RANGE
+
+
+def most_levels(clients: int) -> int:
+    """The finest quantisation a sum of ``clients`` vectors allows: the largest power of two of levels whose sum over
+    the clients stays below the modulus (2^32), at most 2^30."""
+    return min(MOST_LEVELS, 2 ** (32 - math.ceil(math.log2(clients + 1))))
+
+
+def aggregate_bound(clients: int, total_weight: float, clipping_range: float, sums: bool, levels: int) -> float:
     """The largest element-wise difference between the securely aggregated result and the exact one (when nothing
     was clipped): each client's quantised value is off by less than one step (stochastic rounding); a weighted mean
-    also has each weight rounded to 1/2^22, which moves it by at most half a step per client."""
-    step = 2 * clipping_range / QUANTIZATION_RANGE
+    also has each weight rounded to 1/levels, which moves it by at most half a step per client."""
+    step = 2 * clipping_range / levels
     return clients * step if sums else clients * 1.5 * step / total_weight
 
 
@@ -195,7 +242,8 @@ class SecureRound:
         started = time.perf_counter()
         weight, total = self._unmasked(active, dead, collected)
         self.seconds["remove masks"] = round(time.perf_counter() - started, 3)
-        bound = aggregate_bound(len(active), weight, self.settings.clipping_range, self.sums)
+        s = self.settings
+        bound = aggregate_bound(len(active), weight, s.clipping_range, self.sums, s.levels)
         figures = {
             "secagg_clients": len(active),
             "secagg_dropped": len(dead),
@@ -225,7 +273,7 @@ class SecureRound:
             Key.SHARE_NUMBER: state.shares,
             Key.THRESHOLD: state.threshold,
             Key.CLIPPING_RANGE: float(s.clipping_range),
-            Key.TARGET_RANGE: QUANTIZATION_RANGE,
+            Key.TARGET_RANGE: s.levels,
             Key.MOD_RANGE: MODULUS_RANGE,
             Key.MAX_WEIGHT: float(s.max_weight),
         }
@@ -302,8 +350,9 @@ class SecureRound:
                 sign = 1 if node > other else -1
                 total = [t + sign * m for t, m in zip(total, pseudo_rand_gen(key, mod, shapes), strict=True)]
         total = parameters_mod(total, mod)
-        weight = int(total[0][0]) / QUANTIZATION_RANGE
-        values = dequantize(total[1:], self.settings.clipping_range, QUANTIZATION_RANGE)
+        levels = self.settings.levels
+        weight = int(total[0][0]) / levels
+        values = dequantize(total[1:], self.settings.clipping_range, levels)
         offset = -(len(active) - 1) * self.settings.clipping_range
         return weight, [v + offset for v in values]
 
