@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -267,6 +268,29 @@ def test_a_trial_whose_worker_was_killed_is_run_again(tmp_path):
     trials = optuna.load_study(study_name="tune", storage=storage).get_trials()
     assert trials[0].state.name == "FAIL" and "failed" not in trials[0].user_attrs  # not counted
     assert trials[1].params == killed.params and trials[1].state.name == "COMPLETE"  # run again
+
+
+def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path, monkeypatch):
+    """A worker killed between Optuna's ask and its first heartbeat leaves a running trial with none, which Optuna
+    alone would never fail: opening the study gives it one, so it goes stale and is retried like any other."""
+    from fedseqrec.tuning import study as study_module
+
+    monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(study_module, "GRACE_SECONDS", 1)
+    settings = study_module.StudySettings(out=tmp_path / "tune", trials=2, sampler="random")
+    first = study_module.open_study(settings, [], {"command": "train"})
+    orphan = first.ask()
+    orphan.suggest_float("lr", 1e-4, 1e-2, log=True)  # (the worker dies here, before its first heartbeat)
+    assert not _has_heartbeat(tmp_path / "tune" / "study.db")
+    study = study_module.open_study(settings, [], {"command": "train"})  # another worker, or the command again
+    assert _has_heartbeat(tmp_path / "tune" / "study.db")
+    time.sleep(2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # what Optuna does before each trial a worker starts
+    trials = study.get_trials()
+    assert trials[0].number == orphan.number and trials[0].state.name == "FAIL"
+    assert trials[1].state.name == "WAITING" and trials[1].params == trials[0].params  # to be run again
 
 
 def _has_heartbeat(database: Path) -> bool:

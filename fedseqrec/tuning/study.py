@@ -102,7 +102,20 @@ def open_study(settings: StudySettings, dims: list[Dimension], identity: dict) -
         )
     if "private_search" in study.user_attrs:  # the K drawn when the study was made, never redrawn
         settings.search = PrivateSearch(**study.user_attrs["private_search"])
+    _watch_running_trials(study, storage)
     return study
+
+
+def _watch_running_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Give every running trial a heartbeat. Optuna fails (and retries) a trial whose heartbeat went stale, but
+    never one that has none: a worker killed between asking for a trial and its first heartbeat would leave it
+    running for ever. A live worker's own heartbeats go on; an orphan's goes stale after the grace period, and the
+    next trial any worker starts fails it. Trials already stale are failed first, not given more time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.record_heartbeat(trial._trial_id)  # (FrozenTrial keeps the storage's id private)
 
 
 def _sampler(settings: StudySettings, dims: list[Dimension]):
