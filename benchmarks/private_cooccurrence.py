@@ -17,7 +17,9 @@ The target's point (ε = 8) is also released by 10 IID silos through Flower (`fe
 --clients 10 --model cooc --cooc-epsilon 8`: each silo sums its own users, the server adds the noise once;
 DIR/cooc-fed10-eps8-{draw}), the same number of draws, beside the one-process figure.
 
-With public users too (DIR/cooc-fed10-public{share}-eps8-{draw}).
+With public users too (DIR/cooc-fed10-public{share}-eps8-{draw}). And under SecAgg+ (`--secure-aggregation`:
+the server sees only the total over the silos; DIR/cooc-fed10-secagg-eps8-{draw}, --secure-draws of them), with
+what SecAgg+ added to the release's sensitivity and its stages' seconds.
 
 The same curve again with --public-share of the users declared public (--cooc-public-users: their pairs counted
 exactly choose the pairs released for the others; DIR/cooc-public{share}-eps{E}-{draw}), each point beside the
@@ -39,6 +41,7 @@ from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, finish, point, run
 # --cooc-items and --cooc-item-noise, chosen on validation (benchmark notes): ml-100k at ε = 8, one setting for every
 # ε; Beauty's K grows with ε, 250·ε items between 125 and 2,000 (chosen at ε = 0.5, 1, 2, 4 and 8: a small ε
 # affords the noise on the pairs of fewer items)
+FEDERATED = "fedseqrec simulate --partition iid --clients 10 --model cooc …"
 CHOSEN = {"ml-100k": ["--cooc-items", "400", "--cooc-item-noise", "40"]}
 
 
@@ -89,6 +92,23 @@ def with_public(points: list[dict]) -> dict:
     return row
 
 
+def secagg_costs(folder: Path) -> dict:
+    """What SecAgg+ did to a release (its run folder): the pairs' sensitivity and each sum's stage seconds."""
+    privacy = json.loads((folder / "metrics.json").read_text())["privacy"]
+    phases = privacy["secure_aggregation"]["phases"]
+    return {
+        "sensitivity_l2": privacy["sensitivity_l2"],
+        "secagg_seconds": round(sum(sum(p["stage_seconds"].values()) for p in phases.values()), 2),
+    }
+
+
+def _mean_costs(points: list[dict]) -> dict:
+    return {
+        "sensitivity_l2": points[0]["sensitivity_l2"],  # (the same for every draw: K and the silos are)
+        "secagg_seconds": round(statistics.fmean(p["secagg_seconds"] for p in points), 2),
+    }
+
+
 def plot(
     rows: list[dict],
     federated: dict,
@@ -133,6 +153,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3, help="releases per ε (the noise is all that differs)")
     parser.add_argument("--runs", default=None, help="folder of the run folders (default: benchmarks/runs/DATASET)")
     parser.add_argument("--public-share", type=float, default=0.1, help="users declared public (0: no such curve)")
+    parser.add_argument("--secure-draws", type=int, default=3, help="releases of the ε = 8 point under SecAgg+")
     args = parser.parse_args()
     setting, users = SETTINGS[args.dataset], SETTINGS[args.dataset]["users"]
     runs = Path(args.runs or ROOT / "benchmarks" / "runs" / args.dataset)
@@ -153,6 +174,11 @@ def main() -> None:
             folder = runs / f"cooc-fed10-public{args.public_share:g}-eps8-{draw}"
             run([*simulate, "--cooc-public-users", f"{args.public_share:g}"], folder)
             federated_public.append(point(folder, users))
+    secure = []
+    for draw in range(args.secure_draws):
+        folder = runs / f"cooc-fed10-secagg-eps8-{draw}"
+        run([*simulate, *chosen(args.dataset, 8), "--secure-aggregation"], folder)
+        secure.append({**point(folder, users), **secagg_costs(folder)})
     public = []
     for eps in args.epsilons if args.public_share > 0 else []:
         folders = [runs / f"cooc-public{args.public_share:g}-eps{eps:g}-{draw}" for draw in range(args.draws)]
@@ -163,7 +189,8 @@ def main() -> None:
     best = reference(args.dataset, plain)
     federated = summary(federated)
     federated_public = with_public(federated_public) if federated_public else None
-    for row in [*rows, *public, federated, *([federated_public] if federated_public else [])]:
+    secure = {**summary(secure), **_mean_costs(secure)} if secure else None
+    for row in [*rows, *public, federated, *(r for r in (federated_public, secure) if r)]:
         row["vs_best_non_private"] = round(row["test_NDCG@10"] / best["test_NDCG@10"], 3)
     curve = json.loads((RESULTS / f"privacy_curve_{args.dataset}.json").read_text())
     out = RESULTS / f"private_cooccurrence_{args.dataset}.json"
@@ -177,9 +204,10 @@ def main() -> None:
         "cooc_without_privacy": {k: plain[k] for k in ("test_NDCG@10", "valid_NDCG@10", "standard_error_bound")},
         "rows": rows,
         "federated_10_silos": {
-            "command": "fedseqrec simulate --partition iid --clients 10 --model cooc …",
+            "command": FEDERATED,
             **federated,
         },
+        "federated_10_silos_secagg": secure and {"command": f"{FEDERATED} --secure-aggregation", **secure},
         "public_share": args.public_share,
         "federated_10_silos_public": federated_public,
         "public_rows": public,

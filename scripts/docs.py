@@ -218,6 +218,18 @@ def _cooccurrence_rows(curves: dict[str, dict]) -> list[tuple]:
                     (targets[0], "issue 28"),
                 )
             )
+        secure = cooc.get("federated_10_silos_secagg")
+        if secure:
+            rows.append(
+                (
+                    f"{name}, the same under SecAgg+ (`--secure-aggregation`: the server sees the silos' total only) "
+                    "÷ best non-private",
+                    secure["vs_best_non_private"],
+                    "{:.2f}×",
+                    command,
+                    (targets[0], "issue 28"),
+                )
+            )
         rows += _public_cooccurrence_rows(cooc, name, command)
         if targets[1] is not None:
             at1 = next(r for r in cooc["rows"] if round(r["epsilon"]) == 1)
