@@ -196,7 +196,8 @@ def main() -> None:
     out = RESULTS / f"private_cooccurrence_{args.dataset}.json"
     plot(rows, federated, public, args.public_share, curve, best, plain, args.dataset, out.with_suffix(".png"))
     report = {
-        "command": f"python benchmarks/private_cooccurrence.py {args.dataset}",
+        "command": f"python benchmarks/private_cooccurrence.py {args.dataset} --draws {args.draws} "
+        f"--secure-draws {args.secure_draws} --public-share {args.public_share:g}",
         "flags": model[1:],
         "cooc_items_by_epsilon": {f"{eps:g}": chosen(args.dataset, eps) for eps in args.epsilons},
         "draws": args.draws,

@@ -195,7 +195,7 @@ def _cooccurrence_rows(curves: dict[str, dict]) -> list[tuple]:
     for name, targets in (("Beauty", (0.5, 2.0)), ("ml-100k", (0.7, None))):
         cooc = _results(f"private_cooccurrence_{name.lower()}")
         best = cooc["best_non_private"]
-        command = f"`python benchmarks/private_cooccurrence.py {name.lower()}`"
+        command = f"`{cooc['command']}`"
         at8 = next(r for r in cooc["rows"] if round(r["epsilon"]) == 8)
         rows.append(
             (
