@@ -187,6 +187,27 @@ def test_a_secure_release_adds_the_silos_sums_under_secagg_and_noises_the_quanti
     assert results["privacy"]["secure_aggregation"]["quantisation_levels"] == levels
 
 
+def test_a_secure_release_over_the_public_users_pairs_adds_the_others_sums(tmp_path, monkeypatch):
+    seen = {}
+    release_on_public_pairs = server_cooccurrence.release_on_public_pairs
+
+    def kept(*args, **kwargs):
+        seen["args"] = args
+        return release_on_public_pairs(*args, **kwargs)
+
+    monkeypatch.setattr(server_cooccurrence, "release_on_public_pairs", kept)
+    cfg = COOC.replace(cooc_epsilon=4.0, cooc_public_users=0.25, secure_aggregation=True)
+    _, folder, grid = release(tmp_path, cfg)
+    ds = cached_dataset(TINY.data)
+    public = public_pairs(ds.sequences, ds.split, 0.25, TINY.data.seed, 5)
+    others = np.setdiff1d(every_user(ds), public.users)
+    exact, _ = support_pair_sum(ds.sequences, ds.split, others, public.keys, 5)
+    assert np.abs(seen["args"][1] - exact).max() <= 3 * 2 * 1024.0 / most_levels(3) and exact.sum() > 1
+    assert grid.stages.count(Stage.UNMASK) == 3 and not any("arrays" in r.content for r in grid.replies)
+    report = json.loads((folder.path / "privacy_report.json").read_text())
+    assert report["sensitivity_l2"] == pytest.approx(1 + math.sqrt(len(public.keys)) * 2 * 1024.0 / most_levels(3))
+
+
 def test_a_silo_dropping_out_of_a_secure_release_stops_it_before_anything_is_unmasked(tmp_path):
     def drop(node, reply):
         config = reply.content.config_records.get(RECORD_KEY_CONFIGS) if not reply.has_error() else None
