@@ -200,6 +200,11 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (SEED/MODEL)")
     options = parser.parse_args()
     out = options.out or ROOT / "benchmarks" / "results" / f"papers_{options.dataset}.json"
+    command = (
+        f"python benchmarks/papers.py {options.dataset} FILE --preset {options.preset} "
+        f"--models {' '.join(options.models)} --seeds {' '.join(map(str, options.seeds))} "
+        f"--max-seconds {options.max_seconds:g} --threads {options.threads}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folders = options.keep or Path(tmp)
@@ -208,7 +213,7 @@ def main() -> None:
             for seed in options.seeds:
                 runs.append(run_seed(name, options.file, options.preset, seed, options, folders / str(seed)))
                 print(json.dumps({"model": name, **{k: v for k, v in runs[-1].items() if k != "curve"}}), flush=True)
-            rows.append(summary(name, runs))
+            rows.append({**summary(name, runs), "command": command})  # (rows measured apart keep their own)
     report = json.loads(out.read_text()) if out.exists() else {"rows": []}
     measured = {row["model"] for row in rows}
     report["rows"] = [r for r in report["rows"] if r["model"] not in measured] + rows
@@ -224,9 +229,7 @@ def main() -> None:
             "python": platform.python_version(),
             "threads": options.threads,
         },
-        command=f"python benchmarks/papers.py {options.dataset} FILE --preset {options.preset} "
-        f"--models {' '.join(options.models)} --seeds {' '.join(map(str, options.seeds))} "
-        f"--max-seconds {options.max_seconds:g}",
+        command=command,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
