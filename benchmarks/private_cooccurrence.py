@@ -38,6 +38,8 @@ from pathlib import Path
 from benchmark_report import portable
 from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, finish, point, run
 
+from fedseqrec.privacy.cooccurrence_options import default_items
+
 # --cooc-items and --cooc-item-noise, chosen on validation (benchmark notes): ml-100k at ε = 8, one setting for every
 # ε; Beauty's K grows with ε, 250·ε items between 125 and 2,000 (chosen at ε = 0.5, 1, 2, 4 and 8: a small ε
 # affords the noise on the pairs of fewer items)
@@ -47,8 +49,8 @@ CHOSEN = {"ml-100k": ["--cooc-items", "400", "--cooc-item-noise", "40"]}
 
 def chosen(dataset: str, epsilon: float) -> list[str]:
     """The dataset's --cooc-items and --cooc-item-noise at ``epsilon``."""
-    if dataset == "beauty":
-        return ["--cooc-items", str(min(2000, max(125, round(250 * epsilon))))]
+    if dataset == "beauty":  # (the default of --cooc-items, written out)
+        return ["--cooc-items", str(default_items(epsilon))]
     return CHOSEN[dataset]
 
 

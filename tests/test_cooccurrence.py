@@ -26,6 +26,7 @@ from fedseqrec.privacy.cooccurrence import (
     public_supported_cooccurrence,
     support_pair_sum,
 )
+from fedseqrec.privacy.cooccurrence_options import CooccurrenceConfig, default_items
 from fedseqrec.privacy.public import public_users
 from fedseqrec.serving.recommender import load_recommender
 
@@ -277,3 +278,10 @@ def test_the_private_users_weight_is_chosen_on_the_public_users_validation_items
     # the weight 0 is the public users' model itself: the release is never kept where it ranks them worse
     assert evaluate(alone, seq, split, "valid", users=public)["NDCG@10"] == pytest.approx(scores[0.0], abs=1e-6)
     assert scores[weight["chosen"]] >= scores[0.0]
+
+
+def test_the_default_number_of_items_follows_epsilon():
+    """250 × ε items, from 125 to 2,000 (chosen on Beauty's and ml-100k's validation); --cooc-items overrides."""
+    assert [default_items(e) for e in (0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)] == [125, 125, 250, 500, 1000, 2000, 2000]
+    assert CooccurrenceConfig(cooc_epsilon=1.0).items() == 250
+    assert CooccurrenceConfig(cooc_epsilon=1.0, cooc_items=30).items() == 30

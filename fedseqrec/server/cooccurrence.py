@@ -85,7 +85,7 @@ class CooccurrenceRelease:
             delta = default_delta(seq.n_users)
             counts = self._summed(ITEMS, {}, {"counts": (seq.n_items + 1,)})["counts"]
             choice = choose_items(
-                counts, cooc.cooc_epsilon, delta, cooc.cooc_items, cooc.cooc_item_noise, cfg.privacy.accountant, rng,
+                counts, cooc.cooc_epsilon, delta, cooc.items(), cooc.cooc_item_noise, cfg.privacy.accountant, rng,
                 self._sensitivity(len(counts)),
             )  # fmt: skip
             k = len(choice.chosen)
