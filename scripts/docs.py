@@ -322,7 +322,8 @@ def _centralized(name: str, fallback: list[dict], **match) -> dict[str, tuple[fl
     for row in papers:
         ndcg = row["test"]["NDCG@10"]
         shown = f"{ndcg['mean']:.4f} ± {ndcg['std']:.4f} ({len(row['seeds'])} seeds)"
-        found[row["model"]] = (ndcg["mean"], shown, f"`python benchmarks/papers.py {name} FILE`")
+        command = row.get("command", f"python benchmarks/papers.py {name} FILE")  # (rows measured apart: their own)
+        found[row["model"]] = (ndcg["mean"], shown, f"`{command}`")
     return found
 
 
@@ -465,7 +466,7 @@ def readme_status() -> str:
             "Beauty, weakest of GRU4Rec / LSTM / BERT4Rec",
             min(v for v, _, _ in recurrent),
             " / ".join(shown for _, shown, _ in recurrent),
-            "`python benchmarks/papers.py beauty FILE`",
+            " / ".join(command for _, _, command in recurrent),
             (0.0318, "S3-Rec's SASRec"),
         ),
         (
