@@ -24,7 +24,7 @@ from fedseqrec.results.folder import RunFolder
 from fedseqrec.server import cooccurrence as server_cooccurrence
 from fedseqrec.server.cooccurrence import CooccurrenceRelease
 from fedseqrec.server.loop import Progress
-from fedseqrec.server.secure_aggregation import most_levels
+from fedseqrec.server.secure_aggregation import SecAggSettings, most_levels
 
 COOC = TINY.replace(model="cooc")
 
@@ -206,6 +206,29 @@ def test_a_secure_release_over_the_public_users_pairs_adds_the_others_sums(tmp_p
     assert grid.stages.count(Stage.UNMASK) == 3 and not any("arrays" in r.content for r in grid.replies)
     report = json.loads((folder.path / "privacy_report.json").read_text())
     assert report["sensitivity_l2"] == pytest.approx(1 + math.sqrt(len(public.keys)) * 2 * 1024.0 / most_levels(3))
+
+
+def test_a_secure_release_says_when_its_quantisation_adds_much_noise(tmp_path, monkeypatch):
+    levels = 2**16  # few levels: a coarse grid, a larger sensitivity
+
+    def settings(cfg, clients, warn):
+        return SecAggSettings(None, 0.6, 1024.0, 1, clients, levels)
+
+    monkeypatch.setattr(server_cooccurrence, "release_settings", settings)
+    cfg = COOC.replace(cooc_epsilon=4.0, cooc_items=30, secure_aggregation=True, out=str(tmp_path / "run")).planned()
+    folder, said = RunFolder.create(tmp_path / "run", cfg), []
+    try:
+        CooccurrenceRelease(LoopbackGrid(cfg), cfg, folder, Progress(on_message=said.append)).run()
+    finally:
+        folder.release()
+    sizes = (cached_dataset(TINY.data).sequences.n_items + 1, 30 * 29 // 2)  # the item counts, then the pairs
+    raised = [math.sqrt(size) * 2 * 1024.0 / levels for size in sizes]
+    assert all(r > 0.05 for r in raised)
+    assert [m for m in said if "raises the noise" in m] == [
+        f"secure aggregation's quantisation raises the noise on {size:,} values by {r:.1%}: a smaller "
+        "--secagg-clipping-range than 1024 lowers it (values above it are clipped)"
+        for size, r in zip(sizes, raised, strict=True)
+    ]
 
 
 def test_a_silo_dropping_out_of_a_secure_release_stops_it_before_anything_is_unmasked(tmp_path):
