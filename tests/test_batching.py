@@ -12,7 +12,14 @@ from fedseqrec.data.sequences import build_sequences
 from fedseqrec.data.shop import ShopConfig
 from fedseqrec.data.splits import leave_one_out_split
 from fedseqrec.models.base import SeqBatch, gap_buckets
-from fedseqrec.models.batching import LengthBatches, TrainingWindows, evaluation_batches, history_batch, training_loader
+from fedseqrec.models.batching import (
+    LengthBatches,
+    TrainingPrefixes,
+    TrainingWindows,
+    evaluation_batches,
+    history_batch,
+    training_loader,
+)
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.registry import build_model, model_config_for
 
@@ -30,6 +37,30 @@ def test_recent_window_is_the_end_of_the_training_prefix():
     assert items.tolist() == seq.sequence(1)[split.train_end[1] - 11 : split.train_end[1]].tolist()
     assert (events > 0).all() and (gaps > 0).all()
     assert len(TrainingWindows(seq, split, max_len=10)) == 1  # user b trains on one event: no target, no example
+
+
+def test_prefixes_make_every_training_event_after_the_first_the_one_target_of_an_example():
+    seq, split = long_user(30)
+    prefixes = TrainingPrefixes(seq, split, max_len=10)
+    n, history = int(split.train_end[1]), seq.sequence(1).tolist()
+    assert len(prefixes) == n - 1  # user b trains on one event: no target, no example
+    for index in range(n - 1):
+        items, _, _, length = prefixes[index]
+        end = index + 2  # the example of the event at end - 1
+        assert items[:length].tolist() == history[max(0, end - 11) : end] and not items[length:].any()
+    targets = []
+    for tensors in training_loader(prefixes, 4, seed=0, by_length=True):
+        batch = prefixes.batch_of(tensors)
+        rows = torch.arange(len(batch.lengths))
+        assert ((batch.targets != 0).sum(1) == 1).all()  # one target an example: after its last input
+        assert torch.equal(batch.targets[rows, batch.lengths - 1], tensors[0][rows, tensors[3] - 1])
+        assert torch.equal(batch.items, tensors[0][:, :-1]) and torch.equal(batch.lengths, tensors[3] - 1)
+        targets += batch.targets[rows, batch.lengths - 1].tolist()
+    assert sorted(targets) == sorted(history[1:n])  # every training event after the first, once an epoch
+    config = model_config_for(seq, ModelConfig(name="sasrec", hidden=8, heads=2, max_len=10))
+    model = build_model("sasrec", config).eval()
+    assert model.training_view(batch) is batch  # already a view: not shifted again
+    assert torch.allclose(model.packed_loss(batch), model.calculate_loss(batch), atol=1e-6)
 
 
 def test_random_windows_cover_recent_positions_at_least_as_often_as_the_middle():

@@ -61,6 +61,7 @@ def test_run_config_round_trip_and_refusals():
         ({"server-momentum": 1.5}, "--server-momentum must be in"),
         ({"lr": -1.0}, "--lr must be a positive number"),
         ({"fraction-evaluate": 0.0}, "--fraction-evaluate must be in"),
+        ({"window": "prefixes", "privacy": "user-level", "epsilon": 8.0}, "DP clips per example"),
     ]:
         with pytest.raises(UserError, match=refusal):
             RunConfig.from_run_config({**TINY.to_run_config(), **bad}).validate()

@@ -15,7 +15,7 @@ from fedseqrec.data import DataConfig, ShopConfig, load_dataset
 from fedseqrec.errors import UserError
 from fedseqrec.models import base
 from fedseqrec.models.base import SeqBatch, SequentialRecommender
-from fedseqrec.models.batching import TrainingWindows, evaluation_batches
+from fedseqrec.models.batching import TrainingWindows, evaluation_batches, training_examples
 from fedseqrec.models.config import ModelConfig
 from fedseqrec.models.fused_ce import fused_cross_entropy_sum
 from fedseqrec.models.registry import MODELS, build_model, model_config_for
@@ -180,7 +180,15 @@ def test_sasrec_from_end_counts_positions_back_from_the_last_item_and_stays_caus
     assert not torch.allclose(plain.eval().full_sort_predict(batch), scores)  # the option changes the model
 
 
-@pytest.mark.parametrize("options", [{"positions": "from-start"}, {"positions": "from-end"}, {"low_pass": 0.4}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"positions": "from-start"},
+        {"positions": "from-end"},
+        {"low_pass": 0.4},
+        {"low_pass": 0.4, "low_pass_filter": "fourier"},
+    ],
+)
 def test_sasrec_ranks_from_the_last_position_alone_with_the_full_forwards_figures(shop, options):
     """The last block computes only each sequence's last position when ranking: the same hidden state as every
     position's forward pass, for sequences of every length in one padded batch."""
@@ -216,6 +224,46 @@ def test_the_causal_low_pass_filter_averages_the_last_width_states_and_never_a_l
     assert not torch.allclose(plain.eval().full_sort_predict(batch), model.full_sort_predict(batch))
     with pytest.raises(UserError, match="--low-pass"):
         build_model("gru4rec", small_config(shop, low_pass=0.5))
+
+
+def test_the_fourier_filter_is_bsarecs_low_pass_of_the_left_padded_window_whatever_the_batch(shop):
+    """BSARec's filter: rfft of the window (the sequence after zeros up to --max-len), the lowest c // 2 + 1
+    frequencies kept, irfft. It reads later positions, and a sequence's figures do not depend on its batch."""
+    from fedseqrec.models.sasrec import fourier_projections
+
+    x = torch.randn(7, 4)
+    spectrum = torch.fft.rfft(torch.cat([torch.zeros(5, 4), x]), dim=0, norm="ortho")
+    spectrum[2:] = 0
+    expected = torch.fft.irfft(spectrum, n=12, dim=0, norm="ortho")[-7:]
+    projections = fourier_projections(12, 2)
+    assert torch.allclose(projections[7, :7, :7] @ x, expected, atol=1e-6)
+    assert not projections[7, 7:].any() and not projections[7, :, 7:].any()  # padding neither read nor written
+    options = {"low_pass": 0.5, "low_pass_width": 3, "layers": 2}
+    model = build_model("sasrec", small_config(shop, low_pass_filter="fourier", **options)).eval()
+    for block in model.blocks:
+        block.low_pass.beta.weight.data.fill_(0.5)  # β² = 1 is the identity
+    items = torch.tensor([[1, 2, 3, 4, 5], [5, 6, 0, 0, 0]])
+    batch = SeqBatch(items, torch.ones_like(items), torch.ones_like(items), torch.tensor([5, 2]))
+    swapped = items.clone()
+    swapped[0, 4] = 9
+    hidden = model(SeqBatch(swapped, torch.ones_like(items), torch.ones_like(items), batch.lengths))
+    assert not torch.allclose(hidden[0, 0], model(batch)[0, 0])  # an earlier position reads a later item
+    alone = SeqBatch(items[1:, :2], torch.ones_like(items[1:, :2]), torch.ones_like(items[1:, :2]), batch.lengths[1:])
+    assert torch.allclose(model.full_sort_predict(alone), model.full_sort_predict(batch)[1:], atol=1e-5)
+    causal = build_model("sasrec", small_config(shop, **options)).eval()
+    causal.load_state_dict(model.state_dict())  # the same parameters: the filter is a function of the options
+    assert not torch.allclose(causal.full_sort_predict(batch), model.full_sort_predict(batch))
+
+
+def test_training_examples_the_options_do_not_allow_are_refused(shop):
+    cfg = small_config(shop, low_pass=0.5, low_pass_filter="fourier")
+    with pytest.raises(UserError, match="--window prefixes"):
+        cfg.check_training("random", private=False)  # every position of a window is a target
+    cfg.check_training("prefixes", private=False)
+    with pytest.raises(UserError, match="DP clips"):
+        cfg.check_training("prefixes", private=True)
+    with pytest.raises(UserError, match="not bert4rec"):
+        small_config(shop, name="bert4rec").check_training("prefixes", private=False)
 
 
 def test_bad_hyper_parameters_are_refused(shop):
@@ -282,7 +330,7 @@ def test_trains_under_opacus_with_per_sample_gradients_for_every_parameter(shop,
     assert all(not torch.equal(before[n], p.detach()) for n, p in trainable)
 
 
-def train_quickly(ds, name, epochs):
+def train_quickly(ds, name, epochs, window="recent", **options):
     torch.manual_seed(0)
     cfg = ModelConfig(
         n_items=ds.sequences.n_items,
@@ -294,9 +342,10 @@ def train_quickly(ds, name, epochs):
         inner=64,
         dropout=0.1,
         max_len=20,
+        **options,
     )
     model = build_model(name, cfg, ds.sequences)
-    windows = TrainingWindows(ds.sequences, ds.split, max_len=cfg.max_len)
+    windows = training_examples(ds.sequences, ds.split, None, cfg.max_len, window)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     from fedseqrec.models.training import train_epoch
 
@@ -316,6 +365,21 @@ def test_beats_popularity_on_planted_structure(name):
     train = np.concatenate([seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1)])
     pop = evaluate(Popularity(seq.n_items).fit(train), seq, split, "valid", max_len=20)
     model = train_quickly(ds, name, epochs=50 if name == "bert4rec" else 12)  # the cloze objective learns slower
+    learned = evaluate(model, seq, split, "valid", max_len=20)
+    assert learned["NDCG@10"] > 2 * pop["NDCG@10"], (learned["NDCG@10"], pop["NDCG@10"])
+
+
+def test_sasrec_trained_on_prefixes_with_bsarecs_fourier_filter_beats_popularity():
+    """BSARec's own setting (--window prefixes, --low-pass-filter fourier) learns the planted structure too."""
+    from fedseqrec.evaluation.evaluator import evaluate
+    from fedseqrec.models.pop import Popularity
+
+    ds = load_dataset(DataConfig(shop=ShopConfig(users=500, items=200, categories=8)))
+    seq, split = ds.sequences, ds.split
+    train = np.concatenate([seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1)])
+    pop = evaluate(Popularity(seq.n_items).fit(train), seq, split, "valid", max_len=20)
+    options = {"low_pass": 0.7, "low_pass_filter": "fourier", "low_pass_width": 5}
+    model = train_quickly(ds, "sasrec", epochs=3, window="prefixes", **options)
     learned = evaluate(model, seq, split, "valid", max_len=20)
     assert learned["NDCG@10"] > 2 * pop["NDCG@10"], (learned["NDCG@10"], pop["NDCG@10"])
 

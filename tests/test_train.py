@@ -110,6 +110,8 @@ def test_train_help_lists_hyper_parameters_with_defaults(cli):
         (["--max-len", "-3"], ["--max-len must be a positive integer"]),
         (["--epochs", "0"], ["--epochs must be a positive integer"]),
         (["--label-smoothing", "1"], ["--label-smoothing must be in [0, 1)"]),
+        (["--low-pass", "0.5", "--low-pass-filter", "fourier"], ["reads later positions", "--window prefixes"]),
+        (["--model", "bert4rec", "--window", "prefixes"], ["--window prefixes trains next-item models"]),
     ],
 )
 def test_bad_hyper_parameters(cli, tmp_path, args, words):

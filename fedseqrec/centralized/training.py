@@ -24,7 +24,7 @@ from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import evaluate, poisoning_figures, popularity_baseline
 from fedseqrec.evaluation.metrics import catalogue_note
 from fedseqrec.jsonio import dumps
-from fedseqrec.models.batching import TrainingWindows, slate_batches, training_loader
+from fedseqrec.models.batching import slate_batches, training_examples, training_loader
 from fedseqrec.models.checkpoint import save_checkpoint, save_weights
 from fedseqrec.models.config import BASELINES, ModelConfig
 from fedseqrec.models.cooccurrence import ItemCooccurrence
@@ -56,6 +56,8 @@ def train_centralized(
     ``stop_rule``: asked after every epoch whether to stop (the run then ends as after --patience)."""
     check(cfg)
     model_cfg.check_options()
+    if model_cfg.name not in BASELINES:
+        model_cfg.check_training(cfg.window, private=False)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; choose a folder for the results")
     if cfg.threads:
@@ -109,9 +111,7 @@ def _fit(
     """Epochs until ``--epochs``, ``--patience`` or ``--max-seconds`` (checked after every step, so training
     ends within one step of the limit): (history, training seconds, best, why it stopped early or None)."""
     seed, chosen = data_cfg.seed, task_of(data_cfg.task).selection
-    windows = TrainingWindows(
-        ds.sequences, ds.split, max_len=model_cfg.max_len, random_window=cfg.random_window, seed=seed
-    )
+    windows = training_examples(ds.sequences, ds.split, None, model_cfg.max_len, cfg.window, seed)
     loader = training_loader(windows, cfg.batch_size, seed, cfg.by_length)
     optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader) if cfg.lr_schedule == "linear" else None

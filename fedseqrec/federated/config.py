@@ -249,9 +249,8 @@ class RunConfig:
             self.cooccurrence.check_federation(mechanism, secure, self.evaluation.mode, per_round, self.data.audited)
             return
         if self.model.name not in TRAINABLE_MODELS:
-            raise UserError(
-                f"model {self.model.name!r} cannot be trained federated; expected one of {', '.join(FEDERATED_MODELS)}"
-            )
+            expected = ", ".join(FEDERATED_MODELS)
+            raise UserError(f"model {self.model.name!r} cannot be trained federated; expected one of {expected}")
         clients = self.data.clients
         if algorithm.clients_per_round is not None and clients is not None and algorithm.clients_per_round > clients:
             raise UserError(f"--clients-per-round {algorithm.clients_per_round} is more than --clients {clients}")
@@ -264,6 +263,7 @@ class RunConfig:
             raise UserError(f"--client-pool {pool} is fewer than --clients-per-round {per_round}")
         if clients is not None and algorithm.min_clients > clients:
             raise UserError(f"--min-clients {algorithm.min_clients} is more than --clients {clients}")
+        self.model.check_training(self.fit.window, private=self.privacy.private)
         self._validate_robust(clients)
         self._validate_secure(clients)
         self._validate_keep_optimizer()

@@ -24,7 +24,7 @@ from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
 from fedseqrec.federated.config import LocalTrainingConfig, RunConfig
 from fedseqrec.models.base import ModelConfig, SequentialRecommender
-from fedseqrec.models.batching import TrainingWindows, training_loader
+from fedseqrec.models.batching import training_examples, training_loader
 from fedseqrec.models.config import DeviceConfig
 from fedseqrec.models.device import check_precision, resolve_device
 from fedseqrec.models.optim import adamw, optimizer_moments, restore_moments
@@ -122,7 +122,7 @@ def build_global_model(
 
 
 def training_windows(model: SequentialRecommender, data: ClientData, fit: LocalTrainingConfig, seed: int):
-    return TrainingWindows(data.sequences, data.split, data.users, model.cfg.max_len, fit.random_window, seed=seed)
+    return training_examples(data.sequences, data.split, data.users, model.cfg.max_len, fit.window, seed)
 
 
 def train_locally(

@@ -184,7 +184,10 @@ class SequentialRecommender(nn.Module):
 
     def training_view(self, batch: SeqBatch) -> SeqBatch:
         """Inputs and next-item targets from a window of events: every position predicts the one after it.
-        The cloze model (bert4rec) masks items instead."""
+        The cloze model (bert4rec) masks items instead. A batch that has its targets already is a view (every
+        prefix's last item: ``--window prefixes``)."""
+        if batch.targets is not None:
+            return batch
         return SeqBatch(
             items=batch.items[:, :-1].contiguous(),
             events=batch.events[:, :-1].contiguous(),

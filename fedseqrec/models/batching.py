@@ -99,6 +99,52 @@ class LengthBatches(Sampler[list[int]]):
             yield batches[index]
 
 
+class TrainingPrefixes(TrainingWindows):
+    """One example per training target: for each user's training events 2..n, the ``max_len`` events before it and
+    the event itself, whose item is the only target of the example (BSARec's and ICLRec's training data: every
+    prefix a sequence of its own). A model may then read a whole prefix at every position (BSARec's Fourier
+    filter), since no position of it is a target but the last. An epoch has as many examples as targets."""
+
+    def __init__(self, data: SequenceData, split: Split, users: np.ndarray | None = None, max_len: int = 50, **_):
+        super().__init__(data, split, users, max_len)
+        counts = split.train_end[self.users].astype(np.int64) - 1  # targets 2..n of each user
+        self.example_users = np.repeat(self.users, counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        self.example_ends = np.arange(len(self.example_users)) - first + 2  # events [.., end) end at the target
+
+    def __len__(self) -> int:
+        return len(self.example_users)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        user, end = self.example_users[index], int(self.example_ends[index])
+        start, begin = self.data.offsets[user], max(0, end - self.width)
+        lo, hi = start + begin, start + end
+        window = (*_padded(self.data, self.gaps, lo, hi, self.width), torch.tensor(end - begin))
+        return window if self.queries is None else (*window, _padded_queries(self.queries, lo, hi, self.width))
+
+    def batch_of(self, tensors: tuple[torch.Tensor, ...]) -> SeqBatch:
+        """The training view itself: inputs without the last event, whose item is the one target."""
+        items, events, gaps, lengths, *queries = tensors
+        rows = torch.arange(len(lengths))
+        targets = torch.zeros_like(items[:, 1:])
+        targets[rows, lengths - 2] = items[rows, lengths - 1]
+        inputs = (x[:, :-1].contiguous() for x in (items, events, gaps))
+        asked = queries[0][:, 1:].contiguous() if queries else None
+        return SeqBatch(*inputs, lengths - 1, targets=targets, target_queries=asked)
+
+    def window_lengths(self) -> np.ndarray:
+        return np.minimum(self.example_ends, self.width)
+
+
+def training_examples(
+    data: SequenceData, split: Split, users: np.ndarray | None, max_len: int, window: str, seed: int = 0
+) -> TrainingWindows:
+    """The examples ``--window`` names: a window per user (``random`` or ``recent``), or every prefix."""
+    if window == "prefixes":
+        return TrainingPrefixes(data, split, users, max_len)
+    return TrainingWindows(data, split, users, max_len, random_window=window == "random", seed=seed)
+
+
 def training_loader(windows: TrainingWindows, batch_size: int, seed: int, by_length: bool = False) -> DataLoader:
     """Shuffled batches of users for plain training (``by_length``: see :class:`LengthBatches`)."""
     if by_length:

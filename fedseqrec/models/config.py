@@ -26,6 +26,7 @@ TRAINABLE_MODELS = tuple(name for name in MODEL_NAMES if name not in BASELINES)
 COUNTED_MODELS = ("cooc",)  # a federation counts it in its silos and releases it once (server.cooccurrence)
 FEDERATED_MODELS = (*TRAINABLE_MODELS, *COUNTED_MODELS)
 ATTENTION_MODELS = ("sasrec", "bert4rec", "query-sasrec")  # --heads splits --hidden
+PREFIX_MODELS = ("sasrec", "gru4rec", "lstm")  # next-item models that --window prefixes can train
 FREEZE = ("none", "items")
 MODEL = "model"
 FIT = "training"
@@ -128,9 +129,18 @@ class ModelConfig:
         check=within(0, 1),
         group=MODEL,
     )
+    low_pass_filter: str = option(
+        "causal",
+        "sasrec with --low-pass: causal (a position's mean of the last --low-pass-width states), or fourier "
+        "(BSARec's own: the lowest Fourier components of the whole sequence, as if left-padded to --max-len; it "
+        "reads later positions, so it trains only with --window prefixes)",
+        choices=("causal", "fourier"),
+        group=MODEL,
+    )
     low_pass_width: int = option(
         10,
-        "sasrec with --low-pass: the items the causal low-pass filter averages over",
+        "sasrec with --low-pass: causal: the items the filter averages over; fourier: BSARec's c (the filter keeps "
+        "the c // 2 + 1 lowest frequencies of a --max-len window)",
         check=positive_int,
         group=MODEL,
     )
@@ -149,6 +159,22 @@ class ModelConfig:
             raise UserError(f"--hidden {self.hidden} must be divisible by --heads {self.heads}")
         if self.low_pass and self.name not in ("sasrec", "query-sasrec"):
             raise UserError(f"--low-pass mixes a filter into SASRec's blocks; {self.name} has none: leave it at 0")
+
+    def check_training(self, window: str, private: bool) -> None:
+        """What the training examples (``--window``) allow: prefixes are plain training of a next-item model, and
+        a filter that reads later positions needs them (every other position of a window is a target)."""
+        if window == "prefixes" and self.name not in PREFIX_MODELS:
+            raise UserError(f"--window prefixes trains next-item models ({', '.join(PREFIX_MODELS)}), not {self.name}")
+        if window == "prefixes" and private:
+            raise UserError(
+                "--window prefixes makes one example of every training event, and DP clips per example or per "
+                "user's window: use --window random or recent with a privacy mechanism"
+            )
+        if self.low_pass and self.low_pass_filter == "fourier" and window != "prefixes":
+            raise UserError(
+                "--low-pass-filter fourier reads later positions, which every window's positions predict: train it "
+                "with --window prefixes (or use --low-pass-filter causal)"
+            )
 
     def validate(self) -> None:
         self.check_options()
@@ -191,8 +217,11 @@ class FitConfig:
     )
     window: str = option(
         "random",
-        "training window per user: a random stretch of a long history each time, or the most recent",
-        choices=("random", "recent"),
+        "training examples: a window per user, a random stretch of a long history each time or the most recent "
+        "(every position a target); or prefixes: every training event an example of its own with the events before "
+        "it (BSARec's and ICLRec's data; --batch-size then counts examples, an epoch has one per target; plain "
+        "training of next-item models, not under DP-SGD)",
+        choices=("random", "recent", "prefixes"),
         group=FIT,
     )
     batching: str = option(

@@ -43,21 +43,28 @@ class CausalSelfAttention(nn.Module):
 
 
 class LowPassFilter(nn.Module):
-    """BSARec's inductive bias (Shin et al., AAAI 2024), made causal: a position's low-frequency part is the mean of
-    the last ``width`` states up to it (BSARec keeps the lowest Fourier components of the whole sequence, which reads
-    later positions, and every position here is a training target), its high-frequency part what remains; the
-    output rescales the high part by a learnt β² per channel. β is a one-row embedding looked up once a sequence, so
-    that Opacus sees a layer it can clip per user."""
+    """BSARec's inductive bias (Shin et al., AAAI 2024): a sequence's low-frequency part, and its high-frequency
+    part (what remains) rescaled by a learnt β² per channel. ``causal``: a position's low part is the mean of the
+    last ``width`` states up to it, so that every position of a window can be a target. ``fourier``: BSARec's own,
+    the ``width // 2 + 1`` lowest Fourier components of the sequence as if left-padded with zeros to ``max_len``
+    (so a sequence's filter never depends on its batch); it reads later positions (``--window prefixes``). β is a
+    one-row embedding looked up once a sequence, so that Opacus sees a layer it can clip per user."""
 
-    def __init__(self, hidden: int, width: int, dropout: float):
+    def __init__(self, hidden: int, width: int, dropout: float, fourier_len: int | None = None):
         super().__init__()
         self.width = width
         self.beta = nn.Embedding(1, hidden)
         self.norm = nn.LayerNorm(hidden, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
+        if fourier_len is not None:  # not saved: a function of the options
+            self.register_buffer("projections", fourier_projections(fourier_len, width // 2 + 1), persistent=False)
 
-    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
-        low = causal_mean(x, self.width)
+    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
+        if hasattr(self, "projections"):
+            t = x.shape[1]
+            low = torch.bmm(self.projections[lengths, :t, :t], x)
+        else:
+            low = causal_mean(x, self.width)
         if last is not None:
             x, low = _at(x, last), _at(low, last)
         beta = self.beta(torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device))  # (B, 1, H)
@@ -73,11 +80,25 @@ def causal_mean(x: torch.Tensor, width: int) -> torch.Tensor:
     return (total - before) / count
 
 
+def fourier_projections(width: int, keep: int) -> torch.Tensor:
+    """(width + 1, width, width): entry n projects a sequence of n states, right-aligned in a zero-padded window of
+    ``width``, onto the window's ``keep`` lowest frequencies (rfft, zeroed above ``keep``, irfft), and returns it in
+    the first n rows and columns (our batches are right-padded)."""
+    spectrum = torch.fft.rfft(torch.eye(width, dtype=torch.float64), dim=0, norm="ortho")
+    spectrum[keep:] = 0
+    window = torch.fft.irfft(spectrum, n=width, dim=0, norm="ortho")
+    out = torch.zeros(width + 1, width, width, dtype=torch.float64)
+    for n in range(1, width + 1):
+        out[n, :n, :n] = window[width - n :, width - n :]
+    return out.float()
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.mix = cfg.low_pass
-        self.low_pass = LowPassFilter(cfg.hidden, cfg.low_pass_width, cfg.dropout) if cfg.low_pass else None
+        fourier = cfg.max_len if cfg.low_pass_filter == "fourier" else None
+        self.low_pass = LowPassFilter(cfg.hidden, cfg.low_pass_width, cfg.dropout, fourier) if cfg.low_pass else None
         self.attention = CausalSelfAttention(cfg.hidden, cfg.heads, cfg.dropout)
         self.attention_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
         self.feed_forward = nn.Sequential(
@@ -86,11 +107,11 @@ class TransformerBlock(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(cfg.hidden, eps=1e-12)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
         residual = x if last is None else _at(x, last)
         mixed = self.attention_norm(residual + self.dropout(self.attention(x, last)))
         if self.low_pass is not None:
-            mixed = self.mix * self.low_pass(x, last) + (1 - self.mix) * mixed
+            mixed = self.mix * self.low_pass(x, last, lengths) + (1 - self.mix) * mixed
         return self.feed_forward_norm(mixed + self.feed_forward(mixed))
 
 
@@ -108,7 +129,7 @@ class SASRec(SequentialRecommender):
     def forward(self, batch: SeqBatch) -> torch.Tensor:
         x = self._embedded(batch)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, lengths=batch.lengths)
         return x
 
     def last_hidden(self, batch: SeqBatch) -> torch.Tensor:
@@ -116,8 +137,8 @@ class SASRec(SequentialRecommender):
         values still read every position): the same figures as :meth:`forward`, for much less work when ranking."""
         x = self._embedded(batch)
         for block in self.blocks[:-1]:
-            x = block(x)
-        return self.blocks[-1](x, batch.lengths - 1).squeeze(1)
+            x = block(x, lengths=batch.lengths)
+        return self.blocks[-1](x, batch.lengths - 1, batch.lengths).squeeze(1)
 
     def _embedded(self, batch: SeqBatch) -> torch.Tensor:
         b, t = batch.items.shape

@@ -19,7 +19,7 @@ from fedseqrec.data.sequences import SequenceData
 from fedseqrec.data.splits import Split
 from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.models.base import SequentialRecommender
-from fedseqrec.models.batching import TrainingWindows, training_loader
+from fedseqrec.models.batching import training_examples, training_loader
 from fedseqrec.models.config import FitConfig
 from fedseqrec.models.optim import adamw
 from fedseqrec.models.training import train_epoch
@@ -70,7 +70,7 @@ def pretrain_on_public(
     for p in frozen:
         p.requires_grad_(True)
     torch.manual_seed(seed)
-    windows = TrainingWindows(data, split, users, model.cfg.max_len, fit.random_window, seed=seed)
+    windows = training_examples(data, split, users, model.cfg.max_len, fit.window, seed)
     loader = training_loader(windows, fit.batch_size, seed, fit.by_length)
     optimizer = adamw(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
     best = Pretraining(0, 0, -1.0, float("nan"))
