@@ -224,10 +224,16 @@ class SequentialRecommender(nn.Module):
             view.targets[:, :longest],
             target_queries=_cut(view.target_queries, longest),
         )
-        hidden = self(view)
         at = view.targets != 0
-        hidden, targets = hidden[at], view.targets[at]
-        asked = None if view.target_queries is None else view.target_queries[at]
+        rows, last = torch.arange(len(view.lengths), device=at.device), view.lengths - 1
+        if int(at.sum()) == len(rows) and bool(at[rows, last].all()):
+            # Each sequence's one target after its last item (--window prefixes): the last position alone, which
+            # SASRec's last block computes by itself.
+            hidden, targets = self.last_hidden(view), view.targets[rows, last]
+            asked = None if view.target_queries is None else view.target_queries[rows, last]
+        else:
+            hidden, targets = self(view)[at], view.targets[at]
+            asked = None if view.target_queries is None else view.target_queries[at]
         if self.cfg.loss == "sampled":
             total = self._sampled_token_losses(hidden, targets).sum()
         elif self._scores_by_table() and not torch.is_autocast_enabled(hidden.device.type):
