@@ -526,7 +526,7 @@ PAGES = {
 # Command outputs the docs show: each produced by running its command in an empty folder.
 OUTPUTS = {"docs/snippets/first-federation.txt": ["simulate", "--rounds", "3", "--out", "runs/first"]}
 SHOWN_AS = "/home/you/project"  # the folder a command ran in, as the docs show it
-SECONDS = re.compile(r"\d+(\.\d+)? s\b|\| \d+\.\d+ \|$")
+SECONDS = re.compile(r"\s*\d+(\.\d+)? s\b|\| \d+\.\d+ \|$")  # (the padding before a timing too: its width follows it)
 
 
 def command_output(arguments: list[str]) -> str:
