@@ -105,7 +105,7 @@ class TrainingPrefixes(TrainingWindows):
     prefix a sequence of its own). A model may then read a whole prefix at every position (BSARec's Fourier
     filter), since no position of it is a target but the last. An epoch has as many examples as targets."""
 
-    def __init__(self, data: SequenceData, split: Split, users: np.ndarray | None = None, max_len: int = 50, **_):
+    def __init__(self, data: SequenceData, split: Split, users: np.ndarray | None = None, max_len: int = 50):
         super().__init__(data, split, users, max_len)
         counts = split.train_end[self.users].astype(np.int64) - 1  # targets 2..n of each user
         self.example_users = np.repeat(self.users, counts)
