@@ -36,7 +36,7 @@ import statistics
 from pathlib import Path
 
 from benchmark_report import portable
-from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, finish, point, run
+from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, best_non_private, finish, point, run
 
 from fedseqrec.privacy.cooccurrence_options import default_items
 
@@ -52,21 +52,6 @@ def chosen(dataset: str, epsilon: float) -> list[str]:
     if dataset == "beauty":  # (the default of --cooc-items, written out)
         return ["--cooc-items", str(default_items(epsilon))]
     return CHOSEN[dataset]
-
-
-def reference(dataset: str, plain: dict) -> dict:
-    """The best model built without privacy on the same data and protocol: the privacy curve's, any single seed of
-    benchmarks/papers.py, or the plain co-occurrence model, whichever is higher."""
-    curve = json.loads((RESULTS / f"privacy_curve_{dataset}.json").read_text())["best_non_private"]
-    candidates = [(curve["test_NDCG@10"], curve["model"])]
-    papers = RESULTS / f"papers_{dataset}.json"
-    for row in json.loads(papers.read_text())["rows"] if papers.exists() else []:
-        if row["model"] != "pop":
-            best = max(row["test"]["NDCG@10"]["per_seed"])
-            candidates.append((best, f"centralized {row['model']}, best seed (benchmarks/papers.py)"))
-    candidates.append((plain["test_NDCG@10"], "cooc counted without privacy (this benchmark)"))
-    value, name = max(candidates)
-    return {"test_NDCG@10": round(value, 4), "model": name, "candidates": [list(c) for c in candidates]}
 
 
 def summary(points: list[dict]) -> dict:
@@ -188,7 +173,9 @@ def main() -> None:
             run([*model, "--cooc-epsilon", f"{eps:g}", "--cooc-public-users", f"{args.public_share:g}"], folder)
         public.append(with_public([point(folder, users) for folder in folders]))
     plain = point(runs / "cooc-no-dp", users)
-    best = reference(args.dataset, plain)
+    best = best_non_private(
+        args.dataset, runs, ((plain["test_NDCG@10"], "cooc counted without privacy (this benchmark)"),)
+    )
     federated = summary(federated)
     federated_public = with_public(federated_public) if federated_public else None
     secure = {**summary(secure), **_mean_costs(secure)} if secure else None

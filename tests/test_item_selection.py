@@ -196,3 +196,27 @@ def test_bad_selection_options(cli, tmp_path, flags, message):
     result = cli("simulate", *TINY_FLAGS, *flags, "--out", tmp_path / "run")
     assert result.code == 2 and message in result.err and "Traceback" not in result.err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_curves_reference_is_the_best_non_private_model_any_seed_any_engine(tmp_path, monkeypatch):
+    curve = _curve_script()
+    monkeypatch.setattr(curve, "RESULTS", tmp_path)
+
+    def write(name: str, report: dict) -> None:
+        (tmp_path / name).write_text(json.dumps(report))
+
+    def seeds(model: str, *values: float) -> dict:
+        return {"model": model, "test": {"NDCG@10": {"mean": sum(values) / len(values), "per_seed": list(values)}}}
+
+    write("centralized.json", {"rows": [{"data": "ml-100k", "model": "gru4rec", "test": {"NDCG@10": 0.056}}]})
+    write("papers_ml-100k.json", {"rows": [seeds("sasrec", 0.0595, 0.0630, 0.0543), seeds("pop", 0.07)]})
+    # the federation's own figure, recorded by an earlier curve (its run folder is elsewhere)
+    write("privacy_curve_ml-100k.json", {"federation_without_dp": {"test_NDCG@10": 0.0524}})
+    best = curve.best_non_private("ml-100k", tmp_path / "runs")
+    # the best seed, not the mean (0.0589), and never popularity
+    assert best["test_NDCG@10"] == 0.063 and best["model"] == "centralized sasrec, best seed (benchmarks/papers.py)"
+    assert [0.0524, "FedAvg over 10 silos without DP (privacy_curve.py's no-dp run)"] in best["candidates"]
+    assert not any("pop" in name for _, name in best["candidates"])
+    # a benchmark's own non-private model competes too, and wins when it is better
+    counted = curve.best_non_private("ml-100k", tmp_path / "runs", ((0.0641, "cooc counted"),))
+    assert counted["test_NDCG@10"] == 0.0641 and counted["model"] == "cooc counted"
