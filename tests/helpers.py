@@ -124,3 +124,14 @@ def work_limit(idle_seconds: float) -> float:
 
     slowdown = statistics.median(_pace_workload() for _ in range(3)) / IDLE_PACE_SECONDS
     return idle_seconds * max(1.0, slowdown)
+
+
+def benchmark_script(name: str):
+    """benchmarks/NAME.py, imported as the script it is (its own imports of its neighbours resolve)."""
+    import importlib
+    import sys
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    return importlib.import_module(name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import TINY, TINY_FLAGS, Nodes, flat, independent_epsilons, model_and_windows
+from helpers import TINY, TINY_FLAGS, Nodes, benchmark_script, flat, independent_epsilons, model_and_windows
 
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.privacy.item_selection import item_counts, select_items
@@ -23,15 +23,7 @@ SPARSE = TINY.replace(
 
 
 def _curve_script():
-    """benchmarks/privacy_curve.py, imported as the script it is."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    if benchmarks not in sys.path:
-        sys.path.insert(0, benchmarks)
-    return importlib.import_module("privacy_curve")
+    return benchmark_script("privacy_curve")
 
 
 def test_adding_or_removing_one_user_moves_the_item_counts_by_at_most_one():

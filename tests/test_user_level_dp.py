@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import TINY, TINY_FLAGS, Nodes, flat, independent_epsilons, model_and_windows
+from helpers import TINY, TINY_FLAGS, Nodes, benchmark_script, flat, independent_epsilons, model_and_windows
 
 from fedseqrec.federated.task import build_global_model, cached_dataset, training_windows
 from fedseqrec.models.base import SequenceLoss
@@ -237,3 +237,17 @@ def test_opacus_rdp_at_fractional_orders_is_the_exact_integral_where_dp_accounti
     ours = CentralAccountant(sigma, q, 1e-5, "rdp")
     _, pld = independent_epsilons([(sigma, q, 150)], 1e-5)
     assert pld <= ours.epsilon(150)
+
+
+def test_the_dp_ftrl_comparison_accounts_the_tree_and_estimates_its_sums_without_bias():
+    script = benchmark_script("dp_ftrl_noise")
+    # Honaker's estimate of two leaves' sum from both leaves and their parent: 1 / (1/1 + 1/2) of σ²
+    assert script.prefix_variances(2) == pytest.approx([1.0, 2 / 3])
+    # never worse than adding up the fewest nodes (t = 3: a pair and a leaf, 2σ²) nor than every leaf (3σ²)
+    assert all(v <= bin(t).count("1") + 1e-9 for t, v in enumerate(script.prefix_variances(11), start=1))
+    row = script.compare("beauty", 22_363, 2_000, 60, 0.1 / 22_363, 8.0)
+    tree = row["dp_ftrl_tree"]
+    assert tree["epsilon_dp_accounting"] <= 8.0 and tree["rounds_per_tree"] == 11 and tree["trees"] == 6
+    # a tree noise multiplier 1 % lower would spend more than ε = 8
+    assert script.tree_epsilon(tree["noise_multiplier"] * 0.99, 11, 6, 0.1 / 22_363) > 8.0
+    assert row["dp_sgd"]["running_sum_noise_over_C"] < tree["running_sum_noise_over_C_best_estimate"]
