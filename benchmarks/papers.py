@@ -17,9 +17,9 @@ removed (`full-history-removed`, the S3-Rec / ICLRec / BSARec evaluation code).
 Each run is `fedseqrec train` with the preset's flags (printed in the JSON) and a seed; a row is the mean ± standard
 deviation over the seeds, with every seed's figures. Each run also records its time-to-quality curve: at every
 validation improvement, the training seconds so far, the wall seconds so far (validation included) and the test
-NDCG@10 of the weights that would be released if the run stopped there (the best validation so far; measured by
-this script, outside the run's clock). Rows are merged into the JSON by model, so models can be measured one at a
-time.
+NDCG@10 of the model that would be released if the run stopped there (the best validation so far, with its
+popularity prior chosen then when the preset has one; measured by this script, outside the run's clock). Rows are
+merged into the JSON by model, so models can be measured one at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from fedseqrec.centralized.config import TrainConfig
+from fedseqrec.centralized.popularity_prior import fit_popularity_prior
 from fedseqrec.centralized.training import train_centralized
 from fedseqrec.data.dataset import DataConfig
 from fedseqrec.evaluation.config import EvaluationConfig
@@ -60,7 +61,7 @@ PRESETS: dict[str, dict[str, tuple[dict, dict]]] = {
         "pop": ({}, {}),
         "sasrec": (
             {**AMAZON_MODEL, "positions": "from-end", "low_pass": 0.3, "low_pass_width": 10},
-            {**AMAZON_FIT, "lr_schedule": "linear", "epochs": 36},
+            {**AMAZON_FIT, "lr_schedule": "linear", "epochs": 36, "popularity_prior": "auto"},
         ),
         "gru4rec": (AMAZON_MODEL, AMAZON_FIT),
         "lstm": (AMAZON_MODEL, AMAZON_FIT),
@@ -122,7 +123,10 @@ def run_seed(name: str, data: str, preset: str, seed: int, options: argparse.Nam
         model = build_model(name, model_config_for(ds.sequences, model_cfg), ds.sequences)
         model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
         model.to(resolve_device(options.device))
-        test = evaluate(model, ds.sequences, ds.split, "test", max_len=model_cfg.max_len, protocol=protocol)
+        measure = {"max_len": model_cfg.max_len, "protocol": protocol}
+        if fit.get("popularity_prior", "0") != "0":  # what the run would release if it stopped here: with its prior
+            fit_popularity_prior(model, ds, fit["popularity_prior"], "NDCG@10", measure)
+        test = evaluate(model, ds.sequences, ds.split, "test", **measure)
         curve.append(
             {
                 "epoch": record["epoch"],
@@ -149,6 +153,7 @@ def run_seed(name: str, data: str, preset: str, seed: int, options: argparse.Nam
         "best_epoch": result.get("best_epoch"),
         "seconds_per_epoch": result.get("seconds_per_epoch"),
         "stopped": result.get("stopped"),
+        "popularity_prior": result.get("popularity_prior"),
         "params": result.get("params"),
         "device": result.get("device", "cpu"),
         "threads": options.threads,  # the run's budget and cores: rows measured apart may differ in them

@@ -112,6 +112,8 @@ def test_train_help_lists_hyper_parameters_with_defaults(cli):
         (["--label-smoothing", "1"], ["--label-smoothing must be in [0, 1)"]),
         (["--low-pass", "0.5", "--low-pass-filter", "fourier"], ["reads later positions", "--window prefixes"]),
         (["--model", "bert4rec", "--window", "prefixes"], ["--window prefixes trains next-item models"]),
+        (["--popularity-prior", "much"], ["--popularity-prior", "a number (β) or auto", "much"]),
+        (["--model", "pop", "--popularity-prior", "0.5"], ["--popularity-prior 0.5", "no item scorer"]),
     ],
 )
 def test_bad_hyper_parameters(cli, tmp_path, args, words):
@@ -207,3 +209,47 @@ def test_train_with_a_linear_schedule_records_it(tmp_path):
     out = tmp_path / "linear"
     assert main(["train", *TINY, *FAST, "--model", "gru4rec", "--lr-schedule", "linear", "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["train"]["lr_schedule"] == "linear"
+
+
+def test_a_popularity_prior_adds_beta_log_counts_to_every_items_score(trained):
+    from fedseqrec.centralized.popularity_prior import log_counts, with_prior
+    from fedseqrec.data.dataset import DataConfig, load_dataset
+    from fedseqrec.data.splits import training_items
+    from fedseqrec.models.batching import evaluation_batches
+    from fedseqrec.models.checkpoint import load_checkpoint
+
+    ds = load_dataset(DataConfig(shop=_shop()))
+    _, model = load_checkpoint(trained, ds.sequences)
+    model.eval()
+    items = torch.as_tensor(training_items(ds.sequences, ds.split))
+    counts = torch.bincount(items, minlength=ds.sequences.n_items + 1).float()
+    counts[0] = 0
+    assert torch.allclose(log_counts(ds), torch.log1p(counts)) and counts.sum() > 0
+    batch = next(iter(evaluation_batches(ds.sequences, ds.split, "valid", None, 10, 64))).batch
+    with torch.no_grad():
+        before = model.full_sort_predict(batch)
+        with_prior(model, model.scorer.bias.detach().clone(), log_counts(ds), 0.5)
+        after = model.full_sort_predict(batch)
+    assert torch.allclose((after - before)[:, 1:], 0.5 * torch.log1p(counts)[1:].expand_as(after[:, 1:]), atol=1e-5)
+
+
+def test_an_automatic_prior_keeps_the_beta_validation_prefers_and_saves_it(cli, tmp_path):
+    out = tmp_path / "prior"
+    result = cli("train", *TINY, *FAST, "--model", "sasrec", "--popularity-prior", "auto", "--out", out)
+    assert result.code == 0, result.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    prior = metrics["popularity_prior"]
+    scores = {float(b): s for b, s in prior["valid_scores"].items()}
+    assert set(scores) == {0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0} and scores[prior["beta"]] == max(scores.values())
+    assert metrics["valid"]["NDCG@10"] == pytest.approx(scores[prior["beta"]], abs=1e-6)
+    assert f"popularity prior: β = {prior['beta']:g}" in result.out
+    # the saved model is the one with the prior: evaluate finds the same figures from the folder alone
+    again = json.loads(cli("evaluate", "--checkpoint", out, "--json").out)
+    assert again["valid"]["NDCG@10"] == pytest.approx(metrics["valid"]["NDCG@10"], abs=1e-6)
+    assert again["test"]["NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"], abs=1e-6)
+
+
+def _shop():
+    from fedseqrec.data.shop import ShopConfig
+
+    return ShopConfig(users=120, items=60, categories=5)

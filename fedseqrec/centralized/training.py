@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedseqrec.centralized.config import TrainConfig
+from fedseqrec.centralized.config import TrainConfig, prior_beta
+from fedseqrec.centralized.popularity_prior import fit_popularity_prior
 from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.data.record import run_folder_config
@@ -58,6 +59,12 @@ def train_centralized(
     model_cfg.check_options()
     if model_cfg.name not in BASELINES:
         model_cfg.check_training(cfg.window, private=False)
+    prior = prior_beta(cfg.popularity_prior) != 0
+    if prior and (model_cfg.name in BASELINES or not task_of(data_cfg.task).ranks_items):
+        raise UserError(
+            f"--popularity-prior {cfg.popularity_prior}: for the trained models that rank items (sasrec, gru4rec, "
+            f"lstm, bert4rec); {model_cfg.name} under --task {data_cfg.task} has no item scorer to add it to"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; choose a folder for the results")
     if cfg.threads:
@@ -86,8 +93,12 @@ def train_centralized(
     calibration = None
     if hasattr(model, "fit_calibration"):  # ad models: Platt scaling on the validation slates
         calibration = model.fit_calibration(slate_batches(ds.sequences, ds.split, "valid", max_len=model_cfg.max_len))
-    save_checkpoint(out, model, model_cfg.name, ds.sequences)
     options = {"max_len": model_cfg.max_len, "protocol": cfg.evaluation.protocol}
+    prior_record = None
+    if prior:
+        selection = task_of(data_cfg.task).selection
+        prior_record = fit_popularity_prior(model, ds, cfg.popularity_prior, selection, options)
+    save_checkpoint(out, model, model_cfg.name, ds.sequences)
     results = {
         "model": model_cfg.name,
         "best_epoch": best["epoch"],
@@ -100,6 +111,7 @@ def train_centralized(
         "seconds_per_epoch": round(train_seconds / max(1, len(history)), 3),
         "device": device_name(device),
         **({"calibration": calibration} if calibration is not None else {}),
+        **({"popularity_prior": prior_record} if prior_record is not None else {}),
         **poisoning_figures(model, ds.sequences, ds.split, ds.options, model_cfg.max_len),
     }
     return _write_results(out, results, data_cfg, model_cfg, cfg, ds.sequences.n_items)

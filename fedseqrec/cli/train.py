@@ -89,6 +89,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     test, valid = results["test"], results["valid"]
     if results.get("stopped"):
         print(f"stopped: {results['stopped']}")
+    if "popularity_prior" in results:
+        prior = results["popularity_prior"]
+        print(f"popularity prior: β = {prior['beta']:g} added to the item scores ({prior['chosen_by']})")
     chosen = task.selection
     print(
         f"{model.name}: test {task.headline_of(test)}  (valid {chosen} {valid[chosen]:.4f}; "
