@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from fedseqrec.centralized.config import TrainConfig
+from fedseqrec.centralized.config import TrainConfig, prior_beta
 from fedseqrec.centralized.popularity_prior import fit_popularity_prior
 from fedseqrec.centralized.training import train_centralized
 from fedseqrec.data.dataset import DataConfig
@@ -124,7 +124,7 @@ def run_seed(name: str, data: str, preset: str, seed: int, options: argparse.Nam
         model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
         model.to(resolve_device(options.device))
         measure = {"max_len": model_cfg.max_len, "protocol": protocol}
-        if fit.get("popularity_prior", "0") != "0":  # what the run would release if it stopped here: with its prior
+        if prior_beta(fit.get("popularity_prior", "0")) != 0:  # what the run would release if it stopped here
             fit_popularity_prior(model, ds, fit["popularity_prior"], "NDCG@10", measure)
         test = evaluate(model, ds.sequences, ds.split, "test", **measure)
         curve.append(

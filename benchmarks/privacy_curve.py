@@ -180,12 +180,8 @@ def federation_without_dp(dataset: str, runs: Path) -> tuple[float, str] | None:
     if (runs / "no-dp" / "metrics.json").exists():
         return point(runs / "no-dp", SETTINGS[dataset]["users"])["test_NDCG@10"], name
     recorded = RESULTS / f"privacy_curve_{dataset}.json"
-    report = json.loads(recorded.read_text()) if recorded.exists() else {}
-    if "federation_without_dp" in report:
-        return report["federation_without_dp"]["test_NDCG@10"], name
-    # a curve written before the figure had a field of its own: it is among that reference's candidates
-    earlier = [c for c in report.get("best_non_private", {}).get("candidates", []) if c[1].startswith("FedAvg")]
-    return (earlier[0][0], name) if earlier else None
+    stored = json.loads(recorded.read_text()).get("federation_without_dp") if recorded.exists() else None
+    return (stored["test_NDCG@10"], name) if stored else None
 
 
 def best_non_private(dataset: str, runs: Path, extra: tuple[tuple[float, str], ...] = ()) -> dict:
