@@ -1,0 +1,141 @@
+"""Where a private release can score: the share of a model's test NDCG@10 that comes from users whose test item is
+among the K items with the most training events.
+
+    python benchmarks/head_items.py beauty [--runs DIR] [--ks 250 500 1000 2000 4000]
+
+The private co-occurrence model releases pairs over K items chosen by their noisy counts (K = 250 at ε = 1, 2,000
+at ε = 8 on Beauty) and ranks every other item by its noisy count alone; user-level DP-SGD with `--item-rows K`
+trains those K rows only. This script says how much of the best non-private model's figure comes from users whose
+target is one of the K most frequent items (by their exact counts) — what a release that ranked those users' items
+as well as the non-private model would reach — beside what the private releases reach on the same users.
+
+Models: SASRec with `benchmarks/papers.py`'s `amazon` preset, seed 0 (DIR/sasrec-amazon-0/sasrec, trained when
+missing: about 6 minutes on two cores); a co-occurrence release at ε = 1 and one at ε = 8 with the options of
+`benchmarks/private_cooccurrence.py`, and the counted model without privacy (DIR/head-items/*, run when missing,
+seconds each). Writes
+benchmarks/results/head_items_beauty.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import papers
+from benchmark_report import portable
+from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, run
+from private_cooccurrence import chosen
+
+from fedseqrec.data.dataset import Dataset, load_dataset
+from fedseqrec.data.splits import training_items
+from fedseqrec.evaluation.evaluator import evaluate_sums
+from fedseqrec.models.checkpoint import load_checkpoint
+from fedseqrec.results.folder import recorded_data, recorded_protocol
+
+FILE = DATA / "amazon-beauty" / "Beauty.txt"
+KS = (250, 500, 1000, 2000, 4000)
+RELEASES = {  # one release each (a draw of private_cooccurrence.py's points), with the options chosen there
+    "cooc-no-dp": ("counted pairs without privacy, every item", []),
+    "cooc-eps1": ("co-occurrence release, ε = 1 (K = 250)", ["--cooc-epsilon", "1", *chosen("beauty", 1)]),
+    "cooc-eps8": ("co-occurrence release, ε = 8 (K = 2,000)", ["--cooc-epsilon", "8", *chosen("beauty", 8)]),
+}
+
+
+def head_rank(ds: Dataset) -> np.ndarray:
+    """Each item id's rank by training events (0: the most frequent; ties by id); the padding id ranks last."""
+    counts = np.bincount(training_items(ds.sequences, ds.split), minlength=ds.sequences.n_items + 1)
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    rank = np.full(len(counts), len(counts), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def test_users_and_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The users with a test target, and that target's item id."""
+    seq, split = ds.sequences, ds.split
+    users = np.flatnonzero(split.test_pos >= 0)
+    users = users[users > 0]
+    return users, seq.items[seq.offsets[users] + split.test_pos[users]]
+
+
+def head_shares(model, ds: Dataset, protocol: str, ks=KS, max_len: int = 50) -> dict:
+    """The model's test NDCG@10 over every test user, and for each K the part of it (a sum over every test user,
+    divided by their number) from users whose target is among the K most frequent training items."""
+    users, targets = test_users_and_items(ds)
+    rank = head_rank(ds)
+    options = {"max_len": max_len, "protocol": protocol}
+    total = evaluate_sums(model, ds.sequences, ds.split, "test", **options)
+    rows = []
+    for k in ks:
+        chosen = users[rank[targets] < k]
+        sums = evaluate_sums(model, ds.sequences, ds.split, "test", users=chosen, **options)
+        ndcg = sums.sums.get("NDCG@10", 0.0) if len(chosen) else 0.0
+        rows.append({"K": k, "users_share": len(chosen) / len(users), "NDCG@10_from_them": ndcg / total.count})
+    return {"test_NDCG@10": total.sums["NDCG@10"] / total.count, "users": total.count, "by_K": rows}
+
+
+def measure(folder: Path, ks) -> dict:
+    ds = load_dataset(recorded_data(folder))
+    name, model = load_checkpoint(folder, ds.sequences)
+    found = head_shares(model, ds, recorded_protocol(folder), ks)
+    return {"model": name, "folder": f"{folder.parent.name}/{folder.name}", **found}
+
+
+def sasrec_folder(runs: Path) -> Path:
+    """Seed 0 of papers.py's amazon SASRec, trained here when its folder is missing."""
+    folder = runs / "sasrec-amazon-0"
+    if not (folder / "sasrec" / "metrics.json").exists():
+        options = argparse.Namespace(max_seconds=1800.0, threads=0, device="cpu", eval_every=1)
+        papers.run_seed("sasrec", str(FILE), "amazon", 0, options, folder)
+    return folder / "sasrec"
+
+
+def bands(found: dict) -> list[dict]:
+    """``head_shares``' cumulative figures as bands of the test item's rank (1–250, 251–500, …, the rest): each band's
+    share of users and its part of the model's NDCG@10, which add up to the whole."""
+    rows, before = [], {"K": 0, "users_share": 0.0, "NDCG@10_from_them": 0.0}
+    for row in [*found["by_K"], {"K": None, "users_share": 1.0, "NDCG@10_from_them": found["test_NDCG@10"]}]:
+        ranks = f"{before['K'] + 1}–{row['K']}" if row["K"] else f"below {before['K']}"
+        rows.append(
+            {
+                "test_item_rank": ranks,
+                "users_share": round(row["users_share"] - before["users_share"], 4),
+                "NDCG@10": round(row["NDCG@10_from_them"] - before["NDCG@10_from_them"], 4) + 0.0,  # no -0.0
+            }
+        )
+        before = row
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=["beauty"])
+    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs" / "beauty")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    args = parser.parse_args()
+    reference = "best non-private recipe (SASRec, papers.py amazon preset, seed 0)"
+    models = {reference: sasrec_folder(args.runs)}
+    for name, (label, flags) in RELEASES.items():
+        models[label] = args.runs / "head-items" / name
+        run(["train", *SETTINGS["beauty"]["pop"], "--model", "cooc", *flags], models[label])
+    report = {"command": f"python benchmarks/head_items.py {args.dataset}", "models": {}, "rows": []}
+    for label, folder in models.items():
+        found = measure(folder, args.ks)
+        report["models"][label] = {k: found[k] for k in ("model", "folder", "test_NDCG@10", "users")}
+        for row in bands(found):
+            report["rows"].append({"model": label, **row})
+        print(label, f"{found['test_NDCG@10']:.4f}")
+    sasrec = {r["test_item_rank"]: r["NDCG@10"] for r in report["rows"] if r["model"] == reference}
+    for row in report["rows"]:
+        mine, theirs = row["NDCG@10"], sasrec[row["test_item_rank"]]
+        row["vs_sasrec"] = round(mine / theirs, 2) if theirs else None
+        print(f"  {row['model'][:40]:<40} {row['test_item_rank']:>12}: {row['users_share']:.1%}, {mine:.4f}")
+    out = RESULTS / f"head_items_{args.dataset}.json"
+    out.write_text(json.dumps(portable(report, DATA), indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
