@@ -52,7 +52,7 @@ def head_rank(ds: Dataset) -> np.ndarray:
     return rank
 
 
-def test_users_and_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+def users_with_test_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The users with a test target, and that target's item id."""
     seq, split = ds.sequences, ds.split
     users = np.flatnonzero(split.test_pos >= 0)
@@ -63,23 +63,23 @@ def test_users_and_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
 def head_shares(model, ds: Dataset, protocol: str, ks=KS, max_len: int = 50) -> dict:
     """The model's test NDCG@10 over every test user, and for each K the part of it (a sum over every test user,
     divided by their number) from users whose target is among the K most frequent training items."""
-    users, targets = test_users_and_items(ds)
+    users, targets = users_with_test_items(ds)
     rank = head_rank(ds)
     options = {"max_len": max_len, "protocol": protocol}
     total = evaluate_sums(model, ds.sequences, ds.split, "test", **options)
     rows = []
     for k in ks:
-        chosen = users[rank[targets] < k]
-        sums = evaluate_sums(model, ds.sequences, ds.split, "test", users=chosen, **options)
-        ndcg = sums.sums.get("NDCG@10", 0.0) if len(chosen) else 0.0
-        rows.append({"K": k, "users_share": len(chosen) / len(users), "NDCG@10_from_them": ndcg / total.count})
+        among = users[rank[targets] < k]
+        sums = evaluate_sums(model, ds.sequences, ds.split, "test", users=among, **options)
+        ndcg = sums.sums.get("NDCG@10", 0.0) if len(among) else 0.0
+        rows.append({"K": k, "users_share": len(among) / len(users), "NDCG@10_from_them": ndcg / total.count})
     return {"test_NDCG@10": total.sums["NDCG@10"] / total.count, "users": total.count, "by_K": rows}
 
 
 def measure(folder: Path, ks) -> dict:
     ds = load_dataset(recorded_data(folder))
     name, model = load_checkpoint(folder, ds.sequences)
-    found = head_shares(model, ds, recorded_protocol(folder), ks)
+    found = head_shares(model, ds, recorded_protocol(folder), ks, model.cfg.max_len)
     return {"model": name, "folder": f"{folder.parent.name}/{folder.name}", **found}
 
 

@@ -225,7 +225,7 @@ def test_head_items_split_a_models_ndcg_by_where_its_users_targets_rank():
     strict = next(k for k in range(10, len(ordered)) if ordered[k - 1] > ordered[k])  # no tie across the cut
     ks = (1, 5, strict, ds.sequences.n_items)
     found = script.head_shares(popularity, ds, "full", ks=ks, max_len=20)
-    users, targets = script.test_users_and_items(ds)
+    users, targets = script.users_with_test_items(ds)
     rank = script.head_rank(ds)
     assert sorted(rank[1:]) == list(range(ds.sequences.n_items)) and rank[0] > ds.sequences.n_items - 1
     assert counts[rank[1:].argsort()].tolist() == ordered.tolist()  # rank 0 is the most frequent item
