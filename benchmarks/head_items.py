@@ -60,26 +60,31 @@ def users_with_test_items(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return users, seq.items[seq.offsets[users] + split.test_pos[users]]
 
 
-def head_shares(model, ds: Dataset, protocol: str, ks=KS, max_len: int = 50) -> dict:
-    """The model's test NDCG@10 over every test user, and for each K the part of it (a sum over every test user,
-    divided by their number) from users whose target is among the K most frequent training items."""
+def rank_bands(model, ds: Dataset, protocol: str, ks=KS, max_len: int = 50) -> dict:
+    """The model's test NDCG@10 split by bands of the test item's rank among the training counts (1–K₁, K₁+1–K₂, …,
+    below the last K): each band's share of the test users and its part of the figure (its users' NDCG@10 summed,
+    divided by every test user), each user evaluated once; the parts add up to the model's figure."""
     users, targets = users_with_test_items(ds)
-    rank = head_rank(ds)
-    options = {"max_len": max_len, "protocol": protocol}
-    total = evaluate_sums(model, ds.sequences, ds.split, "test", **options)
+    ranks = head_rank(ds)
+    rank, edges = ranks[targets], [0, *ks, len(ranks)]  # the last band: every item ranked below the last K
     rows = []
-    for k in ks:
-        among = users[rank[targets] < k]
-        sums = evaluate_sums(model, ds.sequences, ds.split, "test", users=among, **options)
-        ndcg = sums.sums.get("NDCG@10", 0.0) if len(among) else 0.0
-        rows.append({"K": k, "users_share": len(among) / len(users), "NDCG@10_from_them": ndcg / total.count})
-    return {"test_NDCG@10": total.sums["NDCG@10"] / total.count, "users": total.count, "by_K": rows}
+    for low, high in zip(edges, edges[1:], strict=False):
+        among = users[(rank >= low) & (rank < high)]
+        sums = evaluate_sums(model, ds.sequences, ds.split, "test", users=among, max_len=max_len, protocol=protocol)
+        rows.append(
+            {
+                "test_item_rank": f"{low + 1}–{high}" if high != edges[-1] else f"below {low}",
+                "users_share": len(among) / len(users),
+                "NDCG@10": sums.sums.get("NDCG@10", 0.0) / len(users) if len(among) else 0.0,
+            }
+        )
+    return {"test_NDCG@10": sum(row["NDCG@10"] for row in rows), "users": len(users), "bands": rows}
 
 
 def measure(folder: Path, ks) -> dict:
     ds = load_dataset(recorded_data(folder))
     name, model = load_checkpoint(folder, ds.sequences)
-    found = head_shares(model, ds, recorded_protocol(folder), ks, model.cfg.max_len)
+    found = rank_bands(model, ds, recorded_protocol(folder), ks, model.cfg.max_len)
     return {"model": name, "folder": f"{folder.parent.name}/{folder.name}", **found}
 
 
@@ -90,23 +95,6 @@ def sasrec_folder(runs: Path) -> Path:
         options = argparse.Namespace(max_seconds=1800.0, threads=0, device="cpu", eval_every=1)
         papers.run_seed("sasrec", str(FILE), "amazon", 0, options, folder)
     return folder / "sasrec"
-
-
-def bands(found: dict) -> list[dict]:
-    """``head_shares``' cumulative figures as bands of the test item's rank (1–250, 251–500, …, the rest): each band's
-    share of users and its part of the model's NDCG@10, which add up to the whole."""
-    rows, before = [], {"K": 0, "users_share": 0.0, "NDCG@10_from_them": 0.0}
-    for row in [*found["by_K"], {"K": None, "users_share": 1.0, "NDCG@10_from_them": found["test_NDCG@10"]}]:
-        ranks = f"{before['K'] + 1}–{row['K']}" if row["K"] else f"below {before['K']}"
-        rows.append(
-            {
-                "test_item_rank": ranks,
-                "users_share": round(row["users_share"] - before["users_share"], 4),
-                "NDCG@10": round(row["NDCG@10_from_them"] - before["NDCG@10_from_them"], 4) + 0.0,  # no -0.0
-            }
-        )
-        before = row
-    return rows
 
 
 def main() -> None:
@@ -124,8 +112,9 @@ def main() -> None:
     for label, folder in models.items():
         found = measure(folder, args.ks)
         report["models"][label] = {k: found[k] for k in ("model", "folder", "test_NDCG@10", "users")}
-        for row in bands(found):
-            report["rows"].append({"model": label, **row})
+        for row in found["bands"]:
+            share, ndcg = round(row["users_share"], 4), round(row["NDCG@10"], 4)
+            report["rows"].append({"model": label, **row, "users_share": share, "NDCG@10": ndcg})
         print(label, f"{found['test_NDCG@10']:.4f}")
     sasrec = {r["test_item_rank"]: r["NDCG@10"] for r in report["rows"] if r["model"] == reference}
     for row in report["rows"]:

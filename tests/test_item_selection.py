@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from helpers import TINY, TINY_FLAGS, Nodes, benchmark_script, flat, independent_epsilons, model_and_windows
 
 from fedseqrec.data.splits import training_items
+from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.pop import Popularity
 from fedseqrec.privacy.item_selection import item_counts, select_items
@@ -223,22 +224,19 @@ def test_head_items_split_a_models_ndcg_by_where_its_users_targets_rank():
     counts = np.bincount(training_items(ds.sequences, ds.split), minlength=ds.sequences.n_items + 1)[1:]
     ordered = np.sort(counts)[::-1]
     strict = next(k for k in range(10, len(ordered)) if ordered[k - 1] > ordered[k])  # no tie across the cut
-    ks = (1, 5, strict, ds.sequences.n_items)
-    found = script.head_shares(popularity, ds, "full", ks=ks, max_len=20)
+    ks = (1, 5, strict)
+    found = script.rank_bands(popularity, ds, "full", ks=ks, max_len=20)
     users, targets = script.users_with_test_items(ds)
     rank = script.head_rank(ds)
     assert sorted(rank[1:]) == list(range(ds.sequences.n_items)) and rank[0] > ds.sequences.n_items - 1
     assert counts[rank[1:].argsort()].tolist() == ordered.tolist()  # rank 0 is the most frequent item
-    shares = [row["users_share"] for row in found["by_K"]]
-    assert shares == [float(np.mean(rank[targets] < k)) for k in ks] and shares[-1] == 1.0
-    parts = [row["NDCG@10_from_them"] for row in found["by_K"]]
-    assert all(b >= a - 1e-12 for a, b in zip(parts, parts[1:], strict=False)) and parts[-1] == pytest.approx(
-        found["test_NDCG@10"]
-    )
+    bands = found["bands"]
+    assert [b["test_item_rank"] for b in bands] == ["1–1", "2–5", f"6–{strict}", f"below {strict}"]
+    edges = [0, *ks, ds.sequences.n_items]
+    hand = [float(np.mean((rank[targets] >= a) & (rank[targets] < b))) for a, b in zip(edges, edges[1:], strict=False)]
+    assert [b["users_share"] for b in bands] == pytest.approx(hand) and sum(hand) == pytest.approx(1.0)
+    # the parts add up to the model's own figure, every user counted once
+    whole = evaluate(popularity, ds.sequences, ds.split, "test", max_len=20, protocol="full")["NDCG@10"]
+    assert found["test_NDCG@10"] == pytest.approx(whole) and found["users"] == len(users)
     # popularity ranks every user's items in the same order: all of its NDCG@10 comes from targets in its top 10
-    assert found["test_NDCG@10"] > 0 and parts[2] == pytest.approx(found["test_NDCG@10"])
-    assert parts[0] < found["test_NDCG@10"]
-    bands = script.bands(found)  # 1–1, 2–5, 6–strict, strict+1–n_items, and an empty rest: they add up to the whole
-    assert [b["test_item_rank"] for b in bands][:2] == ["1–1", "2–5"] and bands[-1]["users_share"] == 0
-    assert sum(b["NDCG@10"] for b in bands) == pytest.approx(found["test_NDCG@10"], abs=3e-4)
-    assert sum(b["users_share"] for b in bands) == pytest.approx(1.0, abs=3e-4)
+    assert whole > 0 and bands[-1]["NDCG@10"] == 0 and 0 < bands[0]["NDCG@10"] < whole
