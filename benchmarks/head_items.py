@@ -29,7 +29,7 @@ from privacy_curve import DATA, RESULTS, ROOT, SETTINGS, run
 from private_cooccurrence import chosen
 
 from fedseqrec.data.dataset import Dataset, load_dataset
-from fedseqrec.data.splits import training_items
+from fedseqrec.data.splits import training_item_counts
 from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.models.checkpoint import load_checkpoint
 from fedseqrec.results.folder import recorded_data, recorded_protocol
@@ -45,7 +45,7 @@ RELEASES = {  # one release each (a draw of private_cooccurrence.py's points), w
 
 def head_rank(ds: Dataset) -> np.ndarray:
     """Each item id's rank by training events (0: the most frequent; ties by id); the padding id ranks last."""
-    counts = np.bincount(training_items(ds.sequences, ds.split), minlength=ds.sequences.n_items + 1)
+    counts = training_item_counts(ds.sequences, ds.split)
     order = np.argsort(-counts[1:], kind="stable") + 1
     rank = np.full(len(counts), len(counts), dtype=np.int64)
     rank[order] = np.arange(len(order))

@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from helpers import TINY, TINY_FLAGS, Nodes, benchmark_script, flat, independent_epsilons, model_and_windows
 
-from fedseqrec.data.splits import training_items
+from fedseqrec.data.splits import training_item_counts, training_items
 from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.federated.task import cached_dataset
 from fedseqrec.models.pop import Popularity
@@ -221,7 +221,7 @@ def test_head_items_split_a_models_ndcg_by_where_its_users_targets_rank():
     script = benchmark_script("head_items")
     ds = cached_dataset(TINY.data)
     popularity = Popularity(ds.sequences.n_items).fit(training_items(ds.sequences, ds.split))
-    counts = np.bincount(training_items(ds.sequences, ds.split), minlength=ds.sequences.n_items + 1)[1:]
+    counts = training_item_counts(ds.sequences, ds.split)[1:]
     ordered = np.sort(counts)[::-1]
     strict = next(k for k in range(10, len(ordered)) if ordered[k - 1] > ordered[k])  # no tie across the cut
     ks = (1, 5, strict)

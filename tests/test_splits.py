@@ -10,7 +10,7 @@ from test_cleaning import log_of
 from fedseqrec.data import DataConfig, load_dataset
 from fedseqrec.data.cleaning import clean
 from fedseqrec.data.sequences import build_sequences
-from fedseqrec.data.splits import leave_one_out_split, temporal_split
+from fedseqrec.data.splits import leave_one_out_split, temporal_split, training_item_counts
 from fedseqrec.errors import UserError
 
 
@@ -29,6 +29,18 @@ def test_leave_one_out_positions():
     assert (split.n_valid, split.n_test, split.n_train_interactions) == (1, 2, 5)
     a = seq.sequence(1)
     assert seq.vocab.items[a[split.test_pos[1]]] == "i4" and seq.vocab.items[a[split.valid_pos[1]]] == "i3"
+
+
+def test_training_item_counts_by_hand_and_by_users():
+    seq = sequences([*[("a", i, t) for t, i in enumerate("xyxzyx")], ("b", "y", 1), ("b", "z", 2), ("b", "w", 3)])
+    split = leave_one_out_split(seq)  # a trains on x y x z, b on y
+    ids = {name: list(seq.vocab.items).index(name) for name in "wxyz"}
+    counts = training_item_counts(seq, split)
+    assert counts[0] == 0 and counts.sum() == split.n_train_interactions == 5
+    assert [counts[ids[n]] for n in "wxyz"] == [0, 2, 2, 1]
+    first, second = (training_item_counts(seq, split, np.array([u])) for u in (1, 2))
+    assert [first[ids[n]] for n in "wxyz"] == [0, 2, 1, 1] and [second[ids[n]] for n in "wxyz"] == [0, 0, 1, 0]
+    assert (first + second).tolist() == counts.tolist()
 
 
 def test_temporal_split_at_quantiles():

@@ -16,7 +16,7 @@ import torch
 
 from fedseqrec.centralized.config import prior_beta
 from fedseqrec.data.dataset import Dataset
-from fedseqrec.data.splits import training_items
+from fedseqrec.data.splits import training_item_counts
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import evaluate
 
@@ -25,8 +25,7 @@ CHOICES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # β tried by ``auto``; 0 keeps t
 
 def log_counts(ds: Dataset) -> torch.Tensor:
     """log(1 + each item id's count in the training events); the padding id 0 counts nothing."""
-    counts = np.bincount(training_items(ds.sequences, ds.split), minlength=ds.sequences.n_items + 1)
-    counts[0] = 0
+    counts = training_item_counts(ds.sequences, ds.split)
     return torch.from_numpy(np.log1p(counts.astype(np.float32)))
 
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedseqrec.centralized.config import TrainConfig, prior_beta
@@ -19,7 +18,7 @@ from fedseqrec.centralized.popularity_prior import fit_popularity_prior
 from fedseqrec.data.canaries import SEALED, seal
 from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.data.record import run_folder_config
-from fedseqrec.data.splits import training_items
+from fedseqrec.data.splits import training_item_counts, training_items
 from fedseqrec.data.tasks import task_of
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import evaluate, poisoning_figures, popularity_baseline
@@ -202,7 +201,7 @@ def _cooccurrence_results(ds: Dataset, model_cfg: ModelConfig, cfg: TrainConfig,
     cooc.check()
     if cooc.cooc_epsilon is None:
         histories = (seq.sequence(u)[: split.train_end[u]] for u in range(1, seq.n_users + 1))
-        prior = np.bincount(training_items(seq, split), minlength=seq.n_items + 1) * 1e-6  # orders the unpaired
+        prior = training_item_counts(seq, split) * 1e-6  # orders the unpaired
         model = ItemCooccurrence.counted(model_cfg, histories, cooc.cooc_window, prior)
     elif cooc.cooc_public_users > 0:
         epsilon, delta, share = cooc.cooc_epsilon, default_delta(seq.n_users), cooc.cooc_public_users

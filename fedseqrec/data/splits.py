@@ -128,6 +128,20 @@ def training_items(data: SequenceData, split: Split) -> np.ndarray:
     return data.items[position < np.repeat(split.train_end, data.lengths)]
 
 
+def training_item_counts(data: SequenceData, split: Split, users: np.ndarray | None = None) -> np.ndarray:
+    """Each item id's number of training events (index: item id) of every user, or of ``users`` only; the padding
+    id 0 counts nothing."""
+    if users is None:
+        items = training_items(data, split)
+    else:
+        ends = split.train_end[users]
+        index = np.repeat(data.offsets[users] - np.cumsum(ends) + ends, ends) + np.arange(int(ends.sum()))
+        items = data.items[index]
+    counts = np.bincount(items, minlength=data.n_items + 1)
+    counts[0] = 0
+    return counts
+
+
 def make_split(data: SequenceData, name: str, valid_quantile: float = 0.8, test_quantile: float = 0.9) -> Split:
     if name == "leave-one-out":
         return leave_one_out_split(data)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedseqrec.data.sequences import SequenceData
-from fedseqrec.data.splits import Split, training_items
+from fedseqrec.data.splits import Split, training_item_counts, training_items
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.ads import ad_sums
 from fedseqrec.evaluation.metrics import KS, MetricSums
@@ -84,9 +84,7 @@ def evaluate(model, data: SequenceData, split: Split, which: str = "valid", **op
 
 
 def _popularity(data: SequenceData, split: Split) -> np.ndarray:
-    counts = np.bincount(training_items(data, split), minlength=data.n_items + 1).astype(np.float64)
-    counts[0] = 0.0
-    return counts
+    return training_item_counts(data, split).astype(np.float64)
 
 
 def _remove_history(scores: torch.Tensor, chunk, data: SequenceData, split: Split, which: str) -> torch.Tensor:

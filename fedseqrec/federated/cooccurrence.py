@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedseqrec.data.partition import ClientData
+from fedseqrec.data.splits import training_item_counts
 from fedseqrec.errors import UserError
 from fedseqrec.federated.messages import COOC_PHASE_KEY
 from fedseqrec.models.cooccurrence import pair_table
@@ -50,12 +51,11 @@ def silo_sums(
     if phase == COUNTED:
         histories = [seq.sequence(int(u))[: split.train_end[int(u)]] for u in users]
         table = pair_table(histories, window, seq.n_items + 1).tocoo()
-        trained = np.concatenate([h[h > 0] for h in histories] or [np.zeros(0, np.int64)])
         return {
             "first": table.row.astype(np.int64),
             "second": table.col.astype(np.int64),
             "value": table.data.astype(np.float64),
-            "items": np.bincount(trained, minlength=seq.n_items + 1).astype(np.float64),
+            "items": training_item_counts(seq, split, users).astype(np.float64),
         }
     raise UserError(f"unknown co-occurrence phase {phase!r}: expected {ITEMS}, {PAIRS}, {SUPPORT} or {COUNTED}")
 

@@ -19,6 +19,7 @@ from fedseqrec.data.dataset import DataConfig, Dataset, load_dataset
 from fedseqrec.data.export import load_client_export
 from fedseqrec.data.partition import ClientData
 from fedseqrec.data.sequences import SequenceData
+from fedseqrec.data.splits import training_item_counts
 from fedseqrec.errors import UserError
 from fedseqrec.evaluation.evaluator import evaluate_sums
 from fedseqrec.evaluation.metrics import MetricSums
@@ -171,10 +172,7 @@ def train_locally(
 
 def item_counts(data: ClientData) -> list[int]:
     """How often each item id (0: none) occurs in the training events of the client's users (``--item-weighted``)."""
-    ends = data.split.train_end[data.users]
-    starts = data.sequences.offsets[data.users]
-    index = np.repeat(starts - np.cumsum(ends) + ends, ends) + np.arange(int(ends.sum()))
-    return np.bincount(data.sequences.items[index], minlength=data.sequences.n_items + 1).tolist()
+    return training_item_counts(data.sequences, data.split, data.users).tolist()
 
 
 def _proximal_term(model: SequentialRecommender, mu: float):
