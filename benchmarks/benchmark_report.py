@@ -32,7 +32,8 @@ def portable(value, data_dir: Path | None = None):
     return Path(value).name
 
 
-def write_report(out: Path, name: str, command: str, rows: list[dict]) -> None:
-    report = {"benchmark": name, "command": command, "machine": machine(), "rows": rows}
+def write_report(out: Path, name: str, command: str, rows: list[dict], **more) -> None:
+    """``out``: the benchmark's JSON — its rows, the machine, and ``more`` (a summary over seeds, for one)."""
+    report = {"benchmark": name, "command": command, "machine": machine(), "rows": rows, **more}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(portable(report), indent=1) + "\n")

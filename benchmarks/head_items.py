@@ -88,12 +88,13 @@ def measure(folder: Path, ks) -> dict:
     return {"model": name, "folder": f"{folder.parent.name}/{folder.name}", **found}
 
 
-def sasrec_folder(runs: Path) -> Path:
-    """Seed 0 of papers.py's amazon SASRec, trained here when its folder is missing."""
-    folder = runs / "sasrec-amazon-0"
+def sasrec_folder(runs: Path, seed: int = 0) -> Path:
+    """A seed of papers.py's amazon SASRec on Beauty (RUNS/sasrec-amazon-SEED/sasrec), trained here when its
+    folder is missing: the run papers.py makes for that seed, kept."""
+    folder = runs / f"sasrec-amazon-{seed}"
     if not (folder / "sasrec" / "metrics.json").exists():
         options = argparse.Namespace(max_seconds=1800.0, threads=0, device="cpu", eval_every=1)
-        papers.run_seed("sasrec", str(FILE), "amazon", 0, options, folder)
+        papers.run_seed("sasrec", str(FILE), "amazon", seed, options, folder)
     return folder / "sasrec"
 
 

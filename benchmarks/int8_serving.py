@@ -1,17 +1,21 @@
 """int8 serving weights (`fedseqrec serve --int8`) against float32: throughput, latency, quality.
 
-    python benchmarks/int8_serving.py RUN_DIR [RUN_DIR ...] [--requests 400] [--batches 40] [--repeats 7]
-                                      [--clients 50] [--seconds 10] [--out benchmarks/results/int8_serving.json]
+    python benchmarks/int8_serving.py [RUN_DIR ...] [--beauty-seeds 0 1 2] [--requests 400] [--batches 40]
+                                      [--repeats 7] [--clients 50] [--seconds 10]
+                                      [--out benchmarks/results/int8_serving.json]
 
 Each RUN_DIR is a folder `fedseqrec train` wrote (a model trained to its quality: the ranking int8 costs is
-measured on weights that learnt something). For float32 and int8 weights of the same model, on the CPU:
+measured on weights that learnt something); `--beauty-seeds` adds the Beauty SASRec of `benchmarks/papers.py`'s
+amazon preset for each seed (benchmarks/runs/beauty/sasrec-amazon-SEED/sasrec, as `head_items.py` keeps seed 0;
+trained when missing, about 6 minutes each). For float32 and int8 weights of the same model, on the CPU:
 - quality: test NDCG@10 / HR@10 of the run's own protocol, every test user (`fedseqrec evaluate`'s figures);
 - the model's throughput: users per second of `Recommender.recommend_batch` on batches of 256 real histories
   (median of `--repeats`, float32 and int8 alternating);
 - one request's latency in the process: p50 / p99 of `recommend` on one history at a time;
 - over HTTP: `fedseqrec serve [--int8]` under `--clients` concurrent connections (benchmarks/http_load.py),
   requests per second and p99.
-Targets (issue 30): ≥ 1.5× throughput at ≤ 1 % relative loss of test NDCG@10.
+With several runs (the seeds of one preset), `summary` gives each compared figure over them, mean ± standard
+deviation. Targets (issue 30): ≥ 1.5× throughput at ≤ 1 % relative loss of test NDCG@10.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import io
 import json
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -28,10 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchmark_report import write_report
+from head_items import sasrec_folder
+from privacy_curve import ROOT
 from serving import concurrent_load, serve
 
 from fedseqrec.evaluation.evaluator import evaluate
 from fedseqrec.serving.recommender import load_recommender
+
+BEAUTY_RUNS = ROOT / "benchmarks" / "runs" / "beauty"
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -65,7 +74,7 @@ def measure(folder: Path, options: argparse.Namespace, tmp: Path) -> list[dict]:
             process.wait(timeout=30)
         rows.append(
             {
-                "run": folder.name,
+                "run": f"{folder.parent.name}/{folder.name}",
                 "model": model.name,
                 "weights": "int8" if which else "float32",
                 "weights_bytes": model_bytes(model),
@@ -112,9 +121,21 @@ def compare(full: dict, int8: dict) -> dict:
     }
 
 
+def summary(rows: list[dict]) -> dict:
+    """Each compared figure over the runs: mean ± standard deviation, and each run's."""
+    compared = [row["compared"] for row in rows]
+    out = {"runs": [c["run"] for c in compared]}
+    for key in ("throughput_ratio", "http_ratio", "relative_ndcg_loss"):
+        values = [c[key] for c in compared]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[key] = {"mean": round(statistics.fmean(values), 4), "std": round(std, 4), "per_run": values}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
+    parser.add_argument("--beauty-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=7, help="alternating repetitions of the in-process timings")
@@ -122,13 +143,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8_serving.json")
     options = parser.parse_args()
+    runs = options.runs + [sasrec_folder(BEAUTY_RUNS, seed) for seed in options.beauty_seeds]
+    if not runs:
+        parser.error("name a RUN_DIR or --beauty-seeds")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in options.runs:
+        for folder in runs:
             pair = measure(folder, options, Path(tmp))
             rows.append({"float32": pair[0], "int8": pair[1], "compared": compare(*pair)})
             print(json.dumps(rows[-1]["compared"]), flush=True)
-    write_report(options.out, "int8_serving", "python benchmarks/int8_serving.py " + " ".join(sys.argv[1:]), rows)
+    command = "python benchmarks/int8_serving.py " + " ".join(sys.argv[1:])
+    write_report(options.out, "int8_serving", command, rows, summary=summary(rows))
 
 
 if __name__ == "__main__":
