@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -30,6 +31,12 @@ def portable(value, data_dir: Path | None = None):
     if data_dir is not None and value.startswith(str(data_dir)):
         return "$FEDSEQREC_DATA_DIR" + value[len(str(data_dir)) :]
     return Path(value).name
+
+
+def spread(values: list[float], each: str = "per_seed") -> dict:
+    """Figures over seeds (or runs): mean and standard deviation to 4 places, and every value under ``each``."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(statistics.fmean(values), 4), "std": round(std, 4), each: values}
 
 
 def write_report(out: Path, name: str, command: str, rows: list[dict], **more) -> None:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmark_report import write_report
+from benchmark_report import spread, write_report
 from papers import AMAZON_FIT, AMAZON_MODEL
 
 from fedseqrec.federated.config import RunConfig
@@ -94,11 +93,6 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def spread(values: list[float]) -> dict:
-    mean = statistics.fmean(values)
-    return {"mean": round(mean, 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
-
-
 def summary(rows: list[dict]) -> dict:
     """Each mode's figures over the seeds it was measured with (mean ± standard deviation, and each seed's)."""
     out = {}
@@ -112,7 +106,7 @@ def summary(rows: list[dict]) -> dict:
             "round_bytes_ratio": [r["round_bytes_ratio"] for r in runs],
         }
         out[mode] = {"seeds": [r["seed"] for r in runs], "commands": list(dict.fromkeys(r["command"] for r in runs))}
-        out[mode] |= {name: {**spread(values), "per_seed": values} for name, values in figures.items()}
+        out[mode] |= {name: spread(values) for name, values in figures.items()}
     return out
 
 

@@ -24,7 +24,6 @@ import argparse
 import io
 import json
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchmark_report import write_report
+from benchmark_report import spread, write_report
 from head_items import sasrec_folder
 from privacy_curve import ROOT
 from serving import concurrent_load, serve
@@ -126,9 +125,7 @@ def summary(rows: list[dict]) -> dict:
     compared = [row["compared"] for row in rows]
     out = {"runs": [c["run"] for c in compared]}
     for key in ("throughput_ratio", "http_ratio", "relative_ndcg_loss"):
-        values = [c[key] for c in compared]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        out[key] = {"mean": round(statistics.fmean(values), 4), "std": round(std, 4), "per_run": values}
+        out[key] = spread([c[key] for c in compared], each="per_run")
     return out
 
 

@@ -28,12 +28,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from benchmark_report import spread
 
 from fedseqrec.centralized.config import TrainConfig, prior_beta
 from fedseqrec.centralized.popularity_prior import fit_popularity_prior
@@ -165,11 +165,6 @@ def run_seed(name: str, data: str, preset: str, seed: int, options: argparse.Nam
 
 
 def summary(name: str, runs: list[dict]) -> dict:
-    def spread(values: list[float]) -> dict:
-        mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return {"mean": round(mean, 4), "std": round(std, 4), "per_seed": values}
-
     return {
         "model": name,
         "seeds": [r["seed"] for r in runs],
