@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from benchmark_report import portable
+from benchmark_report import portable, spread
 from papers import AMAZON_FIT, AMAZON_MODEL
 
 from fedseqrec.centralized.config import TrainConfig
@@ -159,14 +158,7 @@ def summary(rows: list[dict]) -> dict:
     groups: dict[str, list[float]] = {}
     for row in rows:
         groups.setdefault(f"{row['kind']}/{row['variant']}", []).append(row["test"]["NDCG@10"])
-    out = {
-        name: {
-            "seeds": len(v),
-            "mean": round(statistics.mean(v), 4),
-            "sd": round(statistics.stdev(v), 4) if len(v) > 1 else None,
-        }
-        for name, v in groups.items()
-    }
+    out = {name: {"seeds": len(v), **spread(v)} for name, v in groups.items()}
     best = max((e["mean"] for name, e in out.items() if name.startswith("centralized/")), default=None)
     for name, entry in out.items():
         if not name.startswith("federated/"):

@@ -24,12 +24,13 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmark_report import spread
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDSEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -60,14 +61,6 @@ def fedseqrec(argv: list[str], log: Path) -> float:
     if process.wait() != 0:
         raise SystemExit(f"fedseqrec {' '.join(argv[:3])} failed: see {log}")
     return time.perf_counter() - start
-
-
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.mean(values), 4),
-        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-        "per_seed": [round(v, 4) for v in values],
-    }
 
 
 def _seed_runs(command: list[str], seeds: list[int], work: Path, log: Path) -> list[dict]:
@@ -121,8 +114,8 @@ def tune_ml100k(options, work: Path, log: Path) -> dict:
         "reproduced_exactly": runs[0]["test"] == best["test"] if options.seeds[0] == 0 else None,
         "tuned": {
             "seeds": options.seeds,
-            "test_NDCG@10": _stats([r["test"]["NDCG@10"] for r in runs]),
-            "valid_NDCG@10": _stats([r["valid"]["NDCG@10"] for r in runs]),
+            "test_NDCG@10": spread([round(r["test"]["NDCG@10"], 4) for r in runs]),
+            "valid_NDCG@10": spread([round(r["valid"]["NDCG@10"], 4) for r in runs]),
         },
         "preset": {"test_NDCG@10": sasrec["test"]["NDCG@10"], "valid_NDCG@10": sasrec["valid"]["NDCG@10"]},
         "target": {"test_NDCG@10": 0.0600, "trials": 50, "recbole": 0.0581},

@@ -146,13 +146,31 @@ def benchmarks_page() -> str:
     return "\n".join(parts) + "\n"
 
 
+def _only_spread(value: dict) -> bool:
+    """A figure over seeds and nothing else: its mean, standard deviation and per-seed lists."""
+    return {"mean", "std"} <= set(value) and all(k in ("mean", "std") or isinstance(v, list) for k, v in value.items())
+
+
+def _spread_cell(value: dict) -> dict:
+    """A row whose own mean and standard deviation (beside other figures: seeds, ratios) read as one cell."""
+    if not {"mean", "std"} <= set(value):
+        return value
+    row: dict = {}
+    for key, figure in value.items():
+        if key == "mean":  # one seed has no spread to show
+            row["mean ± std"] = _cell(figure) if value.get("seeds") == 1 else _spread(value)
+        elif key != "std" and not isinstance(figure, list):
+            row[key] = figure
+    return row
+
+
 def _summary(summary) -> list[str]:
     """A benchmark's figures over seeds (its ``summary``): a row for each key whose value is a dict of figures (a
     mode, say), or one row."""
     if not isinstance(summary, dict) or not summary:
         return []
-    keyed = all(isinstance(v, dict) and not {"mean", "std"} <= set(v) for v in summary.values())
-    rows = [{"": key, **value} for key, value in summary.items()] if keyed else [summary]
+    keyed = all(isinstance(v, dict) and not _only_spread(v) for v in summary.values())
+    rows = [{"": key, **_spread_cell(value)} for key, value in summary.items()] if keyed else [summary]
     return ["", "Over seeds (a ± b: mean ± standard deviation; each seed's figure in the JSON):", "", *_table(rows)]
 
 
